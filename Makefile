@@ -1,0 +1,43 @@
+# customer-ai developer tasks. `make test` and `make demo` create .venv on first use
+# (and re-install only when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := test
+.PHONY: venv test lint demo dev-up dev-down clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  rm -rf $(VENV); \
+	  echo "'$(PYTHON) -m venv' failed; trying virtualenv" >&2; \
+	  $(PYTHON) -m virtualenv $(VENV) || { \
+	    echo "cannot create $(VENV): install the venv module (Debian/Ubuntu: apt-get install python3-venv) or 'pip install virtualenv'" >&2; \
+	    exit 1; }; }
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $@
+
+test: venv
+	$(BIN)/python -m pytest -q -ra -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+
+demo: venv
+	$(BIN)/customer-ai demo
+
+dev-up: venv
+	$(BIN)/customer-ai dev up
+
+dev-down: venv
+	$(BIN)/customer-ai dev down
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache out
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

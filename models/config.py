@@ -1,0 +1,460 @@
+"""The ``customer-ai.toml`` configuration: tracked events, goals, labels, model, buckets.
+
+Everything that selects events or profiles is a structured condition (see
+:mod:`models.conditions`), never code. :func:`load_config` refuses a bad file at
+start-up with a :class:`ConfigError` whose message names the field and the fix.
+
+Examples
+--------
+>>> cfg = parse_config('''
+... [[events]]
+... name = "purchase"
+... label = "Purchases"
+... when = { field = "eventType", op = "equals", value = "commerce.purchases" }
+... value = "commerce.order.priceTotal"
+...
+... [[goals]]
+... name = "conversion"
+... type = "occurs"
+... event = "purchase"
+... window_days = 30
+... ''')
+>>> [g.name for g in cfg.goals], cfg.goals[0].window_ms // 86_400_000
+(['conversion'], 30)
+>>> parse_config('[[goals]]\\nname = "x"\\ntype = "occurs"\\nevent = "nope"\\nwindow_days = 3')
+Traceback (most recent call last):
+...
+models.config.ConfigError: goals[0].event: unknown event 'nope'; define it under [[events]] (known: none)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.conditions import ConditionError, Predicate, compile_condition
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DAY_MS",
+    "BucketConfig",
+    "Config",
+    "ConfigError",
+    "GoalConfig",
+    "LabelConfig",
+    "ModelConfig",
+    "TrackedEvent",
+    "load_config",
+    "parse_config",
+]
+
+DAY_MS = 86_400_000
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+GOAL_TYPES = ("occurs", "does_not_occur")
+RELEASES = ("when_known", "at_window_close")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. The message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """An event kind the features count (page views, purchases...).
+
+    Attributes
+    ----------
+    name
+        Feature-name prefix, e.g. ``purchase`` gives ``purchase_count_30d``.
+    label
+        Human label, e.g. ``Purchases``.
+    when
+        Predicate over the decoded event body.
+    value_field
+        Optional dotted path of a numeric value summed per horizon (monetary).
+    value_label
+        Human label of the value, e.g. ``Spend``.
+    """
+
+    name: str
+    label: str
+    when: Predicate = field(repr=False)
+    value_field: str | None = None
+    value_label: str = "Value"
+
+
+@dataclass(frozen=True)
+class GoalConfig:
+    """A goal: ``occurs`` (event happens within the window) or ``does_not_occur``."""
+
+    name: str
+    type: str
+    event: str
+    event_index: int
+    window_ms: int
+    label: str
+    eligibility: Predicate | None = field(default=None, repr=False)
+    release: str = "when_known"
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Delayed-label snapshots.
+
+    Attributes
+    ----------
+    max_pending
+        Snapshots pending per profile and goal, at most.
+    min_interval_ms
+        A profile opens a new snapshot for a goal at most this often (event time).
+    allowed_lateness_ms
+        The watermark trails the newest event time by this much.
+    """
+
+    max_pending: int = 2
+    min_interval_ms: int = DAY_MS
+    allowed_lateness_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Online learning settings, shared by every goal."""
+
+    learning_rate: float = 0.02
+    l2: float = 1e-5
+    min_examples_per_class: int = 30
+    snapshot_every_examples: int = 500
+    snapshot_every_seconds: float = 2.0
+    metrics_window: int = 5000
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """Percentile thresholds -> bucket names (``len(names) == len(thresholds) + 1``)."""
+
+    thresholds: tuple[float, ...] = (25.0, 75.0)
+    names: tuple[str, ...] = ("low", "medium", "high")
+
+    def bucket(self, percentile: float) -> str:
+        """Return the bucket name of a percentile.
+
+        >>> BucketConfig().bucket(10), BucketConfig().bucket(25), BucketConfig().bucket(80)
+        ('low', 'medium', 'high')
+        """
+        for threshold, name in zip(self.thresholds, self.names):
+            if percentile < threshold:
+                return name
+        return self.names[-1]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration."""
+
+    events: tuple[TrackedEvent, ...]
+    goals: tuple[GoalConfig, ...]
+    horizons_days: tuple[int, ...] = (7, 30, 90)
+    identity_namespace: str | None = None
+    labels: LabelConfig = LabelConfig()
+    model: ModelConfig = ModelConfig()
+    buckets: BucketConfig = BucketConfig()
+    max_event_bytes: int = 1_048_576
+    source: str = "<string>"
+
+    def goal(self, name: str) -> GoalConfig:
+        """Return the goal called ``name``."""
+        for goal in self.goals:
+            if goal.name == name:
+                return goal
+        raise KeyError(name)
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}]: must be a table, e.g. [{key}] followed by key = value lines")
+    return value
+
+
+def _number(
+    table: dict[str, Any],
+    key: str,
+    where: str,
+    default: float,
+    *,
+    minimum: float,
+    integer: bool = False,
+    strict: bool = False,
+) -> Any:
+    value = table.get(key, default)
+    ok_type = (int,) if integer else (int, float)
+    if type(value) not in ok_type:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{where}.{key}: must be {kind}, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ConfigError(f"{where}.{key}: must be {bound}, got {value!r}")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def _condition(spec: Any, where: str) -> Predicate:
+    try:
+        return compile_condition(spec, where)
+    except ConditionError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _name(value: Any, where: str) -> str:
+    if type(value) is not str or not _NAME.match(value):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid name; use lower_snake_case starting with a letter"
+        )
+    return value
+
+
+def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
+    specs = data.get("events", [])
+    if not isinstance(specs, list):
+        raise ConfigError("events: use [[events]] tables, one per tracked event")
+    events: list[TrackedEvent] = []
+    for i, spec in enumerate(specs):
+        where = f"events[{i}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: must be a [[events]] table")
+        _check_keys(spec, {"name", "label", "when", "value", "value_label"}, where)
+        name = _name(spec.get("name"), f"{where}.name")
+        if any(e.name == name for e in events):
+            raise ConfigError(f"{where}.name: duplicate event name {name!r}; names must be unique")
+        if "when" not in spec:
+            raise ConfigError(
+                f'{where}.when: required, e.g. when = {{ field = "eventType", op = "equals", value = "commerce.purchases" }}'
+            )
+        value_field = spec.get("value")
+        if value_field is not None and (type(value_field) is not str or not value_field):
+            raise ConfigError(
+                f'{where}.value: must be a dotted field path such as "commerce.order.priceTotal"'
+            )
+        label = spec.get("label", name.replace("_", " ").capitalize())
+        if type(label) is not str:
+            raise ConfigError(f"{where}.label: must be a string")
+        events.append(
+            TrackedEvent(
+                name=name,
+                label=label,
+                when=_condition(spec["when"], f"{where}.when"),
+                value_field=value_field,
+                value_label=str(spec.get("value_label", "Value")),
+            )
+        )
+    return tuple(events)
+
+
+def _goals(data: dict[str, Any], events: tuple[TrackedEvent, ...]) -> tuple[GoalConfig, ...]:
+    specs = data.get("goals", [])
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError("goals: define at least one goal with a [[goals]] table")
+    names = [e.name for e in events]
+    goals: list[GoalConfig] = []
+    for i, spec in enumerate(specs):
+        where = f"goals[{i}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: must be a [[goals]] table")
+        _check_keys(
+            spec, {"name", "type", "event", "window_days", "eligibility", "label", "release"}, where
+        )
+        name = _name(spec.get("name"), f"{where}.name")
+        if any(g.name == name for g in goals):
+            raise ConfigError(
+                f"{where}.name: duplicate goal name {name!r}; goal names must be unique"
+            )
+        goal_type = spec.get("type")
+        if goal_type not in GOAL_TYPES:
+            raise ConfigError(
+                f'{where}.type: {goal_type!r} is not a goal type; use "occurs" or "does_not_occur"'
+            )
+        event = spec.get("event")
+        if event not in names:
+            known = ", ".join(names) or "none"
+            raise ConfigError(
+                f"{where}.event: unknown event {event!r}; define it under [[events]] (known: {known})"
+            )
+        window = spec.get("window_days")
+        if type(window) not in (int, float) or not window > 0:
+            raise ConfigError(f"{where}.window_days: must be a number of days > 0, got {window!r}")
+        eligibility = spec.get("eligibility")
+        release = spec.get("release", "when_known")
+        if release not in RELEASES:
+            raise ConfigError(
+                f'{where}.release: {release!r} is not a release mode; use "when_known" or "at_window_close"'
+            )
+        goals.append(
+            GoalConfig(
+                name=name,
+                type=goal_type,
+                event=event,
+                event_index=names.index(event),
+                window_ms=int(window * DAY_MS),
+                label=str(spec.get("label", name.replace("_", " ").capitalize())),
+                eligibility=None
+                if eligibility is None
+                else _condition(eligibility, f"{where}.eligibility"),
+                release=release,
+            )
+        )
+    return tuple(goals)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse and validate configuration text.
+
+    Raises
+    ------
+    ConfigError
+        On any invalid or unknown setting; the message names the field and the fix.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    _check_keys(
+        data,
+        {"identity", "features", "events", "goals", "labels", "model", "buckets", "input"},
+        "config",
+    )
+    events = _events(data)
+    goals = _goals(data, events)
+
+    features = _table(data, "features")
+    _check_keys(features, {"horizons_days"}, "features")
+    horizons = features.get("horizons_days", [7, 30, 90])
+    if (
+        not isinstance(horizons, list)
+        or not horizons
+        or any(type(h) is not int or h <= 0 for h in horizons)
+        or len(set(horizons)) != len(horizons)
+    ):
+        raise ConfigError(
+            "features.horizons_days: must be a list of distinct whole days > 0, e.g. [7, 30, 90]"
+        )
+
+    identity = _table(data, "identity")
+    _check_keys(identity, {"namespace"}, "identity")
+    namespace = identity.get("namespace")
+    if namespace is not None and (type(namespace) is not str or not namespace):
+        raise ConfigError('identity.namespace: must be an identityMap namespace such as "ECID"')
+
+    labels_t = _table(data, "labels")
+    _check_keys(
+        labels_t, {"max_pending", "min_interval_hours", "allowed_lateness_minutes"}, "labels"
+    )
+    labels = LabelConfig(
+        max_pending=_number(labels_t, "max_pending", "labels", 2, minimum=1, integer=True),
+        min_interval_ms=int(
+            _number(labels_t, "min_interval_hours", "labels", 24, minimum=0) * 3_600_000
+        ),
+        allowed_lateness_ms=int(
+            _number(labels_t, "allowed_lateness_minutes", "labels", 0, minimum=0) * 60_000
+        ),
+    )
+
+    model_t = _table(data, "model")
+    defaults = ModelConfig()
+    _check_keys(model_t, set(defaults.__dataclass_fields__), "model")
+    model = ModelConfig(
+        learning_rate=_number(
+            model_t, "learning_rate", "model", defaults.learning_rate, minimum=0, strict=True
+        ),
+        l2=_number(model_t, "l2", "model", defaults.l2, minimum=0),
+        min_examples_per_class=_number(
+            model_t,
+            "min_examples_per_class",
+            "model",
+            defaults.min_examples_per_class,
+            minimum=1,
+            integer=True,
+        ),
+        snapshot_every_examples=_number(
+            model_t,
+            "snapshot_every_examples",
+            "model",
+            defaults.snapshot_every_examples,
+            minimum=1,
+            integer=True,
+        ),
+        snapshot_every_seconds=_number(
+            model_t,
+            "snapshot_every_seconds",
+            "model",
+            defaults.snapshot_every_seconds,
+            minimum=0,
+            strict=True,
+        ),
+        metrics_window=_number(
+            model_t, "metrics_window", "model", defaults.metrics_window, minimum=10, integer=True
+        ),
+    )
+
+    buckets_t = _table(data, "buckets")
+    _check_keys(buckets_t, {"thresholds", "names"}, "buckets")
+    thresholds = buckets_t.get("thresholds", [25, 75])
+    bucket_names = buckets_t.get("names", ["low", "medium", "high"])
+    if (
+        not isinstance(thresholds, list)
+        or not thresholds
+        or any(type(t) not in (int, float) or not 0 < t < 100 for t in thresholds)
+        or sorted(thresholds) != thresholds
+        or len(set(thresholds)) != len(thresholds)
+    ):
+        raise ConfigError(
+            "buckets.thresholds: must be increasing percentiles between 0 and 100, e.g. [25, 75]"
+        )
+    if (
+        not isinstance(bucket_names, list)
+        or len(bucket_names) != len(thresholds) + 1
+        or any(type(n) is not str or not n for n in bucket_names)
+        or len(set(bucket_names)) != len(bucket_names)
+    ):
+        raise ConfigError(
+            f"buckets.names: needs {len(thresholds) + 1} distinct names, one more than thresholds"
+        )
+
+    input_t = _table(data, "input")
+    _check_keys(input_t, {"max_event_bytes"}, "input")
+    max_bytes = _number(input_t, "max_event_bytes", "input", 1_048_576, minimum=1024, integer=True)
+
+    return Config(
+        events=events,
+        goals=goals,
+        horizons_days=tuple(horizons),
+        identity_namespace=namespace,
+        labels=labels,
+        model=model,
+        buckets=BucketConfig(tuple(float(t) for t in thresholds), tuple(bucket_names)),
+        max_event_bytes=max_bytes,
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config from ``path``, ``$CUSTOMER_AI_CONFIG`` or ``./customer-ai.toml``."""
+    resolved = Path(path or os.environ.get("CUSTOMER_AI_CONFIG") or "customer-ai.toml")
+    if not resolved.is_file():
+        raise ConfigError(
+            f"config file {str(resolved)!r} not found; pass --config PATH or set CUSTOMER_AI_CONFIG "
+            "(the repository ships an example: customer-ai.toml)"
+        )
+    return parse_config(resolved.read_text(encoding="utf-8"), source=str(resolved))

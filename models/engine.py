@@ -1,0 +1,306 @@
+"""The scoring core shared by the live stream and the backtest.
+
+:class:`Engine` takes a profile's state and one of its events and returns the new
+state plus what the event caused: a score per eligible goal, bucket changes, and
+the examples that matured. It is pure: no I/O, no clock (``scored_at`` is the
+adapter's business), so ``customer-ai evaluate`` and the Faust worker produce the
+same examples and the same final state from the same events.
+
+Order of work for one event at time ``t`` (per goal unless said):
+
+1. mature pending snapshots whose window closed before ``t`` (the profile's own clock);
+2. if the event is the goal event, mature snapshots whose window contains ``t``;
+3. apply the event to the rolling counters (once, shared by all goals);
+4. featurize as of ``t``; for each goal the profile is eligible for: score, rank,
+   bucket, and possibly open a label snapshot holding the features and the served
+   probability.
+
+Examples
+--------
+>>> from models.config import parse_config
+>>> from models.events import Event
+>>> cfg = parse_config(open("customer-ai.toml").read())
+>>> engine = Engine(cfg)
+>>> out = Outcome()
+>>> ev = Event("e-1", "p-1", "commerce.purchases", 0, {"eventType": "commerce.purchases",
+...            "commerce": {"order": {"priceTotal": 20.0}}})
+>>> state = engine.process(None, ev, out)
+>>> [(s.goal, s.warming_up) for s in out.scores]
+[('conversion', True), ('churn', True)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from models.config import Config
+from models.events import Event, InvalidEvent, get_path
+from models.features import Featurizer
+from models.labels import example_id, resolve_closed, resolve_goal_event
+from models.model import LinearModel
+from models.quantiles import PercentileSketch
+from models.state import NEVER, ProfileState, Snapshot
+
+__all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange"]
+
+#: Numeric event values beyond this magnitude are rejected as not a plausible amount.
+MAX_VALUE = 1e12
+
+
+@dataclass(slots=True)
+class Factor:
+    """One influential factor: ``weight * standardized value`` of a feature."""
+
+    feature: str
+    label: str
+    value: float
+    contribution: float
+
+
+@dataclass(slots=True)
+class Score:
+    """A goal's score for a profile at one event."""
+
+    profile_id: str
+    goal: str
+    probability: float
+    percentile: float
+    bucket: str
+    model_version: int
+    warming_up: bool
+    factors: list[Factor]
+    event_id: str
+    event_time_ms: int
+
+
+@dataclass(slots=True)
+class SegmentChange:
+    """A profile moved from one bucket of a goal to another (``from_bucket`` None: first score)."""
+
+    profile_id: str
+    goal: str
+    from_bucket: str | None
+    to_bucket: str
+    probability: float
+    event_time_ms: int
+
+
+@dataclass(slots=True)
+class Example:
+    """A matured training example: features and served probability at prediction time, and its label."""
+
+    example_id: str
+    goal: str
+    profile_id: str
+    prediction_ts: int
+    label: int
+    probability: float
+    model_version: int
+    features: list[float]
+    matured_ts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Accumulates what a batch of events caused."""
+
+    scores: list[Score] = field(default_factory=list)
+    segment_changes: list[SegmentChange] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.scores.clear()
+        self.segment_changes.clear()
+        self.examples.clear()
+
+
+class Engine:
+    """Per-event state update, scoring and labelling (see the module docstring).
+
+    Parameters
+    ----------
+    config
+        The validated configuration.
+    models
+        Served model per goal; missing goals start cold (warming up, version 0).
+    """
+
+    def __init__(self, config: Config, models: dict[str, LinearModel] | None = None) -> None:
+        self.config = config
+        self.featurizer = Featurizer(config)
+        self.goals = list(config.goals)
+        self.windows = {g.name: g.window_ms for g in self.goals}
+        self.models: dict[str, LinearModel] = {
+            g.name: LinearModel.cold(g.name, self.featurizer.names) for g in self.goals
+        }
+        for model in (models or {}).values():
+            self.set_model(model)
+        self.sketches = {g.name: PercentileSketch() for g in self.goals}
+        self._needs_feature_dict = any(g.eligibility is not None for g in self.goals)
+
+    def set_model(self, model: LinearModel) -> bool:
+        """Serve ``model`` for its goal if it is newer than the current one."""
+        current = self.models.get(model.goal)
+        if current is None or model.version <= current.version:
+            return False
+        if model.feature_names != self.featurizer.names:
+            raise ValueError(
+                f"model for {model.goal!r} was trained on other features; "
+                "reset the models (customer-ai reset-models) after changing tracked events or horizons"
+            )
+        self.models[model.goal] = model
+        return True
+
+    def match(self, event: Event) -> tuple[list[int], list[float]]:
+        """Tracked events the event matches, with their values. Mutates nothing.
+
+        Raises
+        ------
+        InvalidEvent
+            ``wrong_type`` if a value field is not a finite number of sane size.
+        """
+        matched: list[int] = []
+        values: list[float] = []
+        body = event.body
+        for i, tracked in enumerate(self.config.events):
+            if not tracked.when(body):
+                continue
+            value = 0.0
+            if tracked.value_field:
+                raw = get_path(body, tracked.value_field)
+                if raw is not None:
+                    if (
+                        type(raw) not in (int, float)
+                        or not math.isfinite(raw)
+                        or abs(raw) > MAX_VALUE
+                    ):
+                        raise InvalidEvent(
+                            "wrong_type",
+                            f"{tracked.value_field} must be a finite number below {MAX_VALUE:g}",
+                        )
+                    value = float(raw)
+            matched.append(i)
+            values.append(value)
+        return matched, values
+
+    def process(
+        self,
+        state: ProfileState | None,
+        event: Event,
+        out: Outcome,
+        matched: tuple[list[int], list[float]] | None = None,
+    ) -> ProfileState:
+        """Apply ``event`` to ``state`` (``None``: a new profile) and append results to ``out``."""
+        matched_events, values = matched if matched is not None else self.match(event)
+        ts = event.timestamp_ms
+        pid = event.profile_id
+        if state is None:
+            state = self.featurizer.new_state(ts)
+        for goal in self.goals:
+            gs = state.goals[goal.name]
+            if gs.pending:
+                gs.pending, done = resolve_closed(gs.pending, ts, goal.window_ms, goal.type)
+                if goal.event_index in matched_events and gs.pending:
+                    gs.pending, hit = resolve_goal_event(
+                        gs.pending, ts, goal.window_ms, goal.type, goal.release == "at_window_close"
+                    )
+                    done.extend(hit)
+                self._emit_examples(pid, goal.name, done, ts, out)
+        self.featurizer.apply(state, ts, matched_events, values)
+        vector = self.featurizer.vector(state)
+        feature_dict = self.featurizer.as_dict(vector) if self._needs_feature_dict else None
+        labels_cfg = self.config.labels
+        for goal in self.goals:
+            if goal.eligibility is not None and not goal.eligibility(feature_dict):
+                continue
+            gs = state.goals[goal.name]
+            model = self.models[goal.name]
+            probability, contributions = model.predict(vector)
+            sketch = self.sketches[goal.name]
+            sketch.add(probability)
+            percentile = sketch.percentile(probability)
+            bucket = self.config.buckets.bucket(percentile)
+            names = self.featurizer.names
+            labels = self.featurizer.labels
+            factors = [
+                Factor(name, labels[name], round(vector[names.index(name)], 4), round(c, 4))
+                for name, c in contributions
+            ]
+            out.scores.append(
+                Score(
+                    pid,
+                    goal.name,
+                    probability,
+                    percentile,
+                    bucket,
+                    model.version,
+                    model.warming_up,
+                    factors,
+                    event.event_id,
+                    ts,
+                )
+            )
+            if bucket != gs.bucket:
+                out.segment_changes.append(
+                    SegmentChange(pid, goal.name, gs.bucket, bucket, probability, ts)
+                )
+            gs.probability, gs.percentile, gs.bucket, gs.model_version = (
+                probability,
+                percentile,
+                bucket,
+                model.version,
+            )
+            if len(gs.pending) < labels_cfg.max_pending and (
+                gs.last_open_ts == NEVER or ts - gs.last_open_ts >= labels_cfg.min_interval_ms
+            ):
+                gs.pending.append(
+                    Snapshot(
+                        ts,
+                        event.event_id,
+                        round(probability, 6),
+                        model.version,
+                        [round(v, 4) for v in vector],
+                    )
+                )
+                gs.pending.sort(key=lambda s: s.open_ts)
+                gs.last_open_ts = ts
+        return state
+
+    def expire(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
+        """Mature snapshots whose window closed before the partition ``watermark``.
+
+        Returns True if the state changed.
+        """
+        changed = False
+        for goal in self.goals:
+            gs = state.goals[goal.name]
+            if gs.pending:
+                gs.pending, done = resolve_closed(gs.pending, watermark, goal.window_ms, goal.type)
+                if done:
+                    changed = True
+                    self._emit_examples(profile_id, goal.name, done, watermark, out)
+        return changed
+
+    def next_due(self, state: ProfileState) -> int | None:
+        """Event time at which the earliest pending window of ``state`` closes."""
+        return state.next_due(self.windows)
+
+    @staticmethod
+    def _emit_examples(
+        pid: str, goal: str, done: list[tuple[Snapshot, int]], now: int, out: Outcome
+    ) -> None:
+        for snap, label in done:
+            out.examples.append(
+                Example(
+                    example_id(pid, goal, snap),
+                    goal,
+                    pid,
+                    snap.open_ts,
+                    label,
+                    snap.probability,
+                    snap.model_version,
+                    snap.features,
+                    now,
+                )
+            )

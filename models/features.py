@@ -1,0 +1,183 @@
+"""Rolling per-profile features, computed as of event time.
+
+For every tracked event ``e`` and horizon ``h`` (days):
+
+- ``e_count_{h}d``: time-decayed count, ``sum(exp(-(T - t_i) / h days))``; a burst of
+  3 events today reads ~3, one 30 days ago reads ~0.37 with ``h = 30``;
+- ``e_days_since_last``: days since the last ``e`` (capped, ``365`` if never);
+- ``e_count_total``: all-time count;
+- ``e_value_{h}d``: time-decayed sum of the event's value field, if it has one;
+
+plus ``tenure_days`` since the profile's first event and
+``days_since_previous_visit``, the gap between the newest event and the one
+before it (recency as the profile experienced it: "back after 40 days"). Time is always the event
+time ``T`` of the newest event applied, never the wall clock, so a replay of last
+year's data yields the features live traffic did.
+
+Examples
+--------
+>>> from models.config import parse_config
+>>> cfg = parse_config('''
+... [features]
+... horizons_days = [30]
+... [[events]]
+... name = "purchase"
+... label = "Purchases"
+... when = { field = "eventType", op = "equals", value = "buy" }
+... value = "price"
+... [[goals]]
+... name = "conversion"
+... type = "occurs"
+... event = "purchase"
+... window_days = 30
+... ''')
+>>> fz = Featurizer(cfg)
+>>> fz.names
+['purchase_count_30d', 'purchase_days_since_last', 'purchase_count_total', 'purchase_value_30d', 'tenure_days', 'days_since_previous_visit']
+>>> state = fz.new_state(0)
+>>> fz.apply(state, 0, [0], [10.0])
+>>> fz.apply(state, 30 * 86_400_000, [], [])
+>>> [round(v, 3) for v in fz.vector(state)]
+[0.368, 30.0, 1.0, 3.679, 30.0, 30.0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from models.config import DAY_MS, Config
+from models.state import NEVER, ProfileState
+
+__all__ = ["MAX_DAYS", "FeatureSpec", "Featurizer"]
+
+#: Recency features are capped here, and read this when the event never happened.
+MAX_DAYS = 365.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """A feature's name and human label."""
+
+    name: str
+    label: str
+
+
+class Featurizer:
+    """Applies events to a :class:`~models.state.ProfileState` and reads its feature vector.
+
+    Parameters
+    ----------
+    config
+        The validated configuration (tracked events and horizons).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.horizons = list(config.horizons_days)
+        self.taus_ms = [h * DAY_MS for h in self.horizons]
+        self.n_events = len(config.events)
+        self.valued = [i for i, e in enumerate(config.events) if e.value_field]
+        self.value_slot = {event_index: slot for slot, event_index in enumerate(self.valued)}
+        self.goal_names = [g.name for g in config.goals]
+        specs: list[FeatureSpec] = []
+        for i, event in enumerate(config.events):
+            for h in self.horizons:
+                specs.append(
+                    FeatureSpec(
+                        f"{event.name}_count_{h}d", f"{event.label} in last {h} days (time-decayed)"
+                    )
+                )
+            specs.append(
+                FeatureSpec(f"{event.name}_days_since_last", f"Days since last of: {event.label}")
+            )
+            specs.append(FeatureSpec(f"{event.name}_count_total", f"{event.label}, all time"))
+            if i in self.value_slot:
+                for h in self.horizons:
+                    specs.append(
+                        FeatureSpec(
+                            f"{event.name}_value_{h}d",
+                            f"{event.value_label} in last {h} days (time-decayed)",
+                        )
+                    )
+        specs.append(FeatureSpec("tenure_days", "Days since first seen"))
+        specs.append(FeatureSpec("days_since_previous_visit", "Days since the previous event"))
+        self.specs = specs
+        self.names = [s.name for s in specs]
+        self.labels = {s.name: s.label for s in specs}
+
+    def new_state(self, ts: int) -> ProfileState:
+        """An empty state for a profile first seen at ``ts``."""
+        return ProfileState.new(
+            self.n_events, len(self.valued), len(self.horizons), self.goal_names, ts
+        )
+
+    def apply(self, state: ProfileState, ts: int, matched: list[int], values: list[float]) -> None:
+        """Apply one event at time ``ts`` that matched tracked events ``matched``.
+
+        ``values[k]`` is the value of ``matched[k]`` (ignored when not valued).
+        """
+        n_h = len(self.horizons)
+        if state.n_events == 0 or ts < state.first_ts:
+            state.first_ts = ts
+        if state.n_events == 0:
+            state.ref_ts = ts
+        state.n_events += 1
+        if state.n_events > 1 and ts >= state.ref_ts:
+            state.gap_ms = ts - state.ref_ts
+        if ts > state.ref_ts:
+            dt = ts - state.ref_ts
+            factors = [math.exp(-dt / tau) for tau in self.taus_ms]
+            decayed = state.decayed
+            for i in range(self.n_events):
+                base = i * n_h
+                for k in range(n_h):
+                    if decayed[base + k]:
+                        decayed[base + k] *= factors[k]
+            values_ = state.values
+            for j in range(len(values_)):
+                if values_[j]:
+                    values_[j] *= factors[j % n_h]
+            state.ref_ts = ts
+            weights = [1.0] * n_h
+        elif ts == state.ref_ts:
+            weights = [1.0] * n_h
+        else:  # a late event: add its decayed weight as of ref_ts
+            dt = state.ref_ts - ts
+            weights = [math.exp(-dt / tau) for tau in self.taus_ms]
+        for i, value in zip(matched, values):
+            state.counts[i] += 1
+            if ts > state.last_ts[i]:
+                state.last_ts[i] = ts
+            base = i * n_h
+            for k in range(n_h):
+                state.decayed[base + k] += weights[k]
+            slot = self.value_slot.get(i)
+            if slot is not None and value:
+                state.value_totals[slot] += value
+                vbase = slot * n_h
+                for k in range(n_h):
+                    state.values[vbase + k] += value * weights[k]
+
+    def vector(self, state: ProfileState) -> list[float]:
+        """The feature vector of ``state`` as of its newest event time, in :attr:`names` order."""
+        n_h = len(self.horizons)
+        now = state.ref_ts
+        out: list[float] = []
+        for i in range(self.n_events):
+            base = i * n_h
+            out.extend(state.decayed[base : base + n_h])
+            last = state.last_ts[i]
+            out.append(MAX_DAYS if last == NEVER else min(MAX_DAYS, (now - last) / DAY_MS))
+            out.append(float(state.counts[i]))
+            slot = self.value_slot.get(i)
+            if slot is not None:
+                out.extend(state.values[slot * n_h : (slot + 1) * n_h])
+        out.append((now - state.first_ts) / DAY_MS)
+        gap = state.gap_ms
+        out.append(MAX_DAYS if gap == NEVER else min(MAX_DAYS, gap / DAY_MS))
+        return out
+
+    def as_dict(self, vector: list[float]) -> dict[str, float]:
+        """Feature name -> value."""
+        return dict(zip(self.names, vector))

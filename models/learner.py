@@ -1,0 +1,213 @@
+"""Online learning of one goal: River scaling + logistic regression, calibrated.
+
+The River pipeline is ``log1p`` -> ``preprocessing.StandardScaler`` ->
+``linear_model.LogisticRegression`` (SGD, L2). On top of its logit ``z`` an online
+Platt layer ``sigmoid(a * z + b)`` keeps the probability calibrated as the model
+and the data drift. Examples are not re-sampled or re-weighted, so the
+probabilities need no prior correction.
+
+Every example is first used to *test* (prequential metrics on the probability that
+was served), then to train. :meth:`OnlineLearner.snapshot` exports a
+:class:`~models.model.LinearModel` that scores without River;
+:meth:`OnlineLearner.to_state` / :meth:`from_state` persist the whole learner as
+JSON so a restarted trainer resumes exactly where it stopped.
+
+Examples
+--------
+>>> import random
+>>> rng = random.Random(0)
+>>> learner = OnlineLearner("g", ["x", "noise"], min_examples_per_class=20, learning_rate=0.1)
+>>> for _ in range(3000):
+...     x = rng.random() * 10
+...     y = int(rng.random() < (0.8 if x > 5 else 0.1))
+...     learner.learn([x, rng.random()], y, served_probability=0.5)
+>>> model = learner.snapshot()
+>>> model.warming_up, model.predict([9.0, 0.5])[0] > 0.6 > 0.3 > model.predict([1.0, 0.5])[0]
+(False, True)
+>>> model.predict([9.0, 0.5])[1][0][0]
+'x'
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from river import linear_model, optim, preprocessing
+from river.utils import VectorDict
+
+from models.metrics import RollingMetrics
+from models.model import LinearModel, sigmoid
+
+__all__ = ["OnlineLearner"]
+
+LEARNER_FORMAT = 1
+
+
+class OnlineLearner:
+    """Learns one goal online (see the module docstring).
+
+    Parameters
+    ----------
+    goal
+        Goal name.
+    feature_names
+        Feature order of the vectors passed to :meth:`learn`.
+    learning_rate, l2
+        SGD step size and L2 penalty of the logistic regression.
+    min_examples_per_class
+        The model serves a base rate until it has this many examples of each class.
+    metrics_window
+        Examples over which the live metrics are computed.
+    calibration_rate
+        SGD step of the Platt layer.
+    """
+
+    def __init__(
+        self,
+        goal: str,
+        feature_names: list[str],
+        *,
+        learning_rate: float = 0.02,
+        l2: float = 1e-5,
+        min_examples_per_class: int = 30,
+        metrics_window: int = 5000,
+        calibration_rate: float = 0.005,
+    ) -> None:
+        self.goal = goal
+        self.feature_names = list(feature_names)
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.min_examples_per_class = min_examples_per_class
+        self.calibration_rate = calibration_rate
+        self.scaler = preprocessing.StandardScaler()
+        self.classifier = linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate), l2=l2, intercept_lr=learning_rate
+        )
+        self.calibration_a = 1.0
+        self.calibration_b = 0.0
+        self.n_examples = 0
+        self.n_positive = 0
+        self.version = 0
+        self.metrics = RollingMetrics(metrics_window)
+
+    def _transform(self, features: list[float]) -> dict[str, float]:
+        return {n: math.log1p(x if x > 0.0 else 0.0) for n, x in zip(self.feature_names, features)}
+
+    def _logit(self, scaled: dict[str, float]) -> float:
+        weights = self.classifier._weights
+        return self.classifier.intercept + sum(weights[k] * v for k, v in scaled.items())
+
+    @property
+    def warming_up(self) -> bool:
+        """True until both classes have ``min_examples_per_class`` examples."""
+        n_neg = self.n_examples - self.n_positive
+        return min(self.n_positive, n_neg) < self.min_examples_per_class
+
+    @property
+    def base_rate(self) -> float:
+        """Running positive rate (Laplace-smoothed)."""
+        return (self.n_positive + 1) / (self.n_examples + 2)
+
+    def learn(self, features: list[float], label: int, served_probability: float) -> None:
+        """Test on the served probability, then learn one matured example."""
+        y = 1 if label else 0
+        self.metrics.update(served_probability, y)
+        x = self._transform(features)
+        if self.n_examples:
+            # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.
+            z = self._logit(self.scaler.transform_one(x))
+            error = sigmoid(self.calibration_a * z + self.calibration_b) - y
+            self.calibration_a -= self.calibration_rate * error * z
+            self.calibration_b -= self.calibration_rate * error
+        self.scaler.learn_one(x)
+        self.classifier.learn_one(self.scaler.transform_one(x), bool(y))
+        self.n_examples += 1
+        self.n_positive += y
+
+    def snapshot(self, version: int | None = None) -> LinearModel:
+        """Export the serving model; bumps :attr:`version` unless one is given."""
+        self.version = self.version + 1 if version is None else version
+        weights = self.classifier._weights
+        mean, std, w = [], [], []
+        for name in self.feature_names:
+            var = self.scaler.vars.get(name, 0.0)
+            mean.append(self.scaler.means.get(name, 0.0))
+            if var > 0:
+                std.append(math.sqrt(var))
+                w.append(weights[name])
+            else:  # River's scaler maps a constant feature to 0: so does a zero weight
+                std.append(1.0)
+                w.append(0.0)
+        return LinearModel(
+            goal=self.goal,
+            version=self.version,
+            feature_names=list(self.feature_names),
+            mean=mean,
+            std=std,
+            weights=w,
+            intercept=self.classifier.intercept,
+            calibration_a=self.calibration_a,
+            calibration_b=self.calibration_b,
+            warming_up=self.warming_up,
+            base_rate=self.base_rate,
+            n_examples=self.n_examples,
+            n_positive=self.n_positive,
+            metrics=self.metrics.summary(),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        )
+
+    def to_state(self) -> bytes:
+        """Persist the whole learner (River internals included) as JSON."""
+        return orjson.dumps(
+            {
+                "format": LEARNER_FORMAT,
+                "goal": self.goal,
+                "feature_names": self.feature_names,
+                "version": self.version,
+                "n_examples": self.n_examples,
+                "n_positive": self.n_positive,
+                "calibration": [self.calibration_a, self.calibration_b],
+                "scaler": {
+                    "counts": dict(self.scaler.counts),
+                    "means": dict(self.scaler.means),
+                    "vars": dict(self.scaler.vars),
+                },
+                "weights": dict(self.classifier._weights),
+                "intercept": self.classifier.intercept,
+                "n_iterations": self.classifier.optimizer.n_iterations,
+                "metrics": {
+                    "scores": list(self.metrics.scores),
+                    "labels": list(self.metrics.labels),
+                    "n_total": self.metrics.n_total,
+                    "n_positive_total": self.metrics.n_positive_total,
+                },
+            }
+        )
+
+    @classmethod
+    def from_state(cls, raw: bytes | str, **kwargs: Any) -> OnlineLearner:
+        """Restore a learner written by :meth:`to_state`; ``kwargs`` as in the constructor."""
+        data = orjson.loads(raw)
+        if data.get("format") != LEARNER_FORMAT:
+            raise ValueError("unknown learner state format; the trainer cannot resume from it")
+        learner = cls(data["goal"], data["feature_names"], **kwargs)
+        learner.version = data["version"]
+        learner.n_examples = data["n_examples"]
+        learner.n_positive = data["n_positive"]
+        learner.calibration_a, learner.calibration_b = data["calibration"]
+        learner.scaler.counts = Counter(data["scaler"]["counts"])
+        learner.scaler.means = defaultdict(float, data["scaler"]["means"])
+        learner.scaler.vars = defaultdict(float, data["scaler"]["vars"])
+        learner.classifier._weights = VectorDict(data["weights"], learner.classifier.initializer)
+        learner.classifier.intercept = data["intercept"]
+        learner.classifier.optimizer.n_iterations = data["n_iterations"]
+        metrics = data["metrics"]
+        learner.metrics.scores.extend(metrics["scores"])
+        learner.metrics.labels.extend(metrics["labels"])
+        learner.metrics.n_total = metrics["n_total"]
+        learner.metrics.n_positive_total = metrics["n_positive_total"]
+        return learner

@@ -1,0 +1,128 @@
+"""A served model: a JSON snapshot of one goal's online logistic model.
+
+Scoring needs no River at all: the snapshot holds the per-feature transform
+(``log1p``), the scaler's means and standard deviations, the weights and
+intercept, and a Platt calibration ``p = sigmoid(a * z + b)``. Factors are the
+exact per-profile contributions of the linear model, ``w_i * (x'_i - mean_i) / std_i``,
+signed, top 5 by absolute value.
+
+Until the goal has ``min_examples_per_class`` examples of each class the model is
+*warming up*: the probability is the running base rate and there are no factors.
+
+Examples
+--------
+>>> m = LinearModel.cold("conversion", ["a", "b"], base_rate=0.2)
+>>> m.warming_up, m.predict([1.0, 2.0])
+(True, (0.2, []))
+>>> m = LinearModel(goal="g", version=3, feature_names=["a", "b"], mean=[0.0, 0.0],
+...                 std=[1.0, 1.0], weights=[2.0, -1.0], intercept=0.0, warming_up=False)
+>>> p, factors = m.predict([0.0, math.e - 1])
+>>> round(p, 4), [(f, round(c, 3)) for f, c in factors]
+(0.2689, [('b', -1.0), ('a', 0.0)])
+>>> LinearModel.from_json(m.to_json()) == m
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["TOP_FACTORS", "LinearModel", "sigmoid"]
+
+TOP_FACTORS = 5
+SNAPSHOT_FORMAT = 1
+
+
+def sigmoid(z: float) -> float:
+    """Numerically safe logistic function.
+
+    >>> sigmoid(0.0), round(sigmoid(-800.0), 6)
+    (0.5, 0.0)
+    """
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@dataclass
+class LinearModel:
+    """One goal's served model (see the module docstring)."""
+
+    goal: str
+    version: int
+    feature_names: list[str]
+    mean: list[float]
+    std: list[float]
+    weights: list[float]
+    intercept: float
+    calibration_a: float = 1.0
+    calibration_b: float = 0.0
+    warming_up: bool = True
+    base_rate: float = 0.0
+    n_examples: int = 0
+    n_positive: int = 0
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    created_at: str = ""
+
+    @classmethod
+    def cold(cls, goal: str, feature_names: list[str], base_rate: float = 0.5) -> LinearModel:
+        """A version-0 model with no examples yet (knows nothing: serves 0.5)."""
+        d = len(feature_names)
+        return cls(
+            goal, 0, list(feature_names), [0.0] * d, [1.0] * d, [0.0] * d, 0.0, base_rate=base_rate
+        )
+
+    def standardized(self, features: list[float]) -> list[float]:
+        """``(log1p(x) - mean) / std`` per feature."""
+        return [
+            (math.log1p(x if x > 0.0 else 0.0) - m) / s
+            for x, m, s in zip(features, self.mean, self.std)
+        ]
+
+    def logit(self, features: list[float]) -> float:
+        """The uncalibrated linear score ``z``."""
+        z = self.intercept
+        for w, v in zip(self.weights, self.standardized(features)):
+            z += w * v
+        return z
+
+    def predict(
+        self, features: list[float], top: int = TOP_FACTORS
+    ) -> tuple[float, list[tuple[str, float]]]:
+        """Return the calibrated probability and the top signed factors.
+
+        Factors are ``(feature_name, contribution)``, sorted by ``|contribution|``
+        (ties by name); empty while warming up.
+        """
+        if self.warming_up:
+            return self.base_rate, []
+        z = self.intercept
+        contributions: list[tuple[str, float]] = []
+        for name, w, v in zip(self.feature_names, self.weights, self.standardized(features)):
+            c = w * v
+            z += c
+            contributions.append((name, c))
+        p = sigmoid(self.calibration_a * z + self.calibration_b)
+        contributions.sort(key=lambda nc: (-abs(nc[1]), nc[0]))
+        return p, contributions[:top]
+
+    def to_json(self) -> bytes:
+        """Serialize to JSON bytes (never pickle)."""
+        data = asdict(self)
+        data["format"] = SNAPSHOT_FORMAT
+        data["transform"] = "log1p"
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LinearModel:
+        """Load a snapshot written by :meth:`to_json`."""
+        data: dict[str, Any] = orjson.loads(raw)
+        if data.pop("format", SNAPSHOT_FORMAT) != SNAPSHOT_FORMAT:
+            raise ValueError("unknown model snapshot format; upgrade customer-ai")
+        data.pop("transform", None)
+        return cls(**data)

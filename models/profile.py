@@ -1,0 +1,80 @@
+"""The public JSON view of one profile, shared by ``customer-ai profile ID --json``,
+``GET /profiles/{id}`` and the backtest's ``profiles.jsonl`` (one schema everywhere).
+
+Examples
+--------
+>>> from models.config import parse_config
+>>> from models.engine import Engine, Outcome
+>>> from models.events import Event
+>>> engine = Engine(parse_config(open("customer-ai.toml").read()))
+>>> ev = Event("e-1", "p-1", "commerce.productViews", 0, {"eventType": "commerce.productViews"})
+>>> doc = profile_document(engine, "p-1", engine.process(None, ev, Outcome()))
+>>> doc["features"]["product_view_count_total"], sorted(doc["scores"])
+(1.0, ['conversion'])
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from models.engine import Engine
+from models.state import ProfileState
+
+__all__ = ["format_time", "profile_document"]
+
+
+def format_time(ms: int) -> str:
+    """Epoch milliseconds -> ISO-8601 UTC with millisecond precision.
+
+    >>> format_time(0)
+    '1970-01-01T00:00:00.000Z'
+    """
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+        + "Z"
+    )
+
+
+def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> dict[str, Any]:
+    """Features (as of the profile's newest event), last scores per goal, pending labels.
+
+    ``scores`` holds only goals the profile has been scored for; ``factors`` are
+    recomputed with the model served now, on the current features.
+    """
+    fz = engine.featurizer
+    vector = fz.vector(state)
+    scores: dict[str, Any] = {}
+    for name, gs in state.goals.items():
+        if gs.probability is None:
+            continue
+        model = engine.models.get(name)
+        factors = []
+        if model is not None and not model.warming_up:
+            _, contributions = model.predict(vector)
+            index = {n: i for i, n in enumerate(fz.names)}
+            factors = [
+                {
+                    "feature": f,
+                    "label": fz.labels[f],
+                    "value": round(vector[index[f]], 4),
+                    "contribution": round(c, 4),
+                }
+                for f, c in contributions
+            ]
+        scores[name] = {
+            "probability": gs.probability,
+            "percentile": gs.percentile,
+            "bucket": gs.bucket,
+            "model_version": gs.model_version,
+            "factors": factors,
+        }
+    return {
+        "profile_id": profile_id,
+        "first_seen": format_time(state.first_ts),
+        "last_event_time": format_time(state.ref_ts),
+        "events_applied": state.n_events,
+        "features": {n: round(v, 6) for n, v in zip(fz.names, vector)},
+        "scores": scores,
+        "pending_labels": {name: len(gs.pending) for name, gs in state.goals.items()},
+    }

@@ -1,0 +1,198 @@
+"""Per-profile state: everything needed to featurize, label and bucket one profile.
+
+The state is small and bounded: per tracked event a total count, the time of the
+last occurrence and exponentially time-decayed counts (and value sums) for each
+horizon; per goal the last score and bucket, and at most ``max_pending`` open
+label snapshots. It is serialized as one compact JSON array (a few hundred bytes),
+never pickle.
+
+Invariants
+----------
+- ``ref_ts`` is the newest event time applied; decayed counters are expressed as of
+  ``ref_ts``. An event older than ``ref_ts`` adds ``exp(-(ref_ts - t) / tau)``, so
+  the counters do not depend on arrival order (up to float rounding).
+- Snapshots in ``pending`` are sorted by ``open_ts``.
+
+Examples
+--------
+>>> state = ProfileState.new(n_events=2, n_values=1, n_horizons=3, goals=["conversion"])
+>>> ProfileState.from_bytes(state.to_bytes(), ["conversion"]) == state
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+__all__ = ["STATE_FORMAT", "GoalState", "ProfileState", "Snapshot"]
+
+#: Bumped whenever the serialized layout changes.
+STATE_FORMAT = 1
+#: Marks "never happened" in ``last_ts``.
+NEVER = -1
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A pending label: the features and probability served at a scoring moment.
+
+    The goal's window is ``(open_ts, open_ts + window]`` in event time. ``label`` is
+    set once the goal event decided it, for goals that release examples only when
+    the window closes.
+    """
+
+    open_ts: int
+    event_id: str
+    probability: float
+    model_version: int
+    features: list[float]
+    label: int | None = None
+
+    def to_list(self) -> list:
+        row = [self.open_ts, self.event_id, self.probability, self.model_version, self.features]
+        if self.label is not None:
+            row.append(self.label)
+        return row
+
+    @classmethod
+    def from_list(cls, data: list) -> Snapshot:
+        label = int(data[5]) if len(data) > 5 else None
+        return cls(int(data[0]), str(data[1]), float(data[2]), int(data[3]), list(data[4]), label)
+
+
+@dataclass(slots=True)
+class GoalState:
+    """Per goal: last served score and bucket, last snapshot time, pending snapshots."""
+
+    probability: float | None = None
+    percentile: float | None = None
+    bucket: str | None = None
+    model_version: int = 0
+    last_open_ts: int = NEVER
+    pending: list[Snapshot] = field(default_factory=list)
+
+    def to_list(self) -> list:
+        return [
+            self.probability,
+            self.percentile,
+            self.bucket,
+            self.model_version,
+            self.last_open_ts,
+            [s.to_list() for s in self.pending],
+        ]
+
+    @classmethod
+    def from_list(cls, data: list) -> GoalState:
+        return cls(
+            data[0],
+            data[1],
+            data[2],
+            int(data[3]),
+            int(data[4]),
+            [Snapshot.from_list(s) for s in data[5]],
+        )
+
+
+@dataclass(slots=True)
+class ProfileState:
+    """The rolling state of one profile (see the module docstring).
+
+    Attributes
+    ----------
+    first_ts, ref_ts
+        First and newest event time applied (epoch ms).
+    n_events
+        Events applied, tracked or not.
+    counts, last_ts
+        Per tracked event: all-time count and time of the last one (``-1``: never).
+    decayed
+        Per tracked event and horizon (row-major): time-decayed count as of ``ref_ts``.
+    values
+        Per valued event and horizon: time-decayed sum of the value as of ``ref_ts``.
+    value_totals
+        Per valued event: all-time sum of the value.
+    gap_ms
+        Time between the newest event and the one before it (``-1``: only one event).
+    goals
+        Per goal name: :class:`GoalState`.
+    """
+
+    first_ts: int
+    ref_ts: int
+    n_events: int
+    counts: list[int]
+    last_ts: list[int]
+    decayed: list[float]
+    values: list[float]
+    value_totals: list[float]
+    goals: dict[str, GoalState]
+    gap_ms: int = NEVER
+
+    @classmethod
+    def new(
+        cls, n_events: int, n_values: int, n_horizons: int, goals: list[str], ts: int = NEVER
+    ) -> ProfileState:
+        """An empty state for a profile first seen at ``ts``."""
+        return cls(
+            first_ts=ts,
+            ref_ts=ts,
+            n_events=0,
+            counts=[0] * n_events,
+            last_ts=[NEVER] * n_events,
+            decayed=[0.0] * (n_events * n_horizons),
+            values=[0.0] * (n_values * n_horizons),
+            value_totals=[0.0] * n_values,
+            goals={g: GoalState() for g in goals},
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialize to compact JSON bytes."""
+        return orjson.dumps(
+            [
+                STATE_FORMAT,
+                self.first_ts,
+                self.ref_ts,
+                self.n_events,
+                self.counts,
+                self.last_ts,
+                self.decayed,
+                self.values,
+                self.value_totals,
+                {name: g.to_list() for name, g in self.goals.items()},
+                self.gap_ms,
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, goals: list[str]) -> ProfileState:
+        """Deserialize; goals missing from ``raw`` (newly configured) start empty."""
+        data = orjson.loads(raw)
+        if data[0] != STATE_FORMAT:
+            raise ValueError(
+                f"state format {data[0]} is not {STATE_FORMAT}; migrate or flush the state"
+            )
+        stored = data[9]
+        return cls(
+            first_ts=data[1],
+            ref_ts=data[2],
+            n_events=data[3],
+            counts=data[4],
+            last_ts=data[5],
+            decayed=data[6],
+            values=data[7],
+            value_totals=data[8],
+            goals={
+                g: GoalState.from_list(stored[g]) if g in stored else GoalState() for g in goals
+            },
+        )
+
+    def next_due(self, windows_ms: dict[str, int]) -> int | None:
+        """Earliest window close among pending snapshots, or ``None``."""
+        due = [
+            g.pending[0].open_ts + windows_ms[name]
+            for name, g in self.goals.items()
+            if g.pending and name in windows_ms
+        ]
+        return min(due) if due else None

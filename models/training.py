@@ -1,0 +1,103 @@
+"""The trainer core: one :class:`~models.learner.OnlineLearner` per goal, exactly-once
+learning by example id, and the cadence at which model versions are published.
+
+Used by the stream's single-partition trainer agent and by the backtest.
+
+Examples
+--------
+>>> from models.config import parse_config
+>>> from models.engine import Example
+>>> cfg = parse_config(open("customer-ai.toml").read())
+>>> trainer = Trainer(cfg)
+>>> ex = Example("p|conversion|0|e", "conversion", "p", 0, 1, 0.5, 0,
+...              [0.0] * len(trainer.feature_names), 1)
+>>> trainer.learn(ex), trainer.learn(ex)
+(True, False)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from models.config import Config
+from models.engine import Example
+from models.features import Featurizer
+from models.learner import OnlineLearner
+from models.model import LinearModel
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Per-goal online learners with id de-duplication and publish cadence.
+
+    Parameters
+    ----------
+    config
+        The validated configuration.
+    feature_names
+        Feature order; defaults to the config's featurizer.
+    dedup_capacity
+        How many recent example ids are remembered to drop re-deliveries.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        feature_names: list[str] | None = None,
+        dedup_capacity: int = 1_000_000,
+    ) -> None:
+        self.config = config
+        self.feature_names = feature_names or Featurizer(config).names
+        m = config.model
+        self.learner_kwargs = {
+            "learning_rate": m.learning_rate,
+            "l2": m.l2,
+            "min_examples_per_class": m.min_examples_per_class,
+            "metrics_window": m.metrics_window,
+        }
+        self.learners = {
+            g.name: OnlineLearner(g.name, self.feature_names, **self.learner_kwargs)
+            for g in config.goals
+        }
+        self.since_snapshot = {g.name: 0 for g in config.goals}
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.dedup_capacity = dedup_capacity
+        self.duplicates = 0
+
+    def restore(self, goal: str, state: bytes) -> None:
+        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON."""
+        learner = OnlineLearner.from_state(state, **self.learner_kwargs)
+        if learner.feature_names != self.feature_names:
+            return  # features changed: start that goal afresh
+        self.learners[goal] = learner
+
+    def learn(self, example: Example) -> bool:
+        """Learn ``example`` unless its id was learnt already. Returns True if learnt."""
+        learner = self.learners.get(example.goal)
+        if learner is None:
+            return False
+        if example.example_id in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen[example.example_id] = None
+        if len(self.seen) > self.dedup_capacity:
+            self.seen.popitem(last=False)
+        learner.learn(example.features, example.label, example.probability)
+        self.since_snapshot[example.goal] += 1
+        return True
+
+    def due(self, force: bool = False) -> list[str]:
+        """Goals with enough new examples for a new version (all with any, if ``force``)."""
+        every = self.config.model.snapshot_every_examples
+        warm = max(1, every // 10)  # publish the base rate often while a goal warms up
+        return [
+            g
+            for g, n in self.since_snapshot.items()
+            if n >= every or (force and n > 0) or (n >= warm and self.learners[g].warming_up)
+        ]
+
+    def snapshot(self, goal: str) -> LinearModel:
+        """Export a new version of ``goal``'s model."""
+        self.since_snapshot[goal] = 0
+        return self.learners[goal].snapshot()

@@ -1,0 +1,204 @@
+"""The Faust app: topics, agents, timers. Thin: the work lives in
+:mod:`stream.scorer` and :mod:`stream.trainer`, the learning in :mod:`models`.
+
+Agents (one actor per partition, never ``concurrency > 1``: that reorders events
+and can commit past unprocessed ones, faust-streaming #606):
+
+- ``score_events`` on ``customer-ai.events`` and ``score_repartitioned`` on the
+  internal ``customer-ai.events-by-profile``: batches of up to ``batch_max`` events
+  (``take_events``), scored by :class:`~stream.scorer.BatchScorer`. Faust acks a
+  batch when the loop asks for the next one, i.e. after outputs were flushed and
+  state stored.
+- ``train`` on the single-partition ``customer-ai.training``.
+
+Every batch is processed inside a guard: an exception never escapes into Faust
+(which would ack the events); Redis and Kafka errors are retried in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import faust
+
+from models.config import load_config
+from models.engine import Engine
+from stream.producer import BatchProducer, OutMessage
+from stream.scorer import BatchScorer, Record
+from stream.security import faust_broker_credentials, kafka_security_kwargs, redis_connection_kwargs
+from stream.settings import Settings
+from stream.store import RedisStore
+from stream.trainer import TrainerStep
+
+__all__ = ["app", "runtime", "settings"]
+
+log = logging.getLogger("customer_ai")
+
+settings = Settings.from_env()
+config = load_config(settings.config_path)
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{hostport}" for hostport in settings.bootstrap.split(",")],
+    broker_credentials=faust_broker_credentials(os.environ),
+    store="memory://",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=int(os.environ.get("CUSTOMER_AI_REPLICATION_FACTOR", "1")),
+    stream_buffer_maxsize=131_072,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=settings.session_timeout,
+    broker_rebalance_timeout=settings.rebalance_timeout,
+    broker_heartbeat_interval=1.0,
+    broker_commit_interval=1.0,
+    broker_request_timeout=30.0,
+    web_enabled=True,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    web_bind=settings.web_host,
+    producer_acks=-1,
+)
+
+_raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+events_topic = app.topic(settings.topic("events"), partitions=settings.partitions, **_raw)
+repartition_topic = app.topic(
+    settings.topic("events-by-profile"), partitions=settings.partitions, internal=True, **_raw
+)
+training_topic = app.topic(settings.topic("training"), partitions=1, **_raw)
+output_topics = [
+    app.topic(settings.topic(name), partitions=n, **_raw)
+    for name, n in (
+        ("scores", settings.partitions),
+        ("segments", settings.partitions),
+        ("dlq", settings.partitions),
+        ("models", 1),
+    )
+]
+
+
+class Runtime:
+    """Per-process resources, created inside the worker's event loop."""
+
+    def __init__(self) -> None:
+        security = kafka_security_kwargs(os.environ)
+        self.store = RedisStore(
+            **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
+            key_prefix=settings.key_prefix,
+        )
+        self.producer = BatchProducer(settings.bootstrap, security)
+        self.engine = Engine(config)
+        self.scorer = BatchScorer(
+            self.engine,
+            self.store,
+            self.producer,
+            settings,
+            repartition_topic=repartition_topic.get_topic_name(),
+        )
+        self.repartitioned_scorer = BatchScorer(self.engine, self.store, self.producer, settings)
+        self.trainer = TrainerStep(config, self.store, self.producer, settings)
+        self.lock = asyncio.Lock()
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process-wide :class:`Runtime` (created on first use)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def _records(events: list) -> list[Record]:
+    return [
+        Record(
+            e.message.topic,
+            e.message.partition,
+            e.message.offset,
+            e.message.key,
+            e.message.value,
+            int(e.message.timestamp * 1000) if e.message.timestamp else None,
+        )
+        for e in events
+    ]
+
+
+async def _guarded(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
+    """Run a batch step; retry unexpected errors, never let one escape into Faust."""
+    delay = 0.5
+    for attempt in range(1, 6):
+        try:
+            await step(records)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - an exception inside an agent would ack the batch
+            log.exception("%s batch failed (attempt %d); retrying", what, attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.error("%s batch failed 5 times; sending its %d records to the DLQ", what, len(records))
+    rt = runtime()
+    outbox: list[OutMessage] = []
+    for record in records:
+        rt.scorer._reject(record, "internal_error", f"{what} batch failed repeatedly", outbox)
+    await rt.producer.send_all(outbox)
+
+
+@app.agent(events_topic)
+async def score_events(stream: faust.StreamT) -> None:
+    rt = runtime()
+    async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
+        await _guarded(rt.scorer.process, _records(events), "score")
+
+
+@app.agent(repartition_topic)
+async def score_repartitioned(stream: faust.StreamT) -> None:
+    rt = runtime()
+    async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
+        await _guarded(rt.repartitioned_scorer.process, _records(events), "score")
+
+
+@app.agent(training_topic)
+async def train(stream: faust.StreamT) -> None:
+    rt = runtime()
+    async for events in stream.take_events(5000, within=0.2):
+        await _guarded(rt.trainer.process, _records(events), "train")
+
+
+@app.task
+async def declare_topics() -> None:
+    """Create the output topics up front so consumers can subscribe before the first score."""
+    for topic in output_topics:
+        try:
+            await topic.maybe_declare()
+        except Exception as exc:  # noqa: BLE001 - the broker may auto-create instead
+            log.warning("could not declare %s: %r", topic.get_topic_name(), exc)
+
+
+@app.timer(interval=1.0)
+async def refresh_models() -> None:
+    """Pick up newer model versions published by the trainer."""
+    try:
+        updated = await runtime().scorer.refresh_models()
+        if updated:
+            log.info("serving new model versions for %s", ", ".join(updated))
+    except Exception:  # noqa: BLE001 - a timer must not die
+        log.exception("model refresh failed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a worker (``customer-ai worker``)."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    from faust.worker import Worker
+
+    from stream import web  # noqa: F401 - registers the HTTP views
+
+    level = os.environ.get("CUSTOMER_AI_LOG_LEVEL", "info")
+    Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()

@@ -1,0 +1,84 @@
+"""Batch producer for the output topics.
+
+Faust's per-message produce path is the bottleneck of an idiomatic agent, so
+outputs go through one plain aiokafka producer. Each batch step collects its own
+list of messages and calls :meth:`BatchProducer.send_all`, which waits once until
+every message is acknowledged. The scorer does this *before* it stores state or
+lets Faust commit, which makes every output at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+__all__ = ["BatchProducer", "OutMessage"]
+
+log = logging.getLogger(__name__)
+
+#: ``(topic, key, value)``
+OutMessage = tuple[str, "bytes | None", bytes]
+
+
+class BatchProducer:
+    """An aiokafka producer, started on demand, that sends whole batches with retry."""
+
+    def __init__(
+        self, bootstrap: str, security: Mapping[str, Any] | None = None, linger_ms: int = 5
+    ) -> None:
+        self._kwargs = dict(
+            bootstrap_servers=bootstrap,
+            linger_ms=linger_ms,
+            acks="all",
+            max_batch_size=1_048_576,
+            max_request_size=4_194_304,
+            request_timeout_ms=30_000,
+            **(security or {}),
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._producer is None:
+                producer = AIOKafkaProducer(**self._kwargs)
+                await producer.start()
+                self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def send_all(self, messages: list[OutMessage]) -> None:
+        """Send ``messages`` and wait until every one is acknowledged.
+
+        Each caller passes its own list, so agents sharing the producer never send
+        or drop each other's messages. On a broker error the whole list is sent
+        again until it goes through: outputs are at-least-once, so a retry may
+        duplicate, never lose.
+        """
+        delay = 0.2
+        while messages:
+            try:
+                await self.start()
+                producer = self._producer
+                assert producer is not None
+                futures = [await producer.send(t, value=v, key=k) for t, k, v in messages]
+                await asyncio.gather(*futures)
+                return
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                log.warning(
+                    "produce failed (%r); retrying %d messages in %.1fs", exc, len(messages), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    await self.stop()
+                except Exception:  # noqa: BLE001 - a broken producer may fail to stop
+                    self._producer = None

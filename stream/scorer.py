@@ -1,0 +1,396 @@
+"""The scoring step of one batch: decode, load, score, produce, store.
+
+:class:`BatchScorer` is independent of Faust: the agent in :mod:`stream.app` hands
+it each batch of raw records and acknowledges them once it returns. For a batch:
+
+1. decode every record; bad ones go to the dead-letter topic with a reason, the
+   source topic/partition/offset and the original bytes, and never stop the worker;
+2. events whose key is not their profile id are forwarded to the repartition
+   topic (keyed by profile id) instead of being scored here;
+3. load the touched profiles' state in one Redis pipeline;
+4. run the :class:`~models.engine.Engine` per event in offset order, skipping events
+   at or below the profile's applied offset (already applied: exactly-once state);
+5. mature label snapshots of idle profiles whose window closed before the
+   partition's event-time watermark (from the due index);
+6. produce scores, segment changes and examples, and wait for the acks;
+7. write every touched profile with a compare-and-set on its write version; a
+   refused write (the profile moved on: a rebalance or a zombie) is re-done from
+   the fresh state, whose applied offset makes the replay skip what was applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+
+from models.engine import Engine, Example, Outcome, Score, SegmentChange
+from models.events import Event, InvalidEvent, decode_event
+from models.model import LinearModel
+from models.profile import format_time
+from models.state import ProfileState
+from stream import metrics
+from stream.producer import BatchProducer, OutMessage
+from stream.settings import Settings
+from stream.store import LoadedProfile, ProfileWrite, RedisStore, scores_json
+
+__all__ = ["BatchScorer", "Record"]
+
+log = logging.getLogger(__name__)
+MAX_CAS_RETRIES = 5
+
+
+@dataclass(slots=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+def score_message(score: Score, scored_at: str) -> bytes:
+    """The ``customer-ai.scores`` message of DESIGN.md."""
+    return orjson.dumps(
+        {
+            "profile_id": score.profile_id,
+            "goal": score.goal,
+            "probability": round(score.probability, 6),
+            "percentile": round(score.percentile, 1),
+            "bucket": score.bucket,
+            "model_version": score.model_version,
+            "warming_up": score.warming_up,
+            "factors": [
+                {
+                    "feature": f.feature,
+                    "label": f.label,
+                    "value": f.value,
+                    "contribution": f.contribution,
+                }
+                for f in score.factors
+            ],
+            "event_id": score.event_id,
+            "event_time": format_time(score.event_time_ms),
+            "scored_at": scored_at,
+        }
+    )
+
+
+def segment_message(change: SegmentChange) -> bytes:
+    """The ``customer-ai.segments`` message."""
+    return orjson.dumps(
+        {
+            "profile_id": change.profile_id,
+            "goal": change.goal,
+            "from": change.from_bucket,
+            "to": change.to_bucket,
+            "probability": round(change.probability, 6),
+            "event_time": format_time(change.event_time_ms),
+        }
+    )
+
+
+def example_message(example: Example) -> bytes:
+    """The ``customer-ai.training`` message: a matured example with its served probability."""
+    return orjson.dumps(
+        {
+            "example_id": example.example_id,
+            "goal": example.goal,
+            "profile_id": example.profile_id,
+            "prediction_time": example.prediction_ts,
+            "label": example.label,
+            "probability": example.probability,
+            "model_version": example.model_version,
+            "features": example.features,
+            "matured_time": example.matured_ts,
+        }
+    )
+
+
+def example_from_message(raw: bytes) -> Example:
+    d = orjson.loads(raw)
+    return Example(
+        d["example_id"],
+        d["goal"],
+        d["profile_id"],
+        d["prediction_time"],
+        d["label"],
+        d["probability"],
+        d["model_version"],
+        d["features"],
+        d["matured_time"],
+    )
+
+
+def dlq_message(record: Record, reason: str, detail: str) -> bytes:
+    """The ``customer-ai.dlq`` message: reason, source coordinates and the original bytes."""
+    value = record.value or b""
+    try:
+        original: str | None = value.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        import base64
+
+        original = base64.b64encode(value).decode()
+        encoding = "base64"
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": record.key.decode("utf-8", "replace") if record.key else None,
+            "timestamp": record.timestamp_ms,
+            "original": original,
+            "original_encoding": encoding,
+            "original_bytes": len(value),
+        }
+    )
+
+
+class BatchScorer:
+    """Scores batches of records (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: RedisStore,
+        producer: BatchProducer,
+        settings: Settings,
+        repartition_topic: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.producer = producer
+        self.settings = settings
+        self.config = engine.config
+        self.goal_names = [g.name for g in self.config.goals]
+        self.scores_topic = settings.topic("scores")
+        self.segments_topic = settings.topic("segments")
+        self.training_topic = settings.topic("training")
+        self.dlq_topic = settings.topic("dlq")
+        self.repartition_topic = repartition_topic
+        self.watermarks: dict[tuple[str, int], int] = {}
+
+    # ---- models ----------------------------------------------------------------------
+    async def refresh_models(self) -> list[str]:
+        """Load newer model versions from Redis; returns the goals updated."""
+        updated = []
+        versions = await self.store.model_versions()
+        for goal, version in versions.items():
+            current = self.engine.models.get(goal)
+            if current is None or version <= current.version:
+                continue
+            raw = await self.store.get_model(goal)
+            if raw is None:
+                continue
+            try:
+                if self.engine.set_model(LinearModel.from_json(raw)):
+                    updated.append(goal)
+                    metrics.MODEL_VERSION.labels(goal=goal).set(version)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("cannot load model %s v%s: %s", goal, version, exc)
+        return updated
+
+    # ---- batches ---------------------------------------------------------------------
+    async def process(self, records: list[Record]) -> dict[str, int]:
+        """Process one batch end to end; returns counters for logs and tests."""
+        started = time.perf_counter()
+        counts = {
+            "events": 0,
+            "rejected": 0,
+            "skipped": 0,
+            "forwarded": 0,
+            "scores": 0,
+            "examples": 0,
+            "fenced": 0,
+        }
+        by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
+        outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
+        for record in records:
+            metrics.EVENTS_IN.labels(topic=record.topic).inc()
+            try:
+                event = decode_event(
+                    record.value,
+                    identity_namespace=self.config.identity_namespace,
+                    max_bytes=self.config.max_event_bytes,
+                )
+                matched = self.engine.match(event)
+            except InvalidEvent as exc:
+                self._reject(record, exc.reason, exc.detail, outbox)
+                counts["rejected"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - nothing may stop the worker
+                log.exception(
+                    "unexpected error decoding %s[%d]@%d",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                self._reject(record, "internal_error", repr(exc)[:200], outbox)
+                counts["rejected"] += 1
+                continue
+            if (
+                self.repartition_topic is not None
+                and record.key is not None
+                and record.key != event.profile_id.encode()
+            ):
+                outbox.append(
+                    (self.repartition_topic, event.profile_id.encode(), record.value or b"")
+                )
+                counts["forwarded"] += 1
+                continue
+            by_partition[(record.topic, record.partition)].append((record, event, matched))
+        for (topic, partition), items in by_partition.items():
+            await self._process_partition(topic, partition, items, counts, outbox)
+        if outbox:
+            await self.producer.send_all(outbox)
+        elapsed = time.perf_counter() - started
+        metrics.PROCESSING_LATENCY.observe(elapsed / max(1, len(records)))
+        return counts
+
+    def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
+        metrics.EVENTS_REJECTED.labels(reason=reason).inc()
+        outbox.append((self.dlq_topic, record.key, dlq_message(record, reason, detail)))
+
+    async def _process_partition(
+        self,
+        topic: str,
+        partition: int,
+        items: list[tuple[Record, Event, tuple]],
+        counts: dict[str, int],
+        outbox: list[OutMessage],
+    ) -> None:
+        offset_field = f"o:{topic}"
+        due_key = self.store.due_key(topic, partition)
+        wm_key = self.store.watermark_key(topic, partition)
+        lateness = self.config.labels.allowed_lateness_ms
+        wm = self.watermarks.get((topic, partition))
+        if wm is None:
+            wm = await self.store.watermark(wm_key)
+        batch_max_ts = max(e.timestamp_ms for _, e, _ in items)
+        new_wm = batch_max_ts - lateness if wm is None else max(wm, batch_max_ts - lateness)
+        due_ids = await self.store.due_profiles(due_key, new_wm)
+        touched = list(dict.fromkeys([e.profile_id for _, e, _ in items] + due_ids))
+        retry_ids: list[str] = touched
+        attempt = 0
+        while retry_ids:
+            attempt += 1
+            loaded = await self.store.load(retry_ids, offset_field)
+            subset = set(retry_ids)
+            fenced = await self._apply(
+                topic,
+                items,
+                subset,
+                loaded,
+                offset_field,
+                due_key,
+                wm_key if attempt == 1 else None,
+                new_wm,
+                counts,
+                outbox,
+            )
+            counts["fenced"] += len(fenced)
+            if fenced and attempt >= MAX_CAS_RETRIES:
+                log.error("gave up on %d fenced profiles after %d attempts", len(fenced), attempt)
+                break
+            retry_ids = sorted(fenced)
+        self.watermarks[(topic, partition)] = new_wm
+
+    async def _apply(
+        self,
+        topic: str,
+        items: list[tuple[Record, Event, tuple]],
+        subset: set[str],
+        loaded: dict[str, LoadedProfile],
+        offset_field: str,
+        due_key: str,
+        wm_key: str | None,
+        watermark: int,
+        counts: dict[str, int],
+        outbox: list[OutMessage],
+    ) -> set[str]:
+        engine = self.engine
+        goals = self.goal_names
+        states: dict[str, ProfileState | None] = {}
+        for pid in subset:
+            row = loaded[pid]
+            states[pid] = ProfileState.from_bytes(row.state, goals) if row.state else None
+        applied_offset = {pid: loaded[pid].offset for pid in subset}
+        last_offset: dict[str, int] = {}
+        segment_moves: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
+        out = Outcome()
+        produced_at: list[int] = []
+        for record, event, matched in items:
+            pid = event.profile_id
+            if pid not in subset:
+                continue
+            if record.offset <= applied_offset[pid]:
+                counts["skipped"] += 1
+                continue
+            states[pid] = engine.process(states[pid], event, out, matched)
+            last_offset[pid] = record.offset
+            counts["events"] += 1
+            if record.timestamp_ms is not None:
+                produced_at.append(record.timestamp_ms)
+        changed_by_expiry: set[str] = set()
+        for pid in subset:
+            state = states[pid]
+            if state is not None and engine.expire(pid, state, watermark, out):
+                changed_by_expiry.add(pid)
+        scored_at = format_time(int(time.time() * 1000))
+        send = outbox.append
+        for score in out.scores:
+            send((self.scores_topic, score.profile_id.encode(), score_message(score, scored_at)))
+            metrics.SCORES.labels(goal=score.goal).inc()
+        for change in out.segment_changes:
+            send((self.segments_topic, change.profile_id.encode(), segment_message(change)))
+            metrics.SEGMENT_CHANGES.labels(
+                goal=change.goal, from_bucket=str(change.from_bucket), to_bucket=change.to_bucket
+            ).inc()
+            segment_moves[change.profile_id].append(
+                (change.goal, change.from_bucket, change.to_bucket)
+            )
+        for example in out.examples:
+            send((self.training_topic, example.example_id.encode(), example_message(example)))
+            metrics.TRAINING_EXAMPLES.labels(goal=example.goal, label=str(example.label)).inc()
+        counts["scores"] += len(out.scores)
+        counts["examples"] += len(out.examples)
+        await self.producer.send_all(outbox)
+        outbox.clear()
+        now = time.time()
+        for ts in produced_at:
+            metrics.observe_end_to_end(ts / 1000, now)
+        writes: list[ProfileWrite] = []
+        due: dict[str, int | None] = {}
+        for pid in subset:
+            state = states[pid]
+            if state is None or (pid not in last_offset and pid not in changed_by_expiry):
+                if state is not None and pid not in last_offset:
+                    due[pid] = engine.next_due(state)
+                continue
+            offset = last_offset.get(pid)
+            gs = {
+                g: (s.probability, s.percentile, s.bucket, s.model_version)
+                for g, s in state.goals.items()
+            }
+            writes.append(
+                ProfileWrite(
+                    profile_id=pid,
+                    expected_version=loaded[pid].version,
+                    offset_field=offset_field if offset is not None else "",
+                    offset=offset if offset is not None else 0,
+                    state=state.to_bytes(),
+                    scores=scores_json(gs),
+                    segment_moves=segment_moves.get(pid, []),
+                )
+            )
+            due[pid] = engine.next_due(state)
+        return await self.store.save(writes, due, due_key, wm_key, watermark)

@@ -1,0 +1,78 @@
+"""Read-only HTTP views on the worker (bound to 127.0.0.1 unless configured).
+
+- ``GET /healthz``: 200 once partitions are assigned and Redis answers, else 503;
+- ``GET /profiles/{id}``: features, scores, factors, buckets (404 if unknown);
+- ``GET /models``: served versions and live metrics per goal;
+- ``GET /metrics``: Prometheus exposition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from models.profile import profile_document
+from models.state import ProfileState
+from stream import metrics
+from stream.app import app, runtime
+
+__all__ = ["models_document"]
+
+
+def models_document() -> dict[str, Any]:
+    """Served model version, warm-up and live metrics per goal."""
+    engine = runtime().engine
+    return {
+        goal: {
+            "version": m.version,
+            "warming_up": m.warming_up,
+            "n_examples": m.n_examples,
+            "n_positive": m.n_positive,
+            "base_rate": m.base_rate,
+            "live": m.metrics,
+            "created_at": m.created_at,
+        }
+        for goal, m in engine.models.items()
+    }
+
+
+@app.page("/healthz")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
+        metrics.PARTITIONS_ASSIGNED.set(assigned)
+        try:
+            redis_ok = bool(await runtime().store.redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            redis_ok = False
+        ready = assigned > 0 and redis_ok
+        return self.json(
+            {"ready": ready, "partitions_assigned": assigned, "redis": redis_ok},
+            status=200 if ready else 503,
+        )
+
+
+@app.page("/profiles/{profile_id}")
+class Profile(View):
+    async def get(self, request: Request, profile_id: str) -> Response:
+        rt = runtime()
+        raw = await rt.store.get_profile(profile_id)
+        if raw is None:
+            return self.json({"error": f"profile {profile_id!r} not found"}, status=404)
+        state = ProfileState.from_bytes(raw, [g.name for g in rt.engine.goals])
+        return self.json(profile_document(rt.engine, profile_id, state))
+
+
+@app.page("/models")
+class Models(View):
+    async def get(self, request: Request) -> Response:
+        await runtime().scorer.refresh_models()
+        return self.json(models_document())
+
+
+@app.page("/metrics")
+class Metrics(View):
+    async def get(self, request: Request) -> Response:
+        payload, content_type = metrics.render()
+        return self.bytes(payload, content_type=content_type.split(";")[0])

@@ -1,0 +1,227 @@
+"""Test harness for integration tests: real worker processes, real broker, real Redis.
+
+Nothing here is a mock: :class:`WorkerProcess` runs ``customer-ai worker`` as a
+subprocess against the test's Tansu broker and Redis database, and the helpers
+produce and consume with plain aiokafka over sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.dev import find_free_port
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "customer-ai.toml"
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+def worker_env(bootstrap: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment of a worker process for tests (short group timeouts for Tansu)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTOMER_AI_")}
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "REDIS_URL": redis_url,
+            "CUSTOMER_AI_CONFIG": str(CONFIG),
+            "CUSTOMER_AI_SESSION_TIMEOUT": "4",
+            "CUSTOMER_AI_REBALANCE_TIMEOUT": "3",
+            "CUSTOMER_AI_PARTITIONS": "4",
+            "CUSTOMER_AI_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``customer-ai worker`` in a subprocess, with its own web port and log file."""
+
+    def __init__(
+        self, bootstrap: str, redis_url: str, log_dir: Path, name: str = "worker", **extra_env: str
+    ) -> None:
+        self.port = find_free_port()
+        self.env = worker_env(
+            bootstrap, redis_url, CUSTOMER_AI_WEB_PORT=str(self.port), **extra_env
+        )
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> WorkerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status, _ = self.get("/healthz", timeout=1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL, no clean-up: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes]],
+    partition: int | None = None,
+) -> int:
+    """Produce ``(key, value)`` pairs; returns the count."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=10,
+        max_request_size=4_194_304,
+        max_batch_size=1_048_576,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value=v, key=k, partition=partition) for k, v in messages
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+async def consume_all(
+    bootstrap: str, topic: str, idle: float = 2.0, timeout: float = 60.0
+) -> list[Message]:
+    """Every message of ``topic`` from the beginning, until ``idle`` seconds bring nothing."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8_388_608,
+        fetch_max_bytes=16_777_216,
+    )
+    await consumer.start()
+    out: list[Message] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            return out
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=int(idle * 1000), max_records=20_000)
+            if not batch:
+                break
+            for tp, records in batch.items():
+                out.extend(
+                    Message(tp.topic, tp.partition, r.offset, r.key, r.value) for r in records
+                )
+    finally:
+        await consumer.stop()
+    return out
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def events_as_messages(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    """Generated events as (profile-id key, JSON value) pairs."""
+    return [(e["identityMap"]["ECID"][0]["id"].encode(), orjson.dumps(e)) for e in events]
