@@ -186,6 +186,7 @@ class ProfileState:
             goals={
                 g: GoalState.from_list(stored[g]) if g in stored else GoalState() for g in goals
             },
+            gap_ms=data[10],
         )
 
     def next_due(self, windows_ms: dict[str, int]) -> int | None:

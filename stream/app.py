@@ -11,6 +11,12 @@ and can commit past unprocessed ones, faust-streaming #606):
   state stored.
 - ``train`` on the single-partition ``customer-ai.training``.
 
+Operations (see docs/OPERATING.md): the ``lag_poller`` task keeps the
+``customer_ai_consumer_*`` gauges current from the broker (also while the consumer
+stalls), ``customer_ai_partitions_assigned`` follows Faust's rebalance signals, and the
+``publish_gauges`` timer counts every goal's bucket sets (``customer_ai_bucket_size``, the
+global sizes: aggregate them over workers with ``max``, not ``sum``).
+
 Every batch is processed inside a guard: an exception never escapes into Faust
 (which would ack the events); Redis and Kafka errors are retried in place.
 """
@@ -20,11 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 
 from models.config import load_config
 from models.engine import Engine
+from stream import metrics
+from stream.lag import LagPoller
 from stream.producer import BatchProducer, OutMessage
 from stream.scorer import BatchScorer, Record
 from stream.security import faust_broker_credentials, kafka_security_kwargs, redis_connection_kwargs
@@ -85,6 +97,7 @@ class Runtime:
         self.store = RedisStore(
             **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
             key_prefix=settings.key_prefix,
+            cluster=settings.redis_cluster,
         )
         self.producer = BatchProducer(settings.bootstrap, security)
         self.engine = Engine(config)
@@ -125,6 +138,17 @@ def _records(events: list) -> list[Record]:
     ]
 
 
+_first_batch_seen = False
+
+
+def _note_first_batch(records: list[Record]) -> None:
+    """Log when this process scores its first batch (bench/ times runs from it)."""
+    global _first_batch_seen
+    if not _first_batch_seen and records:
+        _first_batch_seen = True
+        log.info("first batch consumed at %.6f: %d records", time.time(), len(records))
+
+
 async def _guarded(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
     """Run a batch step; retry unexpected errors, never let one escape into Faust."""
     delay = 0.5
@@ -150,7 +174,9 @@ async def _guarded(step, records: list[Record], what: str) -> None:  # type: ign
 async def score_events(stream: faust.StreamT) -> None:
     rt = runtime()
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
-        await _guarded(rt.scorer.process, _records(events), "score")
+        records = _records(events)
+        _note_first_batch(records)
+        await _guarded(rt.scorer.process, records, "score")
 
 
 @app.agent(repartition_topic)
@@ -175,6 +201,71 @@ async def declare_topics() -> None:
             await topic.maybe_declare()
         except Exception as exc:  # noqa: BLE001 - the broker may auto-create instead
             log.warning("could not declare %s: %r", topic.get_topic_name(), exc)
+
+
+@app.task
+async def lag_poller() -> None:
+    """Publish the group's lag read from the broker; restarted if it ever fails."""
+    while True:
+        try:
+            await LagPoller(
+                settings.bootstrap,
+                settings.app_id,
+                interval=settings.metrics_interval,
+                security=kafka_security_kwargs(os.environ),
+            ).run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the poller must outlive any error
+            log.exception("lag poller failed; restarting")
+        await asyncio.sleep(settings.metrics_interval)
+
+
+_SOURCE_TOPICS = frozenset(
+    t.get_topic_name() for t in (events_topic, repartition_topic, training_topic)
+)
+
+
+def _source_partitions(tps: set[TP]) -> int:
+    """How many of ``tps`` are partitions of the agents' topics (not Faust's own)."""
+    return sum(1 for tp in tps if tp.topic in _SOURCE_TOPICS)
+
+
+def _current_assignment() -> set[TP]:
+    consumer = app.consumer
+    try:
+        return set(consumer.assignment()) if consumer is not None else set()
+    except ConsumerNotStarted:  # start-up: nothing assigned yet
+        return set()
+
+
+def _assigned_count() -> int:
+    return _source_partitions(_current_assignment())
+
+
+@app.on_partitions_assigned.connect
+async def _on_partitions_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+    metrics.PARTITIONS_ASSIGNED.set(_source_partitions(assigned))
+
+
+@app.on_partitions_revoked.connect
+async def _on_partitions_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    metrics.PARTITIONS_ASSIGNED.set(_source_partitions(_current_assignment() - set(revoked)))
+
+
+@app.timer(interval=settings.metrics_interval)
+async def publish_gauges() -> None:
+    """Partitions assigned and the size of every goal's buckets (global, from Redis)."""
+    try:
+        metrics.PARTITIONS_ASSIGNED.set(_assigned_count())
+        sizes = await asyncio.wait_for(
+            runtime().store.bucket_sizes([g.name for g in config.goals], config.buckets.names),
+            timeout=max(1.0, 2 * settings.metrics_interval),
+        )
+        for (goal, bucket), size in sizes.items():
+            metrics.BUCKET_SIZE.labels(goal=goal, bucket=bucket).set(size)
+    except Exception:  # noqa: BLE001 - a timer must not die
+        log.exception("publishing gauges failed")
 
 
 @app.timer(interval=1.0)

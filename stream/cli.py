@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run everything end to end on embedded servers")
     p.add_argument("--profiles", type=int, default=1500)
-    p.add_argument("--days", type=int, default=180)
+    p.add_argument("--days", type=int, default=365)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(fn=cmd_demo)
     return parser

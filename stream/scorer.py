@@ -35,7 +35,7 @@ from models.state import ProfileState
 from stream import metrics
 from stream.producer import BatchProducer, OutMessage
 from stream.settings import Settings
-from stream.store import LoadedProfile, ProfileWrite, RedisStore, scores_json
+from stream.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry, scores_json
 
 __all__ = ["BatchScorer", "Record"]
 
@@ -324,8 +324,16 @@ class BatchScorer:
             row = loaded[pid]
             states[pid] = ProfileState.from_bytes(row.state, goals) if row.state else None
         applied_offset = {pid: loaded[pid].offset for pid in subset}
+        # each profile's place in the segment index as stored: (bucket, top factors) per goal
+        index_before: dict[str, dict[str, SegmentEntry]] = {}
+        for pid in subset:
+            loaded_state = states[pid]
+            if loaded_state is not None:
+                tf = loaded[pid].top_factors
+                index_before[pid] = {
+                    g: (s.bucket, tf.get(g, ())) for g, s in loaded_state.goals.items()
+                }
         last_offset: dict[str, int] = {}
-        segment_moves: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
         out = Outcome()
         produced_at: list[int] = []
         for record, event, matched in items:
@@ -347,17 +355,16 @@ class BatchScorer:
                 changed_by_expiry.add(pid)
         scored_at = format_time(int(time.time() * 1000))
         send = outbox.append
+        top_factors: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
         for score in out.scores:
             send((self.scores_topic, score.profile_id.encode(), score_message(score, scored_at)))
             metrics.SCORES.labels(goal=score.goal).inc()
+            top_factors[score.profile_id][score.goal] = tuple(f.feature for f in score.factors)
         for change in out.segment_changes:
             send((self.segments_topic, change.profile_id.encode(), segment_message(change)))
             metrics.SEGMENT_CHANGES.labels(
                 goal=change.goal, from_bucket=str(change.from_bucket), to_bucket=change.to_bucket
             ).inc()
-            segment_moves[change.profile_id].append(
-                (change.goal, change.from_bucket, change.to_bucket)
-            )
         for example in out.examples:
             send((self.training_topic, example.example_id.encode(), example_message(example)))
             metrics.TRAINING_EXAMPLES.labels(goal=example.goal, label=str(example.label)).inc()
@@ -381,6 +388,12 @@ class BatchScorer:
                 g: (s.probability, s.percentile, s.bucket, s.model_version)
                 for g, s in state.goals.items()
             }
+            before = index_before.get(pid, {})
+            scored = top_factors.get(pid, {})
+            index_after: dict[str, SegmentEntry] = {
+                g: (s.bucket, scored.get(g, before.get(g, (None, ()))[1]))
+                for g, s in state.goals.items()
+            }
             writes.append(
                 ProfileWrite(
                     profile_id=pid,
@@ -389,7 +402,8 @@ class BatchScorer:
                     offset=offset if offset is not None else 0,
                     state=state.to_bytes(),
                     scores=scores_json(gs),
-                    segment_moves=segment_moves.get(pid, []),
+                    index_before=before,
+                    index_after=index_after,
                 )
             )
             due[pid] = engine.next_due(state)

@@ -10,11 +10,16 @@ CUSTOMER_AI_APP_ID                 customer-ai                 Faust app id = co
 CUSTOMER_AI_TOPIC_PREFIX           customer-ai                 topics are ``<prefix>.events``...
 CUSTOMER_AI_PARTITIONS             4                           partitions of created topics
 CUSTOMER_AI_KEY_PREFIX             cai                         Redis key prefix
+CUSTOMER_AI_REDIS_CLUSTER          0                           1: REDIS_URL is a Redis Cluster
+                                                               node (cluster client; segment
+                                                               index in a separate pipeline)
 CUSTOMER_AI_WEB_HOST / _WEB_PORT   127.0.0.1 / 6066            HTTP views and /metrics
 CUSTOMER_AI_BATCH_MAX              2000                        events per batch, at most
 CUSTOMER_AI_BATCH_WITHIN           0.02                        seconds to wait to fill a batch
 CUSTOMER_AI_SESSION_TIMEOUT        10                          consumer session timeout (s)
 CUSTOMER_AI_REBALANCE_TIMEOUT      5                           rebalance timeout (s)
+CUSTOMER_AI_METRICS_INTERVAL       5                           seconds between lag readings
+                                                               and bucket-size counts
 =================================  ==========================  =================================
 
 Kafka SASL/SSL and Redis AUTH/TLS variables are read by :mod:`stream.security`.
@@ -40,12 +45,14 @@ class Settings:
     topic_prefix: str = "customer-ai"
     partitions: int = 4
     key_prefix: str = "cai"
+    redis_cluster: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     batch_max: int = 2000
     batch_within: float = 0.02
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0
+    metrics_interval: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,12 +67,15 @@ class Settings:
             topic_prefix=e.get("CUSTOMER_AI_TOPIC_PREFIX", d.topic_prefix),
             partitions=int(e.get("CUSTOMER_AI_PARTITIONS", d.partitions)),
             key_prefix=e.get("CUSTOMER_AI_KEY_PREFIX", d.key_prefix),
+            redis_cluster=e.get("CUSTOMER_AI_REDIS_CLUSTER", "0").strip().lower()
+            in ("1", "true", "yes", "on"),
             web_host=e.get("CUSTOMER_AI_WEB_HOST", d.web_host),
             web_port=int(e.get("CUSTOMER_AI_WEB_PORT", d.web_port)),
             batch_max=int(e.get("CUSTOMER_AI_BATCH_MAX", d.batch_max)),
             batch_within=float(e.get("CUSTOMER_AI_BATCH_WITHIN", d.batch_within)),
             session_timeout=float(e.get("CUSTOMER_AI_SESSION_TIMEOUT", d.session_timeout)),
             rebalance_timeout=float(e.get("CUSTOMER_AI_REBALANCE_TIMEOUT", d.rebalance_timeout)),
+            metrics_interval=float(e.get("CUSTOMER_AI_METRICS_INTERVAL", d.metrics_interval)),
         )
 
     def topic(self, name: str) -> str:

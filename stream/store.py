@@ -8,13 +8,18 @@ key                                    value
 =====================================  =========================================================
 ``P:p:{<profile_id>}`` (hash)          ``s`` state (compact JSON), ``v`` write version,
                                        ``o:<topic>`` offset of the last applied event of that
-                                       topic, ``scores`` last scores per goal (readable JSON)
+                                       topic, ``scores`` last scores per goal (readable JSON),
+                                       ``tf`` indexed top factors per goal
+                                       (``goal:f1,f2;goal2:f3``, absent when none)
 ``P:due:<topic>:<partition>`` (zset)   profiles with pending labels, scored by window close time
 ``P:wm:<topic>:<partition>``           the partition's event-time watermark (ms)
 ``P:model:<goal>``                     served model snapshot (JSON)
 ``P:learner:<goal>``                   full learner state (JSON), for the trainer to resume
 ``P:models`` (hash)                    goal -> served model version
 ``P:seg:<goal>:<bucket>`` (set)        profiles currently in that bucket
+``P:segf:<goal>:<bucket>:<feature>``   profiles in that bucket whose last score's top factors
+(set)                                  (the ``factors`` of the score message) include
+                                       ``feature``
 =====================================  =========================================================
 
 Invariants
@@ -26,6 +31,14 @@ Invariants
   the profile's ``o:<topic>``, which is written in the same atomic step as the state.
 - Outputs (scores, segments, training examples) are produced and flushed *before* the
   state is written, so an event whose effect is stored always had its outputs sent.
+- The segment index (``seg`` and ``segf`` sets) changes in the same script as the state
+  (the segment keys are passed as ``KEYS``), so it never disagrees with the profile's
+  stored bucket and ``tf``. Redis Cluster refuses a script whose keys live in different
+  hash slots, and the profile key (slot of ``{<profile_id>}``) and the segment sets cannot
+  share one; with ``cluster=True`` (``CUSTOMER_AI_REDIS_CLUSTER=1``) the store talks to the
+  cluster with a cluster client and updates the index in a separate pipeline right after
+  the state: a crash between the two can leave a profile in a stale set until its next
+  change (``customer-ai segment`` checks each listed profile's stored bucket).
 """
 
 from __future__ import annotations
@@ -34,7 +47,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -43,13 +57,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream import metrics
 
-__all__ = ["CAS_SCRIPT", "LoadedProfile", "ProfileWrite", "RedisStore"]
+__all__ = [
+    "CAS_SCRIPT",
+    "LoadedProfile",
+    "ProfileWrite",
+    "RedisStore",
+    "SegmentEntry",
+    "decode_top_factors",
+    "encode_top_factors",
+]
 
 log = logging.getLogger(__name__)
 
-#: KEYS[1] profile key; ARGV: expected version ('' = absent), offset field, offset,
-#: state, scores JSON, then pairs of (segment key to remove from, segment key to add to)
-#: per changed bucket. Returns 1 if written, 0 if the version moved (fenced).
+#: KEYS[1] profile key, KEYS[2 .. 1+n] segment sets to leave, KEYS[2+n ..] segment sets
+#: to join; ARGV: expected version ('' = absent), offset field ('' = none), offset, state,
+#: scores JSON, top factors (``tf``, '' = none), profile id (the set member), n.
+#: Returns 1 if written, 0 if the version moved (fenced: nothing is changed).
 CAS_SCRIPT = """
 local v = redis.call('HGET', KEYS[1], 'v')
 if (v or '') ~= ARGV[1] then return 0 end
@@ -59,8 +82,45 @@ if ARGV[2] ~= '' then
 else
   redis.call('HSET', KEYS[1], 'v', nv, 's', ARGV[4], 'scores', ARGV[5])
 end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'tf', ARGV[6])
+else
+  redis.call('HDEL', KEYS[1], 'tf')
+end
+local n = tonumber(ARGV[8]) or 0
+for i = 2, 1 + n do redis.call('SREM', KEYS[i], ARGV[7]) end
+for i = 2 + n, #KEYS do redis.call('SADD', KEYS[i], ARGV[7]) end
 return 1
 """
+
+#: A profile's place in one goal's segment index: (bucket or None, top factor names).
+SegmentEntry = tuple[str | None, tuple[str, ...]]
+
+
+def encode_top_factors(entries: dict[str, SegmentEntry]) -> str:
+    """The compact ``tf`` field: ``goal:f1,f2;goal2:f3`` (goals without factors left out).
+
+    >>> encode_top_factors({"conversion": ("high", ("a", "b")), "churn": (None, ())})
+    'conversion:a,b'
+    """
+    return ";".join(f"{goal}:{','.join(fs)}" for goal, (_, fs) in entries.items() if fs)
+
+
+def decode_top_factors(raw: bytes | str | None) -> dict[str, tuple[str, ...]]:
+    """Inverse of :func:`encode_top_factors`.
+
+    >>> decode_top_factors(b"conversion:a,b;churn:c")
+    {'conversion': ('a', 'b'), 'churn': ('c',)}
+    """
+    if not raw:
+        return {}
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    out: dict[str, tuple[str, ...]] = {}
+    for part in text.split(";"):
+        goal, _, factors = part.partition(":")
+        if goal and factors:
+            out[goal] = tuple(factors.split(","))
+    return out
 
 
 @dataclass(slots=True)
@@ -70,6 +130,7 @@ class LoadedProfile:
     state: bytes | None
     version: str
     offset: int
+    top_factors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -82,7 +143,10 @@ class ProfileWrite:
     offset: int
     state: bytes
     scores: bytes
-    segment_moves: list[tuple[str, str | None, str]]  # (goal, from bucket, to bucket)
+    #: goal -> (bucket, top factors) as stored before and after this write; the segment
+    #: index moves from the sets of ``index_before`` to those of ``index_after``
+    index_before: dict[str, SegmentEntry] = field(default_factory=dict)
+    index_after: dict[str, SegmentEntry] = field(default_factory=dict)
 
 
 class RedisStore:
@@ -93,9 +157,18 @@ class RedisStore:
     or skipping events.
     """
 
-    def __init__(self, url: str, key_prefix: str = "cai", **redis_kwargs: object) -> None:
+    def __init__(
+        self, url: str, key_prefix: str = "cai", cluster: bool = False, **redis_kwargs: object
+    ) -> None:
         self.prefix = key_prefix
-        self.redis = aioredis.Redis.from_url(url, **redis_kwargs)
+        self.cluster = cluster
+        self.redis: Any
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            self.redis = RedisCluster.from_url(url, **redis_kwargs)
+        else:
+            self.redis = aioredis.Redis.from_url(url, **redis_kwargs)
         self._cas = self.redis.register_script(CAS_SCRIPT)
 
     async def close(self) -> None:
@@ -113,6 +186,25 @@ class RedisStore:
 
     def segment_key(self, goal: str, bucket: str) -> str:
         return f"{self.prefix}:seg:{goal}:{bucket}"
+
+    def segment_factor_key(self, goal: str, bucket: str, feature: str) -> str:
+        return f"{self.prefix}:segf:{goal}:{bucket}:{feature}"
+
+    def index_keys(self, entries: dict[str, SegmentEntry]) -> set[str]:
+        """The segment sets a profile with these (bucket, top factors) per goal belongs to."""
+        keys: set[str] = set()
+        for goal, (bucket, factors) in entries.items():
+            if bucket is None:
+                continue
+            keys.add(self.segment_key(goal, bucket))
+            keys.update(self.segment_factor_key(goal, bucket, f) for f in factors)
+        return keys
+
+    def index_moves(self, write: ProfileWrite) -> tuple[list[str], list[str]]:
+        """Segment sets to leave and to join for ``write`` (sorted, disjoint)."""
+        before = self.index_keys(write.index_before)
+        after = self.index_keys(write.index_after)
+        return sorted(before - after), sorted(after - before)
 
     # ---- retries -------------------------------------------------------------------
     async def _retry(self, op: str, fn):  # type: ignore[no-untyped-def]
@@ -139,16 +231,17 @@ class RedisStore:
         async def run() -> list:
             pipe = self.redis.pipeline(transaction=False)
             for pid in profile_ids:
-                pipe.hmget(self.profile_key(pid), "s", "v", offset_field)
+                pipe.hmget(self.profile_key(pid), "s", "v", offset_field, "tf")
             return await pipe.execute()
 
         rows = await self._retry("load", run)
         out: dict[str, LoadedProfile] = {}
-        for pid, (state, version, offset) in zip(profile_ids, rows):
+        for pid, (state, version, offset, tf) in zip(profile_ids, rows):
             out[pid] = LoadedProfile(
                 state,
                 version.decode() if version else "",
                 int(offset) if offset is not None else -1,
+                decode_top_factors(tf),
             )
         return out
 
@@ -162,19 +255,34 @@ class RedisStore:
     ) -> set[str]:
         """Write states conditionally and update the due index, segments and watermark.
 
+        The segment index moves in the state's script (atomically) unless the store is in
+        cluster mode, where it is updated in the following pipeline.
+
         Returns the profile ids whose write was refused (fenced: the version moved).
         """
         if not writes and not due and watermark is None:
             return set()
+        moves = {w.profile_id: self.index_moves(w) for w in writes}
 
         async def run() -> list:
             pipe = self.redis.pipeline(transaction=False)
             for w in writes:
-                await self._cas(
-                    keys=[self.profile_key(w.profile_id)],
-                    args=[w.expected_version, w.offset_field, w.offset, w.state, w.scores],
-                    client=pipe,
-                )
+                leave, join = ([], []) if self.cluster else moves[w.profile_id]
+                keys = [self.profile_key(w.profile_id), *leave, *join]
+                args = [
+                    w.expected_version,
+                    w.offset_field,
+                    w.offset,
+                    w.state,
+                    w.scores,
+                    encode_top_factors(w.index_after),
+                    w.profile_id,
+                    len(leave),
+                ]
+                if self.cluster:  # no per-node script cache to rely on: send the body
+                    pipe.eval(CAS_SCRIPT, len(keys), *keys, *args)
+                else:
+                    await self._cas(keys=keys, args=args, client=pipe)
             return await pipe.execute()
 
         results = await self._retry("store", run) if writes else []
@@ -182,13 +290,14 @@ class RedisStore:
 
         async def run_index() -> None:
             pipe = self.redis.pipeline(transaction=False)
-            for w in writes:
+            for w in writes if self.cluster else ():
                 if w.profile_id in fenced:
                     continue
-                for goal, old, new in w.segment_moves:
-                    if old is not None:
-                        pipe.srem(self.segment_key(goal, old), w.profile_id)
-                    pipe.sadd(self.segment_key(goal, new), w.profile_id)
+                leave, join = moves[w.profile_id]
+                for key in leave:
+                    pipe.srem(key, w.profile_id)
+                for key in join:
+                    pipe.sadd(key, w.profile_id)
             add = {pid: ts for pid, ts in due.items() if ts is not None and pid not in fenced}
             remove = [pid for pid, ts in due.items() if ts is None and pid not in fenced]
             if add:
@@ -217,6 +326,26 @@ class RedisStore:
     async def get_profile(self, profile_id: str) -> bytes | None:
         return await self._retry("get", lambda: self.redis.hget(self.profile_key(profile_id), "s"))
 
+    async def bucket_sizes(
+        self, goals: Iterable[str], buckets: Iterable[str], feature: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """SCARD of each goal's bucket sets (or of their ``feature`` factor sets)."""
+        pairs = [(g, b) for g in goals for b in buckets]
+
+        async def run() -> list:
+            pipe = self.redis.pipeline(transaction=False)
+            for goal, bucket in pairs:
+                key = (
+                    self.segment_key(goal, bucket)
+                    if feature is None
+                    else self.segment_factor_key(goal, bucket, feature)
+                )
+                pipe.scard(key)
+            return await pipe.execute()
+
+        sizes = await self._retry("segments", run) if pairs else []
+        return {pair: int(n) for pair, n in zip(pairs, sizes)}
+
     # ---- models --------------------------------------------------------------------
     async def model_versions(self) -> dict[str, int]:
         raw = await self._retry("models", lambda: self.redis.hgetall(f"{self.prefix}:models"))
@@ -243,7 +372,9 @@ class RedisStore:
         items = list(learners)
 
         async def run() -> None:
-            pipe = self.redis.pipeline(transaction=True)
+            # one MULTI on a single Redis; Redis Cluster cannot run a transaction over keys
+            # in several slots, so there the writes are pipelined, the trained offset last
+            pipe = self.redis.pipeline(transaction=not self.cluster)
             for goal, version, model_json, learner_json in items:
                 pipe.set(f"{self.prefix}:learner:{goal}", learner_json)
                 if model_json is not None:

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 
 from models.profile import profile_document
@@ -40,10 +42,13 @@ def models_document() -> dict[str, Any]:
 @app.page("/healthz")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
-        metrics.PARTITIONS_ASSIGNED.set(assigned)
         try:
-            redis_ok = bool(await runtime().store.redis.ping())
+            assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
+        except ConsumerNotStarted:  # during start-up: not ready (503), not an error (500)
+            assigned = 0
+        metrics.PARTITIONS_ASSIGNED.set(assigned)
+        try:  # bounded: a frozen Redis must make the probe fail, not hang
+            redis_ok = bool(await asyncio.wait_for(runtime().store.redis.ping(), timeout=2.0))
         except Exception:  # noqa: BLE001 - any failure means not ready
             redis_ok = False
         ready = assigned > 0 and redis_ok

@@ -1,0 +1,1 @@
+"""Benchmarks of the customer-ai stream (not timed tests): see ``bench/README.md``."""

@@ -1,0 +1,460 @@
+"""Shared helpers of the benchmarks: servers, data, topics, workers, timings.
+
+Every benchmark starts its own Tansu broker and Valkey (:mod:`stream.dev`) unless
+``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` name running ones; every run uses its own
+topic prefix, consumer groups and Redis key prefix, so runs never see each other's
+data. Logs and progress go to stderr; the result is one JSON object on stdout.
+
+Timings come from Kafka message timestamps (``CreateTime``, stamped by the producing
+client when it hands the message to its producer) and from the ``first batch consumed
+at <epoch>`` line each consuming process logs, so they do not depend on how fast the
+benchmark itself polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # ``python bench/x.py`` puts bench/ first, not the repo
+    sys.path.insert(0, str(REPO))
+
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from stream.dev import BrokerProcess, ValkeyProcess  # noqa: E402
+from tests.harness import WorkerProcess  # noqa: E402
+
+__all__ = [
+    "REPO",
+    "committed_offsets",
+    "console",
+    "create_topics",
+    "emit",
+    "end_offsets",
+    "first_batch_time",
+    "log",
+    "make_progress",
+    "max_timestamp_ms",
+    "natural_events",
+    "produce_all",
+    "proc_memory_mb",
+    "run_id",
+    "sample_events",
+    "seed_models",
+    "servers",
+    "start_workers",
+    "wait_committed",
+    "wait_count",
+]
+
+console = Console(stderr=True, highlight=False)
+FIRST_BATCH = re.compile(r"first batch consumed at ([0-9.]+)")
+
+
+def log(message: str) -> None:
+    """Log a line to stderr."""
+    console.log(message)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result as the last line of stdout."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def make_progress(*, transient: bool = False) -> Progress:
+    """A rich progress bar on stderr."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )
+
+
+def run_id() -> str:
+    """A short unique id for this run's topics, groups and keys."""
+    return uuid.uuid4().hex[:8]
+
+
+# ---- servers --------------------------------------------------------------------------
+@contextlib.contextmanager
+def servers(workdir: Path) -> Iterator[tuple[str, str]]:
+    """``(bootstrap, redis_url)``: the environment's servers, else private ones."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    redis_url = os.environ.get("REDIS_URL", "").strip()
+    with contextlib.ExitStack() as stack:
+        if not bootstrap:
+            broker = stack.enter_context(BrokerProcess(log_path=workdir / "tansu.log"))
+            bootstrap = broker.bootstrap
+            log(f"started Tansu on {bootstrap} (pid {broker.pid})")
+        else:
+            log(f"using the broker at {bootstrap}")
+        if not redis_url:
+            valkey = stack.enter_context(ValkeyProcess(log_path=workdir / "valkey.log"))
+            redis_url = f"{valkey.url}/0"
+            log(f"started Valkey on {redis_url} (pid {valkey.pid})")
+        else:
+            log(f"using the Redis at {redis_url}")
+        yield bootstrap, redis_url
+
+
+# ---- data -----------------------------------------------------------------------------
+def _message(event: dict[str, Any]) -> tuple[bytes, bytes]:
+    return event["identityMap"]["ECID"][0]["id"].encode(), orjson.dumps(event)
+
+
+def sample_events(
+    events: int, profiles: int, seed: int = 7, days: int = 1
+) -> list[tuple[bytes, bytes]]:
+    """Exactly ``events`` synthetic events over ``min(events, profiles)`` profiles.
+
+    Takes the first event of every profile, then second events, and so on, from
+    :func:`models.synthetic.iter_events`, and keeps the result in event-time order.
+    Returns ``(profile id key, JSON value)`` pairs.
+    """
+    from models.synthetic import iter_events
+
+    per = max(1, math.ceil(events / profiles))
+    chosen: list[tuple[int, int, dict[str, Any]]] = []  # (rank within profile, index, event)
+    rank: dict[str, int] = {}
+    while True:
+        for index, event in enumerate(iter_events(profiles, days, seed)):
+            pid = event["identityMap"]["ECID"][0]["id"]
+            r = rank.get(pid, 0)
+            if r < per:
+                rank[pid] = r + 1
+                chosen.append((r, index, event))
+        if len(chosen) >= events or days >= 365:
+            break
+        chosen.clear()
+        rank.clear()
+        days *= 2
+    chosen.sort(key=lambda c: (c[0], c[1]))
+    kept = sorted(chosen[:events], key=lambda c: c[1])
+    if len(kept) < events:
+        log(f"[yellow]only {len(kept)} events could be generated[/]")
+    return [_message(e) for _, _, e in kept]
+
+
+def natural_events(profiles: int, days: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
+    """Every event of the simulated shop, lazily, in event-time order."""
+    from models.synthetic import iter_events
+
+    for event in iter_events(profiles, days, seed):
+        yield _message(event)
+
+
+def days_for(events: int, profiles: int, seed: int = 7, probe_profiles: int = 2000) -> int:
+    """The smallest simulated period giving about ``events / profiles`` events per profile."""
+    from models.synthetic import iter_events
+
+    want = events / profiles
+    for days in (1, 2, 4, 7, 10, 14, 21, 30, 45, 60, 90, 120, 180, 240, 365):
+        n = sum(1 for _ in iter_events(probe_profiles, days, seed))
+        if n / probe_profiles >= want * 1.03:
+            return days
+    return 365
+
+
+# ---- Kafka ----------------------------------------------------------------------------
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create ``topics`` (name -> partitions) unless they exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:  # wait until the metadata shows every partition
+        for _ in range(100):
+            await consumer._client.force_metadata_update()
+            if all(len(consumer.partitions_for_topic(t) or ()) == n for t, n in topics.items()):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
+async def produce_all(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes]],
+    total: int | None = None,
+    label: str = "produce",
+) -> int:
+    """Produce ``messages`` as fast as the broker takes them; returns the count."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        acks=1,
+        max_batch_size=1_048_576,
+        max_request_size=4_194_304,
+    )
+    await producer.start()
+    sent = 0
+    started = time.perf_counter()
+    try:
+        with make_progress(transient=True) as progress:
+            task = progress.add_task(label, total=total, note="")
+            futures = []
+            for key, value in messages:
+                futures.append(await producer.send(topic, value=value, key=key))
+                sent += 1
+                if len(futures) >= 10_000:
+                    await asyncio.gather(*futures)
+                    futures.clear()
+                    rate = sent / (time.perf_counter() - started)
+                    progress.update(task, completed=sent, note=f"{rate:,.0f} msg/s")
+            await asyncio.gather(*futures)
+            progress.update(task, completed=sent)
+    finally:
+        await producer.stop()
+    log(f"{label}: {sent:,} messages to {topic} in {time.perf_counter() - started:.1f}s")
+    return sent
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> end offset of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Partition -> committed offset of ``group`` on ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        raw = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in raw.items() if tp.topic == topic}
+
+
+async def wait_committed(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    target: dict[int, int],
+    timeout: float,
+    label: str = "consumed",
+    alive: Any = None,
+) -> None:
+    """Wait until ``group`` committed ``target`` (partition -> offset) on ``topic``."""
+    total = sum(target.values())
+    deadline = time.monotonic() + timeout
+    with make_progress(transient=True) as progress:
+        task = progress.add_task(label, total=total, note="")
+        while True:
+            done = await committed_offsets(bootstrap, group, topic)
+            got = sum(min(done.get(p, 0), off) for p, off in target.items())
+            progress.update(task, completed=got)
+            if got >= total:
+                return
+            if alive is not None and not alive():
+                raise RuntimeError(f"{label}: a consumer died")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: {got}/{total} after {timeout:.0f}s")
+            await asyncio.sleep(0.5)
+
+
+async def wait_count(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float,
+    label: str = "output",
+    alive: Any = None,
+) -> None:
+    """Wait until ``topic`` holds at least ``count`` messages."""
+    deadline = time.monotonic() + timeout
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        with make_progress(transient=True) as progress:
+            task = progress.add_task(label, total=count, note="")
+            while True:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+                tps = [TopicPartition(topic, p) for p in parts]
+                got = sum((await consumer.end_offsets(tps)).values()) if tps else 0
+                progress.update(task, completed=got)
+                if got >= count:
+                    return
+                if alive is not None and not alive():
+                    raise RuntimeError(f"{label}: the consumer died")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{label}: {got}/{count} after {timeout:.0f}s")
+                await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+
+
+async def max_timestamp_ms(bootstrap: str, topic: str, tail: int = 5000) -> int:
+    """The newest ``CreateTime`` among the last ``tail`` messages of each partition."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8_388_608,
+        fetch_max_bytes=16_777_216,
+    )
+    await consumer.start()
+    newest = 0
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        begins = await consumer.beginning_offsets(tps)
+        remaining = {}
+        for tp in tps:
+            start = max(begins[tp], ends[tp] - tail)
+            if ends[tp] > start:
+                consumer.seek(tp, start)
+                remaining[tp] = ends[tp]
+            else:
+                consumer.pause(tp)
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=50_000)
+            for tp, records in batch.items():
+                for r in records:
+                    newest = max(newest, r.timestamp)
+                if records and records[-1].offset + 1 >= remaining.get(tp, 0):
+                    remaining.pop(tp, None)
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return newest
+
+
+# ---- workers --------------------------------------------------------------------------
+def start_workers(
+    n: int,
+    bootstrap: str,
+    redis_url: str,
+    workdir: Path,
+    *,
+    app_id: str,
+    topic_prefix: str,
+    key_prefix: str,
+    name: str = "worker",
+    **env: str,
+) -> list[WorkerProcess]:
+    """Start ``n`` customer-ai workers at the same time and wait until they serve."""
+    workers = [
+        WorkerProcess(
+            bootstrap,
+            redis_url,
+            workdir,
+            name=f"{name}{i}",
+            CUSTOMER_AI_APP_ID=app_id,
+            CUSTOMER_AI_TOPIC_PREFIX=topic_prefix,
+            CUSTOMER_AI_KEY_PREFIX=key_prefix,
+            CUSTOMER_AI_LOG_LEVEL="info",
+            **env,
+        )
+        for i in range(n)
+    ]
+    for w in workers:
+        w.start(wait_ready=False)
+    for w in workers:
+        w.wait_ready(timeout=120)
+    return workers
+
+
+def first_batch_time(log_path: Path) -> float | None:
+    """Epoch seconds of the first batch a process consumed (from its log)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    match = FIRST_BATCH.search(text)
+    return float(match.group(1)) if match else None
+
+
+def proc_memory_mb(pid: int) -> tuple[float, float]:
+    """``(VmRSS, VmHWM)`` of a process in MiB (current and peak resident set)."""
+    values = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+# ---- models ---------------------------------------------------------------------------
+def seed_models(redis_url: str, key_prefix: str, profiles: int = 1500, days: int = 150) -> None:
+    """Publish trained (not warming-up) models to Redis, as the trainer would.
+
+    Scoring with a cold model skips the factors, which would make the benchmark
+    cheaper than steady state; so a backtest over a small synthetic history trains
+    both goals first and its learners and serving models are stored under
+    ``key_prefix`` (trained offset -1: the worker's trainer goes on from there).
+    """
+    import redis
+
+    from models.backtest import run_backtest
+    from models.config import load_config
+    from models.synthetic import iter_events
+
+    started = time.perf_counter()
+    config = load_config(REPO / "customer-ai.toml")
+    result = run_backtest(iter_events(profiles, days, 11), config)
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=True)
+    for goal, learner in result.trainer.learners.items():
+        model = learner.snapshot()
+        if model.warming_up:
+            log(f"[yellow]model {goal} is still warming up after the seed backtest[/]")
+        pipe.set(f"{key_prefix}:learner:{goal}", learner.to_state())
+        pipe.set(f"{key_prefix}:model:{goal}", model.to_json())
+        pipe.hset(f"{key_prefix}:models", goal, model.version)
+    pipe.set(f"{key_prefix}:trainer:offset", -1)
+    pipe.execute()
+    client.close()
+    log(
+        f"seeded trained models ({result.n_events:,} backtest events) "
+        f"in {time.perf_counter() - started:.1f}s"
+    )

@@ -1,0 +1,256 @@
+"""``customer-ai segment``: the profiles of one goal's bucket, optionally by top factor.
+
+Reads the segment index the scorer keeps in Redis (see :mod:`stream.store`):
+
+- ``P:seg:<goal>:<bucket>``: profiles currently in that bucket;
+- ``P:segf:<goal>:<bucket>:<feature>``: those whose last score's top factors (the
+  ``factors`` of the score message, top 5 by absolute contribution) include ``feature``.
+
+Each member's probability, percentile and model version come from its profile hash
+(``scores`` field), its top factors from the ``tf`` field. A member whose stored bucket
+(or top factors) no longer matches the set is counted as ``stale`` and not listed: that
+happens only with ``CUSTOMER_AI_REDIS_CLUSTER=1``, where the index is written right after
+the state instead of atomically with it.
+
+Listing reads the whole set (``SSCAN`` plus one pipelined ``HMGET`` per 500 members) and
+keeps the ``limit`` most probable profiles; the bucket sizes are ``SCARD`` counts.
+
+Examples
+--------
+::
+
+    customer-ai segment --goal conversion --bucket high --limit 20
+    customer-ai segment --goal churn --bucket high --factor purchase_days_since_last --json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import orjson
+
+from stream.store import RedisStore, decode_top_factors
+
+__all__ = ["SegmentListing", "read_segment", "segment_main"]
+
+CHUNK = 500
+
+
+@dataclass
+class SegmentListing:
+    """What ``customer-ai segment`` shows."""
+
+    goal: str
+    bucket: str
+    factor: str | None
+    sizes: dict[str, int]
+    factor_sizes: dict[str, int] | None
+    members: int = 0
+    stale: int = 0
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "goal": self.goal,
+            "bucket": self.bucket,
+            "factor": self.factor,
+            "sizes": self.sizes,
+            "factor_sizes": self.factor_sizes,
+            "members": self.members,
+            "stale": self.stale,
+            "profiles": self.profiles,
+        }
+
+
+async def read_segment(
+    store: RedisStore,
+    goal: str,
+    bucket: str,
+    buckets: list[str],
+    factor: str | None = None,
+    limit: int = 50,
+) -> SegmentListing:
+    """Read a bucket (or a bucket's factor set) and the sizes of every bucket of ``goal``.
+
+    Parameters
+    ----------
+    store : RedisStore
+        The worker's store (same key prefix).
+    goal, bucket : str
+        Which segment.
+    buckets : list of str
+        All bucket names of the configuration, for the sizes.
+    factor : str, optional
+        Only profiles whose top factors for ``goal`` include this feature.
+    limit : int
+        Most probable profiles to return; 0 returns all.
+
+    Returns
+    -------
+    SegmentListing
+        Profiles sorted by decreasing probability.
+    """
+    sizes = {b: n for (_, b), n in (await store.bucket_sizes([goal], buckets)).items()}
+    factor_sizes = None
+    if factor is not None:
+        counted = await store.bucket_sizes([goal], buckets, feature=factor)
+        factor_sizes = {b: n for (_, b), n in counted.items()}
+    key = (
+        store.segment_key(goal, bucket)
+        if factor is None
+        else store.segment_factor_key(goal, bucket, factor)
+    )
+    listing = SegmentListing(goal, bucket, factor, sizes, factor_sizes)
+    heap: list[tuple[float, str, dict[str, Any]]] = []
+
+    async def check(chunk: list[str]) -> None:
+        pipe = store.redis.pipeline(transaction=False)
+        for pid in chunk:
+            pipe.hmget(store.profile_key(pid), "scores", "tf")
+        rows = await pipe.execute()
+        for pid, (raw_scores, raw_tf) in zip(chunk, rows):
+            score = orjson.loads(raw_scores).get(goal) if raw_scores else None
+            top = decode_top_factors(raw_tf).get(goal, ())
+            if (
+                score is None
+                or score.get("bucket") != bucket
+                or (factor is not None and factor not in top)
+            ):
+                listing.stale += 1
+                continue
+            row = {
+                "profile_id": pid,
+                "probability": score["probability"],
+                "percentile": score.get("percentile"),
+                "model_version": score.get("model_version"),
+                "top_factors": list(top),
+            }
+            item = (float(score["probability"]), pid, row)
+            if limit <= 0 or len(heap) < limit:
+                heapq.heappush(heap, item)
+            elif item[:2] > heap[0][:2]:
+                heapq.heapreplace(heap, item)
+
+    chunk: list[str] = []
+    async for raw in store.redis.sscan_iter(key, count=1000):
+        listing.members += 1
+        chunk.append(raw.decode() if isinstance(raw, bytes) else raw)
+        if len(chunk) >= CHUNK:
+            await check(chunk)
+            chunk = []
+    if chunk:
+        await check(chunk)
+    listing.profiles = [row for _, _, row in sorted(heap, key=lambda t: (-t[0], t[1]))]
+    return listing
+
+
+def _print_table(listing: SegmentListing, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=None if out.isatty() else 160)
+    title = f"{listing.goal} / {listing.bucket}"
+    if listing.factor:
+        title += f" / top factor {listing.factor}"
+    table = Table(title=title)
+    table.add_column("profile")
+    table.add_column("probability", justify="right")
+    table.add_column("percentile", justify="right")
+    table.add_column("model", justify="right")
+    table.add_column("top factors", overflow="fold")
+    for row in listing.profiles:
+        pct = row["percentile"]
+        table.add_row(
+            row["profile_id"],
+            f"{row['probability']:.3f}",
+            "-" if pct is None else f"{pct:.1f}",
+            f"v{row['model_version']}",
+            ", ".join(row["top_factors"]),
+        )
+    console.print(table)
+    shown = len(listing.profiles)
+    console.print(
+        f"{shown:,} of {listing.members - listing.stale:,} profiles shown"
+        + (f" ({listing.stale:,} stale index entries skipped)" if listing.stale else "")
+    )
+    console.print(
+        f"bucket sizes of {listing.goal}: "
+        + "  ".join(f"{b} {n:,}" for b, n in listing.sizes.items())
+    )
+    if listing.factor_sizes is not None:
+        console.print(
+            f"with top factor {listing.factor}: "
+            + "  ".join(f"{b} {n:,}" for b, n in listing.factor_sizes.items())
+        )
+
+
+def segment_main(
+    goal: str,
+    bucket: str,
+    factor: str | None = None,
+    limit: int = 50,
+    as_json: bool = False,
+    *,
+    out: TextIO | None = None,
+) -> int:
+    """``customer-ai segment --goal G --bucket B [--factor F] [--limit N] [--json]``.
+
+    Connection and configuration come from the environment (``REDIS_URL``, the
+    ``REDIS_*`` AUTH/TLS variables, ``CUSTOMER_AI_CONFIG``, ``CUSTOMER_AI_KEY_PREFIX``,
+    ``CUSTOMER_AI_REDIS_CLUSTER``).
+
+    Returns
+    -------
+    int
+        0; 1 when Redis cannot be reached; 2 for an unknown goal, bucket or feature.
+    """
+    from models.config import load_config
+    from models.features import Featurizer
+    from stream.security import redact_url, redis_connection_kwargs
+    from stream.settings import Settings
+
+    out = out or sys.stdout
+    settings = Settings.from_env()
+    config = load_config(settings.config_path)
+    goals = [g.name for g in config.goals]
+    buckets = list(config.buckets.names)
+    error = None
+    if goal not in goals:
+        error = f"unknown goal {goal!r}; goals: {', '.join(goals)}"
+    elif bucket not in buckets:
+        error = f"unknown bucket {bucket!r}; buckets: {', '.join(buckets)}"
+    elif factor is not None and factor not in Featurizer(config).names:
+        error = f"unknown feature {factor!r}; see the features of `customer-ai profile ID`"
+    if error:
+        print(f"customer-ai segment: {error}", file=sys.stderr)
+        return 2
+
+    async def run() -> SegmentListing | str:
+        store = RedisStore(
+            **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
+            key_prefix=settings.key_prefix,
+            cluster=settings.redis_cluster,
+        )
+        try:
+            try:  # the store retries forever (a worker must wait); a command must not
+                await asyncio.wait_for(store.redis.ping(), timeout=5.0)
+            except Exception as exc:  # noqa: BLE001 - reported, exit status 1
+                return f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc!r}"
+            return await read_segment(store, goal, bucket, buckets, factor, limit)
+        finally:
+            await store.close()
+
+    listing = asyncio.run(run())
+    if isinstance(listing, str):
+        print(f"customer-ai segment: {listing}", file=sys.stderr)
+        return 1
+    if as_json:
+        out.write(orjson.dumps(listing.to_dict()).decode() + "\n")
+    else:
+        _print_table(listing, out)
+    return 0
