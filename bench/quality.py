@@ -7,6 +7,11 @@ the ROC AUC of the batch model with the AUC of the probabilities the online mode
 actually *served* on the same rows (prequential: each was served before its label was
 known). ``ece`` is the expected calibration error of those served probabilities.
 
+Only examples whose window had closed by the end of the replay are compared: near the
+end, an ``occurs`` goal's positives mature early (the goal event arrived) while its
+negatives are still pending, so including them would bias the labels of the last rows
+towards one class (see :func:`models.report.closed_window_examples`).
+
 Usage::
 
     python bench/quality.py EVENTS.jsonl --config customer-ai.toml
@@ -31,6 +36,7 @@ from models.backtest import run_backtest
 from models.config import load_config
 from models.engine import Example
 from models.metrics import expected_calibration_error, roc_auc
+from models.report import closed_window_examples
 
 TRAIN_FRACTION = 0.7
 
@@ -90,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     by_goal: dict[str, list[Example]] = {g.name: [] for g in config.goals}
-    for example in result.examples:
+    newest = max(s.ref_ts for s in result.states.values())
+    watermark = newest - config.labels.allowed_lateness_ms
+    for example in closed_window_examples(result.examples, config, watermark):
         by_goal[example.goal].append(example)
     report = {goal: compare_goal(examples) for goal, examples in by_goal.items()}
     print(json.dumps(report))

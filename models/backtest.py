@@ -132,13 +132,15 @@ def run_backtest(
             continue
         pid = event.profile_id
         before = states.get(pid)
-        had_due = before is not None and engine.next_due(before) is not None
+        due_before = engine.next_due(before) if before is not None else None
         state = engine.process(before, event, out, matched)
         states[pid] = state
-        if not had_due:
-            nxt = engine.next_due(state)
-            if nxt is not None:
-                heapq.heappush(due, (nxt, pid))
+        # the heap holds an entry at or before every profile's next window close: push one
+        # when the event opened a window closing earlier (a 30-day goal's snapshot under
+        # a 90-day one's), else that window would close only at the later entry
+        nxt = engine.next_due(state)
+        if nxt is not None and (due_before is None or nxt < due_before):
+            heapq.heappush(due, (nxt, pid))
         _consume(out, result, keep_scores)
         result.n_events += 1
         if progress is not None and n % 10_000 == 0:

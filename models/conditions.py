@@ -47,7 +47,8 @@ class ConditionError(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+    # ints are always finite (math.isfinite would overflow on ints beyond a float's range)
+    return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
 def _leaf(field: str, op: str, value: Any, where: str) -> Predicate:

@@ -29,6 +29,7 @@ models.config.ConfigError: goals[0].event: unknown event 'nope'; define it under
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
+#: Longest goal window (ten years): longer ones are typos, and inf would not be a time.
+MAX_WINDOW_DAYS = 3650
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 GOAL_TYPES = ("occurs", "does_not_occur")
 RELEASES = ("when_known", "at_window_close")
@@ -103,6 +106,8 @@ class GoalConfig:
     label: str
     eligibility: Predicate | None = field(default=None, repr=False)
     release: str = "when_known"
+    max_pending: int = 2
+    min_interval_ms: int = DAY_MS
 
 
 @dataclass(frozen=True)
@@ -196,8 +201,8 @@ def _number(
 ) -> Any:
     value = table.get(key, default)
     ok_type = (int,) if integer else (int, float)
-    if type(value) not in ok_type:
-        kind = "a whole number" if integer else "a number"
+    if type(value) not in ok_type or (type(value) is float and not math.isfinite(value)):
+        kind = "a whole number" if integer else "a finite number"
         raise ConfigError(f"{where}.{key}: must be {kind}, got {value!r}")
     if value < minimum or (strict and value == minimum):
         bound = f"> {minimum}" if strict else f">= {minimum}"
@@ -263,7 +268,10 @@ def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
     return tuple(events)
 
 
-def _goals(data: dict[str, Any], events: tuple[TrackedEvent, ...]) -> tuple[GoalConfig, ...]:
+def _goals(
+    data: dict[str, Any], events: tuple[TrackedEvent, ...], labels: LabelConfig
+) -> tuple[GoalConfig, ...]:
+    """Goals; ``max_pending`` / ``min_interval_hours`` default to the ``[labels]`` values."""
     specs = data.get("goals", [])
     if not isinstance(specs, list) or not specs:
         raise ConfigError("goals: define at least one goal with a [[goals]] table")
@@ -274,7 +282,10 @@ def _goals(data: dict[str, Any], events: tuple[TrackedEvent, ...]) -> tuple[Goal
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: must be a [[goals]] table")
         _check_keys(
-            spec, {"name", "type", "event", "window_days", "eligibility", "label", "release"}, where
+            spec,
+            {"name", "type", "event", "window_days", "eligibility", "label", "release",
+             "max_pending", "min_interval_hours"},
+            where,
         )
         name = _name(spec.get("name"), f"{where}.name")
         if any(g.name == name for g in goals):
@@ -293,8 +304,11 @@ def _goals(data: dict[str, Any], events: tuple[TrackedEvent, ...]) -> tuple[Goal
                 f"{where}.event: unknown event {event!r}; define it under [[events]] (known: {known})"
             )
         window = spec.get("window_days")
-        if type(window) not in (int, float) or not window > 0:
-            raise ConfigError(f"{where}.window_days: must be a number of days > 0, got {window!r}")
+        if type(window) not in (int, float) or not 0 < window <= MAX_WINDOW_DAYS:
+            raise ConfigError(
+                f"{where}.window_days: must be a number of days > 0 and <= {MAX_WINDOW_DAYS}, "
+                f"got {window!r}; e.g. window_days = 30"
+            )
         eligibility = spec.get("eligibility")
         release = spec.get("release", "when_known")
         if release not in RELEASES:
@@ -313,6 +327,11 @@ def _goals(data: dict[str, Any], events: tuple[TrackedEvent, ...]) -> tuple[Goal
                 if eligibility is None
                 else _condition(eligibility, f"{where}.eligibility"),
                 release=release,
+                max_pending=_number(spec, "max_pending", where, labels.max_pending, minimum=1, integer=True),
+                min_interval_ms=int(
+                    _number(spec, "min_interval_hours", where, labels.min_interval_ms / 3_600_000, minimum=0)
+                    * 3_600_000
+                ),
             )
         )
     return tuple(goals)
@@ -336,7 +355,6 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         "config",
     )
     events = _events(data)
-    goals = _goals(data, events)
 
     features = _table(data, "features")
     _check_keys(features, {"horizons_days"}, "features")
@@ -370,6 +388,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             _number(labels_t, "allowed_lateness_minutes", "labels", 0, minimum=0) * 60_000
         ),
     )
+    goals = _goals(data, events, labels)
 
     model_t = _table(data, "model")
     defaults = ModelConfig()

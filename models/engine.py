@@ -32,13 +32,14 @@ Examples
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from models.config import Config
 from models.events import Event, InvalidEvent, get_path
 from models.features import Featurizer
 from models.labels import example_id, resolve_closed, resolve_goal_event
-from models.model import LinearModel
+from models.model import LinearModel, transform
 from models.quantiles import PercentileSketch
 from models.state import NEVER, ProfileState, Snapshot
 
@@ -58,20 +59,93 @@ class Factor:
     contribution: float
 
 
-@dataclass(slots=True)
-class Score:
-    """A goal's score for a profile at one event."""
+_SCORE_FIELDS = (
+    "profile_id",
+    "goal",
+    "probability",
+    "percentile",
+    "bucket",
+    "model_version",
+    "warming_up",
+    "factors",
+    "event_id",
+    "event_time_ms",
+)
 
-    profile_id: str
-    goal: str
-    probability: float
-    percentile: float
-    bucket: str
-    model_version: int
-    warming_up: bool
-    factors: list[Factor]
-    event_id: str
-    event_time_ms: int
+
+class Score:
+    """A goal's score for a profile at one event.
+
+    ``factors`` are computed on first access (the backtest reads them only for the
+    report, the stream for every message), from the served model and the features.
+    """
+
+    __slots__ = (
+        "profile_id",
+        "goal",
+        "probability",
+        "percentile",
+        "bucket",
+        "model_version",
+        "warming_up",
+        "_factors",
+        "event_id",
+        "event_time_ms",
+        "_explain",
+    )
+
+    def __init__(
+        self,
+        profile_id: str,
+        goal: str,
+        probability: float,
+        percentile: float,
+        bucket: str,
+        model_version: int,
+        warming_up: bool,
+        factors: list[Factor] | None,
+        event_id: str,
+        event_time_ms: int,
+        explain: Callable[[], list[Factor]] | None = None,
+    ) -> None:
+        self.profile_id = profile_id
+        self.goal = goal
+        self.probability = probability
+        self.percentile = percentile
+        self.bucket = bucket
+        self.model_version = model_version
+        self.warming_up = warming_up
+        self._factors = factors
+        self.event_id = event_id
+        self.event_time_ms = event_time_ms
+        self._explain = explain
+
+    @property
+    def factors(self) -> list[Factor]:
+        """Top signed factors (empty while warming up)."""
+        if self._factors is None:
+            self._factors = self._explain() if self._explain is not None else []
+            self._explain = None
+        return self._factors
+
+    @factors.setter
+    def factors(self, value: list[Factor]) -> None:
+        self._factors = value
+        self._explain = None
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f) for f in _SCORE_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Score):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in _SCORE_FIELDS)
+        return f"Score({inner})"
 
 
 @dataclass(slots=True)
@@ -99,6 +173,7 @@ class Example:
     model_version: int
     features: list[float]
     matured_ts: int
+    served_warming_up: bool = False
 
 
 @dataclass(slots=True)
@@ -172,8 +247,8 @@ class Engine:
                 if raw is not None:
                     if (
                         type(raw) not in (int, float)
+                        or abs(raw) > MAX_VALUE  # first: isfinite overflows on huge ints
                         or not math.isfinite(raw)
-                        or abs(raw) > MAX_VALUE
                     ):
                         raise InvalidEvent(
                             "wrong_type",
@@ -207,26 +282,29 @@ class Engine:
                     )
                     done.extend(hit)
                 self._emit_examples(pid, goal.name, done, ts, out)
-        self.featurizer.apply(state, ts, matched_events, values)
-        vector = self.featurizer.vector(state)
-        feature_dict = self.featurizer.as_dict(vector) if self._needs_feature_dict else None
-        labels_cfg = self.config.labels
+        fz = self.featurizer
+        fz.apply(state, ts, matched_events, values)
+        vector = fz.vector(state)
+        transformed: list[float] | None = None  # shared by every goal's model
+        feature_dict = fz.as_dict(vector) if self._needs_feature_dict else None
+        buckets = self.config.buckets
         for goal in self.goals:
             if goal.eligibility is not None and not goal.eligibility(feature_dict):
                 continue
             gs = state.goals[goal.name]
             model = self.models[goal.name]
-            probability, contributions = model.predict(vector)
-            sketch = self.sketches[goal.name]
-            sketch.add(probability)
-            percentile = sketch.percentile(probability)
-            bucket = self.config.buckets.bucket(percentile)
-            names = self.featurizer.names
-            labels = self.featurizer.labels
-            factors = [
-                Factor(name, labels[name], round(vector[names.index(name)], 4), round(c, 4))
-                for name, c in contributions
-            ]
+            if model.warming_up:
+                probability = model.base_rate
+                explain = None
+                factors: list[Factor] | None = []
+            else:
+                if transformed is None:
+                    transformed = transform(vector)
+                probability = model.probability_t(transformed)
+                explain = self._explainer(model, vector, transformed)
+                factors = None
+            percentile = self.sketches[goal.name].add_and_rank(probability)
+            bucket = buckets.bucket(percentile)
             out.scores.append(
                 Score(
                     pid,
@@ -239,6 +317,7 @@ class Engine:
                     factors,
                     event.event_id,
                     ts,
+                    explain,
                 )
             )
             if bucket != gs.bucket:
@@ -251,8 +330,8 @@ class Engine:
                 bucket,
                 model.version,
             )
-            if len(gs.pending) < labels_cfg.max_pending and (
-                gs.last_open_ts == NEVER or ts - gs.last_open_ts >= labels_cfg.min_interval_ms
+            if len(gs.pending) < goal.max_pending and (
+                gs.last_open_ts == NEVER or ts - gs.last_open_ts >= goal.min_interval_ms
             ):
                 gs.pending.append(
                     Snapshot(
@@ -261,11 +340,28 @@ class Engine:
                         round(probability, 6),
                         model.version,
                         [round(v, 4) for v in vector],
+                        warming_up=model.warming_up,
                     )
                 )
-                gs.pending.sort(key=lambda s: s.open_ts)
+                if len(gs.pending) > 1 and gs.pending[-2].open_ts > ts:
+                    gs.pending.sort(key=lambda s: s.open_ts)
                 gs.last_open_ts = ts
         return state
+
+    def _explainer(
+        self, model: LinearModel, vector: list[float], transformed: list[float]
+    ) -> Callable[[], list[Factor]]:
+        """A deferred computation of the top factors of one score."""
+        fz = self.featurizer
+
+        def explain() -> list[Factor]:
+            index, labels = fz.index, fz.labels
+            return [
+                Factor(name, labels[name], round(vector[index[name]], 4), round(c, 4))
+                for name, c in model.factors_t(transformed)
+            ]
+
+        return explain
 
     def expire(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
         """Mature snapshots whose window closed before the partition ``watermark``.
@@ -302,5 +398,6 @@ class Engine:
                     snap.model_version,
                     snap.features,
                     now,
+                    snap.warming_up,
                 )
             )

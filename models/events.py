@@ -211,7 +211,9 @@ def _profile_id(body: dict[str, Any], namespace: str | None) -> str:
     return first
 
 
-def validate_event(body: Any, *, identity_namespace: str | None = None) -> Event:
+def validate_event(
+    body: Any, *, identity_namespace: str | None = None, _check_nesting: bool = True
+) -> Event:
     """Validate a decoded JSON value and return the :class:`Event`.
 
     Raises
@@ -221,7 +223,8 @@ def validate_event(body: Any, *, identity_namespace: str | None = None) -> Event
     """
     if type(body) is not dict:
         raise InvalidEvent("not_an_object", "an experience event must be a JSON object")
-    _check_depth(body)
+    if _check_nesting:
+        _check_depth(body)
     event_id = body.get("_id")
     if event_id is None:
         raise InvalidEvent("missing_field", "_id is required")
@@ -261,4 +264,15 @@ def decode_event(
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent("invalid_json", str(exc)[:200]) from None
-    return validate_event(body, identity_namespace=identity_namespace)
+    # Nesting depth never exceeds the number of opening brackets (counted in C): only a
+    # message with more than MAX_DEPTH of them needs the walk.
+    opening = (
+        raw.count("{") + raw.count("[")
+        if isinstance(raw, str)
+        else bytes(raw).count(b"{") + bytes(raw).count(b"[")
+        if isinstance(raw, memoryview)
+        else raw.count(b"{") + raw.count(b"[")
+    )
+    return validate_event(
+        body, identity_namespace=identity_namespace, _check_nesting=opening > MAX_DEPTH
+    )

@@ -44,6 +44,7 @@ Examples
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 from models.config import DAY_MS, Config
@@ -105,6 +106,24 @@ class Featurizer:
         self.specs = specs
         self.names = [s.name for s in specs]
         self.labels = {s.name: s.label for s in specs}
+        self.index = {name: i for i, name in enumerate(self.names)}
+        # vector() gathers from one flat pool: decayed + recency + counts + values + [tenure, gap]
+        n_h = len(self.horizons)
+        n_dec = self.n_events * n_h
+        rec0 = n_dec
+        cnt0 = rec0 + self.n_events
+        val0 = cnt0 + self.n_events
+        gather: list[int] = []
+        for i in range(self.n_events):
+            gather.extend(range(i * n_h, (i + 1) * n_h))
+            gather.append(rec0 + i)
+            gather.append(cnt0 + i)
+            slot = self.value_slot.get(i)
+            if slot is not None:
+                gather.extend(range(val0 + slot * n_h, val0 + (slot + 1) * n_h))
+        tail = val0 + len(self.valued) * n_h
+        gather.extend((tail, tail + 1))
+        self._gather = operator.itemgetter(*gather)
 
     def new_state(self, ts: int) -> ProfileState:
         """An empty state for a profile first seen at ``ts``."""
@@ -128,16 +147,10 @@ class Featurizer:
         if ts > state.ref_ts:
             dt = ts - state.ref_ts
             factors = [math.exp(-dt / tau) for tau in self.taus_ms]
-            decayed = state.decayed
-            for i in range(self.n_events):
-                base = i * n_h
-                for k in range(n_h):
-                    if decayed[base + k]:
-                        decayed[base + k] *= factors[k]
-            values_ = state.values
-            for j in range(len(values_)):
-                if values_[j]:
-                    values_[j] *= factors[j % n_h]
+            # row-major (event, horizon): the horizon factors repeat once per row
+            state.decayed[:] = map(operator.mul, state.decayed, factors * self.n_events)
+            if state.values:
+                state.values[:] = map(operator.mul, state.values, factors * len(self.valued))
             state.ref_ts = ts
             weights = [1.0] * n_h
         elif ts == state.ref_ts:
@@ -161,22 +174,23 @@ class Featurizer:
 
     def vector(self, state: ProfileState) -> list[float]:
         """The feature vector of ``state`` as of its newest event time, in :attr:`names` order."""
-        n_h = len(self.horizons)
         now = state.ref_ts
-        out: list[float] = []
-        for i in range(self.n_events):
-            base = i * n_h
-            out.extend(state.decayed[base : base + n_h])
-            last = state.last_ts[i]
-            out.append(MAX_DAYS if last == NEVER else min(MAX_DAYS, (now - last) / DAY_MS))
-            out.append(float(state.counts[i]))
-            slot = self.value_slot.get(i)
-            if slot is not None:
-                out.extend(state.values[slot * n_h : (slot + 1) * n_h])
-        out.append((now - state.first_ts) / DAY_MS)
+        recency = [
+            MAX_DAYS if last == NEVER else min(MAX_DAYS, (now - last) / DAY_MS)
+            for last in state.last_ts
+        ]
         gap = state.gap_ms
-        out.append(MAX_DAYS if gap == NEVER else min(MAX_DAYS, gap / DAY_MS))
-        return out
+        pool = (
+            state.decayed
+            + recency
+            + [float(c) for c in state.counts]
+            + state.values
+            + [
+                (now - state.first_ts) / DAY_MS,
+                MAX_DAYS if gap == NEVER else min(MAX_DAYS, gap / DAY_MS),
+            ]
+        )
+        return list(self._gather(pool))
 
     def as_dict(self, vector: list[float]) -> dict[str, float]:
         """Feature name -> value."""

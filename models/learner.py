@@ -112,10 +112,21 @@ class OnlineLearner:
         """Running positive rate (Laplace-smoothed)."""
         return (self.n_positive + 1) / (self.n_examples + 2)
 
-    def learn(self, features: list[float], label: int, served_probability: float) -> None:
-        """Test on the served probability, then learn one matured example."""
+    def learn(
+        self,
+        features: list[float],
+        label: int,
+        served_probability: float,
+        served_warming_up: bool = False,
+    ) -> None:
+        """Test on the served probability, then learn one matured example.
+
+        Examples served while the model was warming up (a base rate, not a model
+        score) train the model but do not enter the live accuracy metrics.
+        """
         y = 1 if label else 0
-        self.metrics.update(served_probability, y)
+        if not served_warming_up:
+            self.metrics.update(served_probability, y)
         x = self._transform(features)
         if self.n_examples:
             # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.

@@ -26,12 +26,13 @@ True
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["TOP_FACTORS", "LinearModel", "sigmoid"]
+__all__ = ["TOP_FACTORS", "LinearModel", "sigmoid", "transform"]
 
 TOP_FACTORS = 5
 SNAPSHOT_FORMAT = 1
@@ -47,6 +48,21 @@ def sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+_log1p = math.log1p
+_mul = operator.mul
+
+
+def transform(features: list[float]) -> list[float]:
+    """The per-feature transform of every served model: ``log1p(max(x, 0))``.
+
+    Computed once per event and shared by every goal's model (:meth:`LinearModel.probability_t`).
+
+    >>> [round(v, 4) for v in transform([0.0, math.e - 1, -3.0])]
+    [0.0, 1.0, 0.0]
+    """
+    return [_log1p(x) if x > 0.0 else 0.0 for x in features]
 
 
 @dataclass
@@ -76,6 +92,33 @@ class LinearModel:
         return cls(
             goal, 0, list(feature_names), [0.0] * d, [1.0] * d, [0.0] * d, 0.0, base_rate=base_rate
         )
+
+    def __post_init__(self) -> None:
+        # Fused serving form: z = c0 + sum(a_i * x'_i), a_i = w_i / s_i, c0 = b - sum(a_i * m_i).
+        self._scale = [w / s for w, s in zip(self.weights, self.std)]
+        self._offset = self.intercept - sum(map(_mul, self._scale, self.mean))
+
+    def probability_t(self, transformed: list[float]) -> float:
+        """Calibrated probability from already :func:`transform`-ed features (no factors)."""
+        if self.warming_up:
+            return self.base_rate
+        z = self._offset + sum(map(_mul, self._scale, transformed))
+        return sigmoid(self.calibration_a * z + self.calibration_b)
+
+    def factors_t(
+        self, transformed: list[float], top: int = TOP_FACTORS
+    ) -> list[tuple[str, float]]:
+        """Top signed factors ``w_i * (x'_i - mean_i) / std_i`` from transformed features."""
+        if self.warming_up:
+            return []
+        contributions = [
+            (name, w * ((v - m) / s))
+            for name, w, v, m, s in zip(
+                self.feature_names, self.weights, transformed, self.mean, self.std
+            )
+        ]
+        contributions.sort(key=_factor_order)
+        return contributions[:top]
 
     def standardized(self, features: list[float]) -> list[float]:
         """``(log1p(x) - mean) / std`` per feature."""
@@ -126,3 +169,7 @@ class LinearModel:
             raise ValueError("unknown model snapshot format; upgrade customer-ai")
         data.pop("transform", None)
         return cls(**data)
+
+
+def _factor_order(item: tuple[str, float]) -> tuple[float, str]:
+    return (-abs(item[1]), item[0])

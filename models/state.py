@@ -40,7 +40,9 @@ class Snapshot:
 
     The goal's window is ``(open_ts, open_ts + window]`` in event time. ``label`` is
     set once the goal event decided it, for goals that release examples only when
-    the window closes.
+    the window closes. ``warming_up``: the probability served was the base rate of a
+    model still warming up (such examples train the model but are left out of the
+    live accuracy metrics, which measure the model's scores).
     """
 
     open_ts: int
@@ -49,17 +51,19 @@ class Snapshot:
     model_version: int
     features: list[float]
     label: int | None = None
+    warming_up: bool = False
 
     def to_list(self) -> list:
         row = [self.open_ts, self.event_id, self.probability, self.model_version, self.features]
-        if self.label is not None:
-            row.append(self.label)
+        if self.label is not None or self.warming_up:
+            row.extend((self.label, 1 if self.warming_up else 0))
         return row
 
     @classmethod
     def from_list(cls, data: list) -> Snapshot:
-        label = int(data[5]) if len(data) > 5 else None
-        return cls(int(data[0]), str(data[1]), float(data[2]), int(data[3]), list(data[4]), label)
+        label = None if len(data) < 6 or data[5] is None else int(data[5])
+        warming = len(data) > 6 and bool(data[6])
+        return cls(int(data[0]), str(data[1]), float(data[2]), int(data[3]), list(data[4]), label, warming)
 
 
 @dataclass(slots=True)

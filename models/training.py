@@ -83,7 +83,9 @@ class Trainer:
         self.seen[example.example_id] = None
         if len(self.seen) > self.dedup_capacity:
             self.seen.popitem(last=False)
-        learner.learn(example.features, example.label, example.probability)
+        learner.learn(
+            example.features, example.label, example.probability, example.served_warming_up
+        )
         self.since_snapshot[example.goal] += 1
         return True
 

@@ -44,7 +44,7 @@ from stream.settings import Settings
 from stream.store import RedisStore
 from stream.trainer import TrainerStep
 
-__all__ = ["app", "runtime", "settings"]
+__all__ = ["app", "assigned_partitions", "runtime", "settings"]
 
 log = logging.getLogger("customer_ai")
 
@@ -77,7 +77,10 @@ events_topic = app.topic(settings.topic("events"), partitions=settings.partition
 repartition_topic = app.topic(
     settings.topic("events-by-profile"), partitions=settings.partitions, internal=True, **_raw
 )
-training_topic = app.topic(settings.topic("training"), partitions=1, **_raw)
+# internal=True: Faust creates it (with ONE partition) before subscribing. Otherwise the
+# first scorer output or the consumer's subscription auto-creates it with the broker's
+# default partition count, and several trainers then learn and overwrite one model.
+training_topic = app.topic(settings.topic("training"), partitions=1, internal=True, **_raw)
 output_topics = [
     app.topic(settings.topic(name), partitions=n, **_raw)
     for name, n in (
@@ -239,7 +242,8 @@ def _current_assignment() -> set[TP]:
         return set()
 
 
-def _assigned_count() -> int:
+def assigned_partitions() -> int:
+    """Partitions of the agents' topics assigned to this worker now."""
     return _source_partitions(_current_assignment())
 
 
@@ -257,7 +261,7 @@ async def _on_partitions_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -
 async def publish_gauges() -> None:
     """Partitions assigned and the size of every goal's buckets (global, from Redis)."""
     try:
-        metrics.PARTITIONS_ASSIGNED.set(_assigned_count())
+        metrics.PARTITIONS_ASSIGNED.set(assigned_partitions())
         sizes = await asyncio.wait_for(
             runtime().store.bucket_sizes([g.name for g in config.goals], config.buckets.names),
             timeout=max(1.0, 2 * settings.metrics_interval),

@@ -449,7 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except ConfigError as exc:
-        console.print(f"[red]configuration error:[/] {exc}")
+        from rich.markup import escape
+
+        # escaped: messages name fields like "[model]" or "goals[0]", which are not markup;
+        # soft_wrap: one line, so the field and the fix are never split
+        console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
 
 

@@ -220,7 +220,7 @@ LIVE_ECE = Gauge(
 )
 BUCKET_SIZE = Gauge(
     "customer_ai_bucket_size",
-    "Profiles currently in each score bucket, per goal (each worker counts the profiles of its own partitions, so sum across workers).",
+    "Profiles currently in each score bucket, per goal (SCARD of the segment sets: every worker reports the global size, so aggregate with max, not sum).",
     ["goal", "bucket"],
     registry=REGISTRY,
 )

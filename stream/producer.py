@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 __all__ = ["BatchProducer", "OutMessage"]
 
@@ -61,7 +61,9 @@ class BatchProducer:
         Each caller passes its own list, so agents sharing the producer never send
         or drop each other's messages. On a broker error the whole list is sent
         again until it goes through: outputs are at-least-once, so a retry may
-        duplicate, never lose.
+        duplicate, never lose. The one exception is a message too large for the
+        producer or the broker (``MessageSizeTooLargeError``): no retry can ever send
+        it, so it is logged and dropped instead of stalling the worker forever.
         """
         delay = 0.2
         while messages:
@@ -69,8 +71,28 @@ class BatchProducer:
                 await self.start()
                 producer = self._producer
                 assert producer is not None
-                futures = [await producer.send(t, value=v, key=k) for t, k, v in messages]
-                await asyncio.gather(*futures)
+                futures: list[asyncio.Future[Any]] = []
+                sendable: list[OutMessage] = []
+                for t, k, v in messages:
+                    try:
+                        futures.append(await producer.send(t, value=v, key=k))
+                        sendable.append((t, k, v))
+                    except MessageSizeTooLargeError as exc:
+                        self._drop_too_large(t, v, exc)
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                messages = sendable
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if any(isinstance(r, MessageSizeTooLargeError) for r in failed):
+                    kept = []
+                    for message, result in zip(sendable, results):
+                        if isinstance(result, MessageSizeTooLargeError):
+                            self._drop_too_large(message[0], message[2], result)
+                        else:
+                            kept.append(message)
+                    messages = kept
+                    failed = [r for r in failed if not isinstance(r, MessageSizeTooLargeError)]
+                if failed:
+                    raise failed[0]
                 return
             except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                 log.warning(
@@ -82,3 +104,12 @@ class BatchProducer:
                     await self.stop()
                 except Exception:  # noqa: BLE001 - a broken producer may fail to stop
                     self._producer = None
+
+    @staticmethod
+    def _drop_too_large(topic: str, value: bytes, exc: Exception) -> None:
+        log.error(
+            "dropping a %d-byte message to %s: too large for the producer or broker (%s)",
+            len(value),
+            topic,
+            exc,
+        )

@@ -4,9 +4,13 @@
 it each batch of raw records and acknowledges them once it returns. For a batch:
 
 1. decode every record; bad ones go to the dead-letter topic with a reason, the
-   source topic/partition/offset and the original bytes, and never stop the worker;
-2. events whose key is not their profile id are forwarded to the repartition
-   topic (keyed by profile id) instead of being scored here;
+   source topic/partition/offset and the original bytes, and never stop the worker
+   (a dead-letter message is bounded: an original over ``DLQ_MAX_ORIGINAL_BYTES``
+   keeps a prefix marked ``original_truncated``, so it always fits the producer);
+2. events whose key is not their profile id (unkeyed ones included) are forwarded
+   to the repartition topic (keyed by profile id) instead of being scored here:
+   the applied-offset watermark ``o:<topic>`` is only meaningful if one partition
+   of a topic owns each profile;
 3. load the touched profiles' state in one Redis pipeline;
 4. run the :class:`~models.engine.Engine` per event in offset order, skipping events
    at or below the profile's applied offset (already applied: exactly-once state);
@@ -20,6 +24,7 @@ it each batch of raw records and acknowledges them once it returns. For a batch:
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections import defaultdict
@@ -37,10 +42,17 @@ from stream.producer import BatchProducer, OutMessage
 from stream.settings import Settings
 from stream.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry, scores_json
 
-__all__ = ["BatchScorer", "Record"]
+__all__ = ["DLQ_MAX_ORIGINAL_BYTES", "BatchScorer", "Record", "dlq_message"]
 
 log = logging.getLogger(__name__)
 MAX_CAS_RETRIES = 5
+#: A dead-letter message keeps at most this many bytes of the original value (2.5 MiB:
+#: even base64-encoded it stays under the 4 MiB ``max_request_size`` of the producer).
+DLQ_MAX_ORIGINAL_BYTES = 2_621_440
+#: A UTF-8 dead-letter message over this size is re-encoded as base64 (bounded growth).
+DLQ_MAX_MESSAGE_BYTES = 3_670_016
+#: A dead-letter message keeps at most this many characters of the record key.
+DLQ_MAX_KEY_CHARS = 1024
 
 
 @dataclass(slots=True)
@@ -109,6 +121,7 @@ def example_message(example: Example) -> bytes:
             "model_version": example.model_version,
             "features": example.features,
             "matured_time": example.matured_ts,
+            "served_warming_up": example.served_warming_up,
         }
     )
 
@@ -125,34 +138,48 @@ def example_from_message(raw: bytes) -> Example:
         d["model_version"],
         d["features"],
         d["matured_time"],
+        bool(d.get("served_warming_up", False)),
     )
 
 
 def dlq_message(record: Record, reason: str, detail: str) -> bytes:
-    """The ``customer-ai.dlq`` message: reason, source coordinates and the original bytes."""
-    value = record.value or b""
-    try:
-        original: str | None = value.decode("utf-8")
-        encoding = "utf-8"
-    except UnicodeDecodeError:
-        import base64
+    """The ``customer-ai.dlq`` message: reason, source coordinates and the original bytes.
 
-        original = base64.b64encode(value).decode()
-        encoding = "base64"
-    return orjson.dumps(
-        {
-            "reason": reason,
-            "detail": detail,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "key": record.key.decode("utf-8", "replace") if record.key else None,
-            "timestamp": record.timestamp_ms,
-            "original": original,
-            "original_encoding": encoding,
-            "original_bytes": len(value),
-        }
-    )
+    ``original`` is the message value as text (``original_encoding`` ``utf-8``) or, when
+    that is not UTF-8 or would escape to too many bytes, as ``base64``. Values over
+    :data:`DLQ_MAX_ORIGINAL_BYTES` keep only that many leading bytes
+    (``original_truncated``; ``original_bytes`` is always the full size), so a
+    dead-letter copy always fits the output producer's request limit: an oversized input
+    can never wedge the worker in a produce retry loop.
+    """
+    value = record.value or b""
+    kept = value[:DLQ_MAX_ORIGINAL_BYTES]
+    key = record.key.decode("utf-8", "replace")[:DLQ_MAX_KEY_CHARS] if record.key else None
+
+    def encode(original: str, encoding: str) -> bytes:
+        return orjson.dumps(
+            {
+                "reason": reason,
+                "detail": detail,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": key,
+                "timestamp": record.timestamp_ms,
+                "original": original,
+                "original_encoding": encoding,
+                "original_bytes": len(value),
+                "original_truncated": len(kept) < len(value),
+            }
+        )
+
+    try:
+        message = encode(kept.decode("utf-8"), "utf-8")
+        if len(message) <= DLQ_MAX_MESSAGE_BYTES:
+            return message
+    except UnicodeDecodeError:
+        pass
+    return encode(base64.b64encode(kept).decode(), "base64")
 
 
 class BatchScorer:
@@ -237,11 +264,9 @@ class BatchScorer:
                 self._reject(record, "internal_error", repr(exc)[:200], outbox)
                 counts["rejected"] += 1
                 continue
-            if (
-                self.repartition_topic is not None
-                and record.key is not None
-                and record.key != event.profile_id.encode()
-            ):
+            # An unkeyed record is "not keyed by its profile" too: scattered over partitions,
+            # its profile's offsets would be compared across partitions and events dropped.
+            if self.repartition_topic is not None and record.key != event.profile_id.encode():
                 outbox.append(
                     (self.repartition_topic, event.profile_id.encode(), record.value or b"")
                 )
@@ -298,6 +323,14 @@ class BatchScorer:
                 outbox,
             )
             counts["fenced"] += len(fenced)
+            if fenced:
+                log.warning(
+                    "%s[%d]: %d profile writes fenced (another worker stored newer state); "
+                    "re-doing them from the stored state",
+                    topic,
+                    partition,
+                    len(fenced),
+                )
             if fenced and attempt >= MAX_CAS_RETRIES:
                 log.error("gave up on %d fenced profiles after %d attempts", len(fenced), attempt)
                 break

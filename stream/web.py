@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 
 from models.profile import profile_document
 from models.state import ProfileState
 from stream import metrics
-from stream.app import app, runtime
+from stream.app import app, assigned_partitions, runtime
 
 __all__ = ["models_document"]
 
@@ -42,10 +41,8 @@ def models_document() -> dict[str, Any]:
 @app.page("/healthz")
 class Health(View):
     async def get(self, request: Request) -> Response:
-        try:
-            assigned = len(app.consumer.assignment()) if app.consumer is not None else 0
-        except ConsumerNotStarted:  # during start-up: not ready (503), not an error (500)
-            assigned = 0
+        # partitions of the agents' topics (0 during start-up: 503, not an error)
+        assigned = assigned_partitions()
         metrics.PARTITIONS_ASSIGNED.set(assigned)
         try:  # bounded: a frozen Redis must make the probe fail, not hang
             redis_ok = bool(await asyncio.wait_for(runtime().store.redis.ping(), timeout=2.0))

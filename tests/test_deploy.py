@@ -337,6 +337,19 @@ def test_dashboard_has_the_required_panels() -> None:
     assert "customer_ai_bucket_size" in joined
 
 
+def test_global_gauges_are_not_summed_over_workers() -> None:
+    """Every worker reports the same global values for these gauges (bucket sizes come
+    from SCARD of the shared segment sets, lag from the broker): summing over workers
+    would multiply them by the number of workers."""
+    exprs = dashboard_exprs() + [rule["expr"] for rule in alert_rules()]
+    for name in ("customer_ai_bucket_size", "customer_ai_consumer_lag"):
+        using = [e for e in exprs if name in e]
+        assert using, name
+        for expr in using:
+            assert not re.search(rf"sum(\s+by\s*\([^)]*\))?\s*\(\s*{name}\b", expr), expr
+    assert any(re.search(r"max by \(goal, bucket\) \(customer_ai_bucket_size", e) for e in exprs)
+
+
 # --- metric names used in PromQL exist in stream.metrics ----------------------------------
 
 

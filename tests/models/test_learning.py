@@ -17,8 +17,12 @@ def result():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("goal", ["conversion", "churn"])
-def test_prequential_auc_of_served_probabilities(result, goal: str) -> None:  # type: ignore[no-untyped-def]
+def test_prequential_auc_of_served_model_scores(result, goal: str) -> None:  # type: ignore[no-untyped-def]
     examples = [e for e in result.examples if e.goal == goal]
+    warm_up = [e for e in examples if e.served_warming_up]
+    assert warm_up and all(e.probability == warm_up[0].probability or e.model_version > 0 for e in warm_up)
+    # accuracy of the scores the models served (not of the base rate served while warming up)
+    examples = [e for e in examples if not e.served_warming_up]
     assert len({e.label for e in examples}) == 2
     auc = roc_auc([e.probability for e in examples], [e.label for e in examples])
     assert auc is not None and auc >= 0.75, f"{goal}: prequential AUC {auc:.3f} over {len(examples)} examples"

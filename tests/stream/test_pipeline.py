@@ -30,11 +30,20 @@ from models.backtest import run_backtest
 from models.config import load_config
 from models.synthetic import generate_events
 from stream.cli import ensure_topics
-from tests.harness import CONFIG, WorkerProcess, events_as_messages, produce, worker_env
+from tests.harness import (
+    CONFIG,
+    WorkerProcess,
+    events_as_messages,
+    produce,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.integration
 
-PROFILES, DAYS, SEED = 400, 300, 11
+PROFILES, DAYS, SEED = 400, 365, 11
+#: the first part of the events is produced alone, until both models left warm-up
+FIRST_PART = 0.7
 PARTITIONS = 4
 GOALS = ("conversion", "churn")
 SCORE_FIELDS = {
@@ -124,6 +133,28 @@ def cli(env: dict[str, str], cwd: Path, *args: str, timeout: float = 120) -> str
     return result.stdout.decode()
 
 
+def wait_for_health(worker: WorkerProcess, timeout: float) -> list[int]:
+    """Poll ``GET /healthz`` until 200; returns every status answered on the way."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and statuses[-1:] != [200]:
+        assert worker.alive, worker.log_tail()
+        try:
+            statuses.append(worker.get("/healthz", timeout=2.0)[0])
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.05)
+    return statuses
+
+
+def models_warm(worker: WorkerProcess) -> bool:
+    """True once ``GET /models`` serves a trained (not warming-up) version of every goal."""
+    status, body = worker.get("/models")
+    assert status == 200, body
+    served = json.loads(body)
+    return all(served[g]["version"] > 0 and not served[g]["warming_up"] for g in GOALS)
+
+
 def check_score_message(msg: dict[str, Any]) -> None:
     assert set(msg) == SCORE_FIELDS, msg
     assert msg["goal"] in GOALS
@@ -149,9 +180,7 @@ def check_score_message(msg: dict[str, Any]) -> None:
 def test_worker_scores_every_event_and_goal(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    config_path = write_test_config(
-        tmp_path, min_examples_per_class=10, snapshot_every_examples=100
-    )
+    config_path = write_test_config(tmp_path, min_examples_per_class=10, snapshot_every_examples=50)
     events = generate_events(profiles=PROFILES, days=DAYS, seed=SEED)
     oracle = run_backtest(events, load_config(config_path), keep_scores=True)
     expected = Counter(goal for goal, _, _ in oracle.score_log)
@@ -174,10 +203,19 @@ def test_worker_scores_every_event_and_goal(
     worker = WorkerProcess(
         kafka_bootstrap, redis_url, tmp_path, CUSTOMER_AI_CONFIG=str(config_path)
     )
-    worker.start(timeout=120)
+    worker.start(wait_ready=False)
     try:
+        # /healthz answers 503 (not ready) until partitions are assigned, then 200; never 500
+        statuses = wait_for_health(worker, 120)
+        assert set(statuses) <= {200, 503} and statuses[-1] == 200, statuses
         started = time.monotonic()
-        asyncio.run(produce(kafka_bootstrap, "customer-ai.events", events_as_messages(events)))
+        messages = events_as_messages(events)
+        split = int(len(messages) * FIRST_PART)
+        asyncio.run(produce(kafka_bootstrap, "customer-ai.events", messages[:split]))
+        wait_until(
+            lambda: models_warm(worker), 180, interval=1.0, what="both models to leave warm-up"
+        )
+        asyncio.run(produce(kafka_bootstrap, "customer-ai.events", messages[split:]))
         raw_scores = asyncio.run(
             collect(kafka_bootstrap, "customer-ai.scores", lambda m: len(m) >= total, 300)
         )
@@ -203,10 +241,7 @@ def test_worker_scores_every_event_and_goal(
             warm = [s for s in scores if s["goal"] == goal and not s["warming_up"]]
             assert warm, f"{goal} never left warm-up"
             assert all(s["model_version"] > 0 and s["factors"] for s in warm)
-        status, body = worker.get("/models")
-        assert status == 200
-        served = json.loads(body)
-        assert all(served[g]["version"] > 0 and not served[g]["warming_up"] for g in GOALS)
+        assert models_warm(worker)
 
         # --- per profile and goal, in partition order (all keyed by profile id) ---
         by_pg: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -228,9 +263,9 @@ def test_worker_scores_every_event_and_goal(
             previous = None
             for s in seq:
                 if s["bucket"] != previous:
-                    changes.append((previous, s["bucket"], s["event_time"]))
+                    changes.append((previous, s["bucket"], s["event_time"], s["probability"]))
                     previous = s["bucket"]
-            got = [(m["from"], m["to"], m["event_time"]) for m in segs[key]]
+            got = [(m["from"], m["to"], m["event_time"], m["probability"]) for m in segs[key]]
             assert got == changes, key
             assert got[0][0] is None
             assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
@@ -269,6 +304,15 @@ def test_worker_scores_every_event_and_goal(
             assert pid in text and "conversion" in text
         status, body = worker.get("/profiles/p-does-not-exist")
         assert status == 404
+        assert "p-does-not-exist" in json.loads(body)["error"]
+        missing = subprocess.run(
+            [sys.executable, "-m", "stream.cli", "profile", "p-does-not-exist"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=120,
+        )
+        assert missing.returncode == 1 and b"not found" in missing.stderr
         assert worker.get("/healthz")[0] == 200
 
         # --- customer-ai tail: readable lines, or JSON ---
@@ -287,3 +331,74 @@ def test_worker_scores_every_event_and_goal(
         assert worker.alive
     finally:
         worker.stop()
+    log = worker.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "crashed" not in log.lower(), log[-3000:]
+
+
+def test_events_not_keyed_by_profile_are_repartitioned(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Unkeyed events and events keyed by something else are each applied exactly once.
+
+    Profiles ``p-<odd>`` are produced without a key (the partitioner spreads one profile
+    over every partition), the others keyed by a stable foreign id (``crm-<n>``), so
+    their order is kept. Either way the worker must route each profile through one
+    partition of ``customer-ai.events-by-profile`` and apply every event once.
+    """
+    from models.state import ProfileState
+
+    events = generate_events(profiles=40, days=30, seed=4)
+    messages: list[tuple[bytes | None, bytes]] = []
+    per_profile: Counter[str] = Counter()
+    unkeyed: set[str] = set()
+    for ev in events:
+        pid = ev["identityMap"]["ECID"][0]["id"]
+        per_profile[pid] += 1
+        if int(pid[2:]) % 2:
+            unkeyed.add(pid)
+            messages.append((None, orjson.dumps(ev)))
+        else:
+            messages.append((b"crm-" + pid[2:].encode(), orjson.dumps(ev)))
+    ordered_pairs: set[tuple[str, str]] = set()  # exact for the profiles whose order is kept
+    buyers: set[str] = set()
+    for ev in events:
+        pid = ev["identityMap"]["ECID"][0]["id"]
+        buyers.update([pid] if ev["eventType"] == "commerce.purchases" else [])
+        ordered_pairs.add((ev["_id"], "conversion"))
+        if pid in buyers and pid not in unkeyed:
+            ordered_pairs.add((ev["_id"], "churn"))
+    event_profile = {ev["_id"]: ev["identityMap"]["ECID"][0]["id"] for ev in events}
+
+    asyncio.run(ensure_topics(kafka_bootstrap, {"customer-ai.events": PARTITIONS}, {}))
+    with WorkerProcess(kafka_bootstrap, redis_url, tmp_path) as worker:
+        asyncio.run(produce(kafka_bootstrap, "customer-ai.events", messages))
+
+        def applied() -> Counter[str]:
+            out: Counter[str] = Counter()
+            for pid in per_profile:
+                raw = redis_client.hget(f"cai:p:{{{pid}}}", "s")
+                if raw:
+                    out[pid] = ProfileState.from_bytes(raw, list(GOALS)).n_events
+            return out
+
+        try:
+            wait_until(lambda: applied() == per_profile, 120, what="every event applied")
+        except AssertionError:
+            got = applied()
+            wrong = {p: (got[p], n) for p, n in per_profile.items() if got[p] != n}
+            raise AssertionError(f"events applied != produced: {wrong}") from None
+        scores = asyncio.run(
+            collect(
+                kafka_bootstrap,
+                "customer-ai.scores",
+                lambda m: len(m) >= len(ordered_pairs),
+                120,
+            )
+        )
+        assert worker.alive
+    pairs = Counter((m["event_id"], m["goal"]) for m in (orjson.loads(v) for _, _, v in scores))
+    assert max(pairs.values()) == 1
+    keyed = {p for p in pairs if event_profile[p[0]] not in unkeyed or p[1] == "conversion"}
+    assert keyed == ordered_pairs
+    for event_id, goal in set(pairs) - keyed:
+        assert goal == "churn" and event_profile[event_id] in unkeyed & buyers

@@ -1,0 +1,285 @@
+"""Throughput: the scorer against a bare aiokafka forwarder and a do-nothing Faust agent.
+
+On one broker and one Redis, in one run, with the same pre-produced events (``--events``
+over ``--profiles``, keyed by profile id, 4 partitions), four setups each read their own
+copy of the input from the beginning:
+
+``raw_passthrough_eps``
+    ``bench/passthrough.py raw``: a bare aiokafka consumer forwarding every message.
+``faust_passthrough_eps``
+    ``bench/passthrough.py faust``: an idiomatic Faust agent, ``await topic.send(...)``.
+``scorer_eps`` / ``scorer_2w_eps``
+    One / two ``customer-ai worker`` processes (2 goals, 4 tracked events from
+    ``customer-ai.toml``), started together on an already filled input topic, with
+    trained models seeded in Redis first (a cold model skips the factors).
+
+Events/s of a setup = events / (last output message's CreateTime - the first batch
+consumed, as logged by the consuming process; with two workers the earlier one). The
+output is the forwarded topic for the passthroughs and ``<prefix>.scores`` for the scorer
+(done when the worker group committed every input offset). Ratios: ``scorer_vs_faust``,
+``scorer_vs_raw``, ``scale_2w = scorer_2w_eps / scorer_eps``.
+
+Usage: ``python bench/throughput.py [--events 200000] [--profiles 100000]``; the last line
+of stdout is the JSON result, everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    REPO,
+    create_topics,
+    emit,
+    end_offsets,
+    first_batch_time,
+    log,
+    max_timestamp_ms,
+    produce_all,
+    run_id,
+    sample_events,
+    seed_models,
+    servers,
+    start_workers,
+    wait_committed,
+    wait_count,
+)
+
+SETUPS = ("raw", "faust", "scorer", "scorer2w")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--profiles", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated subset of {SETUPS}")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per setup")
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the scorer workers (repeatable)",
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="logs (default: a temp dir)")
+    return p
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _rate(n: int, first: float | None, last_ms: int, what: str) -> float:
+    if first is None or last_ms <= 0:
+        raise RuntimeError(f"{what}: no first-batch time or no output timestamps")
+    seconds = last_ms / 1000 - first
+    log(f"[bold]{what}[/]: {n:,} events in {seconds:.2f}s = {n / seconds:,.0f} events/s")
+    return n / seconds
+
+
+async def passthrough(
+    mode: str,
+    bootstrap: str,
+    messages: list,
+    partitions: int,
+    workdir: Path,
+    rid: str,
+    timeout: float,
+) -> float:
+    src, dst = f"bench-{rid}-{mode}.in", f"bench-{rid}-{mode}.out"
+    await create_topics(bootstrap, {src: partitions, dst: partitions})
+    await produce_all(bootstrap, src, messages, len(messages), f"produce {mode} input")
+    log_path = workdir / f"{mode}-passthrough.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "bench" / "passthrough.py"),
+                mode,
+                "--bootstrap",
+                bootstrap,
+                "--src",
+                src,
+                "--dst",
+                dst,
+                "--group",
+                f"bench-{rid}-{mode}",
+                "--count",
+                str(len(messages)),
+            ],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "F_DATADIR": str(workdir / "{conf.name}-data")},
+            start_new_session=True,
+        )
+    try:
+        await wait_count(
+            bootstrap,
+            dst,
+            len(messages),
+            timeout,
+            f"{mode} passthrough",
+            alive=lambda: proc.poll() is None,
+        )
+        last_ms = await max_timestamp_ms(bootstrap, dst)
+    finally:
+        _stop(proc)
+    return _rate(len(messages), first_batch_time(log_path), last_ms, f"{mode} passthrough")
+
+
+def _events_in(worker) -> float:  # type: ignore[no-untyped-def]
+    try:
+        status, body = worker.get("/metrics")
+    except OSError:
+        return float("nan")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("customer_ai_events_in_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def scorer(
+    n_workers: int,
+    bootstrap: str,
+    redis_url: str,
+    messages: list,
+    partitions: int,
+    workdir: Path,
+    rid: str,
+    timeout: float,
+    worker_env: dict[str, str],
+) -> float:
+    prefix = f"bench-{rid}-{n_workers}w"
+    app_id = f"{prefix}-app"
+    events_topic = f"{prefix}.events"
+    await create_topics(bootstrap, {events_topic: partitions})
+    await produce_all(
+        bootstrap, events_topic, messages, len(messages), f"produce {n_workers}w input"
+    )
+    target = await end_offsets(bootstrap, events_topic)
+    seed_models(redis_url, prefix)
+    log(f"starting {n_workers} worker(s)")
+    workers = start_workers(
+        n_workers,
+        bootstrap,
+        redis_url,
+        workdir,
+        app_id=app_id,
+        topic_prefix=prefix,
+        key_prefix=prefix,
+        name=f"scorer{n_workers}w-",
+        CUSTOMER_AI_PARTITIONS=str(partitions),
+        F_DATADIR=str(workdir / "{conf.name}-data"),
+        **worker_env,
+    )
+    try:
+        await wait_committed(
+            bootstrap,
+            app_id,
+            events_topic,
+            target,
+            timeout,
+            f"scorer {n_workers}w",
+            alive=lambda: all(w.alive for w in workers),
+        )
+        last_ms = await max_timestamp_ms(bootstrap, f"{prefix}.scores")
+        firsts = [first_batch_time(w.log_path) for w in workers]
+        split = [_events_in(w) for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    log(f"scorer {n_workers}w: first batches at {firsts}, events per worker {split}")
+    if n_workers > 1 and None not in firsts and max(firsts) - min(firsts) > 2.0:  # type: ignore[type-var,operator]
+        log("[yellow]the workers started consuming more than 2 s apart[/]")
+    for w in workers:
+        text = w.log_path.read_text(errors="replace")
+        if re.search(r"Traceback|batch failed", text):
+            log(f"[yellow]{w.log_path} holds errors: check it[/]")
+    valid = [f for f in firsts if f is not None]
+    return _rate(
+        len(messages), min(valid) if valid else None, last_ms, f"scorer {n_workers} worker(s)"
+    )
+
+
+async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir: Path) -> dict:
+    setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+    unknown = set(setups) - set(SETUPS)
+    if unknown:
+        raise SystemExit(f"unknown setups {sorted(unknown)}")
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    started = time.perf_counter()
+    messages = sample_events(args.events, args.profiles, args.seed)
+    log(
+        f"{len(messages):,} events over {len({k for k, _ in messages}):,} profiles "
+        f"generated in {time.perf_counter() - started:.1f}s"
+    )
+    rid = run_id()
+    eps: dict[str, float] = {}
+    for setup in setups:
+        if setup in ("raw", "faust"):
+            eps[setup] = await passthrough(
+                setup, bootstrap, messages, args.partitions, workdir, rid, args.timeout
+            )
+        else:
+            n = 2 if setup == "scorer2w" else 1
+            eps[setup] = await scorer(
+                n,
+                bootstrap,
+                redis_url,
+                messages,
+                args.partitions,
+                workdir,
+                rid,
+                args.timeout,
+                worker_env,
+            )
+
+    def ratio(a: str, b: str) -> float | None:
+        return round(eps[a] / eps[b], 3) if a in eps and b in eps else None
+
+    return {
+        "raw_passthrough_eps": round(eps["raw"]) if "raw" in eps else None,
+        "faust_passthrough_eps": round(eps["faust"]) if "faust" in eps else None,
+        "scorer_eps": round(eps["scorer"]) if "scorer" in eps else None,
+        "scorer_2w_eps": round(eps["scorer2w"]) if "scorer2w" in eps else None,
+        "scorer_vs_faust": ratio("scorer", "faust"),
+        "scorer_vs_raw": ratio("scorer", "raw"),
+        "scale_2w": ratio("scorer2w", "scorer"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cai-bench-throughput-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"logs in {workdir}")
+    with servers(workdir) as (bootstrap, redis_url):
+        result = asyncio.run(run(args, bootstrap, redis_url, workdir))
+    log(f"sizes: {args.events:,} events over {args.profiles:,} profiles")
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""``customer-ai evaluate EVENTS --config C --out DIR``: the backtest's files.
+
+A thin adapter: it reads the events file (JSON lines, optionally gzip) with a progress
+bar, runs :func:`models.backtest.run_backtest` (the stream's own core, in-process, in
+event-time order, no Kafka) and writes
+
+- ``DIR/metrics.json``: per goal ``auc, logloss, ece, base_rate, n_examples, n_positive,
+  lift_top_decile`` (and ``mean_probability, n_matured, n_open_window``);
+- ``DIR/examples.csv``: one row per matured example, ``goal, profile_id,
+  prediction_time, label, probability`` then one column per feature;
+- ``DIR/profiles.jsonl``: one :func:`models.profile.profile_document` per profile (the
+  schema of ``customer-ai profile ID --json``);
+- ``DIR/report.html``: the self-contained visual report (:mod:`models.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import time
+from pathlib import Path
+from typing import IO
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from models.backtest import BacktestResult, run_backtest
+from models.config import Config, load_config
+from models.profile import format_time, profile_document
+from models.report import build_report, render_html
+
+__all__ = ["evaluate_main", "write_outputs"]
+
+console = Console(stderr=True)
+
+EXAMPLE_COLUMNS = ["goal", "profile_id", "prediction_time", "label", "probability"]
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _read_lines(path: Path, progress: Progress) -> list[bytes]:
+    size = path.stat().st_size
+    task = progress.add_task("read", total=size)
+    lines: list[bytes] = []
+    with path.open("rb") as raw, _open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            lines.append(line)
+            if n % 20_000 == 0:
+                progress.update(task, completed=raw.tell() if fh is not raw else fh.tell())
+    progress.update(task, completed=size)
+    return lines
+
+
+def write_outputs(
+    result: BacktestResult, config: Config, out_dir: Path, summary: dict[str, str] | None = None
+) -> dict[str, dict]:
+    """Write metrics.json, examples.csv, profiles.jsonl and report.html; return the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine = result.engine
+    names = engine.featurizer.names
+    with (out_dir / "examples.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EXAMPLE_COLUMNS + names)
+        for e in result.examples:
+            writer.writerow(
+                [e.goal, e.profile_id, format_time(e.prediction_ts), e.label, e.probability]
+                + e.features
+            )
+    profiles = [profile_document(engine, pid, state) for pid, state in result.states.items()]
+    with (out_dir / "profiles.jsonl").open("wb") as fh:
+        for doc in profiles:
+            fh.write(orjson.dumps(doc) + b"\n")
+    newest = max((s.ref_ts for s in result.states.values()), default=0)
+    watermark = newest - config.labels.allowed_lateness_ms
+    report = build_report(result.examples, config, watermark, profiles)
+    report["summary"] = dict(summary or {})
+    metrics = {goal: data["metrics"] for goal, data in report["goals"].items()}
+    (out_dir / "metrics.json").write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
+    (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
+    return metrics
+
+
+def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> int:
+    """Run the backtest of ``events_path`` and write the four outputs to ``out_dir``."""
+    config = load_config(config_path)
+    if not events_path.is_file():
+        console.print(f"[red]events file {str(events_path)!r} not found[/]")
+        return 2
+    columns = (
+        TextColumn("[bold]{task.description:>8}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeRemainingColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True) as progress:
+        lines = _read_lines(events_path, progress)
+        task = progress.add_task("replay", total=len(lines))
+        replay_started = time.perf_counter()
+        result = run_backtest(lines, config, progress=lambda n: progress.update(task, completed=n))
+        replay_seconds = time.perf_counter() - replay_started
+    del lines
+    rate = result.n_events / replay_seconds if replay_seconds > 0 else 0.0
+    summary = {
+        "events": f"{result.n_events:,}",
+        "rejected": f"{result.n_rejected:,}",
+        "profiles": f"{len(result.states):,}",
+        "matured examples": f"{len(result.examples):,}",
+        "replay": f"{replay_seconds:.1f} s ({rate:,.0f} events/s)",
+        "source": events_path.name,
+    }
+    metrics = write_outputs(result, config, out_dir, summary)
+    table = Table("goal", "auc", "logloss", "ece", "base rate", "lift@10%", "examples", "positive")
+    for goal, m in metrics.items():
+        table.add_row(
+            goal,
+            *(
+                "-" if m[k] is None else f"{m[k]:.3f}"
+                for k in ("auc", "logloss", "ece", "base_rate", "lift_top_decile")
+            ),
+            str(m["n_examples"]),
+            str(m["n_positive"]),
+        )
+    console.print(table)
+    if result.rejected:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items()))
+        console.print(f"[yellow]rejected events[/] ({reasons})")
+    console.print(
+        f"{result.n_events:,} events, {len(result.states):,} profiles in "
+        f"{time.perf_counter() - started:.1f}s ({rate:,.0f} events/s replayed); "
+        f"wrote {out_dir}/metrics.json, examples.csv, profiles.jsonl, report.html"
+    )
+    return 0

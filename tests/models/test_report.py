@@ -1,0 +1,156 @@
+"""Evaluation metrics and the self-contained HTML report (models.report)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from models.backtest import run_backtest
+from models.config import DAY_MS, load_config
+from models.engine import Example
+from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.profile import profile_document
+from models.report import (
+    auc_over_time,
+    bucket_table,
+    build_report,
+    calibration_curve,
+    closed_window_examples,
+    decile_table,
+    goal_metrics,
+    render_html,
+    top_factors_by_bucket,
+)
+from models.synthetic import generate_events
+from tests.harness import CONFIG
+
+CFG = load_config(CONFIG)
+
+
+def _calibrated(n: int, seed: int = 3) -> tuple[list[float], list[int]]:
+    rng = random.Random(seed)
+    probs = [rng.random() ** 2 for _ in range(n)]
+    return probs, [int(rng.random() < p) for p in probs]
+
+
+def test_goal_metrics_agree_with_the_metric_functions() -> None:
+    probs, labels = _calibrated(4000)
+    m = goal_metrics(probs, labels)
+    assert m["n_examples"] == 4000 and m["n_positive"] == sum(labels)
+    assert m["auc"] == pytest.approx(roc_auc(probs, labels), abs=1e-4)
+    assert m["logloss"] == pytest.approx(log_loss(probs, labels), abs=1e-4)
+    assert m["ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-4)
+    assert m["base_rate"] == pytest.approx(sum(labels) / 4000, abs=1e-4)
+    assert m["ece"] < 0.03  # calibrated by construction
+    assert m["lift_top_decile"] > 2.0
+
+
+def test_deciles_lift_and_gains() -> None:
+    probs, labels = _calibrated(5000)
+    rows = decile_table(probs, labels)
+    assert [r["decile"] for r in rows] == list(range(1, 11))
+    assert sum(r["n"] for r in rows) == 5000
+    gains = [r["cumulative_gain"] for r in rows]
+    assert gains == sorted(gains) and gains[-1] == 1.0
+    # population-weighted mean lift is 1; a good model front-loads it
+    assert sum(r["lift"] * r["n"] for r in rows) / 5000 == pytest.approx(1.0, abs=1e-3)
+    assert rows[0]["lift"] > rows[4]["lift"] > rows[9]["lift"]
+    assert goal_metrics(probs, labels)["lift_top_decile"] == rows[0]["lift"]
+
+
+def test_calibration_curve_of_calibrated_scores_follows_the_diagonal() -> None:
+    probs, labels = _calibrated(20000)
+    curve = calibration_curve(probs, labels)
+    assert sum(c["n"] for c in curve) == 20000
+    for c in curve:
+        assert c["lo"] <= c["mean_probability"] <= c["hi"]
+        assert abs(c["rate"] - c["mean_probability"]) < 0.05, c
+
+
+def test_buckets_follow_thresholds_and_compare_expected_with_actual() -> None:
+    probs, labels = _calibrated(4000)
+    rows = bucket_table(probs, labels, (25.0, 75.0), ("low", "medium", "high"))
+    assert [r["bucket"] for r in rows] == ["low", "medium", "high"]
+    assert [r["n"] for r in rows] == [1000, 2000, 1000]
+    assert rows[0]["expected"] < rows[1]["expected"] < rows[2]["expected"]
+    for r in rows:
+        assert abs(r["expected"] - r["actual"]) < 0.05
+
+
+def test_auc_over_time_splits_by_prediction_time() -> None:
+    probs, labels = _calibrated(1200)
+    times = [i * DAY_MS for i in range(1200)]
+    rows = auc_over_time(times, probs, labels, periods=6)
+    assert len(rows) == 6 and sum(r["n"] for r in rows) == 1200
+    assert [r["start_ms"] for r in rows] == sorted(r["start_ms"] for r in rows)
+    assert all(0.6 < r["auc"] <= 1.0 for r in rows)
+
+
+def test_open_windows_are_left_out_of_the_metrics() -> None:
+    window = CFG.goal("conversion").window_ms
+    examples = [
+        Example(f"e{i}", "conversion", "p", i * DAY_MS, i % 2, 0.5, 1, [], i * DAY_MS + 1)
+        for i in range(60)
+    ]
+    watermark = 50 * DAY_MS
+    kept = closed_window_examples(examples, CFG, watermark)
+    assert kept and all(e.prediction_ts + window < watermark for e in kept)
+    assert len(kept) == sum(1 for e in examples if e.prediction_ts + window < watermark)
+
+
+def test_top_factors_per_bucket_count_profiles_and_average_contributions() -> None:
+    docs = [
+        {"scores": {"g": {"bucket": "high", "factors": [
+            {"feature": "a", "label": "A", "value": 1, "contribution": 0.6},
+            {"feature": "b", "label": "B", "value": 1, "contribution": -0.2}]}}},
+        {"scores": {"g": {"bucket": "high", "factors": [
+            {"feature": "a", "label": "A", "value": 1, "contribution": 0.2}]}}},
+        {"scores": {"g": {"bucket": "low", "factors": []}}},
+        {"scores": {}},
+    ]  # fmt: skip
+    top = top_factors_by_bucket(docs, "g")
+    assert top["high"][0] == {"feature": "a", "label": "A", "share": 1.0, "mean_contribution": 0.4}
+    assert top["high"][1]["feature"] == "b" and top["high"][1]["share"] == 0.5
+    assert "low" not in top
+
+
+@pytest.fixture(scope="module")
+def backtest_report() -> tuple[dict, str]:
+    result = run_backtest(generate_events(profiles=400, days=240, seed=5), CFG)
+    profiles = [profile_document(result.engine, p, s) for p, s in result.states.items()]
+    newest = max(s.ref_ts for s in result.states.values())
+    report = build_report(result.examples, CFG, newest, profiles)
+    return report, render_html(report)
+
+
+def test_report_covers_every_goal(backtest_report: tuple[dict, str]) -> None:
+    report, _ = backtest_report
+    assert set(report["goals"]) == {g.name for g in CFG.goals}
+    for data in report["goals"].values():
+        m = data["metrics"]
+        for key in ("auc", "logloss", "ece", "base_rate", "n_examples", "n_positive",
+                    "lift_top_decile"):  # fmt: skip
+            assert key in m
+        assert m["n_examples"] + m["n_open_window"] == m["n_matured"]
+        assert len(data["deciles"]) == 10 and data["calibration"] and data["auc_over_time"]
+        assert sum(data["score_histogram"]) == data["n_scored_profiles"] > 0
+
+
+def test_html_is_self_contained_with_charts_per_goal(backtest_report: tuple[dict, str]) -> None:
+    _, page = backtest_report
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<script" not in page and not re.search(r"(src|href)=", page)
+    assert "url(" not in page and "@import" not in page
+    for goal in ("conversion", "churn"):
+        section = page.split(f'id="goal-{goal}"', 1)[1].split("</section>", 1)[0]
+        for chart in ("score-distribution", "lift", "gains", "calibration", "buckets"):
+            svg = section.split(f'data-chart="{chart}"', 1)[1].split("</svg>", 1)[0]
+            assert re.search(r'class="(bar|point)', svg), (goal, chart)
+    assert "Top factors per bucket" in page and 'data-chart="auc-over-time"' in page
+
+
+def test_html_escapes_text() -> None:
+    page = render_html({"goals": {}, "bucket_names": [], "summary": {"source": "<b>&x</b>"}})
+    assert "<b>&x" not in page and "&lt;b&gt;&amp;x" in page
