@@ -39,26 +39,43 @@ def _get_json(url: str) -> Any:
 
 
 def _models_table(models: dict[str, Any]) -> Table:
-    table = Table("goal", "model version", "status", "examples (positive)", "live AUC", "log loss",
-                  "base rate", title="models")
+    table = Table(
+        "goal",
+        "model version",
+        "status",
+        "examples (positive)",
+        "live AUC",
+        "log loss",
+        "base rate",
+        title="models",
+    )
     for goal, m in models.items():
         live = m.get("live") or {}
         status = "[yellow]warming up[/]" if m["warming_up"] else "[green]live[/]"
         auc = live.get("auc")
         logloss = live.get("logloss")
-        table.add_row(goal, str(m["version"]), status, f"{m['n_examples']:,} ({m['n_positive']:,})",
-                      "-" if auc is None else f"{auc:.3f}", "-" if logloss is None else f"{logloss:.3f}",
-                      f"{m['base_rate']:.3f}")
+        table.add_row(
+            goal,
+            str(m["version"]),
+            status,
+            f"{m['n_examples']:,} ({m['n_positive']:,})",
+            "-" if auc is None else f"{auc:.3f}",
+            "-" if logloss is None else f"{logloss:.3f}",
+            f"{m['base_rate']:.3f}",
+        )
     return table
 
 
-async def _watch_scores(bootstrap: str, topic: str, stop: asyncio.Event, state: dict[str, Any]) -> None:
+async def _watch_scores(
+    bootstrap: str, topic: str, stop: asyncio.Event, state: dict[str, Any]
+) -> None:
     from aiokafka import AIOKafkaConsumer
 
     from stream.cli import format_score
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         while not stop.is_set():
@@ -85,8 +102,10 @@ async def _run(bootstrap: str, events_path: Path, worker_port: int) -> str | Non
     state: dict[str, Any] = {"scores": 0, "shown": set(), "last_score_at": time.monotonic()}
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch_scores(bootstrap, "customer-ai.scores", stop, state))
-    console.rule("replaying events (live scores below: time, profile, goal, probability, "
-                 "percentile, bucket, model version, top factors)")
+    console.rule(
+        "replaying events (live scores below: time, profile, goal, probability, "
+        "percentile, bucket, model version, top factors)"
+    )
     n = await replay_file(events_path, bootstrap, "customer-ai.events", namespace="ECID")
     console.print(f"replayed {n:,} events; waiting for the worker to score them all")
     while time.monotonic() - state["last_score_at"] < 5:
@@ -101,7 +120,9 @@ async def _run(bootstrap: str, events_path: Path, worker_port: int) -> str | Non
     return state.get("last_live_profile")
 
 
-def demo_main(profiles: int = 1500, days: int = 365, seed: int = 7, workdir: Path = Path(".customer-ai/demo")) -> int:
+def demo_main(
+    profiles: int = 1500, days: int = 365, seed: int = 7, workdir: Path = Path(".customer-ai/demo")
+) -> int:
     """Run the demo; returns an exit code."""
     from models.synthetic import generate_events, write_jsonl
     from stream.dev import BrokerProcess, ValkeyProcess, find_free_port
@@ -112,8 +133,10 @@ def demo_main(profiles: int = 1500, days: int = 365, seed: int = 7, workdir: Pat
     console.rule("customer-ai demo")
     with console.status("generating events with a planted ground truth"):
         write_jsonl(generate_events(profiles=profiles, days=days, seed=seed), events_path)
-    console.print(f"generated {sum(1 for _ in events_path.open()):,} events for {profiles:,} profiles "
-                  f"over {days} days -> {events_path}")
+    console.print(
+        f"generated {sum(1 for _ in events_path.open()):,} events for {profiles:,} profiles "
+        f"over {days} days -> {events_path}"
+    )
     broker = BrokerProcess(log_path=workdir / "tansu.log")
     valkey = ValkeyProcess(log_path=workdir / "valkey.log")
     worker: subprocess.Popen[bytes] | None = None
@@ -123,29 +146,44 @@ def demo_main(profiles: int = 1500, days: int = 365, seed: int = 7, workdir: Pat
             valkey.start()
         console.print(f"broker {broker.bootstrap}, redis {valkey.url}")
         port = find_free_port()
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "REDIS_URL": valkey.url,
-               "CUSTOMER_AI_WEB_PORT": str(port), "CUSTOMER_AI_SESSION_TIMEOUT": "4",
-               "CUSTOMER_AI_REBALANCE_TIMEOUT": "3",
-               "CUSTOMER_AI_CONFIG": os.environ.get("CUSTOMER_AI_CONFIG", "customer-ai.toml")}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "REDIS_URL": valkey.url,
+            "CUSTOMER_AI_WEB_PORT": str(port),
+            "CUSTOMER_AI_SESSION_TIMEOUT": "4",
+            "CUSTOMER_AI_REBALANCE_TIMEOUT": "3",
+            "CUSTOMER_AI_CONFIG": os.environ.get("CUSTOMER_AI_CONFIG", "customer-ai.toml"),
+        }
         log = open(workdir / "worker.log", "wb")
-        worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         with console.status("starting a worker (joins the consumer group)"):
             deadline = time.monotonic() + 90
             while _get_json(f"http://127.0.0.1:{port}/healthz") is None or not (
-                    _get_json(f"http://127.0.0.1:{port}/healthz") or {}).get("ready"):
+                _get_json(f"http://127.0.0.1:{port}/healthz") or {}
+            ).get("ready"):
                 if worker.poll() is not None or time.monotonic() > deadline:
                     console.print(f"[red]worker did not start; see {workdir / 'worker.log'}[/]")
                     return 1
                 time.sleep(0.3)
-        console.print(f"worker ready: http://127.0.0.1:{port}/healthz, /models, /metrics, /profiles/ID")
+        console.print(
+            f"worker ready: http://127.0.0.1:{port}/healthz, /models, /metrics, /profiles/ID"
+        )
         sample = asyncio.run(_run(broker.bootstrap, events_path, port)) or "p-1"
         profile = _get_json(f"http://127.0.0.1:{port}/profiles/{sample}")
         if profile:
             console.rule(f"profile {sample} (GET /profiles/{sample})")
             for goal, score in profile["scores"].items():
-                console.print(f"[bold]{goal}[/]: probability {score['probability']:.3f}, "
-                              f"percentile {score['percentile']:.0f}, bucket [bold]{score['bucket']}[/]")
+                console.print(
+                    f"[bold]{goal}[/]: probability {score['probability']:.3f}, "
+                    f"percentile {score['percentile']:.0f}, bucket [bold]{score['bucket']}[/]"
+                )
                 for f in score["factors"]:
                     console.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")
         return 0

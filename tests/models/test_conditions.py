@@ -6,8 +6,11 @@ import pytest
 
 from models.conditions import ConditionError, compile_condition
 
-RECORD = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 50, "currency": "EUR"}},
-          "flag": True}
+RECORD = {
+    "eventType": "commerce.purchases",
+    "commerce": {"order": {"priceTotal": 50, "currency": "EUR"}},
+    "flag": True,
+}
 
 
 @pytest.mark.parametrize(
@@ -26,10 +29,24 @@ RECORD = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal"
         ({"field": "commerce.nope", "op": "exists"}, False),
         ({"field": "flag", "op": "gt", "value": 0}, False),  # booleans are not numbers
         ({"field": "eventType", "op": "gt", "value": 0}, False),  # strings are not numbers
-        ({"all": [{"field": "flag", "op": "equals", "value": True},
-                  {"field": "eventType", "op": "starts_with", "value": "web."}]}, False),
-        ({"any": [{"field": "flag", "op": "equals", "value": True},
-                  {"field": "eventType", "op": "starts_with", "value": "web."}]}, True),
+        (
+            {
+                "all": [
+                    {"field": "flag", "op": "equals", "value": True},
+                    {"field": "eventType", "op": "starts_with", "value": "web."},
+                ]
+            },
+            False,
+        ),
+        (
+            {
+                "any": [
+                    {"field": "flag", "op": "equals", "value": True},
+                    {"field": "eventType", "op": "starts_with", "value": "web."},
+                ]
+            },
+            True,
+        ),
     ],
 )
 def test_ops(spec: dict, expected: bool) -> None:
@@ -57,8 +74,10 @@ def test_invalid_conditions_name_the_problem(spec: object, message: str) -> None
 
 def test_error_names_nested_path() -> None:
     with pytest.raises(ConditionError, match=r"goals\[1\]\.eligibility\.any\[1\]\.op"):
-        compile_condition({"any": [{"field": "a", "op": "exists"}, {"field": "b", "op": "bogus"}]},
-                          "goals[1].eligibility")
+        compile_condition(
+            {"any": [{"field": "a", "op": "exists"}, {"field": "b", "op": "bogus"}]},
+            "goals[1].eligibility",
+        )
 
 
 def test_conditions_are_never_evaluated_as_code() -> None:

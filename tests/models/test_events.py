@@ -23,7 +23,11 @@ def encode(**changes: object) -> bytes:
 
 def test_valid_event_decodes() -> None:
     event = decode_event(encode())
-    assert (event.event_id, event.profile_id, event.event_type) == ("e-1", "p-42", "commerce.purchases")
+    assert (event.event_id, event.profile_id, event.event_type) == (
+        "e-1",
+        "p-42",
+        "commerce.purchases",
+    )
     assert event.timestamp_ms == 1772359200000
     assert get_path(event.body, "commerce.order.priceTotal") == 49.9
 
@@ -45,7 +49,10 @@ def test_valid_event_decodes() -> None:
         (encode(timestamp="2026-03-01T10:00:00"), "bad_timestamp"),  # no zone
         (encode(timestamp=-5), "bad_timestamp"),
         (encode(timestamp=True), "bad_timestamp"),
-        (encode(deep=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]), "too_deep"),
+        (
+            encode(deep=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]),
+            "too_deep",
+        ),
         (b"\xff\xfe", "invalid_json"),
         (None, "invalid_json"),
     ],
@@ -70,7 +77,13 @@ def test_epoch_milliseconds_and_offsets() -> None:
 
 
 def test_identity_namespace_and_primary() -> None:
-    body = {**VALID, "identityMap": {"Email": [{"id": "a@b.c"}], "ECID": [{"id": "x"}, {"id": "p-9", "primary": True}]}}
+    body = {
+        **VALID,
+        "identityMap": {
+            "Email": [{"id": "a@b.c"}],
+            "ECID": [{"id": "x"}, {"id": "p-9", "primary": True}],
+        },
+    }
     assert decode_event(orjson.dumps(body)).profile_id == "p-9"
     assert decode_event(orjson.dumps(body), identity_namespace="Email").profile_id == "a@b.c"
     with pytest.raises(InvalidEvent) as info:

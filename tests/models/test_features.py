@@ -16,12 +16,23 @@ CFG = load_config(CONFIG)
 
 
 def purchase(i: int, day: float, price: float = 10.0) -> Event:
-    return Event(f"e-{i}", "p-1", "commerce.purchases", int(day * DAY_MS),
-                 {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": price}}})
+    return Event(
+        f"e-{i}",
+        "p-1",
+        "commerce.purchases",
+        int(day * DAY_MS),
+        {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": price}}},
+    )
 
 
 def view(i: int, day: float) -> Event:
-    return Event(f"e-{i}", "p-1", "commerce.productViews", int(day * DAY_MS), {"eventType": "commerce.productViews"})
+    return Event(
+        f"e-{i}",
+        "p-1",
+        "commerce.productViews",
+        int(day * DAY_MS),
+        {"eventType": "commerce.productViews"},
+    )
 
 
 def features_after(events: list[Event]) -> dict[str, float]:
@@ -62,7 +73,9 @@ def test_state_round_trips_and_stays_small() -> None:
     engine = Engine(CFG)
     state = None
     for i in range(300):
-        state = engine.process(state, view(i, i * 0.7) if i % 5 else purchase(i, i * 0.7), Outcome())
+        state = engine.process(
+            state, view(i, i * 0.7) if i % 5 else purchase(i, i * 0.7), Outcome()
+        )
     raw = state.to_bytes()
     assert ProfileState.from_bytes(raw, [g.name for g in CFG.goals]) == state
     # 4 tracked events, 2 goals, label snapshots at their bound: still a small record
@@ -72,9 +85,16 @@ def test_state_round_trips_and_stays_small() -> None:
 def test_factors_are_exact_contributions() -> None:
     fz = Featurizer(CFG)
     d = len(fz.names)
-    model = LinearModel(goal="conversion", version=2, feature_names=fz.names, mean=[0.5] * d,
-                        std=[2.0] * d, weights=[0.1 * (i - d / 2) for i in range(d)], intercept=-1.0,
-                        warming_up=False)
+    model = LinearModel(
+        goal="conversion",
+        version=2,
+        feature_names=fz.names,
+        mean=[0.5] * d,
+        std=[2.0] * d,
+        weights=[0.1 * (i - d / 2) for i in range(d)],
+        intercept=-1.0,
+        warming_up=False,
+    )
     vector = [float(i) for i in range(d)]
     p, factors = model.predict(vector)
     z = -1.0 + sum(w * (math.log1p(x) - 0.5) / 2.0 for w, x in zip(model.weights, vector))

@@ -38,10 +38,22 @@ min_interval_hours = {interval_hours}
 """
 
 
-def make_engine(max_pending: int = 1, interval_hours: float = 0, conversion_extra: str = "",
-                churn_extra: str = "") -> Engine:
-    return Engine(parse_config(CONFIG.format(max_pending=max_pending, interval_hours=interval_hours,
-                                             conversion_extra=conversion_extra, churn_extra=churn_extra)))
+def make_engine(
+    max_pending: int = 1,
+    interval_hours: float = 0,
+    conversion_extra: str = "",
+    churn_extra: str = "",
+) -> Engine:
+    return Engine(
+        parse_config(
+            CONFIG.format(
+                max_pending=max_pending,
+                interval_hours=interval_hours,
+                conversion_extra=conversion_extra,
+                churn_extra=churn_extra,
+            )
+        )
+    )
 
 
 class Timeline:
@@ -137,7 +149,9 @@ def test_pending_is_bounded() -> None:
 
 
 def test_eligibility_gates_scores_and_snapshots() -> None:
-    engine = make_engine(churn_extra='eligibility = { field = "purchase_count_total", op = "gte", value = 1 }')
+    engine = make_engine(
+        churn_extra='eligibility = { field = "purchase_count_total", op = "gte", value = 1 }'
+    )
     t = Timeline(engine)
     out = Outcome()
     t.state = engine.process(None, Event("e-0", "p-1", "visit", 0, {"eventType": "visit"}), out)
@@ -179,4 +193,4 @@ def test_example_carries_served_probability_and_features(kind: str) -> None:
     (example,) = [e for e in t.examples if e.goal == "conversion"]
     assert example.probability == snapshot.probability == 0.5  # cold model serves 0.5
     assert example.features == snapshot.features
-    assert example.example_id == f"p-1|conversion|0|e-1"
+    assert example.example_id == "p-1|conversion|0|e-1"

@@ -20,12 +20,16 @@ def result():  # type: ignore[no-untyped-def]
 def test_prequential_auc_of_served_model_scores(result, goal: str) -> None:  # type: ignore[no-untyped-def]
     examples = [e for e in result.examples if e.goal == goal]
     warm_up = [e for e in examples if e.served_warming_up]
-    assert warm_up and all(e.probability == warm_up[0].probability or e.model_version > 0 for e in warm_up)
+    assert warm_up and all(
+        e.probability == warm_up[0].probability or e.model_version > 0 for e in warm_up
+    )
     # accuracy of the scores the models served (not of the base rate served while warming up)
     examples = [e for e in examples if not e.served_warming_up]
     assert len({e.label for e in examples}) == 2
     auc = roc_auc([e.probability for e in examples], [e.label for e in examples])
-    assert auc is not None and auc >= 0.75, f"{goal}: prequential AUC {auc:.3f} over {len(examples)} examples"
+    assert auc is not None and auc >= 0.75, (
+        f"{goal}: prequential AUC {auc:.3f} over {len(examples)} examples"
+    )
 
 
 @pytest.mark.parametrize("goal", ["conversion", "churn"])
@@ -35,4 +39,6 @@ def test_models_leave_warm_up_and_recover_key_drivers(result, goal: str) -> None
     weights = dict(zip(model.feature_names, model.weights))
     for feature in GROUND_TRUTH[goal]["key_drivers"]:
         sign = GROUND_TRUTH[goal]["drivers"][feature]
-        assert weights[feature] * sign > 0, f"{goal}: {feature} weight {weights[feature]:+.3f}, planted sign {sign:+d}"
+        assert weights[feature] * sign > 0, (
+            f"{goal}: {feature} weight {weights[feature]:+.3f}, planted sign {sign:+d}"
+        )
