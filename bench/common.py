@@ -141,21 +141,15 @@ def sample_events(
     """
     from models.synthetic import iter_events
 
-    per = max(1, math.ceil(events / profiles))
+    per = max(1, math.ceil(events / profiles)) + 2  # spares for profiles with fewer events
     chosen: list[tuple[int, int, dict[str, Any]]] = []  # (rank within profile, index, event)
     rank: dict[str, int] = {}
-    while True:
-        for index, event in enumerate(iter_events(profiles, days, seed)):
-            pid = event["identityMap"]["ECID"][0]["id"]
-            r = rank.get(pid, 0)
-            if r < per:
-                rank[pid] = r + 1
-                chosen.append((r, index, event))
-        if len(chosen) >= events or days >= 365:
-            break
-        chosen.clear()
-        rank.clear()
-        days *= 2
+    for index, event in enumerate(iter_events(profiles, days, seed)):
+        pid = event["identityMap"]["ECID"][0]["id"]
+        r = rank.get(pid, 0)
+        if r < per:
+            rank[pid] = r + 1
+            chosen.append((r, index, event))
     chosen.sort(key=lambda c: (c[0], c[1]))
     kept = sorted(chosen[:events], key=lambda c: c[1])
     if len(kept) < events:

@@ -206,6 +206,7 @@ class Engine:
         self.featurizer = Featurizer(config)
         self.goals = list(config.goals)
         self.windows = {g.name: g.window_ms for g in self.goals}
+        self._window_items = list(self.windows.items())
         self.models: dict[str, LinearModel] = {
             g.name: LinearModel.cold(g.name, self.featurizer.names) for g in self.goals
         }
@@ -380,7 +381,15 @@ class Engine:
 
     def next_due(self, state: ProfileState) -> int | None:
         """Event time at which the earliest pending window of ``state`` closes."""
-        return state.next_due(self.windows)
+        best = None
+        goals = state.goals
+        for name, window in self._window_items:
+            gs = goals.get(name)
+            if gs is not None and gs.pending:
+                due = gs.pending[0].open_ts + window
+                if best is None or due < best:
+                    best = due
+        return best
 
     @staticmethod
     def _emit_examples(

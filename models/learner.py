@@ -3,7 +3,10 @@
 The River pipeline is ``log1p`` -> ``preprocessing.StandardScaler`` ->
 ``linear_model.LogisticRegression`` (SGD, L2). On top of its logit ``z`` an online
 Platt layer ``sigmoid(a * z + b)`` keeps the probability calibrated as the model
-and the data drift. Examples are not re-sampled or re-weighted, so the
+and the data drift. The Platt layer takes Adam steps (per-parameter normalized,
+bias-corrected), so it moves by about ``calibration_rate`` per example whatever the
+scale of the error: it corrects a biased start within a few hundred examples and
+then tracks drift. Examples are not re-sampled or re-weighted, so the
 probabilities need no prior correction.
 
 Every example is first used to *test* (prequential metrics on the probability that
@@ -63,7 +66,7 @@ class OnlineLearner:
     metrics_window
         Examples over which the live metrics are computed.
     calibration_rate
-        SGD step of the Platt layer.
+        Adam step size of the Platt layer.
     """
 
     def __init__(
@@ -75,7 +78,7 @@ class OnlineLearner:
         l2: float = 1e-5,
         min_examples_per_class: int = 30,
         metrics_window: int = 5000,
-        calibration_rate: float = 0.005,
+        calibration_rate: float = 0.02,
     ) -> None:
         self.goal = goal
         self.feature_names = list(feature_names)
@@ -89,6 +92,10 @@ class OnlineLearner:
         )
         self.calibration_a = 1.0
         self.calibration_b = 0.0
+        # Adam moments of the Platt layer: first and second, for (a, b); step count
+        self._calibration_m = [0.0, 0.0]
+        self._calibration_v = [0.0, 0.0]
+        self._calibration_t = 0
         self.n_examples = 0
         self.n_positive = 0
         self.version = 0
@@ -132,12 +139,27 @@ class OnlineLearner:
             # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.
             z = self._logit(self.scaler.transform_one(x))
             error = sigmoid(self.calibration_a * z + self.calibration_b) - y
-            self.calibration_a -= self.calibration_rate * error * z
-            self.calibration_b -= self.calibration_rate * error
+            self._calibrate((error * z, error))
         self.scaler.learn_one(x)
         self.classifier.learn_one(self.scaler.transform_one(x), bool(y))
         self.n_examples += 1
         self.n_positive += y
+
+    def _calibrate(self, grads: tuple[float, float]) -> None:
+        """One Adam step of the Platt parameters ``(a, b)``."""
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        self._calibration_t += 1
+        t = self._calibration_t
+        m, v = self._calibration_m, self._calibration_v
+        steps = []
+        for k, g in enumerate(grads):
+            m[k] = beta1 * m[k] + (1 - beta1) * g
+            v[k] = beta2 * v[k] + (1 - beta2) * g * g
+            m_hat = m[k] / (1 - beta1**t)
+            v_hat = v[k] / (1 - beta2**t)
+            steps.append(self.calibration_rate * m_hat / (math.sqrt(v_hat) + eps))
+        self.calibration_a -= steps[0]
+        self.calibration_b -= steps[1]
 
     def snapshot(self, version: int | None = None) -> LinearModel:
         """Export the serving model; bumps :attr:`version` unless one is given."""
@@ -182,6 +204,11 @@ class OnlineLearner:
                 "n_examples": self.n_examples,
                 "n_positive": self.n_positive,
                 "calibration": [self.calibration_a, self.calibration_b],
+                "calibration_adam": {
+                    "m": self._calibration_m,
+                    "v": self._calibration_v,
+                    "t": self._calibration_t,
+                },
                 "scaler": {
                     "counts": dict(self.scaler.counts),
                     "means": dict(self.scaler.means),
@@ -210,6 +237,11 @@ class OnlineLearner:
         learner.n_examples = data["n_examples"]
         learner.n_positive = data["n_positive"]
         learner.calibration_a, learner.calibration_b = data["calibration"]
+        adam = data.get("calibration_adam")  # absent in states written before Adam
+        if adam:
+            learner._calibration_m = list(adam["m"])
+            learner._calibration_v = list(adam["v"])
+            learner._calibration_t = int(adam["t"])
         learner.scaler.counts = Counter(data["scaler"]["counts"])
         learner.scaler.means = defaultdict(float, data["scaler"]["means"])
         learner.scaler.vars = defaultdict(float, data["scaler"]["vars"])

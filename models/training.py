@@ -61,6 +61,7 @@ class Trainer:
             for g in config.goals
         }
         self.since_snapshot = {g.name: 0 for g in config.goals}
+        self.published_warming: dict[str, bool] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.dedup_capacity = dedup_capacity
         self.duplicates = 0
@@ -93,13 +94,27 @@ class Trainer:
         """Goals with enough new examples for a new version (all with any, if ``force``)."""
         every = self.config.model.snapshot_every_examples
         warm = max(1, every // 10)  # publish the base rate often while a goal warms up
-        return [
-            g
-            for g, n in self.since_snapshot.items()
-            if n >= every or (force and n > 0) or (n >= warm and self.learners[g].warming_up)
-        ]
+        due = []
+        for g, n in self.since_snapshot.items():
+            if n == 0:
+                continue
+            learner = self.learners[g]
+            # A young model changes fast: publish every ~10 % growth of its example count
+            # (at least every `warm`, at most every `every` examples), and at once when it
+            # leaves warm-up, so it serves what it learnt instead of a stale base rate.
+            young = max(warm, learner.n_examples // 10)
+            if (
+                force
+                or n >= min(every, young)
+                or (learner.warming_up and n >= warm)
+                or (not learner.warming_up and self.published_warming.get(g, True))
+            ):
+                due.append(g)
+        return due
 
     def snapshot(self, goal: str) -> LinearModel:
         """Export a new version of ``goal``'s model."""
         self.since_snapshot[goal] = 0
-        return self.learners[goal].snapshot()
+        model = self.learners[goal].snapshot()
+        self.published_warming[goal] = model.warming_up
+        return model

@@ -35,6 +35,7 @@ from faust.types import TP
 
 from models.config import load_config
 from models.engine import Engine
+from models.features import Featurizer
 from stream import metrics
 from stream.lag import LagPoller
 from stream.producer import BatchProducer, OutMessage
@@ -101,6 +102,7 @@ class Runtime:
             **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
             key_prefix=settings.key_prefix,
             cluster=settings.redis_cluster,
+            feature_names=Featurizer(config).names,
         )
         self.producer = BatchProducer(settings.bootstrap, security)
         self.engine = Engine(config)

@@ -268,7 +268,9 @@ async def load_profile(profile_id: str) -> dict[str, Any] | None:
     s = _settings()
     cfg = load_config(s.config_path)
     store = RedisStore(
-        **redis_connection_kwargs({**os.environ, "REDIS_URL": s.redis_url}), key_prefix=s.key_prefix
+        **redis_connection_kwargs({**os.environ, "REDIS_URL": s.redis_url}),
+        key_prefix=s.key_prefix,
+        cluster=s.redis_cluster,
     )
     try:
         raw = await store.get_profile(profile_id)
@@ -426,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="profiles in a goal's bucket")
     p.add_argument("--goal", required=True)
     p.add_argument("--bucket", default="high")
-    p.add_argument("--factor")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--factor", help="only profiles with this feature among their top factors")
+    p.add_argument("--limit", type=int, default=50, help="most probable N (0: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_segment)
 

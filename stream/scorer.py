@@ -9,7 +9,7 @@ it each batch of raw records and acknowledges them once it returns. For a batch:
    keeps a prefix marked ``original_truncated``, so it always fits the producer);
 2. events whose key is not their profile id (unkeyed ones included) are forwarded
    to the repartition topic (keyed by profile id) instead of being scored here:
-   the applied-offset watermark ``o:<topic>`` is only meaningful if one partition
+   the applied-offset watermark ``o:<topic>:<partition>`` is only meaningful if one partition
    of a topic owns each profile;
 3. load the touched profiles' state in one Redis pipeline;
 4. run the :class:`~models.engine.Engine` per event in offset order, skipping events
@@ -293,7 +293,10 @@ class BatchScorer:
         counts: dict[str, int],
         outbox: list[OutMessage],
     ) -> None:
-        offset_field = f"o:{topic}"
+        # Per topic *and partition*: offsets only order events within a partition. If the
+        # partition count changes and a profile moves, its new partition's field starts
+        # empty (nothing is skipped); an old partition's offsets only ever grow.
+        offset_field = f"o:{topic}:{partition}"
         due_key = self.store.due_key(topic, partition)
         wm_key = self.store.watermark_key(topic, partition)
         lateness = self.config.labels.allowed_lateness_ms
@@ -410,11 +413,13 @@ class BatchScorer:
             metrics.observe_end_to_end(ts / 1000, now)
         writes: list[ProfileWrite] = []
         due: dict[str, int | None] = {}
+        due_versions: dict[str, str] = {}  # the state version each due entry comes from
         for pid in subset:
             state = states[pid]
             if state is None or (pid not in last_offset and pid not in changed_by_expiry):
                 if state is not None and pid not in last_offset:
                     due[pid] = engine.next_due(state)
+                    due_versions[pid] = loaded[pid].version
                 continue
             offset = last_offset.get(pid)
             gs = {
@@ -440,4 +445,5 @@ class BatchScorer:
                 )
             )
             due[pid] = engine.next_due(state)
-        return await self.store.save(writes, due, due_key, wm_key, watermark)
+            due_versions[pid] = str(int(loaded[pid].version or 0) + 1)  # what the CAS writes
+        return await self.store.save(writes, due, due_key, wm_key, watermark, due_versions)

@@ -41,6 +41,20 @@ __all__ = ["SegmentListing", "read_segment", "segment_main"]
 CHUNK = 500
 
 
+class _Ranked:
+    """A listed profile ordered by rank: higher probability first, then smaller id."""
+
+    __slots__ = ("probability", "profile_id", "row")
+
+    def __init__(self, probability: float, profile_id: str, row: dict[str, Any]) -> None:
+        self.probability = probability
+        self.profile_id = profile_id
+        self.row = row
+
+    def __lt__(self, other: _Ranked) -> bool:  # "ranks below": the heap keeps the worst on top
+        return (self.probability, other.profile_id) < (other.probability, self.profile_id)
+
+
 @dataclass
 class SegmentListing:
     """What ``customer-ai segment`` shows."""
@@ -80,7 +94,7 @@ async def read_segment(
     Parameters
     ----------
     store : RedisStore
-        The worker's store (same key prefix).
+        The worker's store (same key prefix and ``feature_names``).
     goal, bucket : str
         Which segment.
     buckets : list of str
@@ -106,7 +120,7 @@ async def read_segment(
         else store.segment_factor_key(goal, bucket, factor)
     )
     listing = SegmentListing(goal, bucket, factor, sizes, factor_sizes)
-    heap: list[tuple[float, str, dict[str, Any]]] = []
+    heap: list[_Ranked] = []  # the best ``limit`` so far, worst on top
 
     async def check(chunk: list[str]) -> None:
         pipe = store.redis.pipeline(transaction=False)
@@ -115,7 +129,7 @@ async def read_segment(
         rows = await pipe.execute()
         for pid, (raw_scores, raw_tf) in zip(chunk, rows):
             score = orjson.loads(raw_scores).get(goal) if raw_scores else None
-            top = decode_top_factors(raw_tf).get(goal, ())
+            top = decode_top_factors(raw_tf, store.feature_names).get(goal, ())
             if (
                 score is None
                 or score.get("bucket") != bucket
@@ -130,10 +144,10 @@ async def read_segment(
                 "model_version": score.get("model_version"),
                 "top_factors": list(top),
             }
-            item = (float(score["probability"]), pid, row)
+            item = _Ranked(float(score["probability"]), pid, row)
             if limit <= 0 or len(heap) < limit:
                 heapq.heappush(heap, item)
-            elif item[:2] > heap[0][:2]:
+            elif heap[0] < item:
                 heapq.heapreplace(heap, item)
 
     chunk: list[str] = []
@@ -145,7 +159,7 @@ async def read_segment(
             chunk = []
     if chunk:
         await check(chunk)
-    listing.profiles = [row for _, _, row in sorted(heap, key=lambda t: (-t[0], t[1]))]
+    listing.profiles = [r.row for r in sorted(heap, reverse=True)]
     return listing
 
 
@@ -219,12 +233,13 @@ def segment_main(
     config = load_config(settings.config_path)
     goals = [g.name for g in config.goals]
     buckets = list(config.buckets.names)
+    feature_names = Featurizer(config).names
     error = None
     if goal not in goals:
         error = f"unknown goal {goal!r}; goals: {', '.join(goals)}"
     elif bucket not in buckets:
         error = f"unknown bucket {bucket!r}; buckets: {', '.join(buckets)}"
-    elif factor is not None and factor not in Featurizer(config).names:
+    elif factor is not None and factor not in feature_names:
         error = f"unknown feature {factor!r}; see the features of `customer-ai profile ID`"
     if error:
         print(f"customer-ai segment: {error}", file=sys.stderr)
@@ -235,6 +250,7 @@ def segment_main(
             **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
             key_prefix=settings.key_prefix,
             cluster=settings.redis_cluster,
+            feature_names=feature_names,
         )
         try:
             try:  # the store retries forever (a worker must wait); a command must not

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from models.backtest import run_backtest
-from models.config import load_config
+from models.config import load_config, parse_config
 from models.engine import Engine, Example, Outcome
 from models.events import parse_timestamp, validate_event
 from models.synthetic import generate_events
@@ -18,6 +18,10 @@ from tests.harness import CONFIG
 
 CFG = load_config(CONFIG)
 PURCHASE = "commerce.purchases"
+# the same goals with every example released as soon as its label is known
+CFG_WHEN_KNOWN = parse_config(
+    CONFIG.read_text().replace('release = "at_window_close"', 'release = "when_known"')
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +46,14 @@ def _purchases(events: list[dict[str, Any]]) -> dict[str, list[int]]:
     return {p: sorted(ts) for p, ts in out.items()}
 
 
-def test_examples_mature_only_at_window_close_or_goal_event(events, result) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("cfg", [CFG, CFG_WHEN_KNOWN], ids=["config", "when_known"])
+def test_examples_mature_only_at_window_close_or_goal_event(events, cfg) -> None:  # type: ignore[no-untyped-def]
     purchases = _purchases(events)
-    seen = {g.name: {0: 0, 1: 0} for g in CFG.goals}
+    result = run_backtest(events, cfg)
+    seen = {g.name: {0: 0, 1: 0} for g in cfg.goals}
+    early = 0
     for ex in result.examples:
-        goal = CFG.goal(ex.goal)
+        goal = cfg.goal(ex.goal)
         start, close = ex.prediction_ts, ex.prediction_ts + goal.window_ms
         hits = [t for t in purchases.get(ex.profile_id, []) if start < t <= close]
         happened = bool(hits)
@@ -54,10 +61,12 @@ def test_examples_mature_only_at_window_close_or_goal_event(events, result) -> N
         seen[ex.goal][ex.label] += 1
         if goal.release == "when_known" and happened:
             assert ex.matured_ts == hits[0], "decided by the first goal event in the window"
+            early += 1
         else:
             assert ex.matured_ts > close, "released only once the window closed"
     for goal, counts in seen.items():
         assert counts[0] > 20 and counts[1] > 20, (goal, counts)
+    assert early > 20 or all(g.release == "at_window_close" for g in cfg.goals)
 
 
 def test_example_features_are_those_of_the_prediction_time(events, result) -> None:  # type: ignore[no-untyped-def]

@@ -387,7 +387,8 @@ def verify(ds: Dataset, redis_url: str, bootstrap: str, cli_samples: int = 2) ->
                 timeout=120,
             )
             assert proc.returncode == 0, proc.stderr.decode()
-            assert doc_view(orjson.loads(proc.stdout)) == ds.docs[pid]
+            if doc_view(orjson.loads(proc.stdout)) != ds.docs[pid]:
+                verdict.state_mismatches.append(f"{pid}: customer-ai profile --json differs")
 
         scores = asyncio.run(consume_all(bootstrap, SETTINGS.topic("scores"), idle=1.5))
         pairs = Counter()
@@ -599,7 +600,12 @@ def test_zombie_worker_is_fenced(
     try:
         replay.start()
         time.sleep(5)
-        a.signal(signal.SIGSTOP)  # frozen mid-stream, past its 4 s session timeout
+        # a short Redis stall holds every batch in flight between its Redis calls, so A is
+        # frozen inside one (not idle between batches), for longer than its session timeout
+        valkey.pause()
+        time.sleep(1.0)
+        a.signal(signal.SIGSTOP)
+        valkey.resume()
         try:
             time.sleep(6)
             applied_at_takeover = sum(s.n_events for s in stored_states(client).values())
@@ -689,6 +695,55 @@ async def test_in_flight_batch_of_a_zombie_cannot_overwrite_newer_state(
         mismatched = [pid for pid in ds.docs if got.get(pid) != ds.docs[pid]]
         figures("in-flight zombie batch", fenced=counts["fenced"], mismatches=len(mismatched))
         assert not mismatched and set(got) == set(ds.docs)
+        assert due_index_errors(url) == []
+    finally:
+        await store_a.close()
+        await store_b.close()
+
+
+def due_index_errors(url: str) -> list[str]:
+    """Profiles whose due entry is not their state's next window close."""
+    client = redis.Redis.from_url(url)
+    try:
+        engine = Engine(CFG)
+        due = {
+            m.decode(): int(score)
+            for m, score in client.zrange(f"cai:due:{EVENTS}:0", 0, -1, withscores=True)
+        }
+        errors = []
+        for pid, state in stored_states(client).items():
+            want = engine.next_due(state)
+            if due.get(pid) != want:
+                errors.append(f"{pid}: indexed {due.get(pid)}, next close {want}")
+        return errors
+    finally:
+        client.close()
+
+
+async def test_zombie_cannot_rewind_the_due_index(valkey: ValkeyProcess) -> None:
+    """A re-delivered batch (nothing to apply) computed before the new owner moved on must
+    not drop or delay the due entries of the newer states (windows would never close)."""
+    ds = build_dataset(profiles=40, days=60, seed=SEED + 6)
+    records = as_records(ds.messages)
+    half = len(records) // 2
+    url = valkey.url + "/0"
+    store_a, store_b = GatedStore(url), RedisStore(url)
+    zombie = BatchScorer(Engine(CFG), store_a, CollectingProducer(), SETTINGS)
+    owner = BatchScorer(Engine(CFG), store_b, CollectingProducer(), SETTINGS)
+    try:
+        for lo in range(0, half, 500):
+            await owner.process(records[lo : min(lo + 500, half)])
+        in_flight = asyncio.create_task(zombie.process(records[:half]))  # all applied already
+        await asyncio.wait_for(store_a.reached.wait(), 30)
+        for lo in range(half, len(records), 500):
+            await owner.process(records[lo : lo + 500])
+        assert due_index_errors(url) == []
+        store_a.gate.set()
+        counts = await asyncio.wait_for(in_flight, 30)
+        assert counts["events"] == 0 and counts["skipped"] > 0
+        errors = due_index_errors(url)
+        figures("stale due index", zombie_skipped=counts["skipped"], due_errors=len(errors))
+        assert errors == [], errors[:3]
     finally:
         await store_a.close()
         await store_b.close()
@@ -865,6 +920,8 @@ def malformed_messages(n: int, seed: int) -> list[tuple[bytes | None, bytes | No
     for i in range(n):
         value = make(i)
         key = rng.choice([None, b"p-1", rng.randbytes(8), f"p-{i}".encode()])
+        if value is None:
+            key = key or b"p-1"  # a tombstone needs a key
         out.append((key, value))
     # oversized: over the 1 MiB cap, one far over the dead-letter copy's cap
     pad = orjson.dumps(variant(n))[:-1]
@@ -890,10 +947,18 @@ def test_ten_thousand_malformed_messages(
     reasons = [reject_reason(v) for _, v in bad]
     assert None not in reasons, "the generator made a valid event"
     rng = random.Random(SEED)
-    # mixed in at random places; the flush events stay last
+    # mixed in at random places, the valid events keeping their order; the flush events last
     body, flush = good.messages[:-PARTITIONS], good.messages[-PARTITIONS:]
-    tagged = [(m, None) for m in body] + [((k, v, None), r) for (k, v), r in zip(bad, reasons)]
-    rng.shuffle(tagged)
+    slots = [True] * len(body) + [False] * len(bad)
+    rng.shuffle(slots)
+    valid_it, bad_it = iter(body), iter(zip(bad, reasons))
+    tagged: list[tuple[tuple[bytes | None, bytes | None, int | None], str | None]] = []
+    for is_valid in slots:
+        if is_valid:
+            tagged.append((next(valid_it), None))
+        else:
+            (k, v), reason = next(bad_it)
+            tagged.append(((k, v, None), reason))
     tagged += [(m, None) for m in flush]
     ds = Dataset([m for m, _ in tagged], good.n_valid, good.docs, good.scores, good.examples)
     url = valkey.url + "/0"

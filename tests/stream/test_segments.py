@@ -236,9 +236,16 @@ def segment_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return redis_url
 
 
+def _feature_names() -> list[str]:
+    from models.config import load_config
+    from models.features import Featurizer
+
+    return Featurizer(load_config(REPO / "customer-ai.toml")).names
+
+
 def _seed(redis_url: str) -> None:
     async def run() -> None:
-        store = RedisStore(redis_url, key_prefix="cai")
+        store = RedisStore(redis_url, key_prefix="cai", feature_names=_feature_names())
         try:
             writes = []
             for i in range(1, 8):
@@ -263,6 +270,10 @@ def test_segment_lists_the_most_probable_profiles_with_sizes(
     segment_env: str, redis_client: redis.Redis
 ) -> None:
     _seed(segment_env)
+    names = _feature_names()  # tf holds positions in the feature vector, not names
+    assert redis_client.hget("cai:p:{p-7}", "tf") == (
+        f"conversion:{names.index('purchase_count_30d')}".encode()
+    )
     # a stale entry (possible only with the cluster fallback) is skipped, not listed
     redis_client.sadd("cai:seg:conversion:high", "p-9")
     code, doc = _run("conversion", "high", None, 3, True)
@@ -288,6 +299,20 @@ def test_segment_lists_the_most_probable_profiles_with_sizes(
     text = out.getvalue()
     assert "p-7" in text and "p-6" in text and "p-5" not in text
     assert "bucket sizes of conversion: low 1  medium 0  high 8" in text
+
+
+async def test_ties_rank_by_profile_id_whatever_the_limit(store: RedisStore) -> None:
+    entry: dict[str, SegmentEntry] = {"conversion": ("high", ())}
+    writes = [write(pid, "", {}, entry, probability=0.5) for pid in ("p-b", "p-c", "p-a")]
+    writes.append(write("p-z", "", {}, entry, probability=0.9))
+    await store.save(writes, {}, "cai:due:t:0", None, None)
+    for limit, expected in (
+        (1, ["p-z"]),
+        (3, ["p-z", "p-a", "p-b"]),
+        (0, ["p-z", "p-a", "p-b", "p-c"]),
+    ):
+        listing = await read_segment(store, "conversion", "high", BUCKETS, limit=limit)
+        assert [p["profile_id"] for p in listing.profiles] == expected, limit
 
 
 @pytest.mark.parametrize(
