@@ -14,15 +14,18 @@ benchmark itself polls.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import math
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,30 +46,34 @@ from rich.progress import (  # noqa: E402
     TimeRemainingColumn,
 )
 
-from stream.dev import BrokerProcess, ValkeyProcess  # noqa: E402
+from stream.dev import BrokerProcess, ValkeyProcess, _parent_death_signal  # noqa: E402
 from tests.harness import WorkerProcess  # noqa: E402
 
 __all__ = [
     "REPO",
+    "BenchWorker",
+    "Child",
     "committed_offsets",
     "console",
     "create_topics",
+    "days_for",
     "emit",
-    "end_offsets",
     "first_batch_time",
     "log",
     "make_progress",
-    "max_timestamp_ms",
     "natural_events",
+    "on_signals_exit",
     "produce_all",
+    "producer",
     "proc_memory_mb",
     "run_id",
     "sample_events",
+    "scan_topic",
     "seed_models",
     "servers",
     "start_workers",
     "wait_committed",
-    "wait_count",
+    "wait_for_line",
 ]
 
 console = Console(stderr=True, highlight=False)
@@ -178,6 +185,11 @@ def days_for(events: int, profiles: int, seed: int = 7, probe_profiles: int = 20
 
 
 # ---- Kafka ----------------------------------------------------------------------------
+# Tansu answers ListOffsets(latest) with the base offset of the last record batch + 1,
+# not the high watermark, so nothing here relies on end offsets: the producer's acks
+# give the offsets written, and outputs are counted by reading them.
+
+
 async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     """Create ``topics`` (name -> partitions) unless they exist."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -201,69 +213,74 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
         await consumer.stop()
 
 
+def producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
+    """An aiokafka producer for the benchmark's own input."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=linger_ms,
+        acks=1,
+        max_batch_size=1_048_576,
+        max_request_size=4_194_304,
+    )
+
+
 async def produce_all(
     bootstrap: str,
     topic: str,
     messages: Iterable[tuple[bytes | None, bytes]],
     total: int | None = None,
     label: str = "produce",
-) -> int:
-    """Produce ``messages`` as fast as the broker takes them; returns the count."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        linger_ms=20,
-        acks=1,
-        max_batch_size=1_048_576,
-        max_request_size=4_194_304,
-    )
-    await producer.start()
+) -> dict[int, int]:
+    """Produce ``messages`` as fast as the broker takes them.
+
+    Returns partition -> offset after the last message written (from the acks).
+    """
+    prod = producer(bootstrap)
+    await prod.start()
     sent = 0
+    ends: dict[int, int] = {}
     started = time.perf_counter()
+
+    def note(metas: list[Any]) -> None:
+        for md in metas:
+            if md.offset + 1 > ends.get(md.partition, 0):
+                ends[md.partition] = md.offset + 1
+
     try:
         with make_progress(transient=True) as progress:
             task = progress.add_task(label, total=total, note="")
             futures = []
             for key, value in messages:
-                futures.append(await producer.send(topic, value=value, key=key))
+                futures.append(await prod.send(topic, value=value, key=key))
                 sent += 1
                 if len(futures) >= 10_000:
-                    await asyncio.gather(*futures)
+                    note(await asyncio.gather(*futures))
                     futures.clear()
                     rate = sent / (time.perf_counter() - started)
                     progress.update(task, completed=sent, note=f"{rate:,.0f} msg/s")
-            await asyncio.gather(*futures)
+            note(await asyncio.gather(*futures))
             progress.update(task, completed=sent)
     finally:
-        await producer.stop()
+        await prod.stop()
     log(f"{label}: {sent:,} messages to {topic} in {time.perf_counter() - started:.1f}s")
-    return sent
+    return ends
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Partition -> end offset of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        ends = await consumer.end_offsets(tps) if tps else {}
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        await consumer.stop()
+async def committed_offsets(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
+    """Partition -> offset committed on ``topic`` by the group of ``consumer``.
 
-
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """Partition -> committed offset of ``group`` on ``topic``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        raw = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in raw.items() if tp.topic == topic}
+    ``consumer`` has the group's id but never joins it (it only assigns partitions).
+    The admin client's OffsetFetch does not decode Tansu's answer; the consumer's does.
+    """
+    parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    if set(consumer.assignment()) != set(tps):
+        consumer.assign(tps)
+    out = {}
+    for tp in tps:
+        offset = await consumer.committed(tp)
+        out[tp.partition] = offset if offset is not None else 0
+    return out
 
 
 async def wait_committed(
@@ -273,96 +290,205 @@ async def wait_committed(
     target: dict[int, int],
     timeout: float,
     label: str = "consumed",
-    alive: Any = None,
+    alive: Callable[[], bool] | None = None,
 ) -> None:
     """Wait until ``group`` committed ``target`` (partition -> offset) on ``topic``."""
     total = sum(target.values())
     deadline = time.monotonic() + timeout
-    with make_progress(transient=True) as progress:
-        task = progress.add_task(label, total=total, note="")
-        while True:
-            done = await committed_offsets(bootstrap, group, topic)
-            got = sum(min(done.get(p, 0), off) for p, off in target.items())
-            progress.update(task, completed=got)
-            if got >= total:
-                return
-            if alive is not None and not alive():
-                raise RuntimeError(f"{label}: a consumer died")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{label}: {got}/{total} after {timeout:.0f}s")
-            await asyncio.sleep(0.5)
-
-
-async def wait_count(
-    bootstrap: str,
-    topic: str,
-    count: int,
-    timeout: float,
-    label: str = "output",
-    alive: Any = None,
-) -> None:
-    """Wait until ``topic`` holds at least ``count`` messages."""
-    deadline = time.monotonic() + timeout
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         with make_progress(transient=True) as progress:
-            task = progress.add_task(label, total=count, note="")
+            task = progress.add_task(label, total=total, note="")
             while True:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-                tps = [TopicPartition(topic, p) for p in parts]
-                got = sum((await consumer.end_offsets(tps)).values()) if tps else 0
+                done = await committed_offsets(consumer, topic)
+                got = sum(min(done.get(p, 0), off) for p, off in target.items())
                 progress.update(task, completed=got)
-                if got >= count:
+                if got >= total:
                     return
                 if alive is not None and not alive():
-                    raise RuntimeError(f"{label}: the consumer died")
+                    raise RuntimeError(f"{label}: a consumer died")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{label}: {got}/{count} after {timeout:.0f}s")
+                    raise TimeoutError(f"{label}: {got}/{total} after {timeout:.0f}s")
                 await asyncio.sleep(0.5)
     finally:
         await consumer.stop()
 
 
-async def max_timestamp_ms(bootstrap: str, topic: str, tail: int = 5000) -> int:
-    """The newest ``CreateTime`` among the last ``tail`` messages of each partition."""
+async def wait_for_line(
+    path: Path, pattern: str, timeout: float, label: str, alive: Callable[[], bool]
+) -> None:
+    """Wait until ``pattern`` appears in the log file ``path``."""
+    deadline = time.monotonic() + timeout
+    with make_progress(transient=True) as progress:
+        progress.add_task(label, total=None, note="")
+        while True:
+            with contextlib.suppress(OSError):
+                if re.search(pattern, path.read_text(errors="replace")):
+                    return
+            if not alive():
+                raise RuntimeError(f"{label}: the process died; see {path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: not done after {timeout:.0f}s; see {path}")
+            await asyncio.sleep(0.25)
+
+
+async def scan_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    want: int | None = None,
+    start: dict[int, int] | None = None,
+    idle: float = 3.0,
+    timeout: float = 600.0,
+    on_record: Callable[[Any], None] | None = None,
+) -> tuple[int, int]:
+    """Read ``topic`` from ``start`` (default: the beginning).
+
+    Stops once ``want`` messages were read, or when nothing came for ``idle`` seconds.
+    Returns ``(count, newest CreateTime in ms)``.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=8_388_608,
         fetch_max_bytes=16_777_216,
+        fetch_max_wait_ms=200,
     )
     await consumer.start()
-    newest = 0
+    count = newest = 0
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        parts: set[int] = set()
+        for _ in range(50):
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+            if parts:
+                break
+            await asyncio.sleep(0.1)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        begins = await consumer.beginning_offsets(tps)
-        remaining = {}
-        for tp in tps:
-            start = max(begins[tp], ends[tp] - tail)
-            if ends[tp] > start:
-                consumer.seek(tp, start)
-                remaining[tp] = ends[tp]
-            else:
-                consumer.pause(tp)
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=50_000)
-            for tp, records in batch.items():
+        if start:
+            for tp in tps:
+                consumer.seek(tp, start.get(tp.partition, 0))
+        else:
+            await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        last_data = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            if not batch:
+                if time.monotonic() - last_data > idle:
+                    break
+                continue
+            last_data = time.monotonic()
+            for records in batch.values():
+                count += len(records)
                 for r in records:
-                    newest = max(newest, r.timestamp)
-                if records and records[-1].offset + 1 >= remaining.get(tp, 0):
-                    remaining.pop(tp, None)
-                    consumer.pause(tp)
+                    if r.timestamp > newest:
+                        newest = r.timestamp
+                    if on_record is not None:
+                        on_record(r)
+            if want is not None and count >= want:
+                break
     finally:
         await consumer.stop()
-    return newest
+    return count, newest
 
 
-# ---- workers --------------------------------------------------------------------------
+# ---- processes ------------------------------------------------------------------------
+_children: list[Any] = []
+
+
+def _stop_children() -> None:
+    for child in reversed(_children):
+        with contextlib.suppress(Exception):
+            child.stop()
+
+
+atexit.register(_stop_children)
+
+
+def on_signals_exit() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit, so clean-up (workers, servers) runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+class Child:
+    """A helper process (its own session, SIGTERM when we die) logging to a file."""
+
+    def __init__(self, argv: list[str], log_path: Path, cwd: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
+        _children.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class BenchWorker(WorkerProcess):
+    """:class:`tests.harness.WorkerProcess` that also dies with the benchmark."""
+
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> BenchWorker:
+        log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_parent_death_signal(),
+        )
+        log_file.close()
+        _children.append(self)
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def events_in(self) -> float:
+        """``customer_ai_events_in_total`` summed over topics (NaN if unreachable)."""
+        try:
+            _, body = self.get("/metrics")
+        except OSError:
+            return float("nan")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith("customer_ai_events_in_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
 def start_workers(
     n: int,
     bootstrap: str,
@@ -374,10 +500,13 @@ def start_workers(
     key_prefix: str,
     name: str = "worker",
     **env: str,
-) -> list[WorkerProcess]:
-    """Start ``n`` customer-ai workers at the same time and wait until they serve."""
+) -> list[BenchWorker]:
+    """Start ``n`` customer-ai workers at the same time and wait until they serve.
+
+    Faust keeps its (unused) data directory under ``workdir``, not in the repository.
+    """
     workers = [
-        WorkerProcess(
+        BenchWorker(
             bootstrap,
             redis_url,
             workdir,
@@ -386,6 +515,7 @@ def start_workers(
             CUSTOMER_AI_TOPIC_PREFIX=topic_prefix,
             CUSTOMER_AI_KEY_PREFIX=key_prefix,
             CUSTOMER_AI_LOG_LEVEL="info",
+            F_DATADIR=str(workdir / "{conf.name}-data"),
             **env,
         )
         for i in range(n)

@@ -29,31 +29,34 @@ import argparse
 import asyncio
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
     REPO,
+    Child,
     create_topics,
     emit,
-    end_offsets,
     first_batch_time,
     log,
-    max_timestamp_ms,
+    on_signals_exit,
     produce_all,
     run_id,
     sample_events,
+    scan_topic,
     seed_models,
     servers,
     start_workers,
     wait_committed,
-    wait_count,
+    wait_for_line,
 )
 
 SETUPS = ("raw", "faust", "scorer", "scorer2w")
@@ -78,16 +81,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def _rate(n: int, first: float | None, last_ms: int, what: str) -> float:
     if first is None or last_ms <= 0:
         raise RuntimeError(f"{what}: no first-batch time or no output timestamps")
@@ -99,71 +92,41 @@ def _rate(n: int, first: float | None, last_ms: int, what: str) -> float:
 async def passthrough(
     mode: str,
     bootstrap: str,
-    messages: list,
+    messages: list[tuple[bytes, bytes]],
     partitions: int,
     workdir: Path,
     rid: str,
     timeout: float,
 ) -> float:
     src, dst = f"bench-{rid}-{mode}.in", f"bench-{rid}-{mode}.out"
+    n = len(messages)
     await create_topics(bootstrap, {src: partitions, dst: partitions})
-    await produce_all(bootstrap, src, messages, len(messages), f"produce {mode} input")
-    log_path = workdir / f"{mode}-passthrough.log"
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "bench" / "passthrough.py"),
-                mode,
-                "--bootstrap",
-                bootstrap,
-                "--src",
-                src,
-                "--dst",
-                dst,
-                "--group",
-                f"bench-{rid}-{mode}",
-                "--count",
-                str(len(messages)),
-            ],
-            cwd=workdir,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "F_DATADIR": str(workdir / "{conf.name}-data")},
-            start_new_session=True,
-        )
+    await produce_all(bootstrap, src, messages, n, f"produce {mode} input")
+    child = Child(
+        [sys.executable, str(REPO / "bench" / "passthrough.py"), mode]
+        + ["--bootstrap", bootstrap, "--src", src, "--dst", dst]
+        + ["--group", f"bench-{rid}-{mode}", "--count", str(n)],
+        workdir / f"{mode}-passthrough.log",
+        workdir,
+        {**os.environ, "F_DATADIR": str(workdir / "{conf.name}-data")},
+    )
     try:
-        await wait_count(
-            bootstrap,
-            dst,
-            len(messages),
-            timeout,
-            f"{mode} passthrough",
-            alive=lambda: proc.poll() is None,
+        await wait_for_line(
+            child.log_path, rf"forwarded {n}\b", timeout, f"{mode} passthrough", lambda: child.alive
         )
-        last_ms = await max_timestamp_ms(bootstrap, dst)
+        count, last_ms = await scan_topic(bootstrap, dst, want=n, idle=10.0)
     finally:
-        _stop(proc)
-    return _rate(len(messages), first_batch_time(log_path), last_ms, f"{mode} passthrough")
-
-
-def _events_in(worker) -> float:  # type: ignore[no-untyped-def]
-    try:
-        status, body = worker.get("/metrics")
-    except OSError:
-        return float("nan")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith("customer_ai_events_in_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        child.stop()
+    if count < n:
+        raise RuntimeError(f"{mode} passthrough: {count} of {n} messages forwarded")
+    return _rate(n, first_batch_time(child.log_path), last_ms, f"{mode} passthrough")
 
 
 async def scorer(
     n_workers: int,
     bootstrap: str,
     redis_url: str,
-    messages: list,
+    messages: list[tuple[bytes, bytes]],
     partitions: int,
     workdir: Path,
     rid: str,
@@ -174,10 +137,9 @@ async def scorer(
     app_id = f"{prefix}-app"
     events_topic = f"{prefix}.events"
     await create_topics(bootstrap, {events_topic: partitions})
-    await produce_all(
+    target = await produce_all(
         bootstrap, events_topic, messages, len(messages), f"produce {n_workers}w input"
     )
-    target = await end_offsets(bootstrap, events_topic)
     seed_models(redis_url, prefix)
     log(f"starting {n_workers} worker(s)")
     workers = start_workers(
@@ -190,7 +152,6 @@ async def scorer(
         key_prefix=prefix,
         name=f"scorer{n_workers}w-",
         CUSTOMER_AI_PARTITIONS=str(partitions),
-        F_DATADIR=str(workdir / "{conf.name}-data"),
         **worker_env,
     )
     try:
@@ -203,20 +164,31 @@ async def scorer(
             f"scorer {n_workers}w",
             alive=lambda: all(w.alive for w in workers),
         )
-        last_ms = await max_timestamp_ms(bootstrap, f"{prefix}.scores")
-        firsts = [first_batch_time(w.log_path) for w in workers]
-        split = [_events_in(w) for w in workers]
+        split = [w.events_in() for w in workers]
     finally:
         for w in workers:
             w.stop()
-    log(f"scorer {n_workers}w: first batches at {firsts}, events per worker {split}")
-    if n_workers > 1 and None not in firsts and max(firsts) - min(firsts) > 2.0:  # type: ignore[type-var,operator]
+    cold: Counter[str] = Counter()
+    scored: set[str] = set()
+
+    def note(record: Any) -> None:
+        score = orjson.loads(record.value)
+        scored.add(score["event_id"])
+        if score["warming_up"]:
+            cold[score["goal"]] += 1
+
+    count, last_ms = await scan_topic(bootstrap, f"{prefix}.scores", on_record=note)
+    firsts = [first_batch_time(w.log_path) for w in workers]
+    log(
+        f"scorer {n_workers}w: {count:,} scores for {len(scored):,} events "
+        f"(warming up: {dict(cold)}); events per worker {split}; first batches at {firsts}"
+    )
+    valid = [f for f in firsts if f is not None]
+    if n_workers > 1 and len(valid) == n_workers and max(valid) - min(valid) > 2.0:
         log("[yellow]the workers started consuming more than 2 s apart[/]")
     for w in workers:
-        text = w.log_path.read_text(errors="replace")
-        if re.search(r"Traceback|batch failed", text):
+        if re.search(r"Traceback|batch failed", w.log_path.read_text(errors="replace")):
             log(f"[yellow]{w.log_path} holds errors: check it[/]")
-    valid = [f for f in firsts if f is not None]
     return _rate(
         len(messages), min(valid) if valid else None, last_ms, f"scorer {n_workers} worker(s)"
     )
@@ -271,6 +243,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    on_signals_exit()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cai-bench-throughput-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"logs in {workdir}")

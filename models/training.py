@@ -96,8 +96,8 @@ class Trainer:
         warm = max(1, every // 10)  # publish the base rate often while a goal warms up
         due = []
         for g, n in self.since_snapshot.items():
-            if n == 0:
-                continue
+            if n == 0 or (n < warm and not force and self.published_warming.get(g) is False):
+                continue  # too few new examples for any rule below (the common case)
             learner = self.learners[g]
             # A young model changes fast: publish every ~10 % growth of its example count
             # (at least every `warm`, at most every `every` examples), and at once when it

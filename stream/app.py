@@ -154,6 +154,14 @@ def _note_first_batch(records: list[Record]) -> None:
         log.info("first batch consumed at %.6f: %d records", time.time(), len(records))
 
 
+async def _load_models(rt: Runtime) -> None:
+    """Serve the published models from the first event on, not after the first refresh."""
+    try:
+        await rt.scorer.refresh_models()
+    except Exception:  # noqa: BLE001 - the refresh_models timer tries again
+        log.exception("initial model load failed")
+
+
 async def _guarded(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
     """Run a batch step; retry unexpected errors, never let one escape into Faust."""
     delay = 0.5
@@ -178,6 +186,7 @@ async def _guarded(step, records: list[Record], what: str) -> None:  # type: ign
 @app.agent(events_topic)
 async def score_events(stream: faust.StreamT) -> None:
     rt = runtime()
+    await _load_models(rt)
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
         records = _records(events)
         _note_first_batch(records)
@@ -187,6 +196,7 @@ async def score_events(stream: faust.StreamT) -> None:
 @app.agent(repartition_topic)
 async def score_repartitioned(stream: faust.StreamT) -> None:
     rt = runtime()
+    await _load_models(rt)
     async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
         await _guarded(rt.repartitioned_scorer.process, _records(events), "score")
 

@@ -22,12 +22,15 @@ both. Figures are printed (run with ``-s``) as ``FIGURES {...}``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -56,10 +59,16 @@ from stream.scorer import BatchScorer, Record, example_message
 from stream.settings import Settings
 from stream.store import RedisStore
 from stream.trainer import TrainerStep
-from tests.harness import CONFIG, REPO, WorkerProcess, consume_all, wait_until
+from tests.harness import CONFIG as SHIPPED_CONFIG
+from tests.harness import REPO, WorkerProcess, consume_all, wait_until
 
 pytestmark = pytest.mark.integration
 
+# a private copy of the shipped config, read once: the workers and the oracle must use the
+# same one even if the file changes while the tests run
+CONFIG = Path(tempfile.mkdtemp(prefix="customer-ai-faults-")) / "customer-ai.toml"
+CONFIG.write_text(SHIPPED_CONFIG.read_text())
+atexit.register(shutil.rmtree, CONFIG.parent, True)
 CFG = load_config(CONFIG)
 GOALS = [g.name for g in CFG.goals]
 SETTINGS = Settings()
@@ -439,9 +448,9 @@ def start_workers(
     broker: BrokerProcess, redis_url: str, log_dir: Path, n: int
 ) -> list[WorkerProcess]:
     workers = [
-        WorkerProcess(broker.bootstrap, redis_url, log_dir, name=f"worker-{i}").start(
-            wait_ready=False
-        )
+        WorkerProcess(
+            broker.bootstrap, redis_url, log_dir, name=f"worker-{i}", CUSTOMER_AI_CONFIG=str(CONFIG)
+        ).start(wait_ready=False)
         for i in range(n)
     ]
     for w in workers:
@@ -467,19 +476,26 @@ def test_kill_9_three_times_during_a_replay(
     workers = start_workers(broker, url, tmp_path, 2)
     rng = random.Random(SEED)
     rate = 400
-    # three random moments spread over the replay (a restart takes ~5-15 s here)
-    moments = sorted(rng.uniform(2.0, 0.8 * ds.n_valid / rate) for _ in range(3))
     replay = Replayer(broker.bootstrap, ds.messages, rate=rate)
     replay.start()
+
+    def applied() -> int:
+        return sum(s.n_events for s in stored_states(client).values())
+
     kills = []
     try:
-        for moment in moments:
-            time.sleep(max(0.0, replay.started_at + moment - time.monotonic()))
-            victim = rng.choice(workers)
+        wait_until(lambda: applied() > 0, 60, what="the workers to start scoring")
+        # three random moments spread over the rest of the replay (a restart takes 5-15 s)
+        begin = time.monotonic()
+        rest = ds.n_valid / rate - (begin - replay.started_at)
+        moments = sorted(rng.uniform(1.0, 0.8 * rest) for _ in range(3))
+        first = rng.randrange(2)  # then the other one: both workers die at least once
+        for k, moment in enumerate(moments):
+            time.sleep(max(0.0, begin + moment - time.monotonic()))
+            victim = workers[(first + k) % 2]
             assert replay.running, "the replay ended before the kill: slow it down"
-            applied = sum(s.n_events for s in stored_states(client).values())
             victim.kill()
-            kills.append({"worker": victim.log_path.stem, "applied_before": applied})
+            kills.append({"worker": victim.log_path.stem, "applied_before": applied()})
             victim.start(wait_ready=False)
             victim.wait_ready(120)
         replay.finish()
