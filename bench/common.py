@@ -457,14 +457,20 @@ class Child:
 
 
 class BenchWorker(WorkerProcess):
-    """:class:`tests.harness.WorkerProcess` that also dies with the benchmark."""
+    """:class:`tests.harness.WorkerProcess` that also dies with the benchmark.
+
+    ``repo`` is the source tree the worker runs from (``python -m`` imports the
+    ``stream`` and ``models`` of its working directory first), for A/B comparisons.
+    """
+
+    repo: Path = REPO
 
     def start(self, wait_ready: bool = True, timeout: float = 60.0) -> BenchWorker:
         log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "worker"],
             env=self.env,
-            cwd=REPO,
+            cwd=self.repo,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -499,6 +505,7 @@ def start_workers(
     topic_prefix: str,
     key_prefix: str,
     name: str = "worker",
+    repo: Path | None = None,
     **env: str,
 ) -> list[BenchWorker]:
     """Start ``n`` customer-ai workers at the same time and wait until they serve.
@@ -521,6 +528,8 @@ def start_workers(
         for i in range(n)
     ]
     for w in workers:
+        if repo is not None:
+            w.repo = repo
         w.start(wait_ready=False)
     for w in workers:
         w.wait_ready(timeout=120)
@@ -549,36 +558,42 @@ def proc_memory_mb(pid: int) -> tuple[float, float]:
 
 
 # ---- models ---------------------------------------------------------------------------
+_seeded: list[tuple[str, bytes, bytes, int]] = []
+
+
 def seed_models(redis_url: str, key_prefix: str, profiles: int = 1500, days: int = 150) -> None:
     """Publish trained (not warming-up) models to Redis, as the trainer would.
 
     Scoring with a cold model skips the factors, which would make the benchmark
     cheaper than steady state; so a backtest over a small synthetic history trains
-    both goals first and its learners and serving models are stored under
-    ``key_prefix`` (trained offset -1: the worker's trainer goes on from there).
+    both goals first (once per process) and its learners and serving models are stored
+    under ``key_prefix`` (trained offset -1: the worker's trainer goes on from there).
     """
     import redis
 
-    from models.backtest import run_backtest
-    from models.config import load_config
-    from models.synthetic import iter_events
+    if not _seeded:
+        from models.backtest import run_backtest
+        from models.config import load_config
+        from models.synthetic import iter_events
 
-    started = time.perf_counter()
-    config = load_config(REPO / "customer-ai.toml")
-    result = run_backtest(iter_events(profiles, days, 11), config)
+        started = time.perf_counter()
+        config = load_config(REPO / "customer-ai.toml")
+        result = run_backtest(iter_events(profiles, days, 11), config)
+        for goal, learner in result.trainer.learners.items():
+            model = learner.snapshot()
+            if model.warming_up:
+                log(f"[yellow]model {goal} is still warming up after the seed backtest[/]")
+            _seeded.append((goal, learner.to_state(), model.to_json(), model.version))
+        log(
+            f"trained seed models on {result.n_events:,} backtest events "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=True)
-    for goal, learner in result.trainer.learners.items():
-        model = learner.snapshot()
-        if model.warming_up:
-            log(f"[yellow]model {goal} is still warming up after the seed backtest[/]")
-        pipe.set(f"{key_prefix}:learner:{goal}", learner.to_state())
-        pipe.set(f"{key_prefix}:model:{goal}", model.to_json())
-        pipe.hset(f"{key_prefix}:models", goal, model.version)
+    for goal, learner_state, model_json, version in _seeded:
+        pipe.set(f"{key_prefix}:learner:{goal}", learner_state)
+        pipe.set(f"{key_prefix}:model:{goal}", model_json)
+        pipe.hset(f"{key_prefix}:models", goal, version)
     pipe.set(f"{key_prefix}:trainer:offset", -1)
     pipe.execute()
     client.close()
-    log(
-        f"seeded trained models ({result.n_events:,} backtest events) "
-        f"in {time.perf_counter() - started:.1f}s"
-    )

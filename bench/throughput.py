@@ -17,7 +17,8 @@ Events/s of a setup = events / (last output message's CreateTime - the first bat
 consumed, as logged by the consuming process; with two workers the earlier one). The
 output is the forwarded topic for the passthroughs and ``<prefix>.scores`` for the scorer
 (done when the worker group committed every input offset). Ratios: ``scorer_vs_faust``,
-``scorer_vs_raw``, ``scale_2w = scorer_2w_eps / scorer_eps``.
+``scorer_vs_raw``, ``scale_2w = scorer_2w_eps / scorer_eps``. With ``--repeat N`` the
+setups run round-robin N times and each figure is the median of its N runs.
 
 Usage: ``python bench/throughput.py [--events 200000] [--profiles 100000]``; the last line
 of stdout is the JSON result, everything else goes to stderr.
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -77,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra environment of the scorer workers (repeatable)",
     )
+    p.add_argument(
+        "--worker-repo",
+        type=Path,
+        default=None,
+        help="run the scorer workers from this source tree (A/B comparisons)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="run the setups this many times")
     p.add_argument("--workdir", type=Path, default=None, help="logs (default: a temp dir)")
     return p
 
@@ -132,6 +141,7 @@ async def scorer(
     rid: str,
     timeout: float,
     worker_env: dict[str, str],
+    worker_repo: Path | None = None,
 ) -> float:
     prefix = f"bench-{rid}-{n_workers}w"
     app_id = f"{prefix}-app"
@@ -151,6 +161,7 @@ async def scorer(
         topic_prefix=prefix,
         key_prefix=prefix,
         name=f"scorer{n_workers}w-",
+        repo=worker_repo,
         CUSTOMER_AI_PARTITIONS=str(partitions),
         **worker_env,
     )
@@ -206,26 +217,32 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         f"{len(messages):,} events over {len({k for k, _ in messages}):,} profiles "
         f"generated in {time.perf_counter() - started:.1f}s"
     )
-    rid = run_id()
-    eps: dict[str, float] = {}
-    for setup in setups:
-        if setup in ("raw", "faust"):
-            eps[setup] = await passthrough(
-                setup, bootstrap, messages, args.partitions, workdir, rid, args.timeout
-            )
-        else:
-            n = 2 if setup == "scorer2w" else 1
-            eps[setup] = await scorer(
-                n,
-                bootstrap,
-                redis_url,
-                messages,
-                args.partitions,
-                workdir,
-                rid,
-                args.timeout,
-                worker_env,
-            )
+    runs: dict[str, list[float]] = {s: [] for s in setups}
+    for round_ in range(1, args.repeat + 1):
+        rid = run_id()
+        for setup in setups:
+            log(f"[bold]round {round_}/{args.repeat}: {setup}[/]")
+            if setup in ("raw", "faust"):
+                value = await passthrough(
+                    setup, bootstrap, messages, args.partitions, workdir, rid, args.timeout
+                )
+            else:
+                value = await scorer(
+                    2 if setup == "scorer2w" else 1,
+                    bootstrap,
+                    redis_url,
+                    messages,
+                    args.partitions,
+                    workdir,
+                    rid,
+                    args.timeout,
+                    worker_env,
+                    args.worker_repo,
+                )
+            runs[setup].append(value)
+    if args.repeat > 1:
+        log(f"events/s per round: { {s: [round(v) for v in vs] for s, vs in runs.items()} }")
+    eps = {s: statistics.median(vs) for s, vs in runs.items() if vs}
 
     def ratio(a: str, b: str) -> float | None:
         return round(eps[a] / eps[b], 3) if a in eps and b in eps else None

@@ -282,10 +282,10 @@ class RedisStore:
             return {}
 
         async def run() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            for pid in profile_ids:
-                pipe.hmget(self.profile_key(pid), "s", "v", offset_field, "tf")
-            return await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pid in profile_ids:
+                    pipe.hmget(self.profile_key(pid), "s", "v", offset_field, "tf")
+                return await pipe.execute()
 
         rows = await self._retry("load", run)
         out: dict[str, LoadedProfile] = {}
@@ -323,64 +323,64 @@ class RedisStore:
         moves = {w.profile_id: self.index_moves(w) for w in writes}
 
         async def run() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            for w in writes:
-                leave, join = ([], []) if self.cluster else moves[w.profile_id]
-                keys = [self.profile_key(w.profile_id), *leave, *join]
-                args = [
-                    w.expected_version,
-                    w.offset_field,
-                    w.offset,
-                    w.state,
-                    w.scores,
-                    encode_top_factors(w.index_after, self._feature_index),
-                    w.profile_id,
-                    len(leave),
-                ]
-                if self.cluster:  # no per-node script cache to rely on: send the body
-                    pipe.eval(CAS_SCRIPT, len(keys), *keys, *args)
-                else:
-                    await self._cas(keys=keys, args=args, client=pipe)
-            return await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    leave, join = ([], []) if self.cluster else moves[w.profile_id]
+                    keys = [self.profile_key(w.profile_id), *leave, *join]
+                    args = [
+                        w.expected_version,
+                        w.offset_field,
+                        w.offset,
+                        w.state,
+                        w.scores,
+                        encode_top_factors(w.index_after, self._feature_index),
+                        w.profile_id,
+                        len(leave),
+                    ]
+                    if self.cluster:  # no per-node script cache to rely on: send the body
+                        pipe.eval(CAS_SCRIPT, len(keys), *keys, *args)
+                    else:
+                        await self._cas(keys=keys, args=args, client=pipe)
+                return await pipe.execute()
 
         results = await self._retry("store", run) if writes else []
         fenced = {w.profile_id for w, ok in zip(writes, results) if not ok}
 
         async def run_index() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for w in writes if self.cluster else ():
-                if w.profile_id in fenced:
-                    continue
-                leave, join = moves[w.profile_id]
-                for key in leave:
-                    pipe.srem(key, w.profile_id)
-                for key in join:
-                    pipe.sadd(key, w.profile_id)
-            guarded = {} if self.cluster else (due_versions or {})
-            for pid, ts in due.items():
-                if pid in guarded and pid not in fenced:
-                    await self._due(
-                        keys=[self.profile_key(pid), due_key],
-                        args=[guarded[pid], pid, "" if ts is None else ts],
-                        client=pipe,
-                    )
-            add = {
-                pid: ts
-                for pid, ts in due.items()
-                if ts is not None and pid not in fenced and pid not in guarded
-            }
-            remove = [
-                pid
-                for pid, ts in due.items()
-                if ts is None and pid not in fenced and pid not in guarded
-            ]
-            if add:
-                pipe.zadd(due_key, add)
-            if remove:
-                pipe.zrem(due_key, *remove)
-            if watermark_key is not None and watermark is not None:
-                pipe.set(watermark_key, watermark)
-            await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for w in writes if self.cluster else ():
+                    if w.profile_id in fenced:
+                        continue
+                    leave, join = moves[w.profile_id]
+                    for key in leave:
+                        pipe.srem(key, w.profile_id)
+                    for key in join:
+                        pipe.sadd(key, w.profile_id)
+                guarded = {} if self.cluster else (due_versions or {})
+                for pid, ts in due.items():
+                    if pid in guarded and pid not in fenced:
+                        await self._due(
+                            keys=[self.profile_key(pid), due_key],
+                            args=[guarded[pid], pid, "" if ts is None else ts],
+                            client=pipe,
+                        )
+                add = {
+                    pid: ts
+                    for pid, ts in due.items()
+                    if ts is not None and pid not in fenced and pid not in guarded
+                }
+                remove = [
+                    pid
+                    for pid, ts in due.items()
+                    if ts is None and pid not in fenced and pid not in guarded
+                ]
+                if add:
+                    pipe.zadd(due_key, add)
+                if remove:
+                    pipe.zrem(due_key, *remove)
+                if watermark_key is not None and watermark is not None:
+                    pipe.set(watermark_key, watermark)
+                await pipe.execute()
 
         await self._retry("index", run_index)
         return fenced
@@ -407,15 +407,15 @@ class RedisStore:
         pairs = [(g, b) for g in goals for b in buckets]
 
         async def run() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            for goal, bucket in pairs:
-                key = (
-                    self.segment_key(goal, bucket)
-                    if feature is None
-                    else self.segment_factor_key(goal, bucket, feature)
-                )
-                pipe.scard(key)
-            return await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for goal, bucket in pairs:
+                    key = (
+                        self.segment_key(goal, bucket)
+                        if feature is None
+                        else self.segment_factor_key(goal, bucket, feature)
+                    )
+                    pipe.scard(key)
+                return await pipe.execute()
 
         sizes = await self._retry("segments", run) if pairs else []
         return {pair: int(n) for pair, n in zip(pairs, sizes)}
@@ -454,10 +454,10 @@ class RedisStore:
             return set()
 
         async def run() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            for goal, ids in goals:
-                pipe.zmscore(self.learnt_key(goal), ids)
-            return await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for goal, ids in goals:
+                    pipe.zmscore(self.learnt_key(goal), ids)
+                return await pipe.execute()
 
         rows = await self._retry("learnt", run)
         return {
@@ -506,10 +506,10 @@ class RedisStore:
         async def run_cluster() -> bool:
             # Redis Cluster cannot run a transaction (or WATCH) over keys in several slots:
             # the writes are pipelined, the trained offsets last, and not fenced
-            pipe = self.redis.pipeline(transaction=False)
-            queue(pipe)
-            await pipe.execute()
-            return True
+            async with self.redis.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                await pipe.execute()
+                return True
 
         async def run() -> bool:
             async with self.redis.pipeline(transaction=True) as pipe:
