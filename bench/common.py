@@ -65,6 +65,7 @@ __all__ = [
     "on_signals_exit",
     "produce_all",
     "producer",
+    "proc_cpu_seconds",
     "proc_memory_mb",
     "run_id",
     "sample_events",
@@ -544,6 +545,13 @@ def first_batch_time(log_path: Path) -> float | None:
         return None
     match = FIRST_BATCH.search(text)
     return float(match.group(1)) if match else None
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory_mb(pid: int) -> tuple[float, float]:

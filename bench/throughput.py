@@ -50,6 +50,7 @@ from bench.common import (  # noqa: E402
     first_batch_time,
     log,
     on_signals_exit,
+    proc_cpu_seconds,
     produce_all,
     run_id,
     sample_events,
@@ -165,6 +166,7 @@ async def scorer(
         CUSTOMER_AI_PARTITIONS=str(partitions),
         **worker_env,
     )
+    cpu_start = [proc_cpu_seconds(w.proc.pid) for w in workers]  # type: ignore[union-attr]
     try:
         await wait_committed(
             bootstrap,
@@ -175,6 +177,7 @@ async def scorer(
             f"scorer {n_workers}w",
             alive=lambda: all(w.alive for w in workers),
         )
+        cpu = sum(proc_cpu_seconds(w.proc.pid) for w in workers) - sum(cpu_start)  # type: ignore[union-attr]
         split = [w.events_in() for w in workers]
     finally:
         for w in workers:
@@ -193,6 +196,10 @@ async def scorer(
     log(
         f"scorer {n_workers}w: {count:,} scores for {len(scored):,} events "
         f"(warming up: {dict(cold)}); events per worker {split}; first batches at {firsts}"
+    )
+    log(
+        f"scorer {n_workers}w: worker CPU {cpu:.1f}s = "
+        f"{1e6 * cpu / len(messages):,.0f} us per event (from ready to all committed)"
     )
     valid = [f for f in firsts if f is not None]
     if n_workers > 1 and len(valid) == n_workers and max(valid) - min(valid) > 2.0:

@@ -1,0 +1,294 @@
+"""Latency: event produced -> its score message, at fixed produce rates, and the max rate.
+
+One ``customer-ai worker`` (trained models seeded in Redis first) reads
+``<prefix>.events`` while this script produces the synthetic shop's events, in
+event-time order and keyed by profile id, at a fixed rate (paced every 2 ms):
+
+- a warm-up (``--warmup`` seconds at the first rate, not counted);
+- each rate of ``--rates`` (default 1,000 and 5,000 events/s) for ``--duration`` seconds
+  (default 60), then waits until the worker committed every event;
+- a ramp for ``max_sustained_eps``: steps of ``--step-duration`` seconds, from the highest
+  fixed rate that held, times 1.25 until a step fails, then two bisection steps between
+  the last step that held and the first that failed. A rate holds when the producer
+  reached 97 % of it and the step's p99 latency is at most ``--slo-ms`` (default 1,000:
+  a worker that falls behind sees its latency grow through the step).
+
+Latency of an event = CreateTime of its first score message (stamped by the worker's
+producer when it queues the score, whose ack it then awaits before committing) -
+CreateTime of the event (stamped by this script when it hands the event to its
+producer). Both clocks are this machine's.
+
+Usage: ``python bench/latency.py [--rates 1000,5000] [--duration 60]``; the last line of
+stdout is the JSON result, everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    create_topics,
+    emit,
+    log,
+    make_progress,
+    on_signals_exit,
+    producer,
+    run_id,
+    seed_models,
+    servers,
+    start_workers,
+    wait_committed,
+)
+
+TICK = 0.002
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="1000,5000", help="fixed produce rates, events/s")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per fixed rate")
+    p.add_argument("--profiles", type=int, default=100_000)
+    p.add_argument("--days", type=int, default=90, help="simulated period of the event source")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--step-duration", type=float, default=15.0)
+    p.add_argument("--slo-ms", type=float, default=1000.0)
+    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--no-ramp", action="store_true", help="skip max_sustained_eps")
+    p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--worker-repo", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=None)
+    return p
+
+
+class Source:
+    """The synthetic shop's events, as ``(key, value, event id)``, endlessly."""
+
+    def __init__(self, profiles: int, days: int, seed: int) -> None:
+        self.profiles, self.days, self.seed = profiles, days, seed
+        self._it = self._events()
+
+    def _events(self) -> Iterator[tuple[bytes, bytes, str]]:
+        from models.synthetic import iter_events
+
+        seed = self.seed
+        while True:  # a fresh history (new event ids) once this one is used up
+            for event in iter_events(self.profiles, self.days, seed):
+                event["_id"] = eid = f"{event['_id']}-s{seed}"
+                yield event["identityMap"]["ECID"][0]["id"].encode(), orjson.dumps(event), eid
+            seed += 1
+
+    def take(self, n: int) -> list[tuple[bytes, bytes, str]]:
+        return [next(self._it) for _ in range(n)]
+
+
+class Phase:
+    """One produce rate held for a while, with its outcome."""
+
+    def __init__(self, name: str, rate: float, seconds: float, counted: bool = True) -> None:
+        self.name, self.rate, self.seconds, self.counted = name, rate, seconds, counted
+        self.sent: dict[str, int] = {}  # event id -> CreateTime (ms)
+        self.achieved = 0.0
+        self.latencies: np.ndarray = np.empty(0)
+        self.missing = 0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies.size else float("inf")
+
+    def holds(self, slo_ms: float) -> bool:
+        return (
+            self.achieved >= 0.97 * self.rate
+            and self.missing == 0
+            and self.percentile(99) <= slo_ms
+        )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, workdir: Path) -> None:
+        self.args, self.bootstrap, self.workdir = args, bootstrap, workdir
+        self.source = Source(args.profiles, args.days, args.seed)
+        rid = run_id()
+        self.prefix = f"bench-{rid}-latency"
+        self.app_id = f"{self.prefix}-app"
+        self.events_topic = f"{self.prefix}.events"
+        self.scores_topic = f"{self.prefix}.scores"
+        self.ends: dict[int, int] = {}
+        self.score_ts: dict[str, int] = {}
+        self.scores: AIOKafkaConsumer | None = None
+        self.prod = producer(bootstrap, linger_ms=1)
+
+    async def produce(self, phase: Phase) -> None:
+        """Produce ``phase.rate`` events/s for ``phase.seconds``."""
+        n = int(phase.rate * phase.seconds)
+        messages = self.source.take(n)
+        futures = []
+        started = time.perf_counter()
+        sent = 0
+        with make_progress(transient=True) as progress:
+            task = progress.add_task(f"{phase.name}: {phase.rate:,.0f}/s", total=n, note="")
+            while sent < n:
+                due = min(n, int((time.perf_counter() - started) * phase.rate) + 1)
+                while sent < due:
+                    key, value, eid = messages[sent]
+                    ts = int(time.time() * 1000)
+                    futures.append(
+                        await self.prod.send(
+                            self.events_topic, value=value, key=key, timestamp_ms=ts
+                        )
+                    )
+                    phase.sent[eid] = ts
+                    sent += 1
+                progress.update(task, completed=sent)
+                await asyncio.sleep(TICK)
+            elapsed = time.perf_counter() - started
+        for md in await asyncio.gather(*futures):
+            if md.offset + 1 > self.ends.get(md.partition, 0):
+                self.ends[md.partition] = md.offset + 1
+        phase.achieved = n / elapsed if elapsed > 0 else 0.0
+
+    async def drain(self, phase: Phase, worker_alive) -> None:  # type: ignore[no-untyped-def]
+        """Wait for the worker to commit everything, then read the new scores."""
+        backlog = max(0.0, len(phase.sent) / 500.0)  # generous: 500 events/s at worst
+        await wait_committed(
+            self.bootstrap,
+            self.app_id,
+            self.events_topic,
+            dict(self.ends),
+            timeout=120.0 + backlog,
+            label=f"{phase.name}: drain",
+            alive=worker_alive,
+        )
+        assert self.scores is not None
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < 2.0:
+            batch = await self.scores.getmany(timeout_ms=500, max_records=50_000)
+            if batch:
+                idle_since = time.monotonic()
+            for records in batch.values():
+                for r in records:
+                    eid = orjson.loads(r.value)["event_id"]
+                    if eid not in self.score_ts or r.timestamp < self.score_ts[eid]:
+                        self.score_ts[eid] = r.timestamp
+        lat = [self.score_ts[e] - ts for e, ts in phase.sent.items() if e in self.score_ts]
+        phase.missing = len(phase.sent) - len(lat)
+        phase.latencies = np.asarray(lat, dtype=float)
+        log(
+            f"{phase.name}: target {phase.rate:,.0f}/s, produced {phase.achieved:,.0f}/s, "
+            f"{len(phase.sent):,} events, p50 {phase.percentile(50):,.0f} ms, "
+            f"p99 {phase.percentile(99):,.0f} ms, max {phase.percentile(100):,.0f} ms"
+            + (f", [red]{phase.missing:,} without a score[/]" if phase.missing else "")
+        )
+
+    async def run(self, redis_url: str) -> dict:
+        args = self.args
+        await create_topics(self.bootstrap, {self.events_topic: 4, self.scores_topic: 4})
+        seed_models(redis_url, self.prefix)
+        (worker,) = start_workers(
+            1,
+            self.bootstrap,
+            redis_url,
+            self.workdir,
+            app_id=self.app_id,
+            topic_prefix=self.prefix,
+            key_prefix=self.prefix,
+            name="latency-",
+            repo=args.worker_repo,
+            **dict(kv.split("=", 1) for kv in args.worker_env),
+        )
+        self.scores = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8_388_608,
+            fetch_max_bytes=16_777_216,
+        )
+        await self.prod.start()
+        await self.scores.start()
+        try:
+            tps = [TopicPartition(self.scores_topic, p) for p in range(4)]
+            self.scores.assign(tps)
+            await self.scores.seek_to_beginning(*tps)
+            return await self._phases(lambda: worker.alive)
+        finally:
+            await self.scores.stop()
+            await self.prod.stop()
+            worker.stop()
+
+    async def _phases(self, alive) -> dict:  # type: ignore[no-untyped-def]
+        args = self.args
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        result: dict[str, float | None] = {}
+        if args.warmup > 0:
+            warm = Phase("warm-up", rates[0], args.warmup, counted=False)
+            await self.produce(warm)
+            await self.drain(warm, alive)
+        held = []
+        for rate in rates:
+            phase = Phase(f"{rate:,.0f}/s", rate, args.duration)
+            await self.produce(phase)
+            await self.drain(phase, alive)
+            result[f"p50_ms_at_{rate:.0f}"] = round(phase.percentile(50), 1)
+            result[f"p99_ms_at_{rate:.0f}"] = round(phase.percentile(99), 1)
+            if phase.holds(args.slo_ms):
+                held.append(rate)
+        if args.no_ramp:
+            result["max_sustained_eps"] = None
+            return result
+        good = max(held) if held else None
+        failed = [r for r in rates if r not in held and (good is None or r > good)]
+        bad = min(failed) if failed else None
+        for _ in range(args.max_steps):
+            if good is not None and bad is not None:
+                if bad / good < 1.06:  # bracketed within 6 %
+                    break
+                rate = (good + bad) / 2
+            elif good is not None:
+                rate = good * 1.25
+            else:
+                rate = (bad or rates[0]) / 2
+                if rate < 50:
+                    break
+            phase = Phase(f"ramp {rate:,.0f}/s", rate, args.step_duration)
+            await self.produce(phase)
+            await self.drain(phase, alive)
+            if phase.holds(args.slo_ms):
+                good = rate
+            else:
+                bad = rate
+        log(f"max sustained: {good} events/s (first failing step: {bad})")
+        result["max_sustained_eps"] = round(good) if good else 0
+        return result
+
+
+async def amain(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir: Path) -> dict:
+    return await Bench(args, bootstrap, workdir).run(redis_url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    on_signals_exit()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cai-bench-latency-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"logs in {workdir}")
+    with servers(workdir) as (bootstrap, redis_url):
+        result = asyncio.run(amain(args, bootstrap, redis_url, workdir))
+    keys = ["p50_ms_at_1000", "p99_ms_at_1000", "p50_ms_at_5000", "p99_ms_at_5000"]
+    ordered = {k: result.get(k) for k in keys}
+    ordered.update({k: v for k, v in result.items() if k not in ordered})
+    emit(ordered)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
