@@ -288,6 +288,17 @@ async def load_profile(profile_id: str) -> dict[str, Any] | None:
         await store.close()
 
 
+def print_scores(out: Console, doc: dict[str, Any]) -> None:
+    """A profile document's score per goal, with its signed factors, one per line."""
+    for goal, score in doc["scores"].items():
+        out.print(
+            f"[bold]{goal}[/]: p={score['probability']:.3f}  percentile {score['percentile']:.1f}  "
+            f"bucket [bold]{score['bucket']}[/]  model v{score['model_version']}"
+        )
+        for f in score["factors"]:
+            out.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     doc = asyncio.run(load_profile(args.profile_id))
     if doc is None:
@@ -305,13 +316,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         f"[bold]{doc['profile_id']}[/]  first seen {doc['first_seen']}  last event {doc['last_event_time']}  "
         f"events {doc['events_applied']}"
     )
-    for goal, score in doc["scores"].items():
-        out.print(
-            f"[bold]{goal}[/]: p={score['probability']:.3f}  percentile {score['percentile']:.1f}  "
-            f"bucket [bold]{score['bucket']}[/]  model v{score['model_version']}"
-        )
-        for f in score["factors"]:
-            out.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")
+    print_scores(out, doc)
     table = Table("feature", "value")
     for name, value in doc["features"].items():
         table.add_row(name, f"{value:g}")

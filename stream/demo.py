@@ -125,6 +125,7 @@ def demo_main(
 ) -> int:
     """Run the demo; returns an exit code."""
     from models.synthetic import generate_events, write_jsonl
+    from stream.cli import print_scores
     from stream.dev import BrokerProcess, ValkeyProcess, find_free_port
 
     workdir = workdir.resolve()
@@ -179,13 +180,7 @@ def demo_main(
         profile = _get_json(f"http://127.0.0.1:{port}/profiles/{sample}")
         if profile:
             console.rule(f"profile {sample} (GET /profiles/{sample})")
-            for goal, score in profile["scores"].items():
-                console.print(
-                    f"[bold]{goal}[/]: probability {score['probability']:.3f}, "
-                    f"percentile {score['percentile']:.0f}, bucket [bold]{score['bucket']}[/]"
-                )
-                for f in score["factors"]:
-                    console.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")
+            print_scores(console, profile)
         return 0
     finally:
         with console.status("stopping the worker and the servers"):
