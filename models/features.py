@@ -171,6 +171,12 @@ class Featurizer:
                 vbase = slot * n_h
                 for k in range(n_h):
                     state.values[vbase + k] += value * weights[k]
+        # Kept rounded (6 decimals for counts, 4 for value sums) so the stored state stays
+        # small; the backtest applies the same rounding, so replays still match exactly.
+        state.decayed[:] = [round(x, 6) for x in state.decayed]
+        if state.values:
+            state.values[:] = [round(x, 4) for x in state.values]
+            state.value_totals[:] = [round(x, 4) for x in state.value_totals]
 
     def vector(self, state: ProfileState) -> list[float]:
         """The feature vector of ``state`` as of its newest event time, in :attr:`names` order."""

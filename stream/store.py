@@ -531,10 +531,18 @@ class RedisStore:
 
 
 def scores_json(goals: dict[str, tuple[float | None, float | None, str | None, int]]) -> bytes:
-    """The readable ``scores`` field: goal -> probability, percentile, bucket, model_version."""
+    """The readable ``scores`` field: goal -> probability, percentile, bucket, model_version.
+
+    Rounded as in the score messages (6 and 1 decimals).
+    """
     return orjson.dumps(
         {
-            g: {"probability": p, "percentile": pct, "bucket": b, "model_version": v}
+            g: {
+                "probability": round(p, 6),
+                "percentile": None if pct is None else round(pct, 1),
+                "bucket": b,
+                "model_version": v,
+            }
             for g, (p, pct, b, v) in goals.items()
             if p is not None
         }

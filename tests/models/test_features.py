@@ -52,8 +52,8 @@ def test_every_feature_has_a_human_label() -> None:
 def test_decayed_counts_recency_and_value_as_of_event_time() -> None:
     f = features_after([purchase(1, 0, 20.0), purchase(2, 30, 10.0), view(3, 60)])
     assert f["purchase_count_total"] == 2
-    assert math.isclose(f["purchase_count_30d"], math.exp(-2) + math.exp(-1))
-    assert math.isclose(f["purchase_value_30d"], 20 * math.exp(-2) + 10 * math.exp(-1))
+    assert math.isclose(f["purchase_count_30d"], math.exp(-2) + math.exp(-1), abs_tol=1e-6)
+    assert math.isclose(f["purchase_value_30d"], 20 * math.exp(-2) + 10 * math.exp(-1), abs_tol=1e-4)
     assert math.isclose(f["purchase_days_since_last"], 30)
     assert f["product_view_days_since_last"] == 0
     assert f["add_to_cart_days_since_last"] == MAX_DAYS  # never
@@ -66,7 +66,7 @@ def test_features_do_not_depend_on_arrival_order() -> None:
     late = features_after([purchase(1, 0), purchase(3, 9), view(2, 5)])
     for name, value in in_order.items():
         if name != "days_since_previous_visit":  # the gap is the arrival gap by definition
-            assert math.isclose(value, late[name], rel_tol=1e-12), name
+            assert math.isclose(value, late[name], rel_tol=1e-9, abs_tol=1e-5), name
 
 
 def test_state_round_trips_and_stays_small() -> None:

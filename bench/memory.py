@@ -1,0 +1,189 @@
+"""Memory: Redis bytes per profile and the worker's resident set, after a long replay.
+
+One ``customer-ai worker`` (trained models seeded in Redis first) replays, in two steps:
+
+1. *history*: every event of the synthetic shop over ``--profiles`` profiles (default
+   100,000) for the shortest simulated period giving at least ``--events`` events
+   (default 1,000,000), in event-time order. Label windows close as event time moves,
+   so pending snapshots, the due index, expiries and training all run as in a backfill.
+   ``redis_bytes_per_profile`` is then the mean ``MEMORY USAGE`` (``SAMPLES 0``: exact)
+   of ``--sample`` random profile keys of this step (default 2,000).
+2. *breadth*: one page view for each further profile until ``--total-profiles`` profiles
+   (default 1,000,000) have state in Redis.
+
+``worker_rss_mb`` is the worker's peak resident set (``VmHWM``) over both steps.
+Skip step 2 with ``--total-profiles 0``.
+
+Usage: ``python bench/memory.py [--events 1000000] [--profiles 100000]``; the last line of
+stdout is the JSON result, everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+import redis  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    create_topics,
+    days_for,
+    emit,
+    log,
+    natural_events,
+    on_signals_exit,
+    proc_memory_mb,
+    produce_all,
+    run_id,
+    seed_models,
+    servers,
+    start_workers,
+    wait_committed,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=1_000_000, help="at least this many")
+    p.add_argument("--profiles", type=int, default=100_000)
+    p.add_argument("--total-profiles", type=int, default=1_000_000)
+    p.add_argument("--sample", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=7200.0, help="seconds per step")
+    p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--worker-repo", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=None)
+    return p
+
+
+def breadth_events(first: int, last: int, start_ms: int) -> Iterator[tuple[bytes, bytes]]:
+    """One page view each for profiles ``q-<first>`` .. ``q-<last>``, 1 ms apart."""
+    for i in range(first, last + 1):
+        pid = f"q-{i}"
+        yield (
+            pid.encode(),
+            orjson.dumps(
+                {
+                    "_id": f"b-{i}",
+                    "timestamp": start_ms + i,
+                    "eventType": "web.webpagedetails.pageViews",
+                    "identityMap": {"ECID": [{"id": pid, "primary": True}]},
+                    "web": {"webPageDetails": {"name": "home", "pageViews": {"value": 1}}},
+                }
+            ),
+        )
+
+
+def profile_bytes(client: redis.Redis, key_prefix: str, ids: list[str]) -> list[int]:
+    """``MEMORY USAGE`` of each profile's key (exact: ``SAMPLES 0``)."""
+    pipe = client.pipeline(transaction=False)
+    for pid in ids:
+        pipe.execute_command("MEMORY", "USAGE", f"{key_prefix}:p:{{{pid}}}", "SAMPLES", "0")
+    return [int(n) for n in pipe.execute() if n is not None]
+
+
+async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir: Path) -> dict:
+    prefix = f"bench-{run_id()}-memory"
+    app_id, topic = f"{prefix}-app", f"{prefix}.events"
+    days = days_for(args.events, args.profiles, args.seed)
+    log(f"history: {args.profiles:,} profiles over {days} simulated days")
+    await create_topics(bootstrap, {topic: 4})
+    newest = 0
+    ids: set[str] = set()
+
+    def history() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal newest
+        for key, value in natural_events(args.profiles, days, args.seed):
+            ids.add(key.decode())
+            yield key, value
+        newest = orjson.loads(value)["timestamp"]
+
+    ends = await produce_all(bootstrap, topic, history(), None, "produce history")
+    n_history = sum(ends.values())
+    log(f"history: {n_history:,} events over {len(ids):,} profiles")
+    seed_models(redis_url, prefix)
+    (worker,) = start_workers(
+        1,
+        bootstrap,
+        redis_url,
+        workdir,
+        app_id=app_id,
+        topic_prefix=prefix,
+        key_prefix=prefix,
+        name="memory-",
+        repo=args.worker_repo,
+        **dict(kv.split("=", 1) for kv in args.worker_env),
+    )
+    assert worker.proc is not None
+    pid = worker.proc.pid
+    client = redis.Redis.from_url(redis_url)
+    try:
+        started = time.perf_counter()
+        await wait_committed(
+            bootstrap, app_id, topic, ends, args.timeout, "worker: history", lambda: worker.alive
+        )
+        log(f"history replayed in {time.perf_counter() - started:,.0f}s; RSS {proc_memory_mb(pid)}")
+        sample = random.Random(args.seed).sample(sorted(ids), min(args.sample, len(ids)))
+        sizes = profile_bytes(client, prefix, sample)
+        if len(sizes) < len(sample):
+            log(f"[yellow]{len(sample) - len(sizes)} sampled profiles have no key[/]")
+        qs = statistics.quantiles(sizes, n=100)
+        log(
+            f"MEMORY USAGE of {len(sizes):,} history profiles: mean {statistics.mean(sizes):,.0f} B, "
+            f"p50 {qs[49]:,.0f}, p99 {qs[98]:,.0f}, max {max(sizes):,} B"
+        )
+        extra = args.total_profiles - len(ids)
+        if extra > 0:
+            from datetime import datetime
+
+            start_ms = int(datetime.fromisoformat(newest.replace("Z", "+00:00")).timestamp() * 1000)
+            more = await produce_all(
+                bootstrap, topic, breadth_events(1, extra, start_ms), extra, "produce breadth"
+            )
+            started = time.perf_counter()
+            await wait_committed(
+                bootstrap, app_id, topic, more, args.timeout, "worker: breadth", lambda: worker.alive
+            )
+            log(f"breadth replayed in {time.perf_counter() - started:,.0f}s")
+            tail = profile_bytes(client, prefix, [f"q-{i}" for i in range(1, min(extra, 500) + 1)])
+            log(f"MEMORY USAGE of single-event profiles: mean {statistics.mean(tail):,.0f} B")
+        rss, peak = proc_memory_mb(pid)
+        info = client.info("memory")
+        n_profiles = sum(1 for _ in client.scan_iter(match=f"{prefix}:p:*", count=10_000))
+        log(
+            f"{n_profiles:,} profile keys in Redis, used_memory {info['used_memory'] / 2**20:,.0f} MiB; "
+            f"worker RSS {rss:,.0f} MiB now, {peak:,.0f} MiB peak"
+        )
+    finally:
+        worker.stop()
+        client.close()
+    return {
+        "redis_bytes_per_profile": round(statistics.mean(sizes)),
+        "worker_rss_mb": round(peak, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    on_signals_exit()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cai-bench-memory-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"logs in {workdir}")
+    with servers(workdir) as (bootstrap, redis_url):
+        result = asyncio.run(run(args, bootstrap, redis_url, workdir))
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
