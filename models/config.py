@@ -283,8 +283,17 @@ def _goals(
             raise ConfigError(f"{where}: must be a [[goals]] table")
         _check_keys(
             spec,
-            {"name", "type", "event", "window_days", "eligibility", "label", "release",
-             "max_pending", "min_interval_hours"},
+            {
+                "name",
+                "type",
+                "event",
+                "window_days",
+                "eligibility",
+                "label",
+                "release",
+                "max_pending",
+                "min_interval_hours",
+            },
             where,
         )
         name = _name(spec.get("name"), f"{where}.name")
@@ -327,9 +336,17 @@ def _goals(
                 if eligibility is None
                 else _condition(eligibility, f"{where}.eligibility"),
                 release=release,
-                max_pending=_number(spec, "max_pending", where, labels.max_pending, minimum=1, integer=True),
+                max_pending=_number(
+                    spec, "max_pending", where, labels.max_pending, minimum=1, integer=True
+                ),
                 min_interval_ms=int(
-                    _number(spec, "min_interval_hours", where, labels.min_interval_ms / 3_600_000, minimum=0)
+                    _number(
+                        spec,
+                        "min_interval_hours",
+                        where,
+                        labels.min_interval_ms / 3_600_000,
+                        minimum=0,
+                    )
                     * 3_600_000
                 ),
             )
