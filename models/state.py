@@ -63,7 +63,9 @@ class Snapshot:
     def from_list(cls, data: list) -> Snapshot:
         label = None if len(data) < 6 or data[5] is None else int(data[5])
         warming = len(data) > 6 and bool(data[6])
-        return cls(int(data[0]), str(data[1]), float(data[2]), int(data[3]), list(data[4]), label, warming)
+        return cls(
+            int(data[0]), str(data[1]), float(data[2]), int(data[3]), list(data[4]), label, warming
+        )
 
 
 @dataclass(slots=True)

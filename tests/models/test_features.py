@@ -53,7 +53,9 @@ def test_decayed_counts_recency_and_value_as_of_event_time() -> None:
     f = features_after([purchase(1, 0, 20.0), purchase(2, 30, 10.0), view(3, 60)])
     assert f["purchase_count_total"] == 2
     assert math.isclose(f["purchase_count_30d"], math.exp(-2) + math.exp(-1), abs_tol=1e-6)
-    assert math.isclose(f["purchase_value_30d"], 20 * math.exp(-2) + 10 * math.exp(-1), abs_tol=1e-4)
+    assert math.isclose(
+        f["purchase_value_30d"], 20 * math.exp(-2) + 10 * math.exp(-1), abs_tol=1e-4
+    )
     assert math.isclose(f["purchase_days_since_last"], 30)
     assert f["product_view_days_since_last"] == 0
     assert f["add_to_cart_days_since_last"] == MAX_DAYS  # never
