@@ -152,7 +152,13 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
             )
             started = time.perf_counter()
             await wait_committed(
-                bootstrap, app_id, topic, more, args.timeout, "worker: breadth", lambda: worker.alive
+                bootstrap,
+                app_id,
+                topic,
+                more,
+                args.timeout,
+                "worker: breadth",
+                lambda: worker.alive,
             )
             log(f"breadth replayed in {time.perf_counter() - started:,.0f}s")
             tail = profile_bytes(client, prefix, [f"q-{i}" for i in range(1, min(extra, 500) + 1)])

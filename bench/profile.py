@@ -12,7 +12,8 @@ the worker serves, and stops it when every event is committed. Writes to ``--out
 - ``profile.md``: the share of CPU samples per area and the top functions (self and
   inclusive), the tables ``bench/README.md`` quotes.
 
-Usage: ``python bench/profile.py [--events 100000] [--profiles 50000] [--out bench/profile]``.
+Usage: ``python bench/profile.py [--events 100000] [--profiles 50000] [--out bench/out/profile]``
+(``out/`` is git-ignored).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", type=int, default=50_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "profile")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "profile")
     p.add_argument("--svg", action="store_true", help="also record a flamegraph SVG")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
@@ -137,7 +138,11 @@ def analyse(collapsed: Path, top: int) -> tuple[str, dict[str, float]]:
     lines += ["", "| function (self time) | share |", "|---|---|"]
     lines += [f"| `{k}` | {pct(n)} |" for k, n in self_t.most_common(top)]
     lines += ["", "| function (inclusive, project code) | share |", "|---|---|"]
-    project = [(k, n) for k, n in incl.most_common() if re.search(r"\((stream|models)/", k)][:top]
+    project = [
+        (k, n)
+        for k, n in incl.most_common()
+        if re.search(r"\((stream|models)/", k) and not re.match(r"(<module>|main|cmd_worker) ", k)
+    ][:top]
     lines += [f"| `{k}` | {pct(n)} |" for k, n in project]
     return "\n".join(lines) + "\n", {a: n / total for a, n in areas.items()}
 

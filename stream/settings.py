@@ -16,7 +16,7 @@ CUSTOMER_AI_REDIS_CLUSTER          0                           1: REDIS_URL is a
 CUSTOMER_AI_WEB_HOST / _WEB_PORT   127.0.0.1 / 6066            HTTP views and /metrics
 CUSTOMER_AI_BATCH_MAX              2000                        events per batch, at most
 CUSTOMER_AI_BATCH_WITHIN           0.02                        seconds to wait to fill a batch
-CUSTOMER_AI_FETCH_MAX_WAIT_MS      10                          longest a fetch waits for new
+CUSTOMER_AI_FETCH_MAX_WAIT_MS      100                         longest a fetch waits for new
                                                                events (Faust hard-codes 1500)
 CUSTOMER_AI_SESSION_TIMEOUT        10                          consumer session timeout (s)
 CUSTOMER_AI_REBALANCE_TIMEOUT      5                           rebalance timeout (s)
@@ -52,7 +52,7 @@ class Settings:
     web_port: int = 6066
     batch_max: int = 2000
     batch_within: float = 0.02
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 100
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0
     metrics_interval: float = 5.0
