@@ -538,13 +538,17 @@ def start_workers(
 
 
 def first_batch_time(log_path: Path) -> float | None:
-    """Epoch seconds of the first batch a process consumed (from its log)."""
+    """Epoch seconds of the first batch a process consumed (from its log).
+
+    Logs are appended to, so a reused ``--workdir`` holds earlier runs: the last such
+    line is this run's.
+    """
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return None
-    match = FIRST_BATCH.search(text)
-    return float(match.group(1)) if match else None
+    matches = FIRST_BATCH.findall(text)
+    return float(matches[-1]) if matches else None
 
 
 def proc_cpu_seconds(pid: int) -> float:
