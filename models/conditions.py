@@ -33,7 +33,7 @@ from typing import Any
 
 from models.events import get_path
 
-__all__ = ["OPS", "ConditionError", "Predicate", "compile_condition"]
+__all__ = ["OPS", "ConditionError", "Predicate", "compile_condition", "condition_fields"]
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -156,3 +156,27 @@ def compile_condition(spec: Any, where: str = "condition", _depth: int = 0) -> P
     if "value" not in spec:
         raise ConditionError(f"{where}.value: op {op!r} needs a value")
     return _leaf(field, op, spec["value"], where)
+
+
+def condition_fields(spec: Any) -> list[str]:
+    """The field paths a (valid) condition reads, in first-use order.
+
+    >>> condition_fields({"any": [{"field": "a", "op": "exists"},
+    ...                           {"all": [{"field": "b.c", "op": "gt", "value": 1},
+    ...                                    {"field": "a", "op": "lt", "value": 9}]}]})
+    ['a', 'b.c']
+    """
+    fields: list[str] = []
+    stack = [spec]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, Mapping):
+            continue
+        for combinator in ("all", "any"):
+            children = node.get(combinator)
+            if isinstance(children, list):
+                stack.extend(reversed(children))
+        field = node.get("field")
+        if type(field) is str and field not in fields:
+            fields.append(field)
+    return fields

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.conditions import ConditionError, Predicate, compile_condition
+from models.conditions import ConditionError, Predicate, compile_condition, condition_fields
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -105,6 +105,8 @@ class GoalConfig:
     window_ms: int
     label: str
     eligibility: Predicate | None = field(default=None, repr=False)
+    #: the profile features (or other fields) the eligibility condition reads
+    eligibility_fields: tuple[str, ...] = ()
     release: str = "when_known"
     max_pending: int = 2
     min_interval_ms: int = DAY_MS
@@ -335,6 +337,9 @@ def _goals(
                 eligibility=None
                 if eligibility is None
                 else _condition(eligibility, f"{where}.eligibility"),
+                eligibility_fields=()
+                if eligibility is None
+                else tuple(condition_fields(eligibility)),
                 release=release,
                 max_pending=_number(
                     spec, "max_pending", where, labels.max_pending, minimum=1, integer=True

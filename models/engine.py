@@ -41,6 +41,7 @@ from models.features import Featurizer
 from models.labels import example_id, resolve_closed, resolve_goal_event
 from models.model import LinearModel, transform
 from models.quantiles import PercentileSketch
+from models.rounding import rounded, rounded_list
 from models.state import NEVER, ProfileState, Snapshot
 
 __all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange"]
@@ -213,6 +214,13 @@ class Engine:
         for model in (models or {}).values():
             self.set_model(model)
         self.sketches = {g.name: PercentileSketch() for g in self.goals}
+        # eligibility conditions see a dict of just the features they read (a profile
+        # feature dict minus fields no condition asks for: the same answers, cheaper)
+        index = self.featurizer.index
+        read = {f for g in self.goals if g.eligibility is not None for f in g.eligibility_fields}
+        if any(g.eligibility is not None and not g.eligibility_fields for g in self.goals):
+            read = set(index)  # a GoalConfig built by hand, without its fields: all of them
+        self._eligibility_slots = [(name, index[name]) for name in sorted(read) if name in index]
         self._needs_feature_dict = any(g.eligibility is not None for g in self.goals)
 
     def set_model(self, model: LinearModel) -> bool:
@@ -287,7 +295,11 @@ class Engine:
         fz.apply(state, ts, matched_events, values)
         vector = fz.vector(state)
         transformed: list[float] | None = None  # shared by every goal's model
-        feature_dict = fz.as_dict(vector) if self._needs_feature_dict else None
+        feature_dict = (
+            {name: vector[i] for name, i in self._eligibility_slots}
+            if self._needs_feature_dict
+            else None
+        )
         buckets = self.config.buckets
         for goal in self.goals:
             if goal.eligibility is not None and not goal.eligibility(feature_dict):
@@ -338,9 +350,9 @@ class Engine:
                     Snapshot(
                         ts,
                         event.event_id,
-                        round(probability, 6),
+                        rounded(probability, 6),
                         model.version,
-                        [round(v, 4) for v in vector],
+                        rounded_list(vector, 4),
                         warming_up=model.warming_up,
                     )
                 )
@@ -356,10 +368,10 @@ class Engine:
         fz = self.featurizer
 
         def explain() -> list[Factor]:
-            index, labels = fz.index, fz.labels
+            names, labels = fz.names, fz.labels
             return [
-                Factor(name, labels[name], round(vector[index[name]], 4), round(c, 4))
-                for name, c in model.factors_t(transformed)
+                Factor(names[i], labels[names[i]], rounded(vector[i], 4), rounded(c, 4))
+                for i, c in model.top_contributions(transformed)
             ]
 
         return explain

@@ -48,6 +48,7 @@ import operator
 from dataclasses import dataclass
 
 from models.config import DAY_MS, Config
+from models.rounding import rounded_list
 from models.state import NEVER, ProfileState
 
 __all__ = ["MAX_DAYS", "FeatureSpec", "Featurizer"]
@@ -173,10 +174,10 @@ class Featurizer:
                     state.values[vbase + k] += value * weights[k]
         # Kept rounded (6 decimals for counts, 4 for value sums) so the stored state stays
         # small; the backtest applies the same rounding, so replays still match exactly.
-        state.decayed[:] = [round(x, 6) for x in state.decayed]
+        state.decayed[:] = rounded_list(state.decayed, 6)
         if state.values:
-            state.values[:] = [round(x, 4) for x in state.values]
-            state.value_totals[:] = [round(x, 4) for x in state.value_totals]
+            state.values[:] = rounded_list(state.values, 4)
+            state.value_totals[:] = rounded_list(state.value_totals, 4)
 
     def vector(self, state: ProfileState) -> list[float]:
         """The feature vector of ``state`` as of its newest event time, in :attr:`names` order."""

@@ -52,6 +52,8 @@ def sigmoid(z: float) -> float:
 
 _log1p = math.log1p
 _mul = operator.mul
+_sub = operator.sub
+_truediv = operator.truediv
 
 
 def transform(features: list[float]) -> list[float]:
@@ -97,6 +99,10 @@ class LinearModel:
         # Fused serving form: z = c0 + sum(a_i * x'_i), a_i = w_i / s_i, c0 = b - sum(a_i * m_i).
         self._scale = [w / s for w, s in zip(self.weights, self.std)]
         self._offset = self.intercept - sum(map(_mul, self._scale, self.mean))
+        # feature positions in name order: a stable sort of them by |contribution| breaks
+        # ties by name
+        names = self.feature_names
+        self._by_name = sorted(range(len(names)), key=names.__getitem__)
 
     def probability_t(self, transformed: list[float]) -> float:
         """Calibrated probability from already :func:`transform`-ed features (no factors)."""
@@ -109,16 +115,25 @@ class LinearModel:
         self, transformed: list[float], top: int = TOP_FACTORS
     ) -> list[tuple[str, float]]:
         """Top signed factors ``w_i * (x'_i - mean_i) / std_i`` from transformed features."""
+        names = self.feature_names
+        return [(names[i], c) for i, c in self.top_contributions(transformed, top)]
+
+    def top_contributions(
+        self, transformed: list[float], top: int = TOP_FACTORS
+    ) -> list[tuple[int, float]]:
+        """:meth:`factors_t` as ``(feature position, contribution)`` pairs.
+
+        Sorted by ``|contribution|`` descending, ties by feature name; empty while
+        warming up.
+        """
         if self.warming_up:
             return []
-        contributions = [
-            (name, w * ((v - m) / s))
-            for name, w, v, m, s in zip(
-                self.feature_names, self.weights, transformed, self.mean, self.std
-            )
-        ]
-        contributions.sort(key=_factor_order)
-        return contributions[:top]
+        contributions = list(
+            map(_mul, self.weights, map(_truediv, map(_sub, transformed, self.mean), self.std))
+        )
+        magnitude = list(map(abs, contributions))
+        order = sorted(self._by_name, key=magnitude.__getitem__, reverse=True)
+        return [(i, contributions[i]) for i in order[:top]]
 
     def standardized(self, features: list[float]) -> list[float]:
         """``(log1p(x) - mean) / std`` per feature."""
@@ -169,7 +184,3 @@ class LinearModel:
             raise ValueError("unknown model snapshot format; upgrade customer-ai")
         data.pop("transform", None)
         return cls(**data)
-
-
-def _factor_order(item: tuple[str, float]) -> tuple[float, str]:
-    return (-abs(item[1]), item[0])

@@ -146,3 +146,16 @@ def test_replay_is_deterministic(events, result) -> None:  # type: ignore[no-unt
         (e.example_id, e.label, e.probability, e.features) for e in result.examples
     ]
     assert again.states == result.states
+
+
+def test_backtest_restores_the_garbage_collector_thresholds() -> None:
+    import gc
+
+    from models.backtest import run_backtest
+    from models.config import load_config
+    from models.synthetic import generate_events
+
+    before = gc.get_threshold()
+    run_backtest(generate_events(profiles=20, days=30, seed=2), load_config("customer-ai.toml"))
+    assert gc.get_threshold() == before
+    assert gc.isenabled()

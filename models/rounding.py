@@ -1,0 +1,36 @@
+"""Fast decimal rounding for stored and served numbers.
+
+``floor(x * 10**k + 0.5) / 10**k`` is the double nearest a number with ``k``
+decimals, so its ``repr`` (and its JSON) is as short as ``round(x, k)``'s, at about a
+quarter of the cost. Halves round up (``round`` rounds them to even), which does not
+matter as long as every path that must agree (stream and backtest) uses these.
+
+Examples
+--------
+>>> rounded(2 / 3, 4), rounded(-2 / 3, 4), rounded(0.1 + 0.2, 6)
+(0.6667, -0.6667, 0.3)
+>>> rounded_list([1 / 3, 2.0, 1e-9], 6)
+[0.333333, 2.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["rounded", "rounded_list"]
+
+_floor = math.floor
+_SCALES = [10.0**k for k in range(16)]
+
+
+def rounded(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` decimals (halves up)."""
+    scale = _SCALES[digits]
+    return _floor(x * scale + 0.5) / scale
+
+
+def rounded_list(values: list[float], digits: int) -> list[float]:
+    """Every value of ``values`` rounded to ``digits`` decimals (halves up)."""
+    scale = _SCALES[digits]
+    floor = _floor
+    return [floor(x * scale + 0.5) / scale for x in values]
