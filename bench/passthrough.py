@@ -8,6 +8,12 @@
     An idiomatic Faust agent: ``async for key, value in stream.items(): await
     out.send(key=key, value=value)``, with the same broker settings as the scorer and
     uvloop, as ``customer-ai worker`` installs it.
+``faust-batch``
+    The scorer's consume and produce path with no work in between: a Faust agent that
+    takes batches (``stream.take_events(2000, within=0.02)``, as the scorer does, with
+    ``stream_buffer_maxsize=131072``) and forwards each batch with the scorer's
+    :class:`stream.producer.BatchProducer`, waiting for the acks before the next batch.
+    The ceiling of any Faust-based scorer on this machine.
 
 Both log ``first batch consumed at <epoch seconds>`` when the first message arrives;
 the benchmark reads the end time from the output topic's message timestamps.
@@ -23,11 +29,12 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["raw", "faust"])
+    p.add_argument("mode", choices=["raw", "faust", "faust-batch"])
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
@@ -99,16 +106,36 @@ def faust_main(args: argparse.Namespace) -> None:
     dst = app.topic(args.dst, key_serializer="raw", value_serializer="raw", **raw_codec)
     seen = 0
 
-    @app.agent(src)
-    async def forward(stream):  # type: ignore[no-untyped-def]
-        nonlocal seen
-        async for key, value in stream.items():
-            if seen == 0:
-                _first(1)
-            await dst.send(key=key, value=value)
-            seen += 1
-            if seen == args.count:
-                print(f"forwarded {seen}", flush=True)
+    if args.mode == "faust":
+
+        @app.agent(src)
+        async def forward(stream):  # type: ignore[no-untyped-def]
+            nonlocal seen
+            async for key, value in stream.items():
+                if seen == 0:
+                    _first(1)
+                await dst.send(key=key, value=value)
+                seen += 1
+                if seen == args.count:
+                    print(f"forwarded {seen}", flush=True)
+
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from stream.producer import BatchProducer
+
+        app.conf.stream_buffer_maxsize = 131_072
+        out = BatchProducer(args.bootstrap)
+
+        @app.agent(src)
+        async def forward_batches(stream):  # type: ignore[no-untyped-def]
+            nonlocal seen
+            async for events in stream.take_events(2000, within=0.02):
+                if seen == 0:
+                    _first(len(events))
+                await out.send_all([(args.dst, e.message.key, e.message.value) for e in events])
+                before, seen = seen, seen + len(events)
+                if before < args.count <= seen:
+                    print(f"forwarded {seen}", flush=True)
 
     try:
         import uvloop

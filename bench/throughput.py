@@ -8,6 +8,10 @@ copy of the input from the beginning:
     ``bench/passthrough.py raw``: a bare aiokafka consumer forwarding every message.
 ``faust_passthrough_eps``
     ``bench/passthrough.py faust``: an idiomatic Faust agent, ``await topic.send(...)``.
+``faust_batch_passthrough_eps``
+    ``bench/passthrough.py faust-batch``: the scorer's own consume/produce path
+    (``take_events`` batches, one batched aiokafka produce per batch) doing nothing: the
+    ceiling of a Faust-based scorer (not a target; it says how much the scoring costs).
 ``scorer_eps`` / ``scorer_2w_eps``
     One / two ``customer-ai worker`` processes (2 goals, 4 tracked events from
     ``customer-ai.toml``), started together on an already filled input topic, with
@@ -62,7 +66,7 @@ from bench.common import (  # noqa: E402
     wait_for_line,
 )
 
-SETUPS = ("raw", "faust", "scorer", "scorer2w")
+SETUPS = ("raw", "faust", "faust-batch", "scorer", "scorer2w")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,7 +233,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         rid = run_id()
         for setup in setups:
             log(f"[bold]round {round_}/{args.repeat}: {setup}[/]")
-            if setup in ("raw", "faust"):
+            if setup in ("raw", "faust", "faust-batch"):
                 value = await passthrough(
                     setup, bootstrap, messages, args.partitions, workdir, rid, args.timeout
                 )
@@ -257,6 +261,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
     return {
         "raw_passthrough_eps": round(eps["raw"]) if "raw" in eps else None,
         "faust_passthrough_eps": round(eps["faust"]) if "faust" in eps else None,
+        "faust_batch_passthrough_eps": round(eps["faust-batch"]) if "faust-batch" in eps else None,
         "scorer_eps": round(eps["scorer"]) if "scorer" in eps else None,
         "scorer_2w_eps": round(eps["scorer2w"]) if "scorer2w" in eps else None,
         "scorer_vs_faust": ratio("scorer", "faust"),

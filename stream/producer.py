@@ -127,17 +127,28 @@ class BatchProducer:
         partitioner = producer._partitioner  # the one ``producer.send`` uses
         near_limit = producer._max_request_size - 1024  # ``send`` checks these exactly
         partitions: dict[str, list[int]] = {}
+        # key -> partition per topic: a profile's scores (one per goal) and segment changes
+        # share its key, and the partitioner hashes (murmur2) in pure Python
+        placed: dict[str, dict[bytes, int]] = {}
         by_tp: dict[tuple[str, int], list[OutMessage]] = {}
         oversize: list[OutMessage] = []
         for message in messages:
-            topic = message[0]
-            if len(message[2]) + len(message[1] or b"") > near_limit:
+            topic, key = message[0], message[1]
+            if len(message[2]) + len(key or b"") > near_limit:
                 oversize.append(message)
                 continue
             parts = partitions.get(topic)
             if parts is None:
                 parts = partitions[topic] = sorted(await producer.partitions_for(topic))
-            tp = (topic, partitioner(message[1], parts, parts))
+                placed[topic] = {}
+            if key is None:  # the partitioner picks a random partition
+                partition = partitioner(None, parts, parts)
+            else:
+                memo = placed[topic]
+                partition = memo.get(key, -1)
+                if partition < 0:
+                    partition = memo[key] = partitioner(key, parts, parts)
+            tp = (topic, partition)
             group = by_tp.get(tp)
             if group is None:
                 by_tp[tp] = [message]

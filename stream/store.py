@@ -28,9 +28,15 @@ key                                    value
 
 Invariants
 ----------
-- A profile's state changes only through :data:`CAS_SCRIPT`: the write succeeds only
-  if the stored write version ``v`` is the one the batch loaded. A worker that lost its
-  partition (a zombie) and loaded an older version can never overwrite newer state.
+- A profile's state changes only through a compare-and-set script: the write succeeds
+  only if the stored write version ``v`` is the one the batch loaded. A worker that lost
+  its partition (a zombie) and loaded an older version can never overwrite newer state.
+  Without cluster mode the writes of a batch go through :data:`CAS_BATCH_SCRIPT`, one
+  call per chunk of at most :data:`SCRIPT_CHUNK` writes and :data:`SCRIPT_CHUNK_MOVES`
+  set moves, which checks and applies each write on its own (the same steps as
+  :data:`CAS_SCRIPT`, the per-write script cluster mode sends): a fenced write changes
+  nothing, the others of its chunk still apply, and the call returns one 0/1 per write.
+  A chunk is a short loop, so one call never blocks Redis for long (about 2 ms at most).
 - An event is applied at most once: the batch skips events whose offset is at or below
   the profile's ``o:<topic>:<partition>``, written in the same atomic step as the state.
 - Outputs (scores, segments, training examples) are produced and flushed *before* the
@@ -43,27 +49,45 @@ Invariants
   cluster with a cluster client and updates the index in a separate pipeline right after
   the state: a crash between the two can leave a profile in a stale set until its next
   change (``customer-ai segment`` checks each listed profile's stored bucket).
+- A due entry given with the version it was computed from (``due_versions`` of
+  :meth:`RedisStore.save`) moves only while the profile is still at that version
+  (:data:`DUE_BATCH_SCRIPT`, one call per chunk, each entry checked on its own), so a
+  zombie can neither drop nor delay the entry of newer state. Entries of fenced writes
+  are not sent at all. Not in cluster mode (the profile and the index live in different
+  slots): there the due entries are plain ZADD/ZREM.
+
+Scripts are called by ``EVALSHA`` inside the batch's pipeline (no ``SCRIPT EXISTS``
+round trip); a call answered ``NOSCRIPT`` (Redis restarted or its script cache was
+flushed) did not run and is sent again with ``EVAL``, which also caches the script.
+Without cluster mode, :meth:`RedisStore.load` reads a chunk of profiles with one call of
+:data:`LOAD_BATCH_SCRIPT` (``HMGET`` of each key) instead of one command per profile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from stream import metrics
 
 __all__ = [
+    "CAS_BATCH_SCRIPT",
     "CAS_SCRIPT",
+    "DUE_BATCH_SCRIPT",
+    "LOAD_BATCH_SCRIPT",
+    "SCRIPT_CHUNK",
+    "SCRIPT_CHUNK_MOVES",
     "LoadedProfile",
     "ProfileWrite",
     "RedisStore",
@@ -77,7 +101,9 @@ log = logging.getLogger(__name__)
 #: KEYS[1] profile key, KEYS[2 .. 1+n] segment sets to leave, KEYS[2+n ..] segment sets
 #: to join; ARGV: expected version ('' = absent), offset field ('' = none), offset, state,
 #: scores JSON, top factors (``tf``, '' = none), profile id (the set member), n.
-#: Returns 1 if written, 0 if the version moved (fenced: nothing is changed).
+#: Returns 1 if written, 0 if the version moved (fenced: nothing is changed). Sent (as
+#: ``EVAL``) per write in cluster mode only; otherwise :data:`CAS_BATCH_SCRIPT` runs it
+#: for a chunk of writes.
 CAS_SCRIPT = """
 local v = redis.call('HGET', KEYS[1], 'v')
 if (v or '') ~= ARGV[1] then return 0 end
@@ -98,16 +124,99 @@ for i = 2 + n, #KEYS do redis.call('SADD', KEYS[i], ARGV[7]) end
 return 1
 """
 
-#: KEYS[1] profile key, KEYS[2] due index; ARGV: version the entry was computed from,
-#: profile id, close time ('' = remove). Moves the due entry only while the profile is at
-#: that version: a batch that lost the partition (a zombie) and computed its entry from a
-#: state another worker has moved on can neither drop nor delay the newer state's entry.
-DUE_SCRIPT = """
-if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
-if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[2])
-else redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
-return 1
+#: Writes (or due entries, or profiles loaded) per call of a batch script at most.
+SCRIPT_CHUNK = 200
+
+#: Segment set moves (SADD / SREM) per call of :data:`CAS_BATCH_SCRIPT` at most (a chunk
+#: ends before the write that would pass it, but holds at least one write). Measured on
+#: Redis 7: about 3 us of Redis time per write plus 0.5-1 us per move, so a call stays
+#: under about 2 ms even when every write moves all its sets; a batch never blocks Redis
+#: for long.
+SCRIPT_CHUNK_MOVES = 2000
+
+#: :data:`CAS_SCRIPT` for a chunk of ``n`` writes, each checked and applied on its own.
+#: KEYS[1 .. n] the profile key of each write, then every segment set the chunk leaves or
+#: joins, once. ARGV, 9 per write: expected version ('' = absent), offset field ('' =
+#: none), offset, state, scores JSON, top factors ('' = none), profile id (the set
+#: member), the sets to leave and the sets to join (their positions in KEYS, comma
+#: separated: ``"7,12"``, '' = none). Returns one integer per write: 1 written, 0 fenced
+#: (the version moved: nothing of that write is changed).
+CAS_BATCH_SCRIPT = """
+local out = {}
+for i = 1, #ARGV / 9 do
+  local a = 9 * i - 8
+  local key, pid = KEYS[i], ARGV[a + 6]
+  local v = redis.call('HGET', key, 'v')
+  if (v or '') == ARGV[a] then
+    local nv = (tonumber(v) or 0) + 1
+    if ARGV[a + 1] ~= '' then
+      redis.call('HSET', key, 'v', nv, 's', ARGV[a + 3], 'scores', ARGV[a + 4],
+        ARGV[a + 1], ARGV[a + 2])
+    else
+      redis.call('HSET', key, 'v', nv, 's', ARGV[a + 3], 'scores', ARGV[a + 4])
+    end
+    if ARGV[a + 5] ~= '' then
+      redis.call('HSET', key, 'tf', ARGV[a + 5])
+    else
+      redis.call('HDEL', key, 'tf')
+    end
+    for j in string.gmatch(ARGV[a + 7], '%d+') do redis.call('SREM', KEYS[tonumber(j)], pid) end
+    for j in string.gmatch(ARGV[a + 8], '%d+') do redis.call('SADD', KEYS[tonumber(j)], pid) end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
 """
+
+#: KEYS[1] due index, KEYS[1 + i] profile key of entry i; ARGV, 3 per entry: version the
+#: entry was computed from, profile id, close time ('' = remove). Moves each entry only
+#: while its profile is at that version: a batch that lost the partition (a zombie) and
+#: computed its entry from a state another worker has moved on can neither drop nor
+#: delay the newer state's entry. Returns the number of entries moved.
+DUE_BATCH_SCRIPT = """
+local moved = 0
+for i = 2, #KEYS do
+  local a = 3 * i - 5
+  if (redis.call('HGET', KEYS[i], 'v') or '') == ARGV[a] then
+    if ARGV[a + 2] == '' then
+      redis.call('ZREM', KEYS[1], ARGV[a + 1])
+    else
+      redis.call('ZADD', KEYS[1], ARGV[a + 2], ARGV[a + 1])
+    end
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+#: KEYS: profile keys; ARGV[1] the offset field. Returns, per key, the ``HMGET`` of its
+#: ``s``, ``v``, offset field and ``tf`` (read only: a chunk is read at one instant).
+LOAD_BATCH_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], 's', 'v', ARGV[1], 'tf') end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """A Lua script and its SHA1 (the name ``EVALSHA`` calls it by)."""
+
+    body: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
+
+
+_CAS_BATCH = _Script(CAS_BATCH_SCRIPT)
+_DUE_BATCH = _Script(DUE_BATCH_SCRIPT)
+_LOAD_BATCH = _Script(LOAD_BATCH_SCRIPT)
+
+#: A script call queued in a pipeline: (script, KEYS, ARGV).
+_Call = tuple[_Script, list[Any], list[Any]]
 
 #: A profile's place in one goal's segment index: (bucket or None, top factor names).
 SegmentEntry = tuple[str | None, tuple[str, ...]]
@@ -193,6 +302,25 @@ class ProfileWrite:
 LEARNT_IDS_KEPT = 200_000
 
 
+def _chunks(
+    writes: list[ProfileWrite], moves: dict[str, tuple[list[str], list[str]]]
+) -> Iterator[list[ProfileWrite]]:
+    """``writes`` in order, cut into chunks of at most :data:`SCRIPT_CHUNK` writes and
+    :data:`SCRIPT_CHUNK_MOVES` set moves (a single write may exceed the latter)."""
+    chunk: list[ProfileWrite] = []
+    n_moves = 0
+    for w in writes:
+        leave, join = moves[w.profile_id]
+        n = len(leave) + len(join)
+        if chunk and (len(chunk) >= SCRIPT_CHUNK or n_moves + n > SCRIPT_CHUNK_MOVES):
+            yield chunk
+            chunk, n_moves = [], 0
+        chunk.append(w)
+        n_moves += n
+    if chunk:
+        yield chunk
+
+
 class RedisStore:
     """Batch-wise access to profile state, the due index and models.
 
@@ -221,8 +349,6 @@ class RedisStore:
             self.redis = RedisCluster.from_url(url, **redis_kwargs)
         else:
             self.redis = aioredis.Redis.from_url(url, **redis_kwargs)
-        self._cas = self.redis.register_script(CAS_SCRIPT)
-        self._due = self.redis.register_script(DUE_SCRIPT)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -275,17 +401,77 @@ class RedisStore:
             metrics.REDIS_LATENCY.labels(op=op).observe(time.perf_counter() - started)
             return result
 
+    async def _run_scripts(
+        self, calls: list[_Call], queue: Callable[[Any], None] | None = None
+    ) -> list[Any]:
+        """Run script calls by ``EVALSHA`` in one pipeline, re-sending ``NOSCRIPT`` ones.
+
+        Parameters
+        ----------
+        calls
+            ``(script, KEYS, ARGV)`` per call, run in this order.
+        queue
+            Optional ``queue(pipe)`` adding plain commands after the calls (same
+            pipeline; their replies are dropped, their errors raised).
+
+        Returns
+        -------
+        list
+            The reply of each call.
+
+        A call answered ``NOSCRIPT`` (the script cache was emptied: Redis restarted, or
+        ``SCRIPT FLUSH``) did not run; it is sent again with ``EVAL`` (the body), which
+        caches the script for the next ``EVALSHA``. This replaces redis-py's
+        ``SCRIPT EXISTS`` round trip before each pipeline that holds a registered script.
+        The first other error is raised once every reply is read.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if queue is not None:
+                queue(pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies[: len(calls)]) if isinstance(r, NoScriptError)]
+        if missing:
+            log.info(
+                "Redis lost %d cached script calls (NOSCRIPT); sending the bodies", len(missing)
+            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in missing:
+                    script, keys, args = calls[i]
+                    pipe.eval(script.body, len(keys), *keys, *args)
+                again = await pipe.execute(raise_on_error=False)
+            for i, r in zip(missing, again):
+                replies[i] = r
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies[: len(calls)]
+
     # ---- profiles ------------------------------------------------------------------
     async def load(self, profile_ids: list[str], offset_field: str) -> dict[str, LoadedProfile]:
-        """Load states, write versions and applied offsets in one pipeline."""
+        """Load states, write versions and applied offsets in one pipeline.
+
+        Returns the same rows as one ``HMGET`` per profile would. Without cluster mode a
+        chunk of :data:`SCRIPT_CHUNK` profiles is one call of
+        :data:`LOAD_BATCH_SCRIPT`; in cluster mode each profile is one ``HMGET``.
+        """
         if not profile_ids:
             return {}
 
+        keys = [self.profile_key(pid) for pid in profile_ids]
+
         async def run() -> list:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pid in profile_ids:
-                    pipe.hmget(self.profile_key(pid), "s", "v", offset_field, "tf")
-                return await pipe.execute()
+            if self.cluster:  # the keys live in many slots: one HMGET each
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hmget(key, "s", "v", offset_field, "tf")
+                    return await pipe.execute()
+            calls: list[_Call] = [
+                (_LOAD_BATCH, keys[lo : lo + SCRIPT_CHUNK], [offset_field])
+                for lo in range(0, len(keys), SCRIPT_CHUNK)
+            ]
+            return [row for reply in await self._run_scripts(calls) for row in reply]
 
         rows = await self._retry("load", run)
         out: dict[str, LoadedProfile] = {}
@@ -313,21 +499,43 @@ class RedisStore:
         cluster mode, where it is updated in the following pipeline. A due entry whose
         profile has a version in ``due_versions`` (the version the entry was computed
         from: the one loaded, or the one this save writes) moves only while the profile
-        is still at that version (:data:`DUE_SCRIPT`; not in cluster mode, where the
-        profile and the index live in different slots).
+        is still at that version (:data:`DUE_BATCH_SCRIPT`; not in cluster mode, where
+        the profile and the index live in different slots). Due entries of fenced writes
+        are left as they are.
+
+        Without cluster mode the writes go in chunks (at most :data:`SCRIPT_CHUNK` writes
+        and :data:`SCRIPT_CHUNK_MOVES` set moves) through :data:`CAS_BATCH_SCRIPT`, and
+        the guarded due entries in chunks of :data:`SCRIPT_CHUNK` through
+        :data:`DUE_BATCH_SCRIPT`, each chunk one call; in cluster mode each write is one
+        ``EVAL`` of :data:`CAS_SCRIPT`. Two round trips either way: the writes, then (once
+        the fenced ones are known) the index, due entries and watermark.
 
         Returns the profile ids whose write was refused (fenced: the version moved).
         """
         if not writes and not due and watermark is None:
             return set()
         moves = {w.profile_id: self.index_moves(w) for w in writes}
-
-        async def run() -> list:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for w in writes:
-                    leave, join = ([], []) if self.cluster else moves[w.profile_id]
-                    keys = [self.profile_key(w.profile_id), *leave, *join]
-                    args = [
+        if self.cluster:
+            results = (
+                await self._retry("store", lambda: self._cas_cluster(writes)) if writes else []
+            )
+        else:
+            calls: list[_Call] = []
+            for chunk in _chunks(writes, moves):
+                keys: list[Any] = [self.profile_key(w.profile_id) for w in chunk]
+                # each segment set once in KEYS, referred to by its position (1-based)
+                position: dict[str, str] = {}
+                args: list[Any] = []
+                for w in chunk:
+                    leave, join = moves[w.profile_id]
+                    refs = []
+                    for sets in (leave, join):
+                        for key in sets:
+                            if key not in position:
+                                keys.append(key)
+                                position[key] = str(len(keys))
+                        refs.append(",".join([position[key] for key in sets]))
+                    args += (
                         w.expected_version,
                         w.offset_field,
                         w.offset,
@@ -335,55 +543,86 @@ class RedisStore:
                         w.scores,
                         encode_top_factors(w.index_after, self._feature_index),
                         w.profile_id,
-                        len(leave),
-                    ]
-                    if self.cluster:  # no per-node script cache to rely on: send the body
-                        pipe.eval(CAS_SCRIPT, len(keys), *keys, *args)
-                    else:
-                        await self._cas(keys=keys, args=args, client=pipe)
-                return await pipe.execute()
+                        *refs,
+                    )
+                calls.append((_CAS_BATCH, keys, args))
 
-        results = await self._retry("store", run) if writes else []
+            async def run() -> list:
+                return [ok for reply in await self._run_scripts(calls) for ok in reply]
+
+            results = await self._retry("store", run) if calls else []
+        if len(results) != len(writes):  # the scripts walk KEYS and ARGV by the counts
+            raise RuntimeError(f"{len(results)} CAS results for {len(writes)} writes")
         fenced = {w.profile_id for w, ok in zip(writes, results) if not ok}
 
+        # the due entries computed from a version (not of a fenced write: a fenced write's
+        # "next" version may be another worker's) move only at that version; the others
+        # (and all in cluster mode) are plain ZADD / ZREM
+        guarded = {} if self.cluster else (due_versions or {})
+        checked = [(pid, ts) for pid, ts in due.items() if pid in guarded and pid not in fenced]
+        add = {
+            pid: ts
+            for pid, ts in due.items()
+            if ts is not None and pid not in fenced and pid not in guarded
+        }
+        remove = [
+            pid
+            for pid, ts in due.items()
+            if ts is None and pid not in fenced and pid not in guarded
+        ]
+
+        def queue(pipe: Any) -> None:
+            for w in writes if self.cluster else ():
+                if w.profile_id in fenced:
+                    continue
+                leave, join = moves[w.profile_id]
+                for key in leave:
+                    pipe.srem(key, w.profile_id)
+                for key in join:
+                    pipe.sadd(key, w.profile_id)
+            if add:
+                pipe.zadd(due_key, add)
+            if remove:
+                pipe.zrem(due_key, *remove)
+            if watermark_key is not None and watermark is not None:
+                pipe.set(watermark_key, watermark)
+
+        due_calls: list[_Call] = []
+        for lo in range(0, len(checked), SCRIPT_CHUNK):
+            chunk = checked[lo : lo + SCRIPT_CHUNK]
+            args = []
+            for pid, ts in chunk:
+                args += (guarded[pid], pid, "" if ts is None else ts)
+            due_calls.append(
+                (_DUE_BATCH, [due_key, *(self.profile_key(p) for p, _ in chunk)], args)
+            )
+
         async def run_index() -> None:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for w in writes if self.cluster else ():
-                    if w.profile_id in fenced:
-                        continue
-                    leave, join = moves[w.profile_id]
-                    for key in leave:
-                        pipe.srem(key, w.profile_id)
-                    for key in join:
-                        pipe.sadd(key, w.profile_id)
-                guarded = {} if self.cluster else (due_versions or {})
-                for pid, ts in due.items():
-                    if pid in guarded and pid not in fenced:
-                        await self._due(
-                            keys=[self.profile_key(pid), due_key],
-                            args=[guarded[pid], pid, "" if ts is None else ts],
-                            client=pipe,
-                        )
-                add = {
-                    pid: ts
-                    for pid, ts in due.items()
-                    if ts is not None and pid not in fenced and pid not in guarded
-                }
-                remove = [
-                    pid
-                    for pid, ts in due.items()
-                    if ts is None and pid not in fenced and pid not in guarded
-                ]
-                if add:
-                    pipe.zadd(due_key, add)
-                if remove:
-                    pipe.zrem(due_key, *remove)
-                if watermark_key is not None and watermark is not None:
-                    pipe.set(watermark_key, watermark)
-                await pipe.execute()
+            # a due chunk answered NOSCRIPT runs (as EVAL) after the plain commands: each
+            # entry is still checked against its profile's version when it moves
+            await self._run_scripts(due_calls, queue)
 
         await self._retry("index", run_index)
         return fenced
+
+    async def _cas_cluster(self, writes: list[ProfileWrite]) -> list:
+        """Cluster mode: one ``EVAL`` of :data:`CAS_SCRIPT` per write, without index keys."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for w in writes:
+                keys = [self.profile_key(w.profile_id)]
+                args = [
+                    w.expected_version,
+                    w.offset_field,
+                    w.offset,
+                    w.state,
+                    w.scores,
+                    encode_top_factors(w.index_after, self._feature_index),
+                    w.profile_id,
+                    0,
+                ]
+                # no per-node script cache to rely on: send the body
+                pipe.eval(CAS_SCRIPT, len(keys), *keys, *args)
+            return await pipe.execute()
 
     async def due_profiles(self, due_key: str, watermark: int, limit: int = 1000) -> list[str]:
         """Profiles whose earliest pending window closed before ``watermark``."""
