@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from models.config import Config
 from models.events import Event, InvalidEvent, get_path
@@ -50,9 +51,12 @@ __all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange"]
 MAX_VALUE = 1e12
 
 
-@dataclass(slots=True)
-class Factor:
-    """One influential factor: ``weight * standardized value`` of a feature."""
+class Factor(TypedDict):
+    """One influential factor: ``weight * standardized value`` of a feature.
+
+    A plain dict with the keys of the score message's ``factors`` entries, so a message
+    is written without converting it (and dicts are cheaper to build than objects).
+    """
 
     feature: str
     label: str
@@ -370,7 +374,12 @@ class Engine:
         def explain() -> list[Factor]:
             names, labels = fz.names, fz.labels
             return [
-                Factor(names[i], labels[names[i]], rounded(vector[i], 4), rounded(c, 4))
+                {
+                    "feature": names[i],
+                    "label": labels[names[i]],
+                    "value": rounded(vector[i], 4),
+                    "contribution": rounded(c, 4),
+                }
                 for i, c in model.top_contributions(transformed)
             ]
 

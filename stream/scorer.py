@@ -36,6 +36,7 @@ from models.engine import Engine, Example, Outcome, Score, SegmentChange
 from models.events import Event, InvalidEvent, decode_event
 from models.model import LinearModel
 from models.profile import format_time
+from models.rounding import rounded
 from models.state import ProfileState
 from stream import metrics
 from stream.producer import BatchProducer, OutMessage
@@ -67,21 +68,23 @@ class Record:
     timestamp_ms: int | None
 
 
-def score_message(score: Score, scored_at: str) -> bytes:
-    """The ``customer-ai.scores`` message of DESIGN.md."""
+def score_message(score: Score, scored_at: str, event_time: str | None = None) -> bytes:
+    """The ``customer-ai.scores`` message of DESIGN.md.
+
+    ``event_time`` is ``format_time(score.event_time_ms)``, when the caller has it.
+    """
     return orjson.dumps(
         {
             "profile_id": score.profile_id,
             "goal": score.goal,
-            "probability": round(score.probability, 6),
-            "percentile": round(score.percentile, 1),
+            "probability": rounded(score.probability, 6),
+            "percentile": rounded(score.percentile, 1),
             "bucket": score.bucket,
             "model_version": score.model_version,
             "warming_up": score.warming_up,
-            # orjson writes a Factor dataclass as {feature, label, value, contribution}
-            "factors": score.factors,
+            "factors": score.factors,  # Factor dicts: feature, label, value, contribution
             "event_id": score.event_id,
-            "event_time": format_time(score.event_time_ms),
+            "event_time": event_time or format_time(score.event_time_ms),
             "scored_at": scored_at,
         }
     )
@@ -95,7 +98,7 @@ def segment_message(change: SegmentChange) -> bytes:
             "goal": change.goal,
             "from": change.from_bucket,
             "to": change.to_bucket,
-            "probability": round(change.probability, 6),
+            "probability": rounded(change.probability, 6),
             "event_time": format_time(change.event_time_ms),
         }
     )
@@ -389,10 +392,14 @@ class BatchScorer:
         send = outbox.append
         top_factors: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
         scores_per_goal: Counter[str] = Counter()
+        last_ms, event_time = -1, ""  # an event's scores (one per goal) share its time
         for score in out.scores:
-            send((self.scores_topic, score.profile_id.encode(), score_message(score, scored_at)))
+            if score.event_time_ms != last_ms:
+                last_ms, event_time = score.event_time_ms, format_time(score.event_time_ms)
+            message = score_message(score, scored_at, event_time)
+            send((self.scores_topic, score.profile_id.encode(), message))
             scores_per_goal[score.goal] += 1
-            top_factors[score.profile_id][score.goal] = tuple(f.feature for f in score.factors)
+            top_factors[score.profile_id][score.goal] = tuple(f["feature"] for f in score.factors)
         moves: Counter[tuple[str, str, str]] = Counter()
         for change in out.segment_changes:
             send((self.segments_topic, change.profile_id.encode(), segment_message(change)))

@@ -79,6 +79,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from models.rounding import rounded
 from stream import metrics
 
 __all__ = [
@@ -381,8 +382,13 @@ class RedisStore:
 
     def index_moves(self, write: ProfileWrite) -> tuple[list[str], list[str]]:
         """Segment sets to leave and to join for ``write`` (sorted, disjoint)."""
-        before = self.index_keys(write.index_before)
-        after = self.index_keys(write.index_after)
+        # every key names its goal: only goals whose (bucket, factors) changed can move
+        old, new = write.index_before, write.index_after
+        changed = [g for g in old.keys() | new.keys() if old.get(g) != new.get(g)]
+        if not changed:
+            return [], []
+        before = self.index_keys({g: old[g] for g in changed if g in old})
+        after = self.index_keys({g: new[g] for g in changed if g in new})
         return sorted(before - after), sorted(after - before)
 
     # ---- retries -------------------------------------------------------------------
@@ -777,8 +783,8 @@ def scores_json(goals: dict[str, tuple[float | None, float | None, str | None, i
     return orjson.dumps(
         {
             g: {
-                "probability": round(p, 6),
-                "percentile": None if pct is None else round(pct, 1),
+                "probability": rounded(p, 6),
+                "percentile": None if pct is None else rounded(pct, 1),
                 "bucket": b,
                 "model_version": v,
             }
