@@ -541,16 +541,7 @@ class RedisStore:
                                 keys.append(key)
                                 position[key] = str(len(keys))
                         refs.append(",".join([position[key] for key in sets]))
-                    args += (
-                        w.expected_version,
-                        w.offset_field,
-                        w.offset,
-                        w.state,
-                        w.scores,
-                        encode_top_factors(w.index_after, self._feature_index),
-                        w.profile_id,
-                        *refs,
-                    )
+                    args += (*self.write_args(w), *refs)
                 calls.append((_CAS_BATCH, keys, args))
 
             async def run() -> list:
@@ -611,21 +602,25 @@ class RedisStore:
         await self._retry("index", run_index)
         return fenced
 
+    def write_args(self, w: ProfileWrite) -> list[Any]:
+        """The first 7 script arguments of a write (both CAS scripts): expected version,
+        offset field, offset, state, scores, top factors, profile id."""
+        return [
+            w.expected_version,
+            w.offset_field,
+            w.offset,
+            w.state,
+            w.scores,
+            encode_top_factors(w.index_after, self._feature_index),
+            w.profile_id,
+        ]
+
     async def _cas_cluster(self, writes: list[ProfileWrite]) -> list:
         """Cluster mode: one ``EVAL`` of :data:`CAS_SCRIPT` per write, without index keys."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for w in writes:
                 keys = [self.profile_key(w.profile_id)]
-                args = [
-                    w.expected_version,
-                    w.offset_field,
-                    w.offset,
-                    w.state,
-                    w.scores,
-                    encode_top_factors(w.index_after, self._feature_index),
-                    w.profile_id,
-                    0,
-                ]
+                args = [*self.write_args(w), 0]
                 # no per-node script cache to rely on: send the body
                 pipe.eval(CAS_SCRIPT, len(keys), *keys, *args)
             return await pipe.execute()

@@ -17,7 +17,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +65,6 @@ def write(
 
 def members(client: redis.Redis, key: str) -> set[str]:
     return {m.decode() for m in client.smembers(key)}
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(redis_url, key_prefix="cai")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def test_top_factors_encoding_round_trips() -> None:

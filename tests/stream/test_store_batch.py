@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from stream.store import (
     ProfileWrite,
     RedisStore,
     SegmentEntry,
-    encode_top_factors,
     scores_json,
 )
 
@@ -74,15 +73,6 @@ def set_contents(client: redis.Redis, prefix: str) -> dict[str, set[str]]:
         for key in client.scan_iter(match=pattern, count=1000):
             out[key.decode()[len(prefix) :]] = members(client, key)
     return out
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(redis_url, key_prefix="cai")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture
@@ -232,16 +222,7 @@ async def test_batch_equals_one_cas_script_per_write(
             want = set()
             for w in writes:  # the reference: one script per write, as before the batch
                 leave, join = ref.index_moves(w)
-                args = [
-                    w.expected_version,
-                    w.offset_field,
-                    w.offset,
-                    w.state,
-                    w.scores,
-                    encode_top_factors(w.index_after, ref._feature_index),
-                    w.profile_id,
-                    len(leave),
-                ]
+                args = [*ref.write_args(w), len(leave)]
                 if not cas(keys=[ref.profile_key(w.profile_id), *leave, *join], args=args):
                     want.add(w.profile_id)
             got = await store.save(writes, {}, "new:due", None, None)
