@@ -834,6 +834,23 @@ async def test_restarted_trainer_drops_redelivered_examples(valkey: ValkeyProces
         await store.close()
 
 
+async def test_trainer_logs_training_records_the_consumer_skipped(
+    valkey: ValkeyProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = valkey.url + "/0"
+    examples = make_examples(60, seed=3)
+    store = RedisStore(url)
+    try:
+        step = TrainerStep(CFG, store, CollectingProducer(), SETTINGS)
+        assert await step.process(training_records(examples[:20])) == 20
+        assert "skipped by the consumer" not in caplog.text
+        # offsets 20-31 never reach the trainer: learnt from 32 on, and said loudly
+        assert await step.process(training_records(examples[32:], first_offset=32)) == 28
+        assert "starts at offset 32 but the trainer stored offset 19: 12 examples" in caplog.text
+    finally:
+        await store.close()
+
+
 async def test_zombie_trainer_is_fenced(valkey: ValkeyProcess) -> None:
     url = valkey.url + "/0"
     examples = make_examples(150, seed=2)
