@@ -29,42 +29,16 @@ from redis.exceptions import ResponseError
 from stream.dev import ValkeyProcess, find_free_port
 from stream.segments import read_segment, segment_main
 from stream.store import (
-    ProfileWrite,
     RedisStore,
     SegmentEntry,
     decode_top_factors,
     encode_top_factors,
     scores_json,
 )
+from tests.stream.store_helpers import members, write
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKETS = ["low", "medium", "high"]
-
-
-def write(
-    pid: str,
-    expected: str,
-    before: dict[str, SegmentEntry],
-    after: dict[str, SegmentEntry],
-    probability: float = 0.5,
-) -> ProfileWrite:
-    scores = {
-        g: (probability, 50.0, bucket, 1) for g, (bucket, _) in after.items() if bucket is not None
-    }
-    return ProfileWrite(
-        profile_id=pid,
-        expected_version=expected,
-        offset_field="o:events",
-        offset=1,
-        state=b"[]",
-        scores=scores_json(scores),
-        index_before=before,
-        index_after=after,
-    )
-
-
-def members(client: redis.Redis, key: str) -> set[str]:
-    return {m.decode() for m in client.smembers(key)}
 
 
 def test_top_factors_encoding_round_trips() -> None:
@@ -138,7 +112,7 @@ async def test_warming_up_scores_leave_the_factor_sets(
 ) -> None:
     first: dict[str, SegmentEntry] = {"conversion": ("high", ("a",))}
     await store.save([write("p-1", "", {}, first)], {}, "cai:due:t:0", None, None)
-    loaded = await store.load(["p-1"], "o:events")
+    loaded = await store.load(["p-1"], "o:t:0")
     assert loaded["p-1"].top_factors == {"conversion": ("a",)}
     cold: dict[str, SegmentEntry] = {"conversion": ("high", ())}
     await store.save([write("p-1", "1", first, cold)], {}, "cai:due:t:0", None, None)

@@ -29,41 +29,14 @@ from stream.dev import ValkeyProcess
 from stream.store import (
     CAS_SCRIPT,
     SCRIPT_CHUNK,
-    ProfileWrite,
     RedisStore,
     SegmentEntry,
-    scores_json,
 )
+from tests.stream.store_helpers import members, write
 
 DUE = "cai:due:t:0"
 BUCKETS = ("low", "medium", "high")
 FEATURES = [f"f{i}" for i in range(12)]
-
-
-def write(
-    pid: str,
-    expected: str,
-    before: dict[str, SegmentEntry],
-    after: dict[str, SegmentEntry],
-    offset: int = 1,
-    offset_field: str = "o:t:0",
-    state: bytes = b"state",
-) -> ProfileWrite:
-    scores = {g: (0.5, 50.0, b, 1) for g, (b, _) in after.items() if b is not None}
-    return ProfileWrite(
-        profile_id=pid,
-        expected_version=expected,
-        offset_field=offset_field,
-        offset=offset,
-        state=state,
-        scores=scores_json(scores),
-        index_before=before,
-        index_after=after,
-    )
-
-
-def members(client: redis.Redis, key: str) -> set[str]:
-    return {m.decode() for m in client.smembers(key)}
 
 
 def set_contents(client: redis.Redis, prefix: str) -> dict[str, set[str]]:
