@@ -111,17 +111,11 @@ class LinearModel:
         z = self._offset + sum(map(_mul, self._scale, transformed))
         return sigmoid(self.calibration_a * z + self.calibration_b)
 
-    def factors_t(
-        self, transformed: list[float], top: int = TOP_FACTORS
-    ) -> list[tuple[str, float]]:
-        """Top signed factors ``w_i * (x'_i - mean_i) / std_i`` from transformed features."""
-        names = self.feature_names
-        return [(names[i], c) for i, c in self.top_contributions(transformed, top)]
-
     def top_contributions(
         self, transformed: list[float], top: int = TOP_FACTORS
     ) -> list[tuple[int, float]]:
-        """:meth:`factors_t` as ``(feature position, contribution)`` pairs.
+        """Top signed factors ``w_i * (x'_i - mean_i) / std_i`` from already
+        :func:`transform`-ed features, as ``(feature position, contribution)`` pairs.
 
         Sorted by ``|contribution|`` descending, ties by feature name; empty while
         warming up.
