@@ -58,6 +58,7 @@ __all__ = [
     "SCORES",
     "SEGMENT_CHANGES",
     "TRAINING_EXAMPLES",
+    "TRAINING_RECORDS_RECOVERED",
     "metric_names",
     "observe_end_to_end",
     "observe_processing",
@@ -136,6 +137,11 @@ TRAINING_EXAMPLES = Counter(
     "customer_ai_training_examples_total",
     "Matured labelled examples produced to customer-ai.training.",
     ["goal", "label"],
+    registry=REGISTRY,
+)
+TRAINING_RECORDS_RECOVERED = Counter(
+    "customer_ai_training_records_recovered_total",
+    "Training records the consumer skipped, read back from the broker and learnt.",
     registry=REGISTRY,
 )
 

@@ -6,7 +6,10 @@ scorer may send one id several times (outputs are at-least-once: a crash or a
 rebalance repeats a batch), and the trainer learns each id once:
 
 1. records at or below the partition's trained offset are skipped (re-delivered
-   after a crash of the trainer: already learnt and stored);
+   after a crash of the trainer: already learnt and stored); records the consumer
+   skipped (a batch starting past the trained offset + 1: the group's committed offset
+   is not the source of truth, Redis is) are read from the broker with a
+   :class:`~stream.range_reader.RangeReader` and learnt first;
 2. an id learnt before is dropped: the in-memory set of recent ids, else
    ``P:learnt:<goal>`` in Redis (one ``ZMSCORE`` round trip per batch), which
    survives restarts and moves of the training partition;
@@ -28,6 +31,7 @@ in a crash is not re-sent: the version is in Redis, the next one goes out anyway
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 
@@ -38,7 +42,9 @@ from models.engine import Example
 from models.training import Trainer
 from stream import metrics
 from stream.producer import BatchProducer, OutMessage
+from stream.range_reader import RangeReader
 from stream.scorer import Record, example_from_message
+from stream.security import kafka_security_kwargs
 from stream.settings import Settings
 from stream.store import RedisStore
 
@@ -61,10 +67,17 @@ class TrainerStep:
         Examples dropped because their id was learnt already (since start).
     fenced
         Batches re-run because another trainer had moved the stored offsets.
+    recovered
+        Records the consumer skipped that were read from the broker and learnt.
     """
 
     def __init__(
-        self, config: Config, store: RedisStore, producer: BatchProducer, settings: Settings
+        self,
+        config: Config,
+        store: RedisStore,
+        producer: BatchProducer,
+        settings: Settings,
+        reader: RangeReader | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -76,6 +89,8 @@ class TrainerStep:
         self.restored = False
         self.duplicates = 0
         self.fenced = 0
+        self.recovered = 0
+        self.reader = reader or RangeReader(settings.bootstrap, kafka_security_kwargs(os.environ))
         self._warned_partitions = False
 
     @property
@@ -130,7 +145,7 @@ class TrainerStep:
         outbox: list[OutMessage] = []
         new_offsets = dict(self.offsets)
         examples: list[Example] = []
-        self._check_gaps(records)
+        records = await self._fill_gaps(records)
         for record in records:
             p = record.partition
             if p != 0 and not self._warned_partitions:
@@ -213,29 +228,38 @@ class TrainerStep:
             await self.producer.send_all(outbox)
         return learnt
 
-    def _check_gaps(self, records: list[Record]) -> None:
-        """Log training records the consumer skipped: offsets between the stored trained
-        offset and the first offset of this batch were never learnt.
+    async def _fill_gaps(self, records: list[Record]) -> list[Record]:
+        """``records`` preceded by those the consumer skipped, read from the broker.
 
-        Seen once in a kill -9 test: the batch after a rebalance started 32 records past
-        the stored trained offset. Only logged for now (the fix is to seek the training
-        partition to the stored offset on assignment).
+        A batch that starts past the stored trained offset + 1 means the consumer's
+        position (the group's committed offset) moved past records no trainer learnt:
+        seen once in a kill -9 test, where the first batch after two rebalances started
+        32 records past the stored offset. Redis holds what was learnt, so the missing
+        offsets are read back and learnt before the batch.
         """
-        first: dict[int, int] = {}
+        first: dict[tuple[str, int], int] = {}
         for record in records:
-            if record.offset < first.get(record.partition, record.offset + 1):
-                first[record.partition] = record.offset
-        for partition, offset in first.items():
+            key = (record.topic, record.partition)
+            if record.offset < first.get(key, record.offset + 1):
+                first[key] = record.offset
+        missing: list[Record] = []
+        for (topic, partition), offset in first.items():
             expected = self.offsets.get(partition, -1) + 1
-            if offset > expected:
-                log.error(
-                    "training partition %d: this batch starts at offset %d but the trainer "
-                    "stored offset %d: %d examples were skipped by the consumer, not learnt",
-                    partition,
-                    offset,
-                    expected - 1,
-                    offset - expected,
-                )
+            if offset <= expected:
+                continue
+            log.warning(
+                "training partition %d: this batch starts at offset %d but the trainer "
+                "stored offset %d: reading the %d skipped records from the broker",
+                partition,
+                offset,
+                expected - 1,
+                offset - expected,
+            )
+            got = await self.reader.read(topic, partition, expected, offset)
+            self.recovered += len(got)
+            metrics.TRAINING_RECORDS_RECOVERED.inc(len(got))
+            missing.extend(got)
+        return missing + records if missing else records
 
     @staticmethod
     def _gauges(goal: str, version: int, live: dict) -> None:

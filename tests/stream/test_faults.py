@@ -60,7 +60,7 @@ from stream.settings import Settings
 from stream.store import RedisStore
 from stream.trainer import TrainerStep
 from tests.harness import CONFIG as SHIPPED_CONFIG
-from tests.harness import REPO, WorkerProcess, consume_all, wait_until
+from tests.harness import REPO, WorkerProcess, consume_all, produce, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -834,19 +834,40 @@ async def test_restarted_trainer_drops_redelivered_examples(valkey: ValkeyProces
         await store.close()
 
 
-async def test_trainer_logs_training_records_the_consumer_skipped(
-    valkey: ValkeyProcess, caplog: pytest.LogCaptureFixture
+async def test_trainer_learns_training_records_the_consumer_skipped(
+    valkey: ValkeyProcess, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Redis' trained offset, not the group's committed offset, says what was learnt.
+
+    Seen in a kill -9 run: the first batch after two rebalances started 32 records past
+    the stored trained offset. The trainer reads the skipped records back and learns them.
+    """
     url = valkey.url + "/0"
     examples = make_examples(60, seed=3)
+    topic = SETTINGS.topic("training")
+    records = training_records(examples)
+    await ensure_topics(kafka_bootstrap, {topic: 1}, {})
+    await produce(kafka_bootstrap, topic, [(r.key, r.value or b"") for r in records], partition=0)
     store = RedisStore(url)
+    settings = Settings(bootstrap=kafka_bootstrap)
     try:
-        step = TrainerStep(CFG, store, CollectingProducer(), SETTINGS)
-        assert await step.process(training_records(examples[:20])) == 20
-        assert "skipped by the consumer" not in caplog.text
-        # offsets 20-31 never reach the trainer: learnt from 32 on, and said loudly
-        assert await step.process(training_records(examples[32:], first_offset=32)) == 28
-        assert "starts at offset 32 but the trainer stored offset 19: 12 examples" in caplog.text
+        step = TrainerStep(CFG, store, CollectingProducer(), settings)
+        # the first batch after a restart starts at offset 8: 0-7 were never learnt
+        assert await step.process(records[8:20]) == 20
+        assert step.recovered == 8
+        assert "starts at offset 8 but the trainer stored offset -1" in caplog.text
+        # offsets 20-31 never reach the trainer either
+        assert await step.process(records[32:]) == 40
+        assert step.recovered == 20
+        ids, n = learnt_counts(url)
+        assert ids == n and sum(ids.values()) == 60
+        # a fresh trainer (another worker) resumes from Redis and needs nothing re-read
+        other = TrainerStep(CFG, RedisStore(url), CollectingProducer(), settings)
+        try:
+            assert await other.process(records[50:]) == 0
+            assert other.recovered == 0
+        finally:
+            await other.store.close()
     finally:
         await store.close()
 
