@@ -100,12 +100,14 @@ async def run(url: str, profiles: int, rounds: int, churn: str, prefix: str) -> 
         keys = [k async for k in store.redis.scan_iter(match=f"{prefix}:*", count=1000)]
         for lo in range(0, len(keys), 500):
             await store.redis.delete(*keys[lo : lo + 500])
+        packing = store.redis.connection_pool.connection_class.__name__
         await store.close()
     return {
         "profiles": profiles,
         "rounds": rounds - 1,
         "churn": churn,
-        "hiredis": HIREDIS_AVAILABLE,
+        "hiredis": HIREDIS_AVAILABLE,  # the reply parser
+        "packing": "hiredis" if packing.startswith("Hiredis") else "redis-py",
         "fenced": fenced,  # not 0: someone else wrote or flushed the keys meanwhile
         **{
             f"{name}_us_per_profile": round(statistics.median(v) * 1e6 / profiles, 2)

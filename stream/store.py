@@ -81,6 +81,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.rounding import rounded
 from stream import metrics
+from stream.redis_packing import use_hiredis_packing
 
 __all__ = [
     "CAS_BATCH_SCRIPT",
@@ -350,6 +351,7 @@ class RedisStore:
             self.redis = RedisCluster.from_url(url, **redis_kwargs)
         else:
             self.redis = aioredis.Redis.from_url(url, **redis_kwargs)
+            use_hiredis_packing(self.redis)  # before the pool opens its first connection
 
     async def close(self) -> None:
         await self.redis.aclose()
