@@ -10,15 +10,19 @@
     uvloop, as ``customer-ai worker`` installs it.
 ``faust-batch``
     The scorer's consume and produce path with no work in between: a Faust agent that
-    takes batches (``stream.take_events(2000, within=0.02)``, as the scorer does, with
+    takes batches as the scorer does (:func:`stream.batching.greedy_batches` with up to
+    2,000 events and ``--linger``, default the scorer's 0.005 s, with
     ``stream_buffer_maxsize=131072``) and forwards each batch with the scorer's
     :class:`stream.producer.BatchProducer`, waiting for the acks before the next batch.
     The ceiling of any Faust-based scorer on this machine.
+``faust-take``
+    The same with Faust's ``stream.take_events(2000, within=0.02)`` instead, as the
+    scorer took its batches before (for side-by-side comparisons).
 
-Both log ``first batch consumed at <epoch seconds>`` when the first message arrives;
+All log ``first batch consumed at <epoch seconds>`` when the first message arrives;
 the benchmark reads the end time from the output topic's message timestamps.
 
-Usage: ``python bench/passthrough.py raw|faust --bootstrap HOST:PORT --src T --dst T2
+Usage: ``python bench/passthrough.py raw|faust|faust-batch|faust-take --bootstrap HOST:PORT --src T --dst T2
 --group G --count N``.
 """
 
@@ -34,7 +38,7 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["raw", "faust", "faust-batch"])
+    p.add_argument("mode", choices=["raw", "faust", "faust-batch", "faust-take"])
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
@@ -42,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, required=True, help="messages to forward, then idle")
     p.add_argument("--session-timeout", type=float, default=4.0)
     p.add_argument("--rebalance-timeout", type=float, default=3.0)
+    p.add_argument(
+        "--linger", type=float, default=0.005, help="faust-batch: greedy_batches' linger (s)"
+    )
     return p
 
 
@@ -121,15 +128,21 @@ def faust_main(args: argparse.Namespace) -> None:
 
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from stream.batching import greedy_batches
         from stream.producer import BatchProducer
 
         app.conf.stream_buffer_maxsize = 131_072
         out = BatchProducer(args.bootstrap)
 
+        def batches(stream):  # type: ignore[no-untyped-def]
+            if args.mode == "faust-take":
+                return stream.take_events(2000, within=0.02)
+            return greedy_batches(stream, 2000, linger=args.linger)
+
         @app.agent(src)
         async def forward_batches(stream):  # type: ignore[no-untyped-def]
             nonlocal seen
-            async for events in stream.take_events(2000, within=0.02):
+            async for events in batches(stream):
                 if seen == 0:
                     _first(len(events))
                 await out.send_all([(args.dst, e.message.key, e.message.value) for e in events])
