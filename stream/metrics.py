@@ -19,7 +19,8 @@ Examples
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -61,6 +62,7 @@ __all__ = [
     "TRAINING_RECORDS_RECOVERED",
     "metric_names",
     "observe_end_to_end",
+    "observe_end_to_end_many",
     "observe_processing",
     "redis_timer",
     "render",
@@ -287,6 +289,42 @@ def observe_end_to_end(produced_at: float, now: float | None = None) -> float:
     latency = max(0.0, (time.time() if now is None else now) - produced_at)
     END_TO_END_LATENCY.observe(latency)
     return latency
+
+
+def observe_end_to_end_many(produced_at_ms: Sequence[int], now: float) -> None:
+    """Record :func:`observe_end_to_end` for many events at once (a batch's).
+
+    Counted into the buckets with one ``bisect`` per event and one increment per bucket
+    touched, instead of a histogram ``observe`` (about 3 us) per event. The exposition
+    is the same as observing each latency on its own.
+
+    Parameters
+    ----------
+    produced_at_ms : sequence of int
+        Kafka message timestamps of the events, in epoch milliseconds.
+    now : float
+        Epoch seconds at which their scores were produced.
+    """
+    histogram = END_TO_END_LATENCY
+    buckets = getattr(histogram, "_buckets", None)
+    total_value = getattr(histogram, "_sum", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if buckets is None or total_value is None or bounds is None:  # another prometheus_client
+        for ts in produced_at_ms:
+            observe_end_to_end(ts / 1000, now)
+        return
+    counts = [0] * len(bounds)
+    total = 0.0
+    for ts in produced_at_ms:
+        latency = now - ts / 1000  # as observe_end_to_end computes it
+        if latency < 0.0:
+            latency = 0.0
+        total += latency
+        counts[bisect_left(bounds, latency)] += 1  # the first bound >= latency, as observe()
+    total_value.inc(total)
+    for bucket, n in zip(buckets, counts):
+        if n:
+            bucket.inc(n)
 
 
 @contextmanager

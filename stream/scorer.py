@@ -421,9 +421,7 @@ class BatchScorer:
         counts["examples"] += len(out.examples)
         await self.producer.send_all(outbox)
         outbox.clear()
-        now = time.time()
-        for ts in produced_at:
-            metrics.observe_end_to_end(ts / 1000, now)
+        metrics.observe_end_to_end_many(produced_at, time.time())
         writes: list[ProfileWrite] = []
         due: dict[str, int | None] = {}
         due_versions: dict[str, str] = {}  # the state version each due entry comes from
