@@ -1,4 +1,4 @@
-"""The two do-nothing baselines of ``bench/throughput.py``, each run as its own process.
+"""The do-nothing baselines of ``bench/throughput.py``, each run as its own process.
 
 ``raw``
     A bare aiokafka consumer (in a consumer group) that forwards every message to
@@ -10,20 +10,22 @@
     uvloop, as ``customer-ai worker`` installs it.
 ``faust-batch``
     The scorer's consume and produce path with no work in between: a Faust agent that
-    takes batches as the scorer does (:func:`stream.batching.greedy_batches` with up to
-    2,000 events and ``--linger``, default the scorer's 0.005 s, with
-    ``stream_buffer_maxsize=131072``) and forwards each batch with the scorer's
-    :class:`stream.producer.BatchProducer`, waiting for the acks before the next batch.
-    The ceiling of any Faust-based scorer on this machine.
+    takes batches as the scorer does (:func:`stream.batching.greedy_batches`, up to
+    2,000 events, ``--linger`` default the scorer's 0.005 s, Faust's message hand-over
+    made cheaper by :func:`stream.handover.install`, ``stream_buffer_maxsize=16384``)
+    and forwards each batch with the scorer's :class:`stream.producer.BatchProducer`,
+    waiting for the acks before the next batch. The ceiling of any Faust-based scorer
+    on this machine.
 ``faust-take``
-    The same with Faust's ``stream.take_events(2000, within=0.02)`` instead, as the
-    scorer took its batches before (for side-by-side comparisons).
+    The same with Faust's own hand-over, ``stream.take_events(2000, within=0.02)`` and
+    ``stream_buffer_maxsize=131072``, as the scorer consumed before (for side-by-side
+    comparisons).
 
 All log ``first batch consumed at <epoch seconds>`` when the first message arrives;
 the benchmark reads the end time from the output topic's message timestamps.
 
-Usage: ``python bench/passthrough.py raw|faust|faust-batch|faust-take --bootstrap HOST:PORT --src T --dst T2
---group G --count N``.
+Usage: ``python bench/passthrough.py raw|faust|faust-batch|faust-take --bootstrap HOST:PORT
+--src T --dst T2 --group G --count N``.
 """
 
 from __future__ import annotations
@@ -131,8 +133,13 @@ def faust_main(args: argparse.Namespace) -> None:
         from stream.batching import greedy_batches
         from stream.producer import BatchProducer
 
-        app.conf.stream_buffer_maxsize = 131_072
+        app.conf.stream_buffer_maxsize = 131_072 if args.mode == "faust-take" else 16_384
         out = BatchProducer(args.bootstrap)
+
+        if args.mode == "faust-batch":
+            from stream import handover
+
+            handover.install()
 
         def batches(stream):  # type: ignore[no-untyped-def]
             if args.mode == "faust-take":

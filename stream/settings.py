@@ -15,9 +15,14 @@ CUSTOMER_AI_REDIS_CLUSTER          0                           1: REDIS_URL is a
                                                                index in a separate pipeline)
 CUSTOMER_AI_WEB_HOST / _WEB_PORT   127.0.0.1 / 6066            HTTP views and /metrics
 CUSTOMER_AI_BATCH_MAX              2000                        events per batch, at most
-CUSTOMER_AI_BATCH_WITHIN           0.02                        seconds to wait to fill a batch
+CUSTOMER_AI_BATCH_WITHIN           0.005                       longest a batch keeps collecting
+                                                               while events still arrive (s);
+                                                               it never waits for events that
+                                                               are not coming
 CUSTOMER_AI_FETCH_MAX_WAIT_MS      100                         longest a fetch waits for new
-                                                               events (Faust hard-codes 1500)
+                                                               events (Faust hard-codes 1500;
+                                                               Tansu holds a fetch that long
+                                                               even when data arrives)
 CUSTOMER_AI_SESSION_TIMEOUT        10                          consumer session timeout (s)
 CUSTOMER_AI_REBALANCE_TIMEOUT      5                           rebalance timeout (s)
 CUSTOMER_AI_METRICS_INTERVAL       5                           seconds between lag readings
@@ -51,7 +56,7 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     batch_max: int = 2000
-    batch_within: float = 0.02
+    batch_within: float = 0.005
     fetch_max_wait_ms: int = 100
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0

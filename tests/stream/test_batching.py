@@ -1,0 +1,289 @@
+"""Greedy batches read from a Faust agent's queue, and the cheaper message hand-over.
+
+Unit tests on stand-ins for the few Faust objects :func:`stream.batching.greedy_batches`
+touches (the channel's queue, the consumer's ``unacked`` set and ``ack``, flow control,
+the generation id); Faust's own :class:`~faust.types.tuples.ConsumerMessage` does the
+acks. The agents on a real broker are covered by the pipeline and fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+from stream import handover
+from stream.batching import greedy_batches
+
+
+class FakeConsumer:
+    """The consumer's ack bookkeeping: offsets acked per partition, tracked messages."""
+
+    def __init__(self) -> None:
+        self.unacked: set[ConsumerMessage] = set()
+        self.acked: list[int] = []
+
+    def ack(self, message: ConsumerMessage) -> bool:
+        message.acked = True
+        self.unacked.discard(message)
+        self.acked.append(message.offset)
+        return True
+
+
+class FakeFlow:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class FakeStream:
+    """What ``greedy_batches`` reads of a Faust stream and its app."""
+
+    def __init__(self) -> None:
+        self.queue: ThrowableQueue[Any] = ThrowableQueue(flow_control=FlowControlEvent())
+        self.consumer = FakeConsumer()
+        self.flow = FakeFlow()
+        self.app = SimpleNamespace(
+            consumer=self.consumer,
+            topics=SimpleNamespace(acking_topics={"t"}),
+            flow_control=self.flow,
+            monitor=SimpleNamespace(stream_inbound_time={}),
+            consumer_generation_id=1,
+        )
+        self.channel = SimpleNamespace(queue=self.queue)
+
+    def put(self, *offsets: int, generation: int = 1) -> list[Any]:
+        events = []
+        for offset in offsets:
+            message = ConsumerMessage(
+                "t", 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP("t", 0),
+                generation_id=generation,
+            )  # fmt: skip
+            message.refcount = 1  # the conductor's incref for its one channel
+            event = SimpleNamespace(message=message)
+            self.queue.put_nowait(event)
+            events.append(event)
+        return events
+
+
+def offsets(batch: list[Any]) -> list[int]:
+    return [e.message.offset for e in batch]
+
+
+async def test_takes_what_is_queued_and_acks_only_when_the_next_batch_is_asked_for() -> None:
+    s = FakeStream()
+    s.put(0, 1, 2, 3, 4)
+    it = greedy_batches(s, 3)
+    first = await it.__anext__()
+    assert offsets(first) == [0, 1, 2]  # at most max_events, in order
+    # invariant: a batch in progress is tracked (rebalances wait for it) and not acked
+    assert {e.message for e in first} == s.consumer.unacked
+    assert s.consumer.acked == []
+    second = await it.__anext__()
+    assert offsets(second) == [3, 4]
+    assert s.consumer.acked == [0, 1, 2]
+    assert s.app.monitor.stream_inbound_time[TP("t", 0)] > 0
+    waiting = asyncio.ensure_future(it.__anext__())  # nothing queued: waits, no deadline
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert s.consumer.acked == [0, 1, 2, 3, 4]
+    s.put(5)
+    assert offsets(await asyncio.wait_for(waiting, 1)) == [5]
+    await it.aclose()
+
+
+async def test_a_batch_interrupted_is_never_acked_and_no_longer_tracked() -> None:
+    s = FakeStream()
+    s.put(0, 1)
+    it = greedy_batches(s, 10)
+    batch = await it.__anext__()
+    await it.aclose()  # the agent was cancelled while it processed the batch
+    assert s.consumer.acked == []
+    assert s.consumer.unacked == set()  # wait_empty must not wait for it forever
+    assert not any(e.message.acked or e.message.tracked for e in batch)
+
+
+async def test_stale_events_are_dropped_without_ack() -> None:
+    s = FakeStream()
+    s.put(0, generation=0)  # fetched before the last rebalance
+    s.put(1)
+    it = greedy_batches(s, 10)
+    assert offsets(await it.__anext__()) == [1]
+    s.put(2)
+    assert offsets(await it.__anext__()) == [2]
+    await it.aclose()
+    assert s.consumer.acked == [1]  # never 0: it is re-read in the new generation
+    assert s.consumer.unacked == set()
+
+
+async def test_flow_suspended_drops_the_whole_take() -> None:
+    s = FakeStream()
+    s.put(0, 1)
+    s.flow.active = False
+    it = greedy_batches(s, 10)
+    waiting = asyncio.ensure_future(it.__anext__())
+    await asyncio.sleep(0.02)
+    assert not waiting.done()  # both dropped, waiting for more
+    s.flow.active = True
+    s.put(0, 1)  # re-read from the committed offset after the rebalance
+    assert offsets(await asyncio.wait_for(waiting, 1)) == [0, 1]
+    await it.aclose()
+    assert s.consumer.acked == []
+
+
+async def test_linger_collects_while_events_keep_arriving() -> None:
+    s = FakeStream()
+
+    async def trickle() -> None:  # one event per loop turn, like the consumer's hand-over
+        for offset in range(1, 6):
+            s.put(offset)
+            await asyncio.sleep(0)
+
+    s.put(0)
+    feeder = asyncio.ensure_future(trickle())
+    it = greedy_batches(s, 100, linger=1.0)
+    batch = await it.__anext__()
+    await feeder
+    assert offsets(batch) == [0, 1, 2, 3, 4, 5]
+    await it.aclose()
+
+    s2 = FakeStream()
+    s2.put(0)
+    feeder = asyncio.ensure_future(trickle())
+    it = greedy_batches(s2, 100, linger=0)
+    assert offsets(await it.__anext__()) == [0]  # no linger: only what was queued
+    await feeder
+    await it.aclose()
+
+
+async def test_linger_stops_when_nothing_arrives() -> None:
+    s = FakeStream()
+    s.put(0)
+    it = greedy_batches(s, 100, linger=5.0)
+    started = asyncio.get_running_loop().time()
+    assert offsets(await it.__anext__()) == [0]
+    assert asyncio.get_running_loop().time() - started < 0.5
+    await it.aclose()
+
+
+async def test_actor_cancel_ends_the_iteration() -> None:
+    s = FakeStream()
+    it = greedy_batches(s, 10)
+    waiting = asyncio.ensure_future(it.__anext__())
+    await asyncio.sleep(0)
+    s.queue._throw(StopAsyncIteration())  # what faust's Actor.cancel() does
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 1)
+
+    async def cancel_while_lingering() -> None:
+        s.put(2)
+        s.queue._errors.append(StopAsyncIteration())
+
+    s.put(0, 1)
+    it = greedy_batches(s, 10, linger=1.0)
+    asyncio.ensure_future(cancel_while_lingering())
+    assert offsets(await it.__anext__()) == [0, 1]  # what was taken is still a batch
+    with pytest.raises(StopAsyncIteration):
+        await it.__anext__()
+    assert s.consumer.acked == [0, 1]
+
+
+async def test_max_events_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        await greedy_batches(FakeStream(), 0).__anext__()
+
+
+# ---- handover ------------------------------------------------------------------------
+class FakeService:
+    """Counts ``wait_first`` calls and runs them as mode's Service does (first wins)."""
+
+    def __init__(self) -> None:
+        self.races = 0
+
+    async def wait_first(self, *coros: Any) -> None:
+        self.races += 1
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+
+
+async def test_a_callback_that_does_not_suspend_runs_without_a_race() -> None:
+    service, flow, seen = FakeService(), asyncio.Event(), []
+
+    async def callback() -> None:
+        seen.append(1)
+
+    await handover.run_callback(service, callback(), flow)
+    assert seen == [1] and service.races == 0
+
+
+async def test_a_callback_that_suspends_finishes_under_the_race() -> None:
+    service, flow, seen = FakeService(), asyncio.Event(), []
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def callback() -> None:
+        seen.append("start")
+        seen.append(await gate)
+        await asyncio.sleep(0)
+        seen.append("end")
+
+    running = asyncio.ensure_future(handover.run_callback(service, callback(), flow))
+    await asyncio.sleep(0.01)
+    assert seen == ["start"] and not running.done()
+    gate.set_result(7)
+    await asyncio.wait_for(running, 1)
+    assert seen == ["start", 7, "end"] and service.races == 1
+
+
+async def test_a_suspended_callback_is_interrupted_by_a_rebalance() -> None:
+    service, flow = FakeService(), asyncio.Event()
+    cancelled = []
+
+    async def callback() -> None:
+        try:
+            await asyncio.sleep(10)  # e.g. a full agent queue
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    running = asyncio.ensure_future(handover.run_callback(service, callback(), flow))
+    await asyncio.sleep(0.01)
+    flow.set()  # suspend_flow: the fetcher moves on, the callback is cancelled
+    await asyncio.wait_for(running, 1)
+    await asyncio.sleep(0)
+    assert cancelled == [True]
+
+
+async def test_errors_of_the_callback_propagate() -> None:
+    async def sync_fail() -> None:
+        raise RuntimeError("decode")
+
+    with pytest.raises(RuntimeError):
+        await handover.run_callback(FakeService(), sync_fail(), asyncio.Event())
+
+    async def async_fail() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("later")
+
+    with pytest.raises(KeyError):
+        await handover.run_callback(FakeService(), async_fail(), asyncio.Event())
+
+
+def test_installed_on_the_faust_it_was_written_for() -> None:
+    from faust.transport.drivers.aiokafka import Consumer
+
+    assert handover.install()
+    assert Consumer._drain_messages is handover._drain_messages
