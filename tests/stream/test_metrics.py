@@ -35,7 +35,8 @@ def test_many_observations_at_once_equal_one_by_one() -> None:
     metrics.observe_end_to_end_many(produced_at_ms, now)
     after = histogram_samples(metrics.END_TO_END_LATENCY)
     added = {
-        (name.replace("customer_ai_end_to_end_latency", "reference"), le): value - before[(name, le)]
+        (name.replace("customer_ai_end_to_end_latency", "reference"), le): value
+        - before[(name, le)]
         for (name, le), value in after.items()
     }
     expected = histogram_samples(reference)
