@@ -96,8 +96,11 @@ def score_message(score: Score, scored_at: str, event_time: str | None = None) -
     )
 
 
-def segment_message(change: SegmentChange) -> bytes:
-    """The ``customer-ai.segments`` message."""
+def segment_message(change: SegmentChange, event_time: str | None = None) -> bytes:
+    """The ``customer-ai.segments`` message.
+
+    ``event_time`` is ``format_time(change.event_time_ms)``, when the caller has it.
+    """
     return orjson.dumps(
         {
             "profile_id": change.profile_id,
@@ -105,7 +108,7 @@ def segment_message(change: SegmentChange) -> bytes:
             "from": change.from_bucket,
             "to": change.to_bucket,
             "probability": rounded(change.probability, 6),
-            "event_time": format_time(change.event_time_ms),
+            "event_time": event_time or format_time(change.event_time_ms),
         }
     )
 
@@ -424,17 +427,25 @@ class BatchScorer:
         send = outbox.append
         top_factors: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
         scores_per_goal: Counter[str] = Counter()
-        last_ms, event_time = -1, ""  # an event's scores (one per goal) share its time
+        # event time -> its text: an event's scores (one per goal) and bucket changes share it
+        times: dict[int, str] = {}
         for score in out.scores:
-            if score.event_time_ms != last_ms:
-                last_ms, event_time = score.event_time_ms, format_time(score.event_time_ms)
+            ms = score.event_time_ms
+            event_time = times.get(ms)
+            if event_time is None:
+                event_time = times[ms] = format_time(ms)
             message = score_message(score, scored_at, event_time)
             send((self.scores_topic, score.profile_id.encode(), message))
             scores_per_goal[score.goal] += 1
             top_factors[score.profile_id][score.goal] = tuple(f["feature"] for f in score.factors)
         moves: Counter[tuple[str, str, str]] = Counter()
         for change in out.segment_changes:
-            send((self.segments_topic, change.profile_id.encode(), segment_message(change)))
+            ms = change.event_time_ms
+            event_time = times.get(ms)
+            if event_time is None:
+                event_time = times[ms] = format_time(ms)
+            message = segment_message(change, event_time)
+            send((self.segments_topic, change.profile_id.encode(), message))
             moves[(change.goal, str(change.from_bucket), change.to_bucket)] += 1
         examples_per_label: Counter[tuple[str, str]] = Counter()
         for example in out.examples:
