@@ -112,6 +112,10 @@ def run_id() -> str:
 
 
 # ---- servers --------------------------------------------------------------------------
+#: pids of the servers :func:`servers` started (``"broker"``, ``"redis"``), for CPU readings
+SERVER_PIDS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def servers(workdir: Path) -> Iterator[tuple[str, str]]:
     """``(bootstrap, redis_url)``: the environment's servers, else private ones."""
@@ -121,12 +125,14 @@ def servers(workdir: Path) -> Iterator[tuple[str, str]]:
         if not bootstrap:
             broker = stack.enter_context(BrokerProcess(log_path=workdir / "tansu.log"))
             bootstrap = broker.bootstrap
+            SERVER_PIDS["broker"] = broker.pid
             log(f"started Tansu on {bootstrap} (pid {broker.pid})")
         else:
             log(f"using the broker at {bootstrap}")
         if not redis_url:
             valkey = stack.enter_context(ValkeyProcess(log_path=workdir / "valkey.log"))
             redis_url = f"{valkey.url}/0"
+            SERVER_PIDS["redis"] = valkey.pid
             log(f"started Valkey on {redis_url} (pid {valkey.pid})")
         else:
             log(f"using the Redis at {redis_url}")

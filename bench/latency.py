@@ -44,11 +44,13 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    SERVER_PIDS,
     create_topics,
     emit,
     log,
     make_progress,
     on_signals_exit,
+    proc_cpu_seconds,
     producer,
     run_id,
     scan_topic,
@@ -59,6 +61,23 @@ from bench.common import (  # noqa: E402
 )
 
 TICK = 0.005
+
+
+async def cpu_by_thirds(pids: dict[str, int], seconds: float) -> dict[str, list[float]]:
+    """CPU cores each process used in each third of the next ``seconds`` (``/proc``)."""
+    third = seconds / 3
+    used: dict[str, list[float]] = {name: [] for name in pids}
+    last = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    for _ in range(3):
+        await asyncio.sleep(third)
+        for name, pid in pids.items():
+            try:
+                now = proc_cpu_seconds(pid)
+            except OSError:  # the process ended
+                continue
+            used[name].append(round((now - last[name]) / third, 2))
+            last[name] = now
+    return used
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,6 +138,7 @@ class Phase:
     def __init__(self, name: str, rate: float, seconds: float) -> None:
         self.name, self.rate, self.seconds = name, rate, seconds
         self.sent: dict[str, int] = {}  # event id -> CreateTime (ms)
+        self.cpu: dict[str, list[float]] = {}  # process -> CPU cores per third of the phase
         self.achieved = 0.0
         self.latencies: np.ndarray = np.empty(0)
         self.missing = 0
@@ -197,7 +217,13 @@ class Bench:
             if args.warmup > 0:
                 warm = Phase(f"{phase.name} warm-up", min(phase.rate, 1000.0), args.warmup)
                 await self.produce(warm, events_topic, ends)
+            assert worker.proc is not None
+            pids = {"worker": worker.proc.pid}
+            if "broker" in SERVER_PIDS:  # a broker this run started (not an external one)
+                pids["broker"] = SERVER_PIDS["broker"]
+            sampling = asyncio.ensure_future(cpu_by_thirds(pids, phase.seconds))
             await self.produce(phase, events_topic, ends)
+            phase.cpu = await sampling
             try:
                 await wait_committed(
                     self.bootstrap,
@@ -228,7 +254,9 @@ class Bench:
         log(
             f"{phase.name}: target {phase.rate:,.0f}/s, produced {phase.achieved:,.0f}/s, "
             f"{len(phase.sent):,} events, p50 {phase.percentile(50):,.0f} ms, "
-            f"p99 {phase.percentile(99):,.0f} ms, max {phase.percentile(100):,.0f} ms"
+            f"p99 {phase.percentile(99):,.0f} ms, max {phase.percentile(100):,.0f} ms; "
+            "CPU cores by thirds of the phase: "
+            + ", ".join(f"{name} {'/'.join(map(str, v))}" for name, v in phase.cpu.items())
             + (
                 f", [red]{phase.missing:,} without a score (percentiles are lower bounds)[/]"
                 if phase.missing
@@ -254,6 +282,8 @@ class Bench:
             phase = await self.measure(Phase(f"{rate:,.0f}/s", rate, args.duration), redis_url)
             result[f"p50_ms_at_{rate:.0f}"] = round(phase.percentile(50), 1)
             result[f"p99_ms_at_{rate:.0f}"] = round(phase.percentile(99), 1)
+            for name, cores in phase.cpu.items():
+                result[f"{name}_cpu_by_thirds_at_{rate:.0f}"] = cores
             if phase.holds(args.slo_ms):
                 held.append(rate)
         if args.no_ramp:
