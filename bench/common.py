@@ -112,7 +112,7 @@ def run_id() -> str:
 
 
 # ---- servers --------------------------------------------------------------------------
-#: pids of the servers :func:`servers` started (``"broker"``, ``"redis"``), for CPU readings
+#: pid of the broker :func:`servers` started (``"broker"``), for CPU readings
 SERVER_PIDS: dict[str, int] = {}
 
 
@@ -132,7 +132,6 @@ def servers(workdir: Path) -> Iterator[tuple[str, str]]:
         if not redis_url:
             valkey = stack.enter_context(ValkeyProcess(log_path=workdir / "valkey.log"))
             redis_url = f"{valkey.url}/0"
-            SERVER_PIDS["redis"] = valkey.pid
             log(f"started Valkey on {redis_url} (pid {valkey.pid})")
         else:
             log(f"using the Redis at {redis_url}")

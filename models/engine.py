@@ -47,8 +47,6 @@ from models.state import NEVER, ProfileState, Snapshot
 
 __all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange"]
 
-_floor = math.floor
-
 #: Numeric event values beyond this magnitude are rejected as not a plausible amount.
 MAX_VALUE = 1e12
 
@@ -378,13 +376,12 @@ class Engine:
 
         def explain() -> list[Factor]:
             names, labels = fz.names, fz.labels
-            # rounded(x, 4) inlined: ten calls per score otherwise
             return [
                 {
                     "feature": names[i],
                     "label": labels[names[i]],
-                    "value": _floor(vector[i] * 1e4 + 0.5) / 1e4,
-                    "contribution": _floor(c * 1e4 + 0.5) / 1e4,
+                    "value": rounded(vector[i], 4),
+                    "contribution": rounded(c, 4),
                 }
                 for i, c in model.top_contributions(transformed)
             ]

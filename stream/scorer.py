@@ -429,22 +429,21 @@ class BatchScorer:
         scores_per_goal: Counter[str] = Counter()
         # event time -> its text: an event's scores (one per goal) and bucket changes share it
         times: dict[int, str] = {}
+
+        def time_text(ms: int) -> str:
+            text = times.get(ms)
+            if text is None:
+                text = times[ms] = format_time(ms)
+            return text
+
         for score in out.scores:
-            ms = score.event_time_ms
-            event_time = times.get(ms)
-            if event_time is None:
-                event_time = times[ms] = format_time(ms)
-            message = score_message(score, scored_at, event_time)
+            message = score_message(score, scored_at, time_text(score.event_time_ms))
             send((self.scores_topic, score.profile_id.encode(), message))
             scores_per_goal[score.goal] += 1
             top_factors[score.profile_id][score.goal] = tuple(f["feature"] for f in score.factors)
         moves: Counter[tuple[str, str, str]] = Counter()
         for change in out.segment_changes:
-            ms = change.event_time_ms
-            event_time = times.get(ms)
-            if event_time is None:
-                event_time = times[ms] = format_time(ms)
-            message = segment_message(change, event_time)
+            message = segment_message(change, time_text(change.event_time_ms))
             send((self.segments_topic, change.profile_id.encode(), message))
             moves[(change.goal, str(change.from_bucket), change.to_bucket)] += 1
         examples_per_label: Counter[tuple[str, str]] = Counter()

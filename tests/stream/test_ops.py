@@ -442,15 +442,16 @@ def _last_scores(ops: OpsRun, goal: str) -> dict[str, dict[str, Any]]:
     return last
 
 
-def _busiest_bucket(ops: OpsRun, with_factors: bool = False) -> str:
+def _busiest_bucket(
+    final: dict[tuple[str, str], str], last: dict[str, dict], with_factors: bool = False
+) -> str:
     """The conversion bucket holding the most profiles (with factors: served by a trained
     model) at the end. Which bucket that is depends on when the trainer's first model
     arrived relative to the scoring (warm-up scores share one probability), not on
     anything these tests check, so they use whichever bucket is populated."""
-    last = _last_scores(ops, "conversion")
     sizes = Counter(
         b
-        for (g, pid), b in _final_buckets(ops).items()
+        for (g, pid), b in final.items()
         if g == "conversion" and (not with_factors or last[pid]["factors"])
     )
     assert sizes, "no conversion profile in any bucket" + (" with factors" * with_factors)
@@ -460,7 +461,7 @@ def _busiest_bucket(ops: OpsRun, with_factors: bool = False) -> str:
 def test_segment_cli_lists_the_bucket_of_the_segments_topic(ops: OpsRun) -> None:
     final = _final_buckets(ops)
     last = _last_scores(ops, "conversion")
-    bucket = _busiest_bucket(ops)
+    bucket = _busiest_bucket(final, last)
     result = ops.cli(
         "segment", "--goal", "conversion", "--bucket", bucket, "--limit", "0", "--json"
     )  # fmt: skip
@@ -486,7 +487,7 @@ def test_segment_cli_lists_the_bucket_of_the_segments_topic(ops: OpsRun) -> None
 def test_segment_cli_filters_by_top_factor(ops: OpsRun) -> None:
     final = _final_buckets(ops)
     last = _last_scores(ops, "conversion")
-    bucket = _busiest_bucket(ops, with_factors=True)
+    bucket = _busiest_bucket(final, last, with_factors=True)
     members = [pid for (g, pid), b in final.items() if g == "conversion" and b == bucket]
     factors = Counter(f["feature"] for pid in members for f in last[pid]["factors"])
     assert factors, "no factors: the conversion model never left warm-up"
