@@ -99,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--no-ramp", action="store_true", help="skip max_sustained_eps")
+    p.add_argument(
+        "--partitions", type=int, default=4, help="partitions of the events and scores topics"
+    )
+    p.add_argument(
+        "--linger-ms",
+        type=int,
+        default=5,
+        help="the load generator's producer linger (5: the default of Kafka 4's producer)",
+    )
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--worker-repo", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=None)
@@ -161,7 +170,7 @@ class Bench:
         self.args, self.bootstrap, self.workdir = args, bootstrap, workdir
         self.source = Source(args.profiles, args.days, args.seed)
         self.base = f"bench-{run_id()}-latency"
-        self.prod = producer(bootstrap, linger_ms=0)
+        self.prod = producer(bootstrap, linger_ms=args.linger_ms)
         self.runs = 0
 
     async def produce(self, phase: Phase, topic: str, ends: dict[int, int]) -> None:
@@ -199,7 +208,9 @@ class Bench:
         self.runs += 1
         prefix = f"{self.base}-{self.runs}"
         app_id, events_topic, scores_topic = f"{prefix}-app", f"{prefix}.events", f"{prefix}.scores"
-        await create_topics(self.bootstrap, {events_topic: 4, scores_topic: 4})
+        await create_topics(
+            self.bootstrap, {events_topic: args.partitions, scores_topic: args.partitions}
+        )
         (worker,) = start_workers(
             1,
             self.bootstrap,
@@ -328,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     keys = ["p50_ms_at_1000", "p99_ms_at_1000", "p50_ms_at_5000", "p99_ms_at_5000"]
     ordered = {k: result.get(k) for k in keys}
     ordered.update({k: v for k, v in result.items() if k not in ordered})
+    ordered.update(
+        partitions=args.partitions,
+        linger_ms=args.linger_ms,
+        worker_env=dict(kv.split("=", 1) for kv in args.worker_env),
+    )
     emit(ordered)
     return 0
 

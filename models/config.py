@@ -33,6 +33,7 @@ import math
 import os
 import re
 import sys
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,10 +157,8 @@ class BucketConfig:
         >>> BucketConfig().bucket(10), BucketConfig().bucket(25), BucketConfig().bucket(80)
         ('low', 'medium', 'high')
         """
-        for threshold, name in zip(self.thresholds, self.names):
-            if percentile < threshold:
-                return name
-        return self.names[-1]
+        # thresholds ascend (parse_config checks): the bucket is the number at or below
+        return self.names[bisect_right(self.thresholds, percentile)]
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
+
+import numpy as np
 
 from models.config import Config
 from models.events import Event, InvalidEvent, get_path
@@ -45,7 +47,7 @@ from models.quantiles import PercentileSketch
 from models.rounding import rounded, rounded_list
 from models.state import NEVER, ProfileState, Snapshot
 
-__all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange"]
+__all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange", "explain_scores"]
 
 #: Numeric event values beyond this magnitude are rejected as not a plausible amount.
 MAX_VALUE = 1e12
@@ -62,6 +64,29 @@ class Factor(TypedDict):
     label: str
     value: float
     contribution: float
+
+
+#: What a score's factors are computed from, when they are asked for: the served model,
+#: the feature vector, its :func:`~models.model.transform` and ``(name, label)`` per feature.
+FactorBasis = tuple[LinearModel, list[float], list[float], list[tuple[str, str]]]
+
+
+def _factors_of(
+    model: LinearModel,
+    vector: list[float],
+    transformed: list[float],
+    parts: list[tuple[str, str]],
+) -> list[Factor]:
+    """The top factors of one score (the reference :func:`explain_scores` agrees with)."""
+    return [
+        {
+            "feature": parts[i][0],
+            "label": parts[i][1],
+            "value": rounded(vector[i], 4),
+            "contribution": rounded(c, 4),
+        }
+        for i, c in model.top_contributions(transformed)
+    ]
 
 
 _SCORE_FIELDS = (
@@ -96,7 +121,7 @@ class Score:
         "_factors",
         "event_id",
         "event_time_ms",
-        "_explain",
+        "_basis",
     )
 
     def __init__(
@@ -111,7 +136,7 @@ class Score:
         factors: list[Factor] | None,
         event_id: str,
         event_time_ms: int,
-        explain: Callable[[], list[Factor]] | None = None,
+        basis: FactorBasis | None = None,
     ) -> None:
         self.profile_id = profile_id
         self.goal = goal
@@ -123,20 +148,21 @@ class Score:
         self._factors = factors
         self.event_id = event_id
         self.event_time_ms = event_time_ms
-        self._explain = explain
+        self._basis = basis
 
     @property
     def factors(self) -> list[Factor]:
         """Top signed factors (empty while warming up)."""
         if self._factors is None:
-            self._factors = self._explain() if self._explain is not None else []
-            self._explain = None
+            basis = self._basis
+            self._factors = _factors_of(*basis) if basis is not None else []
+            self._basis = None
         return self._factors
 
     @factors.setter
     def factors(self, value: list[Factor]) -> None:
         self._factors = value
-        self._explain = None
+        self._basis = None
 
     def _key(self) -> tuple:
         return tuple(getattr(self, f) for f in _SCORE_FIELDS)
@@ -195,6 +221,66 @@ class Outcome:
         self.examples.clear()
 
 
+#: Fewer scores than this per model are explained one by one (numpy's fixed cost).
+EXPLAIN_BATCH_MIN = 8
+
+
+def explain_scores(scores: Sequence[Score]) -> None:
+    """Compute the factors of many scores at once, as :attr:`Score.factors` would.
+
+    The scores of one model are explained together: their transformed vectors form
+    one matrix, the contributions ``w * (x' - mean) / std`` and their order (by
+    ``|contribution|``, ties by feature name) are computed by numpy, element by
+    element with the same IEEE operations as :meth:`LinearModel.top_contributions`,
+    so every factor is the same double the one-by-one path gives. Scores whose factors
+    are known already are left alone.
+
+    Examples
+    --------
+    >>> from models.model import LinearModel
+    >>> model = LinearModel("g", 1, ["a", "b", "c"], [0.0] * 3, [1.0] * 3, [1.0, -2.0, 0.5],
+    ...                     0.0, warming_up=False)
+    >>> parts = [("a", "Visits"), ("b", "Carts"), ("c", "Orders")]
+    >>> def score(x):
+    ...     basis = (model, x, transform(x), parts)
+    ...     return Score("p", "g", 0.5, 50.0, "medium", 1, False, None, "e", 0, basis)
+    >>> vectors = [[float(k), 1.0, 2.0] for k in range(10)]
+    >>> batch = [score(x) for x in vectors]
+    >>> explain_scores(batch)
+    >>> batch[3]._basis is None  # computed
+    True
+    >>> [f["feature"] for f in batch[3].factors]  # |1.3863| twice: ties by name
+    ['a', 'b', 'c']
+    >>> [s.factors for s in batch] == [score(x).factors for x in vectors]
+    True
+    """
+    groups: dict[int, list[Score]] = {}
+    for score in scores:
+        if score._factors is None and score._basis is not None:
+            groups.setdefault(id(score._basis[0]), []).append(score)
+    for group in groups.values():
+        if len(group) < EXPLAIN_BATCH_MIN:
+            for score in group:
+                score.factors  # noqa: B018 - computes and keeps them
+            continue
+        model, _, _, parts = group[0]._basis  # type: ignore[misc]
+        transformed = np.array([score._basis[2] for score in group])  # type: ignore[index]
+        positions, contributions = model.top_contributions_many(transformed)
+        rounded_contributions = np.floor(contributions * 1e4 + 0.5) / 1e4  # as rounded(c, 4)
+        for score, row, cs in zip(group, positions.tolist(), rounded_contributions.tolist()):
+            vector = score._basis[1]  # type: ignore[index]
+            score._factors = [
+                {
+                    "feature": parts[i][0],
+                    "label": parts[i][1],
+                    "value": rounded(vector[i], 4),
+                    "contribution": c,
+                }
+                for i, c in zip(row, cs)
+            ]
+            score._basis = None
+
+
 class Engine:
     """Per-event state update, scoring and labelling (see the module docstring).
 
@@ -209,6 +295,7 @@ class Engine:
     def __init__(self, config: Config, models: dict[str, LinearModel] | None = None) -> None:
         self.config = config
         self.featurizer = Featurizer(config)
+        self._factor_parts = [(n, self.featurizer.labels[n]) for n in self.featurizer.names]
         self.goals = list(config.goals)
         self.windows = {g.name: g.window_ms for g in self.goals}
         self._window_items = list(self.windows.items())
@@ -313,13 +400,13 @@ class Engine:
             model = self.models[goal.name]
             if model.warming_up:
                 probability = model.base_rate
-                explain = None
+                basis: FactorBasis | None = None
                 factors: list[Factor] | None = []
             else:
                 if transformed is None:
                     transformed = transform(vector)
                 probability = model.probability_t(transformed)
-                explain = self._explainer(model, vector, transformed)
+                basis = (model, vector, transformed, self._factor_parts)
                 factors = None
             percentile = self.sketches[goal.name].add_and_rank(probability)
             bucket = buckets.bucket(percentile)
@@ -335,7 +422,7 @@ class Engine:
                     factors,
                     event.event_id,
                     ts,
-                    explain,
+                    basis,
                 )
             )
             if bucket != gs.bucket:
@@ -367,26 +454,6 @@ class Engine:
                     gs.pending.sort(key=lambda s: s.open_ts)
                 gs.last_open_ts = ts
         return state
-
-    def _explainer(
-        self, model: LinearModel, vector: list[float], transformed: list[float]
-    ) -> Callable[[], list[Factor]]:
-        """A deferred computation of the top factors of one score."""
-        fz = self.featurizer
-
-        def explain() -> list[Factor]:
-            names, labels = fz.names, fz.labels
-            return [
-                {
-                    "feature": names[i],
-                    "label": labels[names[i]],
-                    "value": rounded(vector[i], 4),
-                    "contribution": rounded(c, 4),
-                }
-                for i, c in model.top_contributions(transformed)
-            ]
-
-        return explain
 
     def expire(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
         """Mature snapshots whose window closed before the partition ``watermark``.

@@ -32,7 +32,6 @@ Every batch is processed inside a guard: an exception never escapes into Faust
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import time
@@ -47,6 +46,7 @@ from models.engine import Engine
 from models.features import Featurizer
 from stream import handover, metrics
 from stream.batching import greedy_batches
+from stream.collector import BetweenBatchesCollector
 from stream.lag import LagPoller
 from stream.producer import BatchProducer, OutMessage
 from stream.scorer import BatchScorer, Record
@@ -58,6 +58,8 @@ from stream.trainer import TrainerStep
 __all__ = ["app", "assigned_partitions", "runtime", "settings"]
 
 log = logging.getLogger("customer_ai")
+#: cyclic garbage is collected between batches, never inside one (stream.collector)
+COLLECTOR = BetweenBatchesCollector()
 
 settings = Settings.from_env()
 config = load_config(settings.config_path)
@@ -212,7 +214,19 @@ async def _load_models(rt: Runtime) -> None:
 
 
 async def _guarded(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
-    """Run a batch step; retry unexpected errors, never let one escape into Faust."""
+    """Run a batch step; retry unexpected errors, never let one escape into Faust.
+
+    Cyclic garbage is collected after the batch, when its objects are gone (see
+    :mod:`stream.collector`).
+    """
+    try:
+        await _with_retries(step, records, what)
+    finally:
+        COLLECTOR.collect_if_due()
+
+
+async def _with_retries(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
+    """Run ``step``; retry it 5 times, then send the batch to the DLQ."""
     delay = 0.5
     for attempt in range(1, 6):
         try:
@@ -336,6 +350,12 @@ async def publish_gauges() -> None:
 
 
 @app.timer(interval=1.0)
+async def collect_garbage() -> None:
+    """Collect cyclic garbage when due, also while no batch comes (an idle worker)."""
+    COLLECTOR.collect_if_due()
+
+
+@app.timer(interval=1.0)
 async def refresh_models() -> None:
     """Pick up newer model versions published by the trainer."""
     try:
@@ -358,10 +378,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from stream import web  # noqa: F401 - registers the HTTP views
 
-    # Scoring allocates many short-lived objects per event: collect the young
-    # generation less often, and never scan the modules and app loaded so far.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    # never scan the modules and app loaded so far; collect between batches only
+    COLLECTOR.install()
     level = os.environ.get("CUSTOMER_AI_LOG_LEVEL", "info")
     Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()

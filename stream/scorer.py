@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from models.engine import Engine, Example, Outcome, Score, SegmentChange
+from models.engine import Engine, Example, Outcome, Score, SegmentChange, explain_scores
 from models.events import Event, InvalidEvent, decode_event
 from models.model import LinearModel
 from models.profile import format_time
@@ -436,6 +436,7 @@ class BatchScorer:
                 text = times[ms] = format_time(ms)
             return text
 
+        explain_scores(out.scores)  # per model, in numpy: the same factors, a third of the CPU
         for score in out.scores:
             message = score_message(score, scored_at, time_text(score.event_time_ms))
             send((self.scores_topic, score.profile_id.encode(), message))

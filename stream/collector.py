@@ -1,0 +1,67 @@
+"""Cyclic garbage collection between batches, never inside one.
+
+CPython's cyclic collector runs whenever allocations minus deallocations of container
+objects pass a threshold, wherever the program is. In a scoring worker that is the
+middle of a batch: thousands of events, profile states, scores and messages are alive,
+and every young-generation collection traverses them and promotes them to an older
+generation, only for them all to be freed by reference counting when the batch ends.
+None of them is cyclic garbage. On ``bench/throughput.py`` that traversal cost the
+worker about a sixth of its CPU (88 against 73 us per event, side by side).
+
+:class:`BetweenBatchesCollector` turns the automatic collector off and collects at the
+points where almost nothing is alive: after each batch, and on a timer so that an idle
+worker still collects. It keeps CPython's generational scheme: generation 0 is collected
+once the count of net new container objects reaches the first threshold, generation 1
+every ``thresholds[1]`` collections of generation 0, generation 2 every
+``thresholds[2]`` of generation 1 (the counts :func:`gc.get_count` reports, which
+:func:`gc.collect` advances as the automatic collector does). Cyclic garbage made during
+a batch is freed right after it, so memory stays bounded by what one batch makes.
+
+Examples
+--------
+>>> collector = BetweenBatchesCollector(thresholds=(10**9, 10, 10))
+>>> collector.collect_if_due()  # far below the threshold: nothing to do
+"""
+
+from __future__ import annotations
+
+import gc
+
+__all__ = ["BetweenBatchesCollector"]
+
+
+class BetweenBatchesCollector:
+    """Collect cyclic garbage only when :meth:`collect_if_due` is called.
+
+    Parameters
+    ----------
+    thresholds
+        ``(net new objects, generation-0 collections, generation-1 collections)`` that
+        make generation 0, 1 and 2 due, with the meaning of :func:`gc.set_threshold`.
+    """
+
+    def __init__(self, thresholds: tuple[int, int, int] = (10_000, 10, 10)) -> None:
+        if min(thresholds) < 1:
+            raise ValueError("collector thresholds must be >= 1")
+        self.thresholds = thresholds
+        self.collections = [0, 0, 0]
+
+    def install(self) -> None:
+        """Freeze what exists now (modules, the app) and turn automatic collection off.
+
+        Objects made before this are never traversed again (:func:`gc.freeze`).
+        """
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+
+    def collect_if_due(self) -> int | None:
+        """Collect the oldest due generation (and the younger ones); return it, or None."""
+        count0, count1, count2 = gc.get_count()
+        t0, t1, t2 = self.thresholds
+        if count0 < t0:
+            return None
+        generation = 2 if count2 >= t2 else 1 if count1 >= t1 else 0
+        gc.collect(generation)
+        self.collections[generation] += 1
+        return generation

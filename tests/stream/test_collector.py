@@ -1,0 +1,81 @@
+"""Cyclic garbage is collected between batches only, generation by generation."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from stream.collector import BetweenBatchesCollector
+
+
+class Node:
+    """A container that can sit in a reference cycle (and be watched by a weakref)."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def cycle() -> weakref.ref[Node]:
+    """Make a two-object cycle no name refers to; return a weak reference to it."""
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+@pytest.fixture
+def manual_gc() -> Iterator[None]:
+    """Automatic collection off for the test; the interpreter's state restored after."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def test_install_freezes_what_exists_and_turns_automatic_collection_off() -> None:
+    was_enabled = gc.isenabled()
+    try:
+        BetweenBatchesCollector().install()
+        assert not gc.isenabled()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_count()[0] < 100  # counting starts again from (almost) nothing
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def test_cycles_wait_for_a_due_collection_then_are_freed(manual_gc: None) -> None:
+    collector = BetweenBatchesCollector(thresholds=(500, 10, 10))
+    garbage = cycle()
+    assert collector.collect_if_due() is None  # below the threshold: nothing collected
+    assert garbage() is not None  # a cycle is not freed by reference counting
+    alive = [Node() for _ in range(600)]  # what a batch in progress holds
+    assert collector.collect_if_due() == 0
+    assert garbage() is None
+    assert collector.collections == [1, 0, 0]
+    del alive
+
+
+def test_generations_are_collected_as_cpython_schedules_them(manual_gc: None) -> None:
+    collector = BetweenBatchesCollector(thresholds=(50, 2, 2))
+    seen = []
+    for _ in range(9):
+        batch = [Node() for _ in range(60)]  # survives until collected: the count stays up
+        seen.append(collector.collect_if_due())
+        del batch
+    # generation 1 every 2nd collection of generation 0, generation 2 every 2nd of 1
+    assert seen == [0, 0, 1, 0, 0, 1, 2, 0, 0]
+    assert collector.collections == [6, 2, 1]
+
+
+def test_thresholds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=">= 1"):
+        BetweenBatchesCollector(thresholds=(0, 10, 10))
