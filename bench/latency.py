@@ -1,13 +1,20 @@
 """Latency: event produced -> its score message, at fixed produce rates, and the max rate.
 
 Each phase runs a fresh ``customer-ai worker`` on fresh topics (the profiles' state in
-Redis and the trained models seeded first carry over): Tansu's in-memory storage gets
-slower as a partition collects record batches, and live traffic makes many small ones,
-so one long-lived topic would measure the broker, not the worker. A phase warms its
-worker up (``--warmup`` seconds at up to 1,000 events/s, not counted), then produces the
-synthetic shop's events as live traffic (in order, keyed by profile id, each stamped
-with its send time as event time) at a fixed rate, sending every 5 ms, and waits until
-the worker committed every event. Phases:
+Redis and the trained models seeded first carry over). A phase warms its worker up
+(``--warmup`` seconds at up to 1,000 events/s, not counted), then produces the synthetic
+shop's events as live traffic (in order, keyed by profile id, each stamped with its send
+time as event time) at a fixed rate, sending every 5 ms with the producer settings of
+Kafka 4 (``linger.ms`` 5: ``--linger-ms``), and waits until the worker committed every
+event. The load generator never pauses for garbage collection (it did, for up to 0.4 s).
+
+The events and scores topics have one partition (``--partitions``): Tansu's in-memory
+engine lists every record batch of a partition on each fetch and never deletes one, so
+its cost per fetch grows with the batches written. Keyed live traffic over 4 partitions
+writes about 4 times the batches of one, and over a 60 s phase the broker's CPU and the
+latency grow with them (measured: p99 by thirds 30/45/150 ms at 1,000 events/s with 4
+partitions, 25/27/34 with one); with one partition the figure is the worker's. Fresh
+topics per phase keep one phase's batches from slowing the next. Phases:
 
 - each rate of ``--rates`` (default 1,000 and 5,000 events/s) for ``--duration`` seconds
   (default 60);
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import tempfile
 import time
@@ -100,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--no-ramp", action="store_true", help="skip max_sustained_eps")
     p.add_argument(
-        "--partitions", type=int, default=4, help="partitions of the events and scores topics"
+        "--partitions", type=int, default=1, help="partitions of the events and scores topics"
     )
     p.add_argument(
         "--linger-ms",
@@ -111,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--worker-repo", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument(
+        "--dump", type=Path, default=None, help="save each phase's latencies (send order), .npy"
+    )
     return p
 
 
@@ -155,6 +166,17 @@ class Phase:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies.size else float("inf")
 
+    def p99_by_thirds(self) -> list[float]:
+        """p99 of the events sent in each third of the phase (``latencies`` is in send order)."""
+        thirds = np.array_split(self.latencies, 3) if self.latencies.size >= 3 else []
+        return [round(float(np.percentile(t, 99)), 1) for t in thirds]
+
+    def worst_at_s(self) -> float:
+        """Seconds into the phase at which the slowest event was sent."""
+        if not self.latencies.size:
+            return 0.0
+        return round(float(np.argmax(self.latencies)) / self.rate, 1)
+
     def holds(self, slo_ms: float) -> bool:
         return (
             self.achieved >= 0.97 * self.rate
@@ -177,6 +199,22 @@ class Bench:
         """Produce ``phase.rate`` events/s for ``phase.seconds`` (sends every ``TICK`` s)."""
         n = int(phase.rate * phase.seconds)
         messages = self.source.take(n)
+        # The load generator must not pause: collections over the events held here (and
+        # the send times) delayed sends by up to 0.4 s (p99 109-134 ms for two seconds of
+        # a 5,000/s phase, 25-35 ms around them).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            await self._produce(phase, topic, ends, messages)
+        finally:
+            gc.enable()
+            gc.unfreeze()
+
+    async def _produce(
+        self, phase: Phase, topic: str, ends: dict[int, int], messages: list[Any]
+    ) -> None:
+        n = len(messages)
         futures = []
         started = time.perf_counter()
         sent = 0
@@ -262,10 +300,15 @@ class Bench:
             [first.get(e, waited_until) - ts for e, ts in phase.sent.items()], dtype=float
         )  # censored: an event never scored counts as scored when the wait ended
         phase.missing = sum(1 for e in phase.sent if e not in first)
+        if args.dump is not None:
+            args.dump.mkdir(parents=True, exist_ok=True)
+            np.save(args.dump / f"latency-{self.runs}-{phase.rate:.0f}.npy", phase.latencies)
         log(
             f"{phase.name}: target {phase.rate:,.0f}/s, produced {phase.achieved:,.0f}/s, "
             f"{len(phase.sent):,} events, p50 {phase.percentile(50):,.0f} ms, "
-            f"p99 {phase.percentile(99):,.0f} ms, max {phase.percentile(100):,.0f} ms; "
+            f"p99 {phase.percentile(99):,.0f} ms (by thirds: "
+            f"{'/'.join(f'{v:,.0f}' for v in phase.p99_by_thirds())}), "
+            f"max {phase.percentile(100):,.0f} ms (sent at {phase.worst_at_s()} s); "
             "CPU cores by thirds of the phase: "
             + ", ".join(f"{name} {'/'.join(map(str, v))}" for name, v in phase.cpu.items())
             + (
@@ -293,6 +336,7 @@ class Bench:
             phase = await self.measure(Phase(f"{rate:,.0f}/s", rate, args.duration), redis_url)
             result[f"p50_ms_at_{rate:.0f}"] = round(phase.percentile(50), 1)
             result[f"p99_ms_at_{rate:.0f}"] = round(phase.percentile(99), 1)
+            result[f"p99_ms_by_thirds_at_{rate:.0f}"] = phase.p99_by_thirds()  # type: ignore[assignment]
             for name, cores in phase.cpu.items():
                 result[f"{name}_cpu_by_thirds_at_{rate:.0f}"] = cores
             if phase.holds(args.slo_ms):

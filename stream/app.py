@@ -68,13 +68,15 @@ config = load_config(settings.config_path)
 def _tune_faust_consumer(fetch_max_wait_ms: int) -> None:
     """Let the consumer's fetches return after ``fetch_max_wait_ms`` when no data came.
 
-    Faust hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer. A broker
-    answers a fetch as soon as it has data, but Tansu holds it for up to that long, so
-    events waited 0.4 s (p50) to 1.5 s before the worker even saw them. Shorter is not
-    free: a bare consumer on Tansu sees p50/max 4.4/9.3 ms with 10 ms (27/53 ms with
-    100 ms), but a worker fetching every 10 ms stalled for 13-20 s in 60 s runs at 1,000
-    events/s (Tansu slows down as its partitions collect record batches), so the default
-    stays 100 ms.
+    Faust hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer. Apache Kafka
+    answers a fetch as soon as it has data, so there the wait only bounds idle polling.
+    Tansu is not woken by a produce: it re-reads the partitions at 0, 1/2, 3/4... of the
+    wait (``tansu-storage/src/service/fetch.rs``), so an event arriving during a wait is
+    seen a quarter to a half of it later. 20 ms keeps that to 5-10 ms. Much shorter is
+    not free on Tansu: its in-memory engine lists every record batch of a partition on
+    each fetch and gives up when the listing outlasts the wait (the partition then
+    returns nothing), so a worker fetching every 10 ms stalled for 13-20 s in 60 s runs
+    at 1,000 events/s keyed over 4 partitions.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 

@@ -19,10 +19,10 @@ CUSTOMER_AI_BATCH_WITHIN           0.005                       longest a batch k
                                                                while events still arrive (s);
                                                                it never waits for events that
                                                                are not coming
-CUSTOMER_AI_FETCH_MAX_WAIT_MS      100                         longest a fetch waits for new
+CUSTOMER_AI_FETCH_MAX_WAIT_MS      20                          longest a fetch waits for new
                                                                events (Faust hard-codes 1500;
-                                                               Tansu holds a fetch that long
-                                                               even when data arrives)
+                                                               Tansu re-checks a waiting fetch
+                                                               only at 1/2, 3/4... of it)
 CUSTOMER_AI_SESSION_TIMEOUT        10                          consumer session timeout (s)
 CUSTOMER_AI_REBALANCE_TIMEOUT      5                           rebalance timeout (s)
 CUSTOMER_AI_METRICS_INTERVAL       5                           seconds between lag readings
@@ -57,7 +57,7 @@ class Settings:
     web_port: int = 6066
     batch_max: int = 2000
     batch_within: float = 0.005
-    fetch_max_wait_ms: int = 100
+    fetch_max_wait_ms: int = 20
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0
     metrics_interval: float = 5.0
