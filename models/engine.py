@@ -107,7 +107,8 @@ class Score:
     """A goal's score for a profile at one event.
 
     ``factors`` are computed on first access (the backtest reads them only for the
-    report, the stream for every message), from the served model and the features.
+    report), from the served model and the features, or for a whole batch at once by
+    :func:`explain_scores` (the stream, before it writes the messages).
     """
 
     __slots__ = (

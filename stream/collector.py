@@ -5,8 +5,9 @@ objects pass a threshold, wherever the program is. In a scoring worker that is t
 middle of a batch: thousands of events, profile states, scores and messages are alive,
 and every young-generation collection traverses them and promotes them to an older
 generation, only for them all to be freed by reference counting when the batch ends.
-None of them is cyclic garbage. On ``bench/throughput.py`` that traversal cost the
-worker about a sixth of its CPU (88 against 73 us per event, side by side).
+None of them is cyclic garbage. Worker CPU per event on ``bench/throughput.py --setups
+scorer`` (variants interleaved twice): 95-97 us with CPython's default thresholds, 88-91
+with (50,000, 20, 100), 81-84 collecting between batches, 78-88 never collecting.
 
 :class:`BetweenBatchesCollector` turns the automatic collector off and collects at the
 points where almost nothing is alive: after each batch, and on a timer so that an idle
