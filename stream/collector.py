@@ -15,8 +15,9 @@ worker still collects. It keeps CPython's generational scheme: generation 0 is c
 once the count of net new container objects reaches the first threshold, generation 1
 every ``thresholds[1]`` collections of generation 0, generation 2 every
 ``thresholds[2]`` of generation 1 (the counts :func:`gc.get_count` reports, which
-:func:`gc.collect` advances as the automatic collector does). Cyclic garbage made during
-a batch is freed right after it, so memory stays bounded by what one batch makes.
+:func:`gc.collect` advances as the automatic collector does). Cyclic garbage waits for
+its generation's next due collection, as under the automatic collector, only never in
+the middle of a batch.
 
 Examples
 --------
