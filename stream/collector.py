@@ -6,8 +6,8 @@ middle of a batch: thousands of events, profile states, scores and messages are 
 and every young-generation collection traverses them and promotes them to an older
 generation, only for them all to be freed by reference counting when the batch ends.
 None of them is cyclic garbage. Worker CPU per event on ``bench/throughput.py --setups
-scorer`` (variants interleaved twice): 95-97 us with CPython's default thresholds, 88-91
-with (50,000, 20, 100), 81-84 collecting between batches, 78-88 never collecting.
+scorer``, interleaved: 65 and 65 us collecting between batches, 75 and 73 with the
+automatic collector at thresholds (50,000, 20, 100).
 
 :class:`BetweenBatchesCollector` turns the automatic collector off and collects at the
 points where almost nothing is alive: after each batch, and on a timer so that an idle
