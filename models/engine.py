@@ -44,7 +44,7 @@ from models.features import Featurizer
 from models.labels import example_id, resolve_closed, resolve_goal_event
 from models.model import LinearModel, transform
 from models.quantiles import PercentileSketch
-from models.rounding import rounded, rounded_list
+from models.rounding import rounded, rounded_array, rounded_list
 from models.state import NEVER, ProfileState, Snapshot
 
 __all__ = ["Engine", "Example", "Factor", "Outcome", "Score", "SegmentChange", "explain_scores"]
@@ -78,14 +78,25 @@ def _factors_of(
     parts: list[tuple[str, str]],
 ) -> list[Factor]:
     """The top factors of one score (the reference :func:`explain_scores` agrees with)."""
+    top = model.top_contributions(transformed)
+    return _factor_list(parts, vector, [i for i, _ in top], [rounded(c, 4) for _, c in top])
+
+
+def _factor_list(
+    parts: list[tuple[str, str]],
+    vector: list[float],
+    positions: list[int],
+    contributions: list[float],
+) -> list[Factor]:
+    """Factor dicts of the features at ``positions``, contributions already rounded."""
     return [
         {
             "feature": parts[i][0],
             "label": parts[i][1],
             "value": rounded(vector[i], 4),
-            "contribution": rounded(c, 4),
+            "contribution": c,
         }
-        for i, c in model.top_contributions(transformed)
+        for i, c in zip(positions, contributions)
     ]
 
 
@@ -267,18 +278,9 @@ def explain_scores(scores: Sequence[Score]) -> None:
         model, _, _, parts = group[0]._basis  # type: ignore[misc]
         transformed = np.array([score._basis[2] for score in group])  # type: ignore[index]
         positions, contributions = model.top_contributions_many(transformed)
-        rounded_contributions = np.floor(contributions * 1e4 + 0.5) / 1e4  # as rounded(c, 4)
-        for score, row, cs in zip(group, positions.tolist(), rounded_contributions.tolist()):
-            vector = score._basis[1]  # type: ignore[index]
-            score._factors = [
-                {
-                    "feature": parts[i][0],
-                    "label": parts[i][1],
-                    "value": rounded(vector[i], 4),
-                    "contribution": c,
-                }
-                for i, c in zip(row, cs)
-            ]
+        rows = zip(group, positions.tolist(), rounded_array(contributions, 4).tolist())
+        for score, row, cs in rows:
+            score._factors = _factor_list(parts, score._basis[1], row, cs)  # type: ignore[index]
             score._basis = None
 
 

@@ -11,13 +11,17 @@ Examples
 (0.6667, -0.6667, 0.3)
 >>> rounded_list([1 / 3, 2.0, 1e-9], 6)
 [0.333333, 2.0, 0.0]
+>>> rounded_array(np.array([2 / 3, -2 / 3]), 4).tolist()
+[0.6667, -0.6667]
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["rounded", "rounded_list"]
+import numpy as np
+
+__all__ = ["rounded", "rounded_array", "rounded_list"]
 
 _floor = math.floor
 _SCALES = [10.0**k for k in range(16)]
@@ -34,3 +38,9 @@ def rounded_list(values: list[float], digits: int) -> list[float]:
     scale = _SCALES[digits]
     floor = _floor
     return [floor(x * scale + 0.5) / scale for x in values]
+
+
+def rounded_array(values: np.ndarray, digits: int) -> np.ndarray:
+    """Every value of ``values`` rounded to ``digits`` decimals: the doubles :func:`rounded` gives."""
+    scale = _SCALES[digits]
+    return np.floor(values * scale + 0.5) / scale

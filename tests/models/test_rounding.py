@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
+import numpy as np
+
 from models.profile import format_time
-from models.rounding import rounded, rounded_list
+from models.rounding import rounded, rounded_array, rounded_list
 
 
 def test_rounded_is_within_half_a_unit_and_as_short_as_round() -> None:
@@ -22,6 +24,17 @@ def test_rounded_is_within_half_a_unit_and_as_short_as_round() -> None:
 def test_rounded_list_matches_rounded() -> None:
     values = [0.0, 1 / 3, 2 / 3, 12.3456789, 1e-9]
     assert rounded_list(values, 4) == [rounded(v, 4) for v in values]
+
+
+def test_rounded_array_gives_the_doubles_of_rounded() -> None:
+    rng = random.Random(11)
+    values = [0.0, 0.5e-4, -0.5e-4, 1.23455, -1.23455, 1e12 / 3] + [
+        rng.uniform(-1e6, 1e6) * rng.choice([1.0, 1e-3, 1e-6]) for _ in range(20_000)
+    ]
+    for digits in (4, 6):
+        assert rounded_array(np.array(values), digits).tolist() == [
+            rounded(v, digits) for v in values
+        ]
 
 
 def test_format_time_matches_datetime() -> None:
