@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: venv test lint demo dev-up dev-down clean
+.PHONY: venv native test lint demo dev-up dev-down clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  rm -rf $(VENV); \
 	  echo "'$(PYTHON) -m venv' failed; trying virtualenv" >&2; \
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $@
+
+# Rebuild the compiled core (mypyc) after editing a module of models/ that setup.py
+# compiles; until then that module's Python source runs (slower; models/__init__.py).
+native: venv
+	$(BIN)/python -m pip install --no-deps -e .
 
 test: venv
 	$(BIN)/python -m pytest -q -ra -p no:cacheprovider $(PYTEST_ARGS)
@@ -39,5 +44,6 @@ dev-down: venv
 	$(BIN)/customer-ai dev down
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache out models/_native_sources.py
+	find . -name '*.so' -not -path './.venv/*' -delete
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -79,6 +79,7 @@ __all__ = [
 
 console = Console(stderr=True, highlight=False)
 FIRST_BATCH = re.compile(r"first batch consumed at ([0-9.]+)")
+SCORING_CORE = re.compile(r"scoring core: ([A-Za-z ]+)\)")
 
 
 def log(message: str) -> None:
@@ -540,6 +541,15 @@ def start_workers(
     for w in workers:
         w.wait_ready(timeout=120)
     return workers
+
+
+def scoring_core(log_path: Path) -> str | None:
+    """Which core a worker scored with, from its log: "compiled" or "Python sources"."""
+    try:
+        matches = SCORING_CORE.findall(log_path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return matches[-1] if matches else None
 
 
 def first_batch_time(log_path: Path) -> float | None:

@@ -11,7 +11,8 @@
 ``faust-batch``
     The scorer's consume and produce path with no work in between: a Faust agent that
     takes batches as the scorer does (:func:`stream.batching.greedy_batches`, up to
-    2,000 events, ``--linger`` default the scorer's 0.005 s, Faust's message hand-over
+    the scorer's default ``CUSTOMER_AI_BATCH_MAX`` events (5,000), ``--linger`` default
+    the scorer's 0.005 s, Faust's message hand-over
     made cheaper by :func:`stream.handover.install`, ``stream_buffer_maxsize=16384``)
     and forwards each batch with the scorer's :class:`stream.producer.BatchProducer`,
     waiting for the acks before the next batch. The ceiling of any Faust-based scorer
@@ -132,6 +133,7 @@ def faust_main(args: argparse.Namespace) -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from stream.batching import greedy_batches
         from stream.producer import BatchProducer
+        from stream.settings import Settings
 
         app.conf.stream_buffer_maxsize = 131_072 if args.mode == "faust-take" else 16_384
         out = BatchProducer(args.bootstrap)
@@ -144,7 +146,7 @@ def faust_main(args: argparse.Namespace) -> None:
         def batches(stream):  # type: ignore[no-untyped-def]
             if args.mode == "faust-take":
                 return stream.take_events(2000, within=0.02)
-            return greedy_batches(stream, 2000, linger=args.linger)
+            return greedy_batches(stream, Settings.batch_max, linger=args.linger)
 
         @app.agent(src)
         async def forward_batches(stream):  # type: ignore[no-untyped-def]

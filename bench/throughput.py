@@ -59,6 +59,7 @@ from bench.common import (  # noqa: E402
     run_id,
     sample_events,
     scan_topic,
+    scoring_core,
     seed_models,
     servers,
     start_workers,
@@ -67,6 +68,8 @@ from bench.common import (  # noqa: E402
 )
 
 SETUPS = ("raw", "faust", "faust-batch", "scorer", "scorer2w")
+#: what the workers' logs say they scored with (models.NATIVE): "compiled", "Python sources"
+SCORING_CORES: set[str] = set()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,6 +200,7 @@ async def scorer(
 
     count, last_ms = await scan_topic(bootstrap, f"{prefix}.scores", on_record=note)
     firsts = [first_batch_time(w.log_path) for w in workers]
+    SCORING_CORES.update(str(scoring_core(w.log_path)) for w in workers)
     log(
         f"scorer {n_workers}w: {count:,} scores for {len(scored):,} events "
         f"(warming up: {dict(cold)}); events per worker {split}; first batches at {firsts}"
@@ -267,6 +271,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         "scorer_vs_faust": ratio("scorer", "faust"),
         "scorer_vs_raw": ratio("scorer", "raw"),
         "scale_2w": ratio("scorer2w", "scorer"),
+        "scoring_core": ",".join(sorted(SCORING_CORES)) or None,
     }
 
 

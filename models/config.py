@@ -314,7 +314,11 @@ def _goals(
                 f"{where}.event: unknown event {event!r}; define it under [[events]] (known: {known})"
             )
         window = spec.get("window_days")
-        if type(window) not in (int, float) or not 0 < window <= MAX_WINDOW_DAYS:
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, (int, float))
+            or not 0 < window <= MAX_WINDOW_DAYS
+        ):
             raise ConfigError(
                 f"{where}.window_days: must be a number of days > 0 and <= {MAX_WINDOW_DAYS}, "
                 f"got {window!r}; e.g. window_days = 30"

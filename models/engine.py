@@ -389,10 +389,10 @@ class Engine:
         fz.apply(state, ts, matched_events, values)
         vector = fz.vector(state)
         transformed: list[float] | None = None  # shared by every goal's model
-        feature_dict = (
+        feature_dict: dict[str, float] = (
             {name: vector[i] for name, i in self._eligibility_slots}
             if self._needs_feature_dict
-            else None
+            else {}
         )
         buckets = self.config.buckets
         snapshot_features: list[float] | None = None  # rounded once, shared by every goal

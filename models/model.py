@@ -104,6 +104,8 @@ class LinearModel:
         # ties by name
         names = self.feature_names
         self._by_name = sorted(range(len(names)), key=names.__getitem__)
+        # numpy copies for top_contributions_many, made on first use
+        self._np: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def probability_t(self, transformed: list[float]) -> float:
         """Calibrated probability from already :func:`transform`-ed features (no factors)."""
@@ -150,7 +152,7 @@ class LinearModel:
         return positions, np.take_along_axis(contributions, positions, axis=1)
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        arrays = self.__dict__.get("_np")
+        arrays = self._np
         if arrays is None:
             arrays = self._np = (
                 np.array(self.weights, dtype=float),

@@ -26,6 +26,8 @@ __all__ = ["format_time", "profile_document"]
 
 _DAY_MS = 86_400_000
 _day_prefixes: dict[int, str] = {}
+_DIGITS2: list[str] = [f"{i:02d}" for i in range(100)]
+_DIGITS3: list[str] = [f"{i:03d}" for i in range(1000)]
 
 
 def format_time(ms: int) -> str:
@@ -47,7 +49,21 @@ def format_time(ms: int) -> str:
     seconds, millis = divmod(rest, 1000)
     minutes, second = divmod(seconds, 60)
     hour, minute = divmod(minutes, 60)
-    return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+    # zero-padded digits from tables: the same text as f"{hour:02d}..." at a third of its
+    # cost once compiled (mypyc formats a format spec generically)
+    return "".join(
+        (
+            prefix,
+            _DIGITS2[hour],
+            ":",
+            _DIGITS2[minute],
+            ":",
+            _DIGITS2[second],
+            ".",
+            _DIGITS3[millis],
+            "Z",
+        )
+    )
 
 
 def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> dict[str, Any]:

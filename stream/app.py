@@ -41,6 +41,7 @@ import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
+import models
 from models.config import load_config
 from models.engine import Engine
 from models.features import Featurizer
@@ -199,11 +200,12 @@ def _note_first_batch(records: list[Record]) -> None:
         _first_batch_seen = True
         loop = type(asyncio.get_running_loop())
         log.info(
-            "first batch consumed at %.6f: %d records (%s.%s)",
+            "first batch consumed at %.6f: %d records (%s.%s; scoring core: %s)",
             time.time(),
             len(records),
             loop.__module__,
             loop.__name__,
+            "compiled" if models.NATIVE else "Python sources",
         )
 
 
@@ -222,7 +224,8 @@ async def _guarded(step, records: list[Record], what: str) -> None:  # type: ign
     :mod:`stream.collector`).
     """
     try:
-        await _with_retries(step, records, what)
+        with COLLECTOR.batch():
+            await _with_retries(step, records, what)
     finally:
         COLLECTOR.collect_if_due()
 
@@ -353,8 +356,8 @@ async def publish_gauges() -> None:
 
 @app.timer(interval=1.0)
 async def collect_garbage() -> None:
-    """Collect cyclic garbage when due, also while no batch comes (an idle worker)."""
-    COLLECTOR.collect_if_due()
+    """Collect cyclic garbage when due while no batch is in progress (an idle worker)."""
+    COLLECTOR.collect_if_due(idle_only=True)
 
 
 @app.timer(interval=1.0)

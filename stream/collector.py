@@ -11,7 +11,10 @@ automatic collector at thresholds (50,000, 20, 100).
 
 :class:`BetweenBatchesCollector` turns the automatic collector off and collects at the
 points where almost nothing is alive: after each batch, and on a timer so that an idle
-worker still collects. It keeps CPython's generational scheme: generation 0 is collected
+worker still collects. The timer collects only while no batch is in progress
+(:meth:`BetweenBatchesCollector.batch`): a timer callback runs whenever a batch awaits
+Redis or the broker, and collecting there traversed the batch's objects again (the
+timer did 2.4 % of a busy worker's CPU samples in py-spy, the batch ends 0.2 %). It keeps CPython's generational scheme: generation 0 is collected
 once the count of net new container objects reaches the first threshold, generation 1
 every ``thresholds[1]`` collections of generation 0, generation 2 every
 ``thresholds[2]`` of generation 1 (the counts :func:`gc.get_count` reports, which
@@ -28,6 +31,8 @@ Examples
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = ["BetweenBatchesCollector"]
 
@@ -47,6 +52,16 @@ class BetweenBatchesCollector:
             raise ValueError("collector thresholds must be >= 1")
         self.thresholds = thresholds
         self.collections = [0, 0, 0]
+        self.batches_in_progress = 0
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Mark a batch in progress: ``collect_if_due(idle_only=True)`` waits for its end."""
+        self.batches_in_progress += 1
+        try:
+            yield
+        finally:
+            self.batches_in_progress -= 1
 
     def install(self) -> None:
         """Freeze what exists now (modules, the app) and turn automatic collection off.
@@ -57,8 +72,13 @@ class BetweenBatchesCollector:
         gc.freeze()
         gc.disable()
 
-    def collect_if_due(self) -> int | None:
-        """Collect the oldest due generation (and the younger ones); return it, or None."""
+    def collect_if_due(self, idle_only: bool = False) -> int | None:
+        """Collect the oldest due generation (and the younger ones); return it, or None.
+
+        With ``idle_only`` (the timer), nothing is collected while a batch is in progress.
+        """
+        if idle_only and self.batches_in_progress:
+            return None
         count0, count1, count2 = gc.get_count()
         t0, t1, t2 = self.thresholds
         if count0 < t0:

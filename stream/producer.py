@@ -25,12 +25,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from models.messages import OutMessage  # (topic, key, value)
+
 __all__ = ["BatchProducer", "OutMessage"]
 
 log = logging.getLogger(__name__)
-
-#: ``(topic, key, value)``
-OutMessage = tuple[str, "bytes | None", bytes]
 
 
 class BatchProducer:

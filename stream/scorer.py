@@ -38,14 +38,14 @@ from typing import Any
 
 import orjson
 
-from models.engine import Engine, Example, Outcome, Score, SegmentChange, explain_scores
+from models.engine import Engine, Outcome
 from models.events import Event, InvalidEvent, decode_event
+from models.messages import OutMessage, encode_outcome
 from models.model import LinearModel
 from models.profile import format_time
-from models.rounding import rounded
 from models.state import ProfileState
 from stream import metrics
-from stream.producer import BatchProducer, OutMessage
+from stream.producer import BatchProducer
 from stream.settings import Settings
 from stream.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry, scores_json
 
@@ -72,79 +72,6 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
-
-
-def score_message(score: Score, scored_at: str, event_time: str | None = None) -> bytes:
-    """The ``customer-ai.scores`` message of DESIGN.md.
-
-    ``event_time`` is ``format_time(score.event_time_ms)``, when the caller has it.
-    """
-    return orjson.dumps(
-        {
-            "profile_id": score.profile_id,
-            "goal": score.goal,
-            "probability": rounded(score.probability, 6),
-            "percentile": rounded(score.percentile, 1),
-            "bucket": score.bucket,
-            "model_version": score.model_version,
-            "warming_up": score.warming_up,
-            "factors": score.factors,  # Factor dicts: feature, label, value, contribution
-            "event_id": score.event_id,
-            "event_time": event_time or format_time(score.event_time_ms),
-            "scored_at": scored_at,
-        }
-    )
-
-
-def segment_message(change: SegmentChange, event_time: str | None = None) -> bytes:
-    """The ``customer-ai.segments`` message.
-
-    ``event_time`` is ``format_time(change.event_time_ms)``, when the caller has it.
-    """
-    return orjson.dumps(
-        {
-            "profile_id": change.profile_id,
-            "goal": change.goal,
-            "from": change.from_bucket,
-            "to": change.to_bucket,
-            "probability": rounded(change.probability, 6),
-            "event_time": event_time or format_time(change.event_time_ms),
-        }
-    )
-
-
-def example_message(example: Example) -> bytes:
-    """The ``customer-ai.training`` message: a matured example with its served probability."""
-    return orjson.dumps(
-        {
-            "example_id": example.example_id,
-            "goal": example.goal,
-            "profile_id": example.profile_id,
-            "prediction_time": example.prediction_ts,
-            "label": example.label,
-            "probability": example.probability,
-            "model_version": example.model_version,
-            "features": example.features,
-            "matured_time": example.matured_ts,
-            "served_warming_up": example.served_warming_up,
-        }
-    )
-
-
-def example_from_message(raw: bytes) -> Example:
-    d = orjson.loads(raw)
-    return Example(
-        d["example_id"],
-        d["goal"],
-        d["profile_id"],
-        d["prediction_time"],
-        d["label"],
-        d["probability"],
-        d["model_version"],
-        d["features"],
-        d["matured_time"],
-        bool(d.get("served_warming_up", False)),
-    )
 
 
 def dlq_message(record: Record, reason: str, detail: str) -> bytes:
@@ -424,41 +351,17 @@ class BatchScorer:
             if state is not None and engine.expire(pid, state, watermark, out):
                 changed_by_expiry.add(pid)
         scored_at = format_time(int(time.time() * 1000))
-        send = outbox.append
-        top_factors: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
-        scores_per_goal: Counter[str] = Counter()
-        # event time -> its text: an event's scores (one per goal) and bucket changes share it
-        times: dict[int, str] = {}
-
-        def time_text(ms: int) -> str:
-            text = times.get(ms)
-            if text is None:
-                text = times[ms] = format_time(ms)
-            return text
-
-        explain_scores(out.scores)  # per model, in numpy: the same factors, a third of the CPU
-        for score in out.scores:
-            message = score_message(score, scored_at, time_text(score.event_time_ms))
-            send((self.scores_topic, score.profile_id.encode(), message))
-            scores_per_goal[score.goal] += 1
-            top_factors[score.profile_id][score.goal] = tuple(f["feature"] for f in score.factors)
-        moves: Counter[tuple[str, str, str]] = Counter()
-        for change in out.segment_changes:
-            message = segment_message(change, time_text(change.event_time_ms))
-            send((self.segments_topic, change.profile_id.encode(), message))
-            moves[(change.goal, str(change.from_bucket), change.to_bucket)] += 1
-        examples_per_label: Counter[tuple[str, str]] = Counter()
-        for example in out.examples:
-            send((self.training_topic, example.example_id.encode(), example_message(example)))
-            examples_per_label[(example.goal, str(example.label))] += 1
+        topics = (self.scores_topic, self.segments_topic, self.training_topic)
+        encoded = encode_outcome(out, scored_at, topics, outbox)
+        top_factors = encoded.top_factors
         # counted per batch (a labelled child's lookup per message costs ~1 us)
-        for goal, n in scores_per_goal.items():
+        for goal, n in encoded.scores_per_goal.items():
             metrics.SCORES.labels(goal=goal).inc(n)
-        for (goal, from_bucket, to_bucket), n in moves.items():
+        for (goal, from_bucket, to_bucket), n in encoded.moves.items():
             metrics.SEGMENT_CHANGES.labels(
                 goal=goal, from_bucket=from_bucket, to_bucket=to_bucket
             ).inc(n)
-        for (goal, label), n in examples_per_label.items():
+        for (goal, label), n in encoded.examples_per_label.items():
             metrics.TRAINING_EXAMPLES.labels(goal=goal, label=label).inc(n)
         counts["scores"] += len(out.scores)
         counts["examples"] += len(out.examples)

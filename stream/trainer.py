@@ -39,11 +39,12 @@ import orjson
 
 from models.config import Config
 from models.engine import Example
+from models.messages import example_from_message
 from models.training import Trainer
 from stream import metrics
 from stream.producer import BatchProducer, OutMessage
 from stream.range_reader import RangeReader
-from stream.scorer import Record, example_from_message
+from stream.scorer import Record
 from stream.security import kafka_security_kwargs
 from stream.settings import Settings
 from stream.store import RedisStore

@@ -64,6 +64,26 @@ def test_cycles_wait_for_a_due_collection_then_are_freed(manual_gc: None) -> Non
     del alive
 
 
+def test_the_timer_waits_for_the_batch_in_progress(manual_gc: None) -> None:
+    collector = BetweenBatchesCollector(thresholds=(500, 10, 10))
+    garbage = cycle()
+    with collector.batch():
+        alive = [Node() for _ in range(600)]  # due, but the batch still holds its objects
+        assert collector.collect_if_due(idle_only=True) is None
+        assert garbage() is not None
+    assert collector.batches_in_progress == 0
+    assert collector.collect_if_due(idle_only=True) == 0  # between batches: collected
+    assert garbage() is None
+    del alive
+
+
+def test_a_failed_batch_ends_too(manual_gc: None) -> None:
+    collector = BetweenBatchesCollector()
+    with pytest.raises(RuntimeError), collector.batch():
+        raise RuntimeError("batch failed")
+    assert collector.batches_in_progress == 0
+
+
 def test_generations_are_collected_as_cpython_schedules_them(manual_gc: None) -> None:
     collector = BetweenBatchesCollector(thresholds=(50, 2, 2))
     seen = []

@@ -49,13 +49,14 @@ from models.config import load_config
 from models.engine import Engine, Example, Outcome
 from models.events import InvalidEvent, decode_event
 from models.features import Featurizer
+from models.messages import example_message
 from models.profile import profile_document
 from models.state import ProfileState
 from models.synthetic import generate_events
 from stream.cli import ensure_topics
 from stream.dev import BrokerProcess, ValkeyProcess
 from stream.lag import read_lag
-from stream.scorer import BatchScorer, Record, example_message
+from stream.scorer import BatchScorer, Record
 from stream.settings import Settings
 from stream.store import RedisStore
 from stream.trainer import TrainerStep

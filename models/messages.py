@@ -1,0 +1,171 @@
+"""The output messages of DESIGN.md, encoded from what the engine produced.
+
+Pure functions of the core's objects (no I/O): :func:`score_message`,
+:func:`segment_message` and :func:`example_message` write one message each;
+:func:`encode_outcome` writes a whole batch's :class:`~models.engine.Outcome` (factors
+computed per model in numpy, one time text per event time) and counts what it wrote, so
+the scorer only hands the messages to the producer.
+
+Examples
+--------
+>>> from models.engine import SegmentChange
+>>> segment_message(SegmentChange("p-1", "churn", None, "high", 0.7123456789, 0))
+b'{"profile_id":"p-1","goal":"churn","from":null,"to":"high","probability":0.712346,"event_time":"1970-01-01T00:00:00.000Z"}'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from models.engine import Example, Outcome, Score, SegmentChange, explain_scores
+from models.profile import format_time
+from models.rounding import rounded
+
+__all__ = [
+    "EncodedOutcome",
+    "OutMessage",
+    "encode_outcome",
+    "example_from_message",
+    "example_message",
+    "score_message",
+    "segment_message",
+]
+
+#: ``(topic, key, value)``
+OutMessage = tuple[str, "bytes | None", bytes]
+
+
+def score_message(score: Score, scored_at: str, event_time: str | None = None) -> bytes:
+    """The ``customer-ai.scores`` message of DESIGN.md.
+
+    ``event_time`` is ``format_time(score.event_time_ms)``, when the caller has it.
+    """
+    return orjson.dumps(
+        {
+            "profile_id": score.profile_id,
+            "goal": score.goal,
+            "probability": rounded(score.probability, 6),
+            "percentile": rounded(score.percentile, 1),
+            "bucket": score.bucket,
+            "model_version": score.model_version,
+            "warming_up": score.warming_up,
+            "factors": score.factors,  # Factor dicts: feature, label, value, contribution
+            "event_id": score.event_id,
+            "event_time": event_time or format_time(score.event_time_ms),
+            "scored_at": scored_at,
+        }
+    )
+
+
+def segment_message(change: SegmentChange, event_time: str | None = None) -> bytes:
+    """The ``customer-ai.segments`` message.
+
+    ``event_time`` is ``format_time(change.event_time_ms)``, when the caller has it.
+    """
+    return orjson.dumps(
+        {
+            "profile_id": change.profile_id,
+            "goal": change.goal,
+            "from": change.from_bucket,
+            "to": change.to_bucket,
+            "probability": rounded(change.probability, 6),
+            "event_time": event_time or format_time(change.event_time_ms),
+        }
+    )
+
+
+def example_message(example: Example) -> bytes:
+    """The ``customer-ai.training`` message: a matured example with its served probability."""
+    return orjson.dumps(
+        {
+            "example_id": example.example_id,
+            "goal": example.goal,
+            "profile_id": example.profile_id,
+            "prediction_time": example.prediction_ts,
+            "label": example.label,
+            "probability": example.probability,
+            "model_version": example.model_version,
+            "features": example.features,
+            "matured_time": example.matured_ts,
+            "served_warming_up": example.served_warming_up,
+        }
+    )
+
+
+def example_from_message(raw: bytes) -> Example:
+    """The :class:`~models.engine.Example` of a :func:`example_message`."""
+    d = orjson.loads(raw)
+    return Example(
+        d["example_id"],
+        d["goal"],
+        d["profile_id"],
+        d["prediction_time"],
+        d["label"],
+        d["probability"],
+        d["model_version"],
+        d["features"],
+        d["matured_time"],
+        bool(d.get("served_warming_up", False)),
+    )
+
+
+@dataclass
+class EncodedOutcome:
+    """What :func:`encode_outcome` wrote, counted for the worker's metrics."""
+
+    scores_per_goal: dict[str, int] = field(default_factory=dict)
+    #: ``(goal, from bucket or "None", to bucket)`` -> segment changes
+    moves: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    #: ``(goal, "0" or "1")`` -> examples
+    examples_per_label: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: profile id -> goal -> the features of its newest score's factors, in order
+    top_factors: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+
+
+def encode_outcome(
+    out: Outcome,
+    scored_at: str,
+    topics: tuple[str, str, str],
+    outbox: list[OutMessage],
+) -> EncodedOutcome:
+    """Append the messages of ``out`` to ``outbox``, in order: scores, segment changes, examples.
+
+    ``topics`` are the scores, segments and training topics. Scores and segment changes
+    are keyed by profile id, examples by example id. Every score gets its factors first
+    (:func:`~models.engine.explain_scores`).
+    """
+    scores_topic, segments_topic, training_topic = topics
+    explain_scores(out.scores)
+    encoded = EncodedOutcome()
+    scores_per_goal = encoded.scores_per_goal
+    top_factors = encoded.top_factors
+    # event time -> its text: an event's scores (one per goal) and bucket changes share it
+    times: dict[int, str] = {}
+    for score in out.scores:
+        text = times.get(score.event_time_ms)
+        if text is None:
+            text = times[score.event_time_ms] = format_time(score.event_time_ms)
+        outbox.append(
+            (scores_topic, score.profile_id.encode(), score_message(score, scored_at, text))
+        )
+        scores_per_goal[score.goal] = scores_per_goal.get(score.goal, 0) + 1
+        per_goal = top_factors.get(score.profile_id)
+        if per_goal is None:
+            per_goal = top_factors[score.profile_id] = {}
+        per_goal[score.goal] = tuple([f["feature"] for f in score.factors])
+    moves = encoded.moves
+    for change in out.segment_changes:
+        text = times.get(change.event_time_ms)
+        if text is None:
+            text = times[change.event_time_ms] = format_time(change.event_time_ms)
+        outbox.append((segments_topic, change.profile_id.encode(), segment_message(change, text)))
+        move = (change.goal, str(change.from_bucket), change.to_bucket)
+        moves[move] = moves.get(move, 0) + 1
+    per_label = encoded.examples_per_label
+    for example in out.examples:
+        outbox.append((training_topic, example.example_id.encode(), example_message(example)))
+        label = (example.goal, str(example.label))
+        per_label[label] = per_label.get(label, 0) + 1
+    return encoded
