@@ -1,0 +1,82 @@
+"""Microseconds per event of the core's steps, in process (no broker, no Redis).
+
+Trains models with a backtest of a generated data set, then, best of ``--repeat``, times
+on its last ``--events`` events: decoding (``decode_event``), ``Engine.process`` (match,
+labels, features, both goals' scores), the factors of all scores (``explain_scores``),
+the output messages (``encode_outcome``, factors included) and a round trip of every
+touched state through its bytes. Prints one JSON object with ``models.NATIVE``.
+
+Usage::
+
+    python bench/core_speed.py [--events 20000] [--repeat 3]
+    CUSTOMER_AI_NATIVE=0 python bench/core_speed.py    # the Python sources
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models  # noqa: E402
+from models.backtest import run_backtest  # noqa: E402
+from models.config import load_config  # noqa: E402
+from models.engine import Engine, Outcome, explain_scores  # noqa: E402
+from models.events import decode_event  # noqa: E402
+from models.messages import encode_outcome  # noqa: E402
+from models.state import ProfileState  # noqa: E402
+from models.synthetic import generate_events  # noqa: E402
+
+
+def _run(engine: Engine, raws: list[bytes], goals: list[str]) -> dict[str, float]:
+    out = Outcome()
+    states: dict[str, ProfileState] = {}
+    marks = [time.perf_counter()]
+    events = [decode_event(raw) for raw in raws]
+    marks.append(time.perf_counter())
+    for event in events:
+        states[event.profile_id] = engine.process(states.get(event.profile_id), event, out)
+    marks.append(time.perf_counter())
+    explain_scores(out.scores)
+    marks.append(time.perf_counter())
+    encode_outcome(out, "2026-01-01T00:00:00.000Z", ("scores", "segments", "training"), [])
+    marks.append(time.perf_counter())
+    for state in states.values():
+        ProfileState.from_bytes(state.to_bytes(), goals)
+    marks.append(time.perf_counter())
+    steps = ("decode", "process", "explain", "messages", "state_bytes")
+    return {k: (b - a) * 1e6 / len(raws) for k, a, b in zip(steps, marks, marks[1:])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="customer-ai.toml")
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    config = load_config(args.config)
+    lines = generate_events(profiles=2000, days=200, seed=5)
+    trained = run_backtest(lines, config)
+    engine = Engine(config, {m.goal: m for m in trained.models})
+    raws = [orjson.dumps(line) for line in lines[-args.events :]]
+    goals = [g.name for g in config.goals]
+    gc.disable()  # as the worker: collected between batches, not inside one
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        for step, us in _run(engine, raws, goals).items():
+            best[step] = min(us, best.get(step, us))
+        gc.collect()
+    result = {f"{k}_us_per_event": round(v, 2) for k, v in best.items()}
+    result.update(events=len(raws), compiled=models.NATIVE, repeat=args.repeat)
+    print(orjson.dumps(result).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
