@@ -111,6 +111,14 @@ def example_from_message(raw: bytes) -> Example:
     )
 
 
+def _time_text(times: dict[int, str], ms: int) -> str:
+    """``format_time(ms)``, made once per event time and kept in ``times``."""
+    text = times.get(ms)
+    if text is None:
+        text = times[ms] = format_time(ms)
+    return text
+
+
 @dataclass
 class EncodedOutcome:
     """What :func:`encode_outcome` wrote, counted for the worker's metrics."""
@@ -144,9 +152,7 @@ def encode_outcome(
     # event time -> its text: an event's scores (one per goal) and bucket changes share it
     times: dict[int, str] = {}
     for score in out.scores:
-        text = times.get(score.event_time_ms)
-        if text is None:
-            text = times[score.event_time_ms] = format_time(score.event_time_ms)
+        text = _time_text(times, score.event_time_ms)
         outbox.append(
             (scores_topic, score.profile_id.encode(), score_message(score, scored_at, text))
         )
@@ -157,9 +163,7 @@ def encode_outcome(
         per_goal[score.goal] = tuple([f["feature"] for f in score.factors])
     moves = encoded.moves
     for change in out.segment_changes:
-        text = times.get(change.event_time_ms)
-        if text is None:
-            text = times[change.event_time_ms] = format_time(change.event_time_ms)
+        text = _time_text(times, change.event_time_ms)
         outbox.append((segments_topic, change.profile_id.encode(), segment_message(change, text)))
         move = (change.goal, str(change.from_bucket), change.to_bucket)
         moves[move] = moves.get(move, 0) + 1

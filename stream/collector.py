@@ -14,7 +14,9 @@ points where almost nothing is alive: after each batch, and on a timer so that a
 worker still collects. The timer collects only while no batch is in progress
 (:meth:`BetweenBatchesCollector.batch`): a timer callback runs whenever a batch awaits
 Redis or the broker, and collecting there traversed the batch's objects again (the
-timer did 2.4 % of a busy worker's CPU samples in py-spy, the batch ends 0.2 %). It keeps CPython's generational scheme: generation 0 is collected
+timer did 2.4 % of a busy worker's CPU samples in py-spy, the batch ends 0.2 %).
+
+It keeps CPython's generational scheme: generation 0 is collected
 once the count of net new container objects reaches the first threshold, generation 1
 every ``thresholds[1]`` collections of generation 0, generation 2 every
 ``thresholds[2]`` of generation 1 (the counts :func:`gc.get_count` reports, which

@@ -26,6 +26,40 @@ from stream.dev import find_free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "customer-ai.toml"
+#: the fields of a ``customer-ai.scores`` message, in DESIGN.md's order
+SCORE_FIELDS = (
+    "profile_id",
+    "goal",
+    "probability",
+    "percentile",
+    "bucket",
+    "model_version",
+    "warming_up",
+    "factors",
+    "event_id",
+    "event_time",
+    "scored_at",
+)
+#: the fields of a ``customer-ai.segments`` message
+SEGMENT_FIELDS = ("profile_id", "goal", "from", "to", "probability", "event_time")
+
+
+def run_core(code: str, *args: str, native: bool) -> Any:
+    """Run ``code`` in a child Python on the compiled core or the Python sources.
+
+    ``CUSTOMER_AI_NATIVE`` picks the core (see ``models/__init__.py``); returns the
+    child's last line of output, parsed as JSON.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env={**os.environ, "CUSTOMER_AI_NATIVE": "1" if native else "0"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return orjson.loads(done.stdout.strip().splitlines()[-1])
 
 
 @dataclass

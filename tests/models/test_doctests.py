@@ -7,19 +7,14 @@ the compiled modules compute what the sources do.
 
 from __future__ import annotations
 
-import json
-import os
 import pkgutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import models
+from tests.harness import run_core
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(models.__path__, "models."))
-REPO = Path(__file__).resolve().parents[2]
 
 RUN_ALL = """
 import doctest, importlib, json, sys
@@ -35,16 +30,7 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, list[int]]:
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_ALL, *MODULES],
-        cwd=REPO,
-        env={**os.environ, "CUSTOMER_AI_NATIVE": "0"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_core(RUN_ALL, *MODULES, native=False)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.machinery
-import json
 import os
 import subprocess
 import sys
@@ -12,8 +11,7 @@ from pathlib import Path
 import pytest
 
 import models
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.harness import REPO, run_core
 
 #: Replays a data set through the core, explains its last scores in numpy and one by
 #: one, and prints a digest of everything it produced (states, examples, model
@@ -64,27 +62,13 @@ print(json.dumps({
 """
 
 
-def _replay(native: str) -> dict[str, object]:
-    env = {**os.environ, "CUSTOMER_AI_NATIVE": native}
-    done = subprocess.run(
-        [sys.executable, "-c", REPLAY],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(
     not models.NATIVE,
     reason="the compiled core is not built (`pip install -e .` with a C compiler builds it)",
 )
 def test_compiled_core_replays_exactly_like_the_python_sources() -> None:
-    interpreted = _replay("0")
-    compiled = _replay("1")
+    interpreted = run_core(REPLAY, native=False)
+    compiled = run_core(REPLAY, native=True)
     assert interpreted["native"] is False
     assert compiled["native"] is True
     # something was learnt and served, so the digest covers trained models and factors
