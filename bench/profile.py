@@ -50,7 +50,10 @@ from bench.common import (  # noqa: E402
 #: that matches one (so a socket write by redis-py counts as redis-py); samples whose
 #: innermost such frame is the worker's run loop are uvloop's C code and callbacks.
 AREAS: list[tuple[str, re.Pattern[str]]] = [
-    ("models/ (core: features, model, engine, state)", re.compile(r"^models/")),
+    (
+        "models/ (core: features, model, engine, state)",
+        re.compile(r"^models/|__native_customer_ai_native\.c"),  # or its compiled C
+    ),
     ("stream/scorer.py (decode, batch, messages)", re.compile(r"^stream/scorer\.py")),
     ("stream/store.py", re.compile(r"^stream/store\.py")),
     ("stream/producer.py", re.compile(r"^stream/producer\.py")),
@@ -65,6 +68,9 @@ AREAS: list[tuple[str, re.Pattern[str]]] = [
     ("faust + mode (consumer, streams, take_events, acks)", re.compile(r"^(faust|mode)/")),
 ]
 TRANSPARENT = re.compile(r"^(asyncio|uvloop|concurrent|threading\.py|selectors\.py|<)")
+#: ``--native`` samples of a thread blocked (in epoll, or waiting for the GIL under one of
+#: its last frames): not CPU time, left out
+IDLE = re.compile(r"^(epoll_wait|epoll_pwait|pthread_cond_wait|pthread_cond_timedwait|poll)$")
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*)(?::(?P<line>\d+))?\)$")
 
 
@@ -77,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "profile")
     p.add_argument("--svg", action="store_true", help="also record a flamegraph SVG")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="sample C frames too (the compiled core, uvloop); pauses the worker per sample",
+    )
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
     return p
 
@@ -104,17 +115,20 @@ def analyse(collapsed: Path, top: int) -> tuple[str, dict[str, float]]:
     self_t: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     areas: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
         count = int(n)
-        total += count
         frames = _frames(stack)
         if not frames:
             continue
         func, file = frames[-1]
+        if any(IDLE.match(f) for f, _ in frames[-3:]):
+            idle += count
+            continue
+        total += count
         self_t[f"{func} ({file})"] += count
         for key in {f"{f} ({p})" for f, p in frames}:
             incl[key] += count
@@ -122,7 +136,10 @@ def analyse(collapsed: Path, top: int) -> tuple[str, dict[str, float]]:
         for _func, path in reversed(frames):
             if TRANSPARENT.match(path):
                 continue
-            area = next((name for name, rx in AREAS if rx.search(path)), area)
+            matched = next((name for name, rx in AREAS if rx.search(path)), None)
+            if matched is None and not path.endswith(".py"):
+                continue  # C code (--native) counts for the nearest Python or core caller
+            area = matched or area
             break
         else:
             area = "event loop (uvloop C code, callbacks)"
@@ -133,7 +150,13 @@ def analyse(collapsed: Path, top: int) -> tuple[str, dict[str, float]]:
     def pct(n: int) -> str:
         return f"{100 * n / total:.1f} %"
 
-    lines = [f"{total:,} CPU samples.", "", "| area (innermost frame) | share |", "|---|---|"]
+    waiting = f" ({idle:,} samples of blocked threads left out)" if idle else ""
+    lines = [
+        f"{total:,} CPU samples{waiting}.",
+        "",
+        "| area (innermost frame) | share |",
+        "|---|---|",
+    ]
     lines += [f"| {a} | {pct(n)} |" for a, n in areas.most_common()]
     lines += ["", "| function (self time) | share |", "|---|---|"]
     lines += [f"| `{k}` | {pct(n)} |" for k, n in self_t.most_common(top)]
@@ -182,7 +205,7 @@ async def _replay(
             fmt,
             "--output",
             str(out),
-            "--nonblocking",
+            *(["--native"] if args.native else ["--nonblocking"]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / f"py-spy-{fmt}.log", "ab"),  # noqa: SIM115

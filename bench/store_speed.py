@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
-from stream.store import ProfileWrite, RedisStore, SegmentEntry, scores_json  # noqa: E402
+from models.messages import scores_field  # noqa: E402
+from models.state import GoalState  # noqa: E402
+from stream.store import ProfileWrite, RedisStore, SegmentEntry  # noqa: E402
 
 GOALS = ("conversion", "churn")
 BUCKETS = ("low", "medium", "high")
@@ -75,11 +77,11 @@ async def run(url: str, profiles: int, rounds: int, churn: str, prefix: str) -> 
             writes, due, versions = [], {}, {}
             for pid in pids:
                 after = next_entries(rng, index[pid], churn)
-                goals = {g: (0.5, 50.0, b, 1) for g, (b, _) in after.items()}
+                goals = {g: GoalState(0.5, 50.0, b, 1) for g, (b, _) in after.items()}
                 version = loaded[pid].version
                 writes.append(
                     ProfileWrite(
-                        pid, version, "o:bench:0", r, state, scores_json(goals), index[pid], after
+                        pid, version, "o:bench:0", r, state, scores_field(goals), index[pid], after
                     )
                 )
                 index[pid] = after

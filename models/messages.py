@@ -22,6 +22,7 @@ import orjson
 from models.engine import Example, Outcome, Score, SegmentChange, explain_scores
 from models.profile import format_time
 from models.rounding import rounded
+from models.state import GoalState
 
 __all__ = [
     "EncodedOutcome",
@@ -30,6 +31,7 @@ __all__ = [
     "example_from_message",
     "example_message",
     "score_message",
+    "scores_field",
     "segment_message",
 ]
 
@@ -108,6 +110,28 @@ def example_from_message(raw: bytes) -> Example:
         d["features"],
         d["matured_time"],
         bool(d.get("served_warming_up", False)),
+    )
+
+
+def scores_field(goals: dict[str, GoalState]) -> bytes:
+    """The profile hash's readable ``scores`` field (DESIGN.md, state): per goal with a
+    score, its probability, percentile, bucket and model version, rounded as in the score
+    messages (6 and 1 decimals). ``customer-ai segment`` and ``profile`` read it.
+
+    >>> scores_field({"conversion": GoalState(0.2512345678, 80.04, "high", 2), "churn": GoalState()})
+    b'{"conversion":{"probability":0.251235,"percentile":80.0,"bucket":"high","model_version":2}}'
+    """
+    return orjson.dumps(
+        {
+            g: {
+                "probability": rounded(s.probability, 6),
+                "percentile": None if s.percentile is None else rounded(s.percentile, 1),
+                "bucket": s.bucket,
+                "model_version": s.model_version,
+            }
+            for g, s in goals.items()
+            if s.probability is not None
+        }
     )
 
 

@@ -40,14 +40,14 @@ import orjson
 
 from models.engine import Engine, Outcome
 from models.events import Event, InvalidEvent, decode_event
-from models.messages import OutMessage, encode_outcome
+from models.messages import OutMessage, encode_outcome, scores_field
 from models.model import LinearModel
 from models.profile import format_time
 from models.state import ProfileState
 from stream import metrics
 from stream.producer import BatchProducer
 from stream.settings import Settings
-from stream.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry, scores_json
+from stream.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry
 
 __all__ = ["DLQ_MAX_ORIGINAL_BYTES", "BatchScorer", "Record", "dlq_message"]
 
@@ -379,10 +379,6 @@ class BatchScorer:
                     due_versions[pid] = loaded[pid].version
                 continue
             offset = last_offset.get(pid)
-            gs = {
-                g: (s.probability, s.percentile, s.bucket, s.model_version)
-                for g, s in state.goals.items()
-            }
             before = index_before.get(pid, {})
             scored = top_factors.get(pid, {})
             index_after: dict[str, SegmentEntry] = {
@@ -396,7 +392,7 @@ class BatchScorer:
                     offset_field=offset_field if offset is not None else "",
                     offset=offset if offset is not None else 0,
                     state=state.to_bytes(),
-                    scores=scores_json(gs),
+                    scores=scores_field(state.goals),
                     index_before=before,
                     index_after=index_after,
                 )

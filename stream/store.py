@@ -73,13 +73,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models.rounding import rounded
 from stream import metrics
 from stream.redis_packing import use_hiredis_packing
 
@@ -770,22 +768,3 @@ class RedisStore:
             return True
 
         return await self._retry("publish", run_cluster if self.cluster else run)
-
-
-def scores_json(goals: dict[str, tuple[float | None, float | None, str | None, int]]) -> bytes:
-    """The readable ``scores`` field: goal -> probability, percentile, bucket, model_version.
-
-    Rounded as in the score messages (6 and 1 decimals).
-    """
-    return orjson.dumps(
-        {
-            g: {
-                "probability": rounded(p, 6),
-                "percentile": None if pct is None else rounded(pct, 1),
-                "bucket": b,
-                "model_version": v,
-            }
-            for g, (p, pct, b, v) in goals.items()
-            if p is not None
-        }
-    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import redis
 
-from stream.store import ProfileWrite, SegmentEntry, scores_json
+from models.messages import scores_field
+from models.state import GoalState
+from stream.store import ProfileWrite, SegmentEntry
 
 
 def write(
@@ -19,7 +21,9 @@ def write(
 ) -> ProfileWrite:
     """A write of ``pid`` at version ``expected`` moving its index from ``before`` to ``after``."""
     scores = {
-        g: (probability, 50.0, bucket, 1) for g, (bucket, _) in after.items() if bucket is not None
+        g: GoalState(probability, 50.0, bucket, 1)
+        for g, (bucket, _) in after.items()
+        if bucket is not None
     }
     return ProfileWrite(
         profile_id=pid,
@@ -27,7 +31,7 @@ def write(
         offset_field=offset_field,
         offset=offset,
         state=state,
-        scores=scores_json(scores),
+        scores=scores_field(scores),
         index_before=before,
         index_after=after,
     )

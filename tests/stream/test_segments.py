@@ -26,6 +26,8 @@ import pytest
 import redis
 from redis.exceptions import ResponseError
 
+from models.messages import scores_field
+from models.state import GoalState
 from stream.dev import ValkeyProcess, find_free_port
 from stream.segments import read_segment, segment_main
 from stream.store import (
@@ -33,7 +35,6 @@ from stream.store import (
     SegmentEntry,
     decode_top_factors,
     encode_top_factors,
-    scores_json,
 )
 from tests.stream.store_helpers import members, write
 
@@ -314,7 +315,7 @@ def test_segment_fails_fast_when_redis_is_down(
 
 
 def test_scores_field_is_what_segment_reads() -> None:
-    raw = scores_json({"conversion": (0.25, 80.0, "high", 2), "churn": (None, None, None, 0)})
+    raw = scores_field({"conversion": GoalState(0.25, 80.0, "high", 2), "churn": GoalState()})
     assert orjson.loads(raw) == {
         "conversion": {
             "probability": 0.25,
