@@ -18,6 +18,17 @@ before. The rest of the loop (read offsets, gap tracking, commit-every, yielding
 100 messages) is Faust's own code, copied unchanged from faust-streaming 0.15.3; the
 patch is applied only when the installed method is that exact code (checked by a hash
 of its source), otherwise Faust's loop stays as it is and a warning is logged.
+
+:func:`direct_delivery` goes one step further for the common case of a partition read by
+one agent with raw bytes keys and values (every topic of the worker): it does what the
+conductor's callback (``ConductorHandler.__call__`` of faust 0.15.3) does for such a
+message, without the coroutine, the per-message lock, the settings lookups and the
+codec round trip: count the message's one reader (``refcount``), wrap it in the app's
+``Event`` with its key and value as they are (what the ``raw`` codec returns) and put it
+on the agent's queue with the same buffer-pressure callbacks. Whenever the callback
+could do anything else (flow suspended by a rebalance, the callback map being rebuilt,
+a full queue, a full producer buffer, a missing key or value, another reader or codec),
+it hands the message to the callback as before.
 """
 
 from __future__ import annotations
@@ -26,10 +37,10 @@ import asyncio
 import hashlib
 import inspect
 import logging
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
-__all__ = ["install", "run_callback"]
+__all__ = ["direct_delivery", "install", "run_callback"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +106,67 @@ async def run_callback(service: Any, coro: Coroutine[Any, Any, Any], suspend_flo
     await service.wait_first(_Resume(coro, first), suspend_flow.wait())
 
 
+def direct_delivery(consumer: Any) -> Callable[[Any], bool]:
+    """A ``deliver(message)`` that puts a raw single-reader message on its agent's queue.
+
+    Returns True when delivered (the conductor's callback must then not run for it),
+    False when the message must go through the callback (see the module docstring).
+    """
+    app = consumer.app
+    conductor = app.topics
+    callbacks = conductor._tp_to_callback
+    rebuilding = conductor._tp_to_callback_lock.locked
+    flow_active = app.flow_control.is_active
+    suspend_flow = consumer.suspend_flow.is_set
+    event_type = app.conf.Event
+    buffer = app.producer.buffer
+    if app.conf.producer_threaded:  # its buffer size lives elsewhere: keep Faust's path
+        return lambda message: False
+    pending = buffer.pending._queue  # ProducerBuffer.size when not threaded
+    max_pending = buffer.max_messages
+    # tp -> (the handler the reader was found for, the reader or None if not eligible)
+    readers: dict[Any, tuple[Any, Any]] = {}
+
+    def deliver(message: Any) -> bool:
+        if suspend_flow() or not flow_active() or rebuilding():
+            return False  # the callback would wait (flow control) or the map is changing
+        tp = message.tp
+        handler = callbacks.get(tp)
+        known = readers.get(tp)
+        if known is None or known[0] is not handler:
+            known = readers[tp] = (handler, _raw_reader(handler))
+        reader = known[1]
+        key, value = message.key, message.value
+        if reader is None or key is None or value is None:
+            return False
+        queue = reader.queue
+        if queue.full() or len(pending) > max_pending:
+            return False  # the callback waits for room, or flushes the producer buffer
+        message.refcount += 1
+        queue.put_nowait_enhanced(
+            value=event_type(app, key, value, message.headers, message),
+            on_pressure_high=handler.on_pressure_high,
+            on_pressure_drop=handler.on_pressure_drop,
+        )
+        return True
+
+    return deliver
+
+
+def _raw_reader(handler: Any) -> Any:
+    """The one channel of a faust 0.15.3 ``ConductorHandler`` if it reads raw bytes."""
+    if type(handler).__name__ != "ConductorHandler" or len(handler.channels) != 1:
+        return None
+    (channel,) = handler.channels
+    raw = (
+        channel.key_type is bytes
+        and channel.value_type is bytes
+        and channel.key_serializer == "raw"
+        and channel.value_serializer == "raw"
+    )
+    return channel if raw else None
+
+
 def install() -> bool:
     """Use :func:`_drain_messages` in Faust's aiokafka consumer; True if installed."""
     from faust.transport.consumer import Consumer as BaseConsumer
@@ -115,7 +187,7 @@ def install() -> bool:
 
 
 # Copied from faust-streaming 0.15.3 ``faust/transport/consumer.py`` (BSD-3-Clause),
-# ``Consumer._drain_messages``; the one change is marked "customer-ai".
+# ``Consumer._drain_messages``; the changes are marked "customer-ai".
 async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     # This is the background thread started by Fetcher, used to
     # constantly read messages using Consumer.getmany.
@@ -137,6 +209,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     commit_every = self._commit_every
     acks_enabled_for = self.app.topics.acks_enabled_for
     suspend_flow = self.suspend_flow  # customer-ai
+    deliver = direct_delivery(self)  # customer-ai
 
     yield_every = 100
     num_since_yield = 0
@@ -172,7 +245,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                                 await self.commit()
                         # customer-ai: was
                         # await self.wait_first(callback(message), self.suspend_flow.wait())
-                        await run_callback(self, callback(message), suspend_flow)
+                        if not deliver(message):
+                            await run_callback(self, callback(message), suspend_flow)
                         set_read_offset(tp, offset)
                     else:
                         self.log.dev(

@@ -1,4 +1,4 @@
-"""Greedy batches read from a Faust agent's queue, and the cheaper message hand-over.
+"""Greedy batches read from a Faust agent's queue.
 
 Unit tests on stand-ins for the few Faust objects :func:`stream.batching.greedy_batches`
 touches (the channel's queue, the consumer's ``unacked`` set and ``ack``, flow control,
@@ -17,7 +17,6 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from stream import handover
 from stream.batching import greedy_batches
 
 
@@ -198,92 +197,3 @@ async def test_actor_cancel_ends_the_iteration() -> None:
 async def test_max_events_must_be_positive() -> None:
     with pytest.raises(ValueError):
         await greedy_batches(FakeStream(), 0).__anext__()
-
-
-# ---- handover ------------------------------------------------------------------------
-class FakeService:
-    """Counts ``wait_first`` calls and runs them as mode's Service does (first wins)."""
-
-    def __init__(self) -> None:
-        self.races = 0
-
-    async def wait_first(self, *coros: Any) -> None:
-        self.races += 1
-        tasks = [asyncio.ensure_future(c) for c in coros]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                t.result()
-        finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-
-
-async def test_a_callback_that_does_not_suspend_runs_without_a_race() -> None:
-    service, flow, seen = FakeService(), asyncio.Event(), []
-
-    async def callback() -> None:
-        seen.append(1)
-
-    await handover.run_callback(service, callback(), flow)
-    assert seen == [1] and service.races == 0
-
-
-async def test_a_callback_that_suspends_finishes_under_the_race() -> None:
-    service, flow, seen = FakeService(), asyncio.Event(), []
-    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def callback() -> None:
-        seen.append("start")
-        seen.append(await gate)
-        await asyncio.sleep(0)
-        seen.append("end")
-
-    running = asyncio.ensure_future(handover.run_callback(service, callback(), flow))
-    await asyncio.sleep(0.01)
-    assert seen == ["start"] and not running.done()
-    gate.set_result(7)
-    await asyncio.wait_for(running, 1)
-    assert seen == ["start", 7, "end"] and service.races == 1
-
-
-async def test_a_suspended_callback_is_interrupted_by_a_rebalance() -> None:
-    service, flow = FakeService(), asyncio.Event()
-    cancelled = []
-
-    async def callback() -> None:
-        try:
-            await asyncio.sleep(10)  # e.g. a full agent queue
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
-    running = asyncio.ensure_future(handover.run_callback(service, callback(), flow))
-    await asyncio.sleep(0.01)
-    flow.set()  # suspend_flow: the fetcher moves on, the callback is cancelled
-    await asyncio.wait_for(running, 1)
-    await asyncio.sleep(0)
-    assert cancelled == [True]
-
-
-async def test_errors_of_the_callback_propagate() -> None:
-    async def sync_fail() -> None:
-        raise RuntimeError("decode")
-
-    with pytest.raises(RuntimeError):
-        await handover.run_callback(FakeService(), sync_fail(), asyncio.Event())
-
-    async def async_fail() -> None:
-        await asyncio.sleep(0)
-        raise KeyError("later")
-
-    with pytest.raises(KeyError):
-        await handover.run_callback(FakeService(), async_fail(), asyncio.Event())
-
-
-def test_installed_on_the_faust_it_was_written_for() -> None:
-    from faust.transport.drivers.aiokafka import Consumer
-
-    assert handover.install()
-    assert Consumer._drain_messages is handover._drain_messages
