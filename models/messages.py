@@ -116,7 +116,7 @@ def example_from_message(raw: bytes) -> Example:
 def scores_field(goals: dict[str, GoalState]) -> bytes:
     """The profile hash's readable ``scores`` field (DESIGN.md, state): per goal with a
     score, its probability, percentile, bucket and model version, rounded as in the score
-    messages (6 and 1 decimals). ``customer-ai segment`` and ``profile`` read it.
+    messages (6 and 1 decimals). ``customer-ai segment`` checks each member's bucket in it.
 
     >>> scores_field({"conversion": GoalState(0.2512345678, 80.04, "high", 2), "churn": GoalState()})
     b'{"conversion":{"probability":0.251235,"percentile":80.0,"bucket":"high","model_version":2}}'
