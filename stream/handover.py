@@ -113,17 +113,22 @@ def direct_delivery(consumer: Any) -> Callable[[Any], bool]:
     False when the message must go through the callback (see the module docstring).
     """
     app = consumer.app
-    conductor = app.topics
-    callbacks = conductor._tp_to_callback
-    rebuilding = conductor._tp_to_callback_lock.locked
-    flow_active = app.flow_control.is_active
-    suspend_flow = consumer.suspend_flow.is_set
-    event_type = app.conf.Event
-    buffer = app.producer.buffer
-    if app.conf.producer_threaded:  # its buffer size lives elsewhere: keep Faust's path
+    try:  # faust 0.15.3's internals (not covered by the hash of the fetcher loop)
+        conductor = app.topics
+        callbacks = conductor._tp_to_callback
+        rebuilding = conductor._tp_to_callback_lock.locked
+        flow_active = app.flow_control.is_active
+        suspend_flow = consumer.suspend_flow.is_set
+        event_type = app.conf.Event
+        buffer = app.producer.buffer
+        threaded = app.conf.producer_threaded  # its buffer size lives elsewhere
+        pending = buffer.pending._queue  # ProducerBuffer.size when not threaded
+        max_pending = buffer.max_messages
+    except AttributeError as exc:
+        log.warning("faust's conductor is not the 0.15.3 one (%s): no direct delivery", exc)
+        threaded = True
+    if threaded:
         return lambda message: False
-    pending = buffer.pending._queue  # ProducerBuffer.size when not threaded
-    max_pending = buffer.max_messages
     # tp -> (the handler the reader was found for, the reader or None if not eligible)
     readers: dict[Any, tuple[Any, Any]] = {}
 

@@ -123,6 +123,14 @@ async def test_a_rebuilt_callback_map_is_read_again() -> None:
     assert not part.deliver(part.message(3))
 
 
+async def test_another_faust_conductor_is_left_alone(caplog: pytest.LogCaptureFixture) -> None:
+    part = Partition()
+    del part.app.topics._tp_to_callback_lock  # not the 0.15.3 conductor
+    deliver = handover.direct_delivery(part.consumer)
+    assert not deliver(part.message()) and part.queued() == []
+    assert "no direct delivery" in caplog.text
+
+
 # ---- run_callback ---------------------------------------------------------------------
 class FakeService:
     """Counts ``wait_first`` calls and runs them as mode's Service does (first wins)."""
