@@ -32,7 +32,6 @@ Examples
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
@@ -312,10 +311,6 @@ class Engine:
         for model in (models or {}).values():
             self.set_model(model)
         self.sketches = {g.name: PercentileSketch() for g in self.goals}
-        # BucketConfig.bucket inlined: typed lists the compiled core bisects without a call
-        # into the (interpreted) config module
-        self._bucket_thresholds: list[float] = [float(t) for t in config.buckets.thresholds]
-        self._bucket_names: list[str] = list(config.buckets.names)
         # eligibility conditions see a dict of just the features they read (a profile
         # feature dict minus fields no condition asks for: the same answers, cheaper)
         index = self.featurizer.index
@@ -402,7 +397,7 @@ class Engine:
             if self._needs_feature_dict
             else {}
         )
-        thresholds, bucket_names = self._bucket_thresholds, self._bucket_names
+        buckets = self.config.buckets
         snapshot_features: list[float] | None = None  # rounded once, shared by every goal
         for goal in self.goals:
             if goal.eligibility is not None and not goal.eligibility(feature_dict):
@@ -420,7 +415,7 @@ class Engine:
                 basis = (model, vector, transformed, self._factor_parts)
                 factors = None
             percentile = self.sketches[goal.name].add_and_rank(probability)
-            bucket = bucket_names[bisect_right(thresholds, percentile)]
+            bucket = buckets.bucket(percentile)
             out.scores.append(
                 Score(
                     pid,

@@ -16,11 +16,11 @@ worker still collects. The timer collects only while no batch is in progress
 Redis or the broker, and collecting there traversed the batch's objects again (the
 timer did 2.4 % of a busy worker's CPU samples in py-spy, the batch ends 0.2 %).
 
-It keeps CPython's generational scheme: generation 0 is collected
-once the count of net new container objects reaches the first threshold, generation 1
-every ``thresholds[1]`` collections of generation 0, generation 2 every
-``thresholds[2]`` of generation 1 (the counts :func:`gc.get_count` reports, which
-:func:`gc.collect` advances as the automatic collector does). Cyclic garbage waits for
+It keeps CPython's generational scheme: generation 0 is collected once the count of net
+new container objects reaches the first threshold, generation 1 every ``thresholds[1]``
+collections of generation 0, generation 2 every ``thresholds[2]`` of generation 1 (the
+counts :func:`gc.get_count` reports, which :func:`gc.collect` advances as the automatic
+collector does). Cyclic garbage waits for
 its generation's next due collection, as under the automatic collector, only never in
 the middle of a batch.
 

@@ -40,7 +40,9 @@ class Partition:
         self.app.flow_control.resume()  # as the consumer does once partitions are assigned
         self.deliver = handover.direct_delivery(self.consumer)
 
-    def message(self, offset: int = 0, key: bytes | None = b"p-1", value: bytes | None = b"{}"):  # type: ignore[no-untyped-def]
+    def message(
+        self, offset: int = 0, key: bytes | None = b"p-1", value: bytes | None = b"{}"
+    ) -> ConsumerMessage:
         return ConsumerMessage(
             TOPIC, 0, offset, 1.5, 0, [("h", b"1")], key, value, None, tp=self.tp
         )  # fmt: skip
