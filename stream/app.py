@@ -8,8 +8,11 @@ and can commit past unprocessed ones, faust-streaming #606):
   internal ``customer-ai.events-by-profile``: greedy batches of up to ``batch_max``
   events (:func:`~stream.batching.greedy_batches`: whatever is queued once the first
   event arrives, collecting for at most ``batch_within`` seconds while more keep
-  arriving), scored by :class:`~stream.scorer.BatchScorer`. A batch is acked when the
-  loop asks for the next one, i.e. after outputs were flushed and state stored; a
+  arriving), scored by :class:`~stream.scorer.BatchScorer`, up to ``pipeline_depth``
+  (2) batches in progress at once (:func:`~stream.batching.pipelined`: the next batch
+  is scored while the last one's outputs and writes are in flight; each partition's
+  work stays in batch order, see :mod:`stream.scorer`). A batch is acked when its own
+  processing returned, i.e. after its outputs were flushed and its state stored; a
   batch interrupted by cancellation is never acked.
 - ``train`` on the single-partition ``customer-ai.training``.
 
@@ -46,7 +49,7 @@ from models.config import load_config
 from models.engine import Engine
 from models.features import Featurizer
 from stream import handover, metrics
-from stream.batching import greedy_batches
+from stream.batching import pipelined
 from stream.collector import BetweenBatchesCollector
 from stream.lag import LagPoller
 from stream.producer import BatchProducer, OutMessage
@@ -251,22 +254,31 @@ async def _with_retries(step, records: list[Record], what: str) -> None:  # type
     await rt.producer.send_all(outbox)
 
 
+async def _score(stream: faust.StreamT, scorer: BatchScorer) -> None:
+    """Score the agent's greedy batches, up to ``pipeline_depth`` of them in progress."""
+
+    async def step(events: list) -> None:
+        records = _records(events)
+        _note_first_batch(records)
+        await _guarded(scorer.process, records, "score")
+
+    await pipelined(
+        stream, step, settings.batch_max, settings.batch_within, depth=settings.pipeline_depth
+    )
+
+
 @app.agent(events_topic)
 async def score_events(stream: faust.StreamT) -> None:
     rt = runtime()
     await _load_models(rt)
-    async for events in greedy_batches(stream, settings.batch_max, settings.batch_within):
-        records = _records(events)
-        _note_first_batch(records)
-        await _guarded(rt.scorer.process, records, "score")
+    await _score(stream, rt.scorer)
 
 
 @app.agent(repartition_topic)
 async def score_repartitioned(stream: faust.StreamT) -> None:
     rt = runtime()
     await _load_models(rt)
-    async for events in greedy_batches(stream, settings.batch_max, settings.batch_within):
-        await _guarded(rt.repartitioned_scorer.process, _records(events), "score")
+    await _score(stream, rt.repartitioned_scorer)
 
 
 @app.agent(training_topic)

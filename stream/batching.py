@@ -28,6 +28,14 @@ Faust's consumer and conductor) and keeps only what the commit protocol needs:
   partition (the sensors ``Stream.__aiter__`` would call per event are skipped; the
   worker's own Prometheus metrics are counted per batch by the scorer).
 
+:func:`pipelined` runs a step on these batches with up to ``depth`` of them in progress
+at once: it asks for the next batch while the last one's step is still waiting for
+Redis or the broker, and acks each batch as soon as its own step returned (the
+generator's ``ack_on_next=False``). Acks may then come out of batch order, so the
+step must return only once the earlier batches' work on the same partitions has ended
+(the scorer's lanes, :mod:`stream.lanes`, make it so): Faust commits a partition up to
+its consecutive acked offsets and treats a head offset one below them as done.
+
 Batching is adaptive: wait (without a deadline) for the first event, then take what is
 already queued, up to ``max_events``. While more arrive (the consumer is still handing
 over the records of a fetch), keep collecting for at most ``linger`` seconds, one event
@@ -39,15 +47,16 @@ because events queue up while the previous batch is processed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from time import monotonic
 from typing import Any
 
-__all__ = ["greedy_batches"]
+__all__ = ["ack_batch", "greedy_batches", "pipelined"]
 
 
 async def greedy_batches(
-    stream: Any, max_events: int, linger: float = 0.0
+    stream: Any, max_events: int, linger: float = 0.0, *, ack_on_next: bool = True
 ) -> AsyncIterator[list[Any]]:
     """Yield lists of at most ``max_events`` Faust events of an agent's ``stream``.
 
@@ -61,13 +70,19 @@ async def greedy_batches(
     linger : float
         The longest time, in seconds, to keep collecting after the first event while
         events are still arriving; 0 takes only what is queued when the first one is.
+    ack_on_next : bool
+        True: a batch is acked when the next one is requested. False: the caller acks
+        each batch with :func:`ack_batch` once it is processed, possibly after asking
+        for more (:func:`pipelined`); the batches yielded and not acked when the
+        generator exits are untracked, never acked.
 
     Yields
     ------
     list of faust.EventT
         Events in the order the consumer delivered them (per partition: offset order).
-        They are acked when the next batch is requested, never earlier; the caller
-        must process a batch completely (and not keep it) before asking for the next.
+        With ``ack_on_next`` they are acked when the next batch is requested, never
+        earlier; the caller must then process a batch completely (and not keep it)
+        before asking for the next.
     """
     if max_events < 1:
         raise ValueError("max_events must be >= 1")
@@ -81,8 +96,10 @@ async def greedy_batches(
     inbound = app.monitor.stream_inbound_time
     loop = asyncio.get_running_loop()
     sleep = asyncio.sleep
-    # invariant: every event in ``batch`` is tracked in ``unacked`` and not acked yet
+    # invariant: every event in ``batch`` is tracked in ``unacked`` and not acked yet;
+    # so is every event of ``handed_over`` (yielded, acked by the caller) not acked yet
     batch: list[Any] = []
+    handed_over: list[list[Any]] = []
     stopping = False
     try:
         while not stopping:
@@ -118,18 +135,84 @@ async def greedy_batches(
             for tp in tps:
                 inbound[tp] = now
             yield batch
-            # the caller asked for the next batch: this one is fully processed
-            for event in batch:
-                event.message.ack(consumer)
+            if ack_on_next:
+                # the caller asked for the next batch: this one is fully processed
+                for event in batch:
+                    event.message.ack(consumer)
+            else:  # ack_batch acks all of a batch at once: its last event says which are done
+                handed_over = [b for b in handed_over if not b[-1].message.acked]
+                handed_over.append(batch)
             batch = []
     finally:
         # cancelled or closed with a batch in hand: not processed, so never acked
         # (no commit may pass it); untracked so that wait_empty does not wait for it
-        for event in batch:
-            message = event.message
-            if not message.acked:
-                unacked.discard(message)
-                message.tracked = False
+        for events in (batch, *handed_over):
+            for event in events:
+                message = event.message
+                if not message.acked:
+                    unacked.discard(message)
+                    message.tracked = False
+
+
+def ack_batch(batch: list[Any], consumer: Any) -> None:
+    """Ack every event of a processed ``batch`` (``greedy_batches(..., ack_on_next=False)``)."""
+    for event in batch:
+        event.message.ack(consumer)
+
+
+async def pipelined(
+    stream: Any,
+    step: Callable[[list[Any]], Awaitable[None]],
+    max_events: int,
+    linger: float = 0.0,
+    depth: int = 2,
+) -> None:
+    """Run ``step`` on the greedy batches of ``stream``, up to ``depth`` of them at once.
+
+    The next batch is taken (and its ``step`` started) while the previous ones are
+    still in progress, as long as fewer than ``depth`` are; each batch is acked as soon
+    as its own ``step`` returns. ``depth=1`` is one batch at a time. Steps that touch
+    the same data must order themselves (:class:`stream.lanes.Lanes`), and a step must
+    not return before the earlier batches' work on its partitions has ended (see the
+    module docstring); ``step`` handles its own errors (one that escapes stops the
+    loop, like an agent's error).
+
+    On exit (the stream ends: the steps in progress finish; cancelled or failed: they
+    are cancelled) no batch whose step did not return is acked.
+
+    Parameters
+    ----------
+    stream : faust.StreamT
+        The agent's stream (see :func:`greedy_batches`).
+    step
+        ``await step(events)`` processes one batch completely.
+    max_events, linger
+        As in :func:`greedy_batches`.
+    depth : int
+        The most batches in progress at once (>= 1).
+    """
+    if depth < 1:
+        raise ValueError("depth must be >= 1")
+    consumer = stream.app.consumer
+    batches = greedy_batches(stream, max_events, linger, ack_on_next=False)
+    in_progress: deque[asyncio.Future[None]] = deque()
+
+    async def run(batch: list[Any]) -> None:
+        await step(batch)
+        ack_batch(batch, consumer)
+
+    try:
+        async for batch in batches:
+            in_progress.append(asyncio.ensure_future(run(batch)))
+            while len(in_progress) >= depth:
+                await in_progress.popleft()
+        while in_progress:
+            await in_progress.popleft()
+    finally:
+        for task in in_progress:
+            task.cancel()
+        await asyncio.gather(*in_progress, return_exceptions=True)
+        await batches.aclose()  # untracks what was yielded and not acked
 
 
 def _drain(items: list[Any], max_events: int, qsize: Any, get_nowait: Any) -> bool:

@@ -22,7 +22,18 @@ it each batch of raw records and acknowledges them once it returns. For a batch:
    the fresh state, whose applied offset makes the replay skip what was applied.
 
 Steps 3 to 7 run per source partition, the partitions of a batch concurrently (their
-round trips overlap); the dead letters and forwards go out alongside.
+round trips overlap); the dead letters and forwards go out alongside. An unexpected
+error in them re-runs that partition's part from the stored state, up to
+``PARTITION_ATTEMPTS`` times, then dead-letters its records (``internal_error``).
+
+Two batches may be in progress at once (the agent's pipeline, ``CUSTOMER_AI_PIPELINE_DEPTH``):
+the next batch is decoded and its other partitions scored while the last one's produce
+acknowledgements and Redis writes are in flight. Each partition's part runs in that
+partition's :class:`~stream.lanes.Lanes` lane, reserved in batch order before any
+``await``: the later batch's part of a partition starts only once the earlier one's
+is stored (or dead-lettered), so it loads what that one wrote and applies its events in
+offset order. The forwards and dead letters share one lane for the same reason (a
+profile's forwarded events stay in order).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -45,6 +57,7 @@ from models.model import LinearModel
 from models.profile import format_time
 from models.state import ProfileState
 from stream import metrics
+from stream.lanes import Lanes
 from stream.producer import BatchProducer
 from stream.settings import Settings
 from stream.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry
@@ -53,6 +66,11 @@ __all__ = ["DLQ_MAX_ORIGINAL_BYTES", "BatchScorer", "Record", "dlq_message"]
 
 log = logging.getLogger(__name__)
 MAX_CAS_RETRIES = 5
+#: attempts at one partition's part of a batch before its records go to the DLQ
+PARTITION_ATTEMPTS = 5
+#: seconds before the second attempt (doubling up to 5 s)
+PARTITION_RETRY_DELAY = 0.5
+_OUTBOX_LANE = ("outbox",)
 #: A dead-letter message keeps at most this many bytes of the original value (2.5 MiB:
 #: even base64-encoded it stays under the 4 MiB ``max_request_size`` of the producer).
 DLQ_MAX_ORIGINAL_BYTES = 2_621_440
@@ -156,6 +174,7 @@ class BatchScorer:
         self.dlq_topic = settings.topic("dlq")
         self.repartition_topic = repartition_topic
         self.watermarks: dict[tuple[str, int], int] = {}
+        self._lanes = Lanes()
 
     # ---- models ----------------------------------------------------------------------
     async def refresh_models(self) -> list[str]:
@@ -231,16 +250,63 @@ class BatchScorer:
         # overlap instead of adding up. Each owns its profiles (a profile seen on two
         # partitions after a partition-count change is fenced by the compare-and-set and
         # re-done, as with two workers) and its outbox; the engine's loop has no await.
-        await _all_or_none(
-            [
-                self._process_partition(topic, partition, items, counts, [])
-                for (topic, partition), items in by_partition.items()
-            ]
-            + ([self.producer.send_all(outbox)] if outbox else [])
-        )
+        # Each runs in its partition's lane, after the work of any batch still in
+        # progress on that partition (places are reserved here, before any await, in
+        # batch order); the forwards and dead letters keep their order in a lane too.
+        jobs = [
+            self._lanes.reserve(tp).run(partial(self._partition_job, *tp, items, counts))
+            for tp, items in by_partition.items()
+        ]
+        if outbox:
+            send = partial(self.producer.send_all, outbox)
+            jobs.append(self._lanes.reserve(_OUTBOX_LANE).run(send))
+        await _all_or_none(jobs)
         elapsed = time.perf_counter() - started
         metrics.PROCESSING_LATENCY.observe(elapsed / max(1, len(records)))
         return counts
+
+    async def _partition_job(
+        self,
+        topic: str,
+        partition: int,
+        items: list[tuple[Record, Event, tuple]],
+        counts: dict[str, int],
+    ) -> None:
+        """Process one partition's part of a batch, retried in place (inside its lane).
+
+        An attempt that fails (anything but Redis and Kafka errors, which the store and
+        the producer retry themselves) is re-run from the stored state; after
+        ``PARTITION_ATTEMPTS`` the part's records go to the dead-letter topic as
+        ``internal_error`` and the lane moves on.
+        """
+        delay = PARTITION_RETRY_DELAY
+        for attempt in range(1, PARTITION_ATTEMPTS + 1):
+            attempt_counts = dict.fromkeys(counts, 0)
+            try:
+                await self._process_partition(topic, partition, items, attempt_counts, [])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - an escaping exception would stop the agent
+                log.exception(
+                    "%s[%d]: scoring %d events failed (attempt %d of %d)",
+                    topic, partition, len(items), attempt, PARTITION_ATTEMPTS,
+                )  # fmt: skip
+                if attempt < PARTITION_ATTEMPTS:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                continue
+            for name, n in attempt_counts.items():
+                counts[name] += n
+            return
+        log.error(
+            "%s[%d]: scoring failed %d times; sending its %d records to the DLQ",
+            topic, partition, PARTITION_ATTEMPTS, len(items),
+        )  # fmt: skip
+        outbox: list[OutMessage] = []
+        for record, _, _ in items:
+            self._reject(record, "internal_error", "scoring failed repeatedly", outbox)
+        counts["rejected"] += len(items)
+        await self.producer.send_all(outbox)
 
     def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
         metrics.EVENTS_REJECTED.labels(reason=reason).inc()

@@ -19,6 +19,10 @@ CUSTOMER_AI_BATCH_WITHIN           0.005                       longest a batch k
                                                                while events still arrive (s);
                                                                it never waits for events that
                                                                are not coming
+CUSTOMER_AI_PIPELINE_DEPTH         2                           batches in progress at once (the
+                                                               next one is scored while the
+                                                               last one's writes are in flight;
+                                                               1: one at a time)
 CUSTOMER_AI_FETCH_MAX_WAIT_MS      20                          longest a fetch waits for new
                                                                events (Faust hard-codes 1500;
                                                                Tansu re-checks a waiting fetch
@@ -57,6 +61,7 @@ class Settings:
     web_port: int = 6066
     batch_max: int = 5000
     batch_within: float = 0.005
+    pipeline_depth: int = 2
     fetch_max_wait_ms: int = 20
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0
@@ -81,6 +86,7 @@ class Settings:
             web_port=int(e.get("CUSTOMER_AI_WEB_PORT", d.web_port)),
             batch_max=int(e.get("CUSTOMER_AI_BATCH_MAX", d.batch_max)),
             batch_within=float(e.get("CUSTOMER_AI_BATCH_WITHIN", d.batch_within)),
+            pipeline_depth=int(e.get("CUSTOMER_AI_PIPELINE_DEPTH", d.pipeline_depth)),
             fetch_max_wait_ms=int(e.get("CUSTOMER_AI_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms)),
             session_timeout=float(e.get("CUSTOMER_AI_SESSION_TIMEOUT", d.session_timeout)),
             rebalance_timeout=float(e.get("CUSTOMER_AI_REBALANCE_TIMEOUT", d.rebalance_timeout)),

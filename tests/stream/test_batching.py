@@ -17,7 +17,7 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from stream.batching import greedy_batches
+from stream.batching import ack_batch, greedy_batches, pipelined
 
 
 class FakeConsumer:
@@ -197,3 +197,98 @@ async def test_actor_cancel_ends_the_iteration() -> None:
 async def test_max_events_must_be_positive() -> None:
     with pytest.raises(ValueError):
         await greedy_batches(FakeStream(), 0).__anext__()
+
+
+async def test_without_ack_on_next_the_caller_acks_and_exit_untracks_the_rest() -> None:
+    s = FakeStream()
+    s.put(0, 1)
+    it = greedy_batches(s, 2, ack_on_next=False)
+    first = await it.__anext__()
+    s.put(2, 3)
+    second = await it.__anext__()
+    s.put(4)
+    third = await it.__anext__()
+    assert s.consumer.acked == []  # asking for more acks nothing
+    ack_batch(second, s.consumer)  # batches may finish out of order
+    assert s.consumer.acked == [2, 3]
+    await it.aclose()  # the first and third never finished
+    assert s.consumer.acked == [2, 3]
+    assert s.consumer.unacked == set()
+    assert not any(e.message.acked or e.message.tracked for e in first + third)
+
+
+async def test_pipelined_starts_the_next_batch_while_one_is_in_progress() -> None:
+    s = FakeStream()
+    gates = {0: asyncio.Event(), 2: asyncio.Event(), 4: asyncio.Event()}
+    started: list[list[int]] = []
+    running = 0
+    most = 0
+
+    async def step(batch: list[Any]) -> None:
+        nonlocal running, most
+        started.append(offsets(batch))
+        running += 1
+        most = max(most, running)
+        await gates[offsets(batch)[0]].wait()
+        running -= 1
+
+    s.put(0, 1)
+    loop_task = asyncio.ensure_future(pipelined(s, step, max_events=2, depth=2))
+    await asyncio.sleep(0.01)
+    s.put(2, 3)
+    await asyncio.sleep(0.01)
+    assert started == [[0, 1], [2, 3]]  # the second started while the first is in progress
+    s.put(4)
+    await asyncio.sleep(0.01)
+    assert started == [[0, 1], [2, 3]]  # depth 2: the third waits for the first to end
+    gates[2].set()
+    await asyncio.sleep(0.01)
+    assert s.consumer.acked == [2, 3]  # acked as soon as its own step returned
+    assert started == [[0, 1], [2, 3]]  # the oldest still holds the pipeline
+    gates[0].set()
+    await asyncio.sleep(0.01)
+    assert started == [[0, 1], [2, 3], [4]]
+    assert s.consumer.acked == [2, 3, 0, 1]
+    loop_task.cancel()  # the worker stops with [4] in progress
+    with pytest.raises(asyncio.CancelledError):
+        await loop_task
+    assert most == 2
+    assert s.consumer.acked == [2, 3, 0, 1]  # never the unfinished batch
+    assert s.consumer.unacked == set()
+
+
+async def test_pipelined_finishes_the_batches_in_progress_when_the_stream_ends() -> None:
+    s = FakeStream()
+    s.put(0, 1, 2)
+
+    async def step(batch: list[Any]) -> None:
+        await asyncio.sleep(0.02)
+
+    async def stop_reading() -> None:
+        await asyncio.sleep(0.005)
+        s.queue._throw(StopAsyncIteration())  # Actor.cancel()
+
+    asyncio.ensure_future(stop_reading())
+    await asyncio.wait_for(pipelined(s, step, max_events=2, depth=2), 1)
+    assert s.consumer.acked == [0, 1, 2]
+
+
+async def test_pipelined_depth_one_is_one_batch_at_a_time() -> None:
+    s = FakeStream()
+    s.put(0)
+    s.put(1)
+    events: list[str] = []
+
+    async def step(batch: list[Any]) -> None:
+        events.append(f"start {offsets(batch)}")
+        await asyncio.sleep(0.01)
+        events.append(f"end {offsets(batch)}")
+
+    task = asyncio.ensure_future(pipelined(s, step, max_events=1, depth=1))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["start [0]", "end [0]", "start [1]", "end [1]"]
+    with pytest.raises(ValueError):
+        await pipelined(s, step, max_events=1, depth=0)

@@ -99,3 +99,27 @@ def test_generations_are_collected_as_cpython_schedules_them(manual_gc: None) ->
 def test_thresholds_must_be_positive() -> None:
     with pytest.raises(ValueError, match=">= 1"):
         BetweenBatchesCollector(thresholds=(0, 10, 10))
+
+
+def test_while_another_batch_is_in_progress_it_collects_at_most_every_busy_interval(
+    manual_gc: None,
+) -> None:
+    now = [0.0]
+    collector = BetweenBatchesCollector(
+        thresholds=(500, 10, 10), busy_interval=5.0, clock=lambda: now[0]
+    )
+    with collector.batch():  # the next batch of the pipeline, still in progress
+        alive = [Node() for _ in range(600)]
+        garbage = cycle()
+        now[0] = 4.9
+        assert collector.collect_if_due() is None  # would traverse the batch's objects
+        assert garbage() is not None
+        now[0] = 5.0
+        assert collector.collect_if_due() == 0  # steady load: every busy_interval
+        assert garbage() is None
+        more = [Node() for _ in range(600)]
+        now[0] = 6.0
+        assert collector.collect_if_due() is None
+    assert collector.collect_if_due() == 0  # nothing in progress: due means now
+    assert collector.collections == [2, 0, 0]
+    del alive, more

@@ -53,6 +53,7 @@ from models.messages import example_message
 from models.profile import profile_document
 from models.state import ProfileState
 from models.synthetic import generate_events
+from stream import scorer as scorer_module
 from stream.cli import ensure_topics
 from stream.dev import BrokerProcess, ValkeyProcess
 from stream.lag import read_lag
@@ -764,6 +765,81 @@ async def test_zombie_cannot_rewind_the_due_index(valkey: ValkeyProcess) -> None
     finally:
         await store_a.close()
         await store_b.close()
+
+
+async def test_two_batches_of_a_partition_in_progress_at_once_apply_in_offset_order(
+    valkey: ValkeyProcess,
+) -> None:
+    """The pipeline (two batches in progress): the second batch of a partition waits for the
+    first one's writes, so nothing is fenced or skipped and the states are exact. Were it
+    to load before them and store first, the first batch's events would look applied."""
+    ds = build_dataset(profiles=40, days=60, seed=SEED + 8)
+    records = as_records(ds.messages)
+    cut = len(records) // 2
+    url = valkey.url + "/0"
+    store = GatedStore(url)
+    scorer = BatchScorer(Engine(CFG), store, CollectingProducer(), SETTINGS)
+    try:
+        first = asyncio.create_task(scorer.process(records[:cut]))
+        await asyncio.wait_for(store.reached.wait(), 30)  # frozen before its writes
+        second = asyncio.create_task(scorer.process(records[cut:]))
+        await asyncio.sleep(0.2)
+        assert not second.done()
+        store.gate.set()
+        counts = await asyncio.wait_for(asyncio.gather(first, second), 60)
+        assert [c["fenced"] for c in counts] == [0, 0]
+        assert [c["skipped"] for c in counts] == [0, 0]
+        assert sum(c["events"] for c in counts) == len(records)
+        client = redis.Redis.from_url(url)
+        states = stored_states(client)
+        client.close()
+        got = {
+            pid: doc_view(profile_document(scorer.engine, pid, st)) for pid, st in states.items()
+        }
+        assert {pid for pid in ds.docs if got.get(pid) != ds.docs[pid]} == set()
+        assert due_index_errors(url) == []
+    finally:
+        await store.close()
+
+
+class FailingStore(RedisStore):
+    """A store whose first ``failures`` loads raise an unexpected error (not a Redis one)."""
+
+    def __init__(self, *args: Any, failures: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+
+    async def load(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("unexpected")
+        return await super().load(*args, **kwargs)
+
+
+@pytest.mark.parametrize("failures", [2, 99])
+async def test_a_failing_partition_is_retried_then_dead_lettered(
+    valkey: ValkeyProcess, monkeypatch: pytest.MonkeyPatch, failures: int
+) -> None:
+    """An unexpected error retries the partition's part of the batch in place; after
+    ``PARTITION_ATTEMPTS`` its records go to the DLQ and the worker moves on."""
+    monkeypatch.setattr(scorer_module, "PARTITION_RETRY_DELAY", 0.0)
+    ds = build_dataset(profiles=10, days=20, seed=SEED + 9)
+    records = as_records(ds.messages)
+    url = valkey.url + "/0"
+    store = FailingStore(url, failures=failures)
+    producer = CollectingProducer()
+    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    try:
+        counts = await asyncio.wait_for(scorer.process(records), 60)
+    finally:
+        await store.close()
+    dead = [orjson.loads(v) for t, _, v in producer.messages if t == SETTINGS.topic("dlq")]
+    if failures < scorer_module.PARTITION_ATTEMPTS:
+        assert dead == [] and counts["events"] == len(records)
+    else:
+        assert counts["events"] == 0 and counts["rejected"] == len(records)
+        assert [d["offset"] for d in dead] == [r.offset for r in records]
+        assert {d["reason"] for d in dead} == {"internal_error"}
 
 
 # ---- training exactly-once, in process -------------------------------------------------
