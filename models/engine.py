@@ -191,7 +191,11 @@ class Score:
         return f"Score({inner})"
 
 
-@dataclass(slots=True)
+# SegmentChange and Example write their ``__init__`` out (``init=False``): a
+# dataclass-made one stays interpreted Python in the compiled core.
+
+
+@dataclass(slots=True, init=False)
 class SegmentChange:
     """A profile moved from one bucket of a goal to another (``from_bucket`` None: first score)."""
 
@@ -202,8 +206,24 @@ class SegmentChange:
     probability: float
     event_time_ms: int
 
+    def __init__(
+        self,
+        profile_id: str,
+        goal: str,
+        from_bucket: str | None,
+        to_bucket: str,
+        probability: float,
+        event_time_ms: int,
+    ) -> None:
+        self.profile_id = profile_id
+        self.goal = goal
+        self.from_bucket = from_bucket
+        self.to_bucket = to_bucket
+        self.probability = probability
+        self.event_time_ms = event_time_ms
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Example:
     """A matured training example: features and served probability at prediction time, and its label."""
 
@@ -216,7 +236,31 @@ class Example:
     model_version: int
     features: list[float]
     matured_ts: int
-    served_warming_up: bool = False
+    served_warming_up: bool
+
+    def __init__(
+        self,
+        example_id: str,
+        goal: str,
+        profile_id: str,
+        prediction_ts: int,
+        label: int,
+        probability: float,
+        model_version: int,
+        features: list[float],
+        matured_ts: int,
+        served_warming_up: bool = False,
+    ) -> None:
+        self.example_id = example_id
+        self.goal = goal
+        self.profile_id = profile_id
+        self.prediction_ts = prediction_ts
+        self.label = label
+        self.probability = probability
+        self.model_version = model_version
+        self.features = features
+        self.matured_ts = matured_ts
+        self.served_warming_up = served_warming_up
 
 
 @dataclass(slots=True)

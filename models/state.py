@@ -22,7 +22,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
@@ -34,7 +34,11 @@ STATE_FORMAT = 1
 NEVER = -1
 
 
-@dataclass(slots=True)
+# The classes below write their ``__init__`` out (``init=False``): a dataclass-made one
+# stays interpreted Python in the compiled core (a call into it per object decoded).
+
+
+@dataclass(slots=True, init=False)
 class Snapshot:
     """A pending label: the features and probability served at a scoring moment.
 
@@ -50,8 +54,26 @@ class Snapshot:
     probability: float
     model_version: int
     features: list[float]
-    label: int | None = None
-    warming_up: bool = False
+    label: int | None
+    warming_up: bool
+
+    def __init__(
+        self,
+        open_ts: int,
+        event_id: str,
+        probability: float,
+        model_version: int,
+        features: list[float],
+        label: int | None = None,
+        warming_up: bool = False,
+    ) -> None:
+        self.open_ts = open_ts
+        self.event_id = event_id
+        self.probability = probability
+        self.model_version = model_version
+        self.features = features
+        self.label = label
+        self.warming_up = warming_up
 
     def to_list(self) -> list:
         row = [self.open_ts, self.event_id, self.probability, self.model_version, self.features]
@@ -68,16 +90,32 @@ class Snapshot:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class GoalState:
     """Per goal: last served score and bucket, last snapshot time, pending snapshots."""
 
-    probability: float | None = None
-    percentile: float | None = None
-    bucket: str | None = None
-    model_version: int = 0
-    last_open_ts: int = NEVER
-    pending: list[Snapshot] = field(default_factory=list)
+    probability: float | None
+    percentile: float | None
+    bucket: str | None
+    model_version: int
+    last_open_ts: int
+    pending: list[Snapshot]
+
+    def __init__(
+        self,
+        probability: float | None = None,
+        percentile: float | None = None,
+        bucket: str | None = None,
+        model_version: int = 0,
+        last_open_ts: int = NEVER,
+        pending: list[Snapshot] | None = None,
+    ) -> None:
+        self.probability = probability
+        self.percentile = percentile
+        self.bucket = bucket
+        self.model_version = model_version
+        self.last_open_ts = last_open_ts
+        self.pending = [] if pending is None else pending
 
     def to_list(self) -> list:
         return [
@@ -101,7 +139,7 @@ class GoalState:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ProfileState:
     """The rolling state of one profile (see the module docstring).
 
@@ -134,7 +172,31 @@ class ProfileState:
     values: list[float]
     value_totals: list[float]
     goals: dict[str, GoalState]
-    gap_ms: int = NEVER
+    gap_ms: int
+
+    def __init__(
+        self,
+        first_ts: int,
+        ref_ts: int,
+        n_events: int,
+        counts: list[int],
+        last_ts: list[int],
+        decayed: list[float],
+        values: list[float],
+        value_totals: list[float],
+        goals: dict[str, GoalState],
+        gap_ms: int = NEVER,
+    ) -> None:
+        self.first_ts = first_ts
+        self.ref_ts = ref_ts
+        self.n_events = n_events
+        self.counts = counts
+        self.last_ts = last_ts
+        self.decayed = decayed
+        self.values = values
+        self.value_totals = value_totals
+        self.goals = goals
+        self.gap_ms = gap_ms
 
     @classmethod
     def new(
