@@ -5,6 +5,11 @@ decimals, so its ``repr`` (and its JSON) is as short as ``round(x, k)``'s, at ab
 quarter of the cost. Halves round up (``round`` rounds them to even), which does not
 matter as long as every path that must agree (stream and backtest) uses these.
 
+The floor is taken as ``y // 1.0``: for a finite double it is ``math.floor(y)`` as a
+double (the same value; an integer above 2**53 is a double already), and compiled it is
+one C operation instead of a call to ``math.floor`` and an integer division (a list of
+12 values: 0.86 -> 0.1 us). Like everything served, the values are finite.
+
 Examples
 --------
 >>> rounded(2 / 3, 4), rounded(-2 / 3, 4), rounded(0.1 + 0.2, 6)
@@ -17,27 +22,23 @@ Examples
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 __all__ = ["rounded", "rounded_array", "rounded_list"]
 
-_floor = math.floor
 _SCALES = [10.0**k for k in range(16)]
 
 
 def rounded(x: float, digits: int) -> float:
     """``x`` rounded to ``digits`` decimals (halves up)."""
     scale = _SCALES[digits]
-    return _floor(x * scale + 0.5) / scale
+    return (x * scale + 0.5) // 1.0 / scale
 
 
 def rounded_list(values: list[float], digits: int) -> list[float]:
     """Every value of ``values`` rounded to ``digits`` decimals (halves up)."""
     scale = _SCALES[digits]
-    floor = _floor
-    return [floor(x * scale + 0.5) / scale for x in values]
+    return [(x * scale + 0.5) // 1.0 / scale for x in values]
 
 
 def rounded_array(values: np.ndarray, digits: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timezone
 
@@ -19,6 +20,17 @@ def test_rounded_is_within_half_a_unit_and_as_short_as_round() -> None:
             r = rounded(x, digits)
             assert abs(r - x) <= 0.5 * 10.0**-digits + 1e-9
             assert len(repr(r)) <= len(repr(round(x, digits)))
+
+
+def test_rounded_is_the_floor_formula() -> None:
+    rng = random.Random(5)
+    values = [0.0, 0.5e-4, -0.5e-4, 1.23455, -1.23455, 2.0**60 / 3, -(2.0**60) / 3, 1e300] + [
+        rng.uniform(-1e6, 1e6) * rng.choice([1.0, 1e-3, 1e-6, 1e-12]) for _ in range(20_000)
+    ]
+    for digits in (1, 4, 6):
+        scale = 10.0**digits
+        for v in values:
+            assert rounded(v, digits) == math.floor(v * scale + 0.5) / scale
 
 
 def test_rounded_list_matches_rounded() -> None:
