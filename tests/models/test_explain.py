@@ -113,3 +113,50 @@ def test_engine_scores_explained_in_batch_equal_the_lazy_factors() -> None:
     assert all(s._basis is None for s in batch.scores)
     assert [s.factors for s in batch.scores] == [s.factors for s in lazy.scores]
     assert all(len(s.factors) == 5 for s in batch.scores)
+
+
+@st.composite
+def shared_vector_batches(draw: st.DrawFn) -> tuple[list[Score], list[Score]]:
+    """As the engine makes them: per event one transformed list, shared by the scores of
+    the goals that scored it (some events by one goal only, in either order)."""
+    d = draw(st.integers(1, 8))
+    names = [f"f{i}" for i in range(d)]
+    parts = [(n, n.upper()) for n in names]
+    models = [
+        _model(goal, names, draw(st.lists(WEIGHTS, min_size=d, max_size=d)), 0.25, 1.5)
+        for goal in ("a", "b")
+    ]
+    # some batches where one goal scores a subset of the other's events (row orders differ)
+    subsets = draw(
+        st.sampled_from([[(0,), (1,), (0, 1), (1, 0)], [(1,), (0, 1), (1, 0)], [(0, 1), (1, 0)]])
+    )
+    events = draw(
+        st.lists(
+            st.tuples(st.lists(FEATURE_VALUES, min_size=d, max_size=d), st.sampled_from(subsets)),
+            min_size=EXPLAIN_BATCH_MIN,
+            max_size=4 * EXPLAIN_BATCH_MIN,
+        )
+    )
+
+    def scores() -> list[Score]:
+        made = []
+        for vector, which in events:
+            transformed = transform(vector)
+            for m in which:
+                basis = (models[m], vector, transformed, parts)
+                made.append(
+                    Score("p", models[m].goal, 0.5, 50.0, "m", 1, False, None, "e", 0, basis)
+                )
+        return made
+
+    return scores(), scores()
+
+
+@settings(max_examples=300, deadline=None)
+@given(shared_vector_batches())
+def test_batch_factors_equal_one_by_one_when_goals_share_vectors(
+    batches: tuple[list[Score], list[Score]],
+) -> None:
+    batch, one_by_one = batches
+    explain_scores(batch)
+    assert [s.factors for s in batch] == [s.factors for s in one_by_one]
