@@ -9,9 +9,9 @@ and can commit past unprocessed ones, faust-streaming #606):
   events (:func:`~stream.batching.greedy_batches`: whatever is queued once the first
   event arrives, collecting for at most ``batch_within`` seconds while more keep
   arriving), scored by :class:`~stream.scorer.BatchScorer`, up to ``pipeline_depth``
-  (2) batches in progress at once (:func:`~stream.batching.pipelined`: the next batch
-  is scored while the last one's outputs and writes are in flight; each partition's
-  work stays in batch order, see :mod:`stream.scorer`). A batch is acked when its own
+  (2) batches in progress at once while events queue up (:func:`~stream.batching.pipelined`:
+  the next batch is scored while the last one's outputs and writes are in flight; each
+  partition's work stays in batch order, see :mod:`stream.scorer`). A batch is acked when its own
   processing returned, i.e. after its outputs were flushed and its state stored; a
   batch interrupted by cancellation is never acked.
 - ``train`` on the single-partition ``customer-ai.training``.
@@ -263,7 +263,12 @@ async def _score(stream: faust.StreamT, scorer: BatchScorer) -> None:
         await _guarded(scorer.process, records, "score")
 
     await pipelined(
-        stream, step, settings.batch_max, settings.batch_within, depth=settings.pipeline_depth
+        stream,
+        step,
+        settings.batch_max,
+        settings.batch_within,
+        depth=settings.pipeline_depth,
+        min_backlog=settings.batch_max // 10,  # pipelined only when events queue up
     )
 
 

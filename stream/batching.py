@@ -166,12 +166,18 @@ async def pipelined(
     max_events: int,
     linger: float = 0.0,
     depth: int = 2,
+    min_backlog: int = 0,
 ) -> None:
     """Run ``step`` on the greedy batches of ``stream``, up to ``depth`` of them at once.
 
     The next batch is taken (and its ``step`` started) while the previous ones are
-    still in progress, as long as fewer than ``depth`` are; each batch is acked as soon
-    as its own ``step`` returns. ``depth=1`` is one batch at a time. Steps that touch
+    still in progress, as long as fewer than ``depth`` are and at least ``min_backlog``
+    events are queued; each batch is acked as soon as its own ``step`` returns.
+    ``depth=1`` is one batch at a time. Without a backlog (light load) the batch in
+    progress is waited for: the events arriving meanwhile then form one batch, where a
+    batch taken early would hold a few of them and wait for the same partitions' work
+    anyway (one round trip per piece: p99 at 5,000 events/s on one partition went from
+    62 to 102-111 ms with the pipeline always on). Steps that touch
     the same data must order themselves (:class:`stream.lanes.Lanes`), and a step must
     not return before the earlier batches' work on its partitions has ended (see the
     module docstring); ``step`` handles its own errors (one that escapes stops the
@@ -190,10 +196,14 @@ async def pipelined(
         As in :func:`greedy_batches`.
     depth : int
         The most batches in progress at once (>= 1).
+    min_backlog : int
+        Events that must be queued for the next batch to be taken before the one in
+        progress ends.
     """
     if depth < 1:
         raise ValueError("depth must be >= 1")
     consumer = stream.app.consumer
+    queued = stream.channel.queue.qsize
     batches = greedy_batches(stream, max_events, linger, ack_on_next=False)
     in_progress: deque[asyncio.Future[None]] = deque()
 
@@ -204,7 +214,7 @@ async def pipelined(
     try:
         async for batch in batches:
             in_progress.append(asyncio.ensure_future(run(batch)))
-            while len(in_progress) >= depth:
+            while in_progress and (len(in_progress) >= depth or queued() < min_backlog):
                 await in_progress.popleft()
         while in_progress:
             await in_progress.popleft()

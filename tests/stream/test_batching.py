@@ -292,3 +292,29 @@ async def test_pipelined_depth_one_is_one_batch_at_a_time() -> None:
     assert events == ["start [0]", "end [0]", "start [1]", "end [1]"]
     with pytest.raises(ValueError):
         await pipelined(s, step, max_events=1, depth=0)
+
+
+async def test_pipelined_waits_for_the_batch_in_progress_without_a_backlog() -> None:
+    s = FakeStream()
+    gate = asyncio.Event()
+    started: list[list[int]] = []
+
+    async def step(batch: list[Any]) -> None:
+        started.append(offsets(batch))
+        if offsets(batch)[0] == 0:
+            await gate.wait()
+
+    s.put(0, 1)
+    task = asyncio.ensure_future(pipelined(s, step, max_events=10, depth=2, min_backlog=3))
+    await asyncio.sleep(0.01)
+    s.put(2, 3)  # less than min_backlog queued: the next batch waits for the first
+    await asyncio.sleep(0.01)
+    assert started == [[0, 1]]
+    s.put(4)  # arrivals while it waits join what the next batch takes
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert started == [[0, 1], [2, 3, 4]]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert s.consumer.acked == [0, 1, 2, 3, 4]
