@@ -11,7 +11,7 @@
 ``faust-batch``
     The scorer's consume and produce path with no work in between: a Faust agent that
     takes batches as the scorer does (:func:`stream.batching.greedy_batches`, up to
-    the scorer's default ``CUSTOMER_AI_BATCH_MAX`` events (10,000), ``--linger`` default
+    the scorer's default ``CUSTOMER_AI_BATCH_MAX`` events (5,000), ``--linger`` default
     the scorer's 0.005 s, Faust's message hand-over
     made cheaper by :func:`stream.handover.install`, ``stream_buffer_maxsize=16384``)
     and forwards each batch with the scorer's :class:`stream.producer.BatchProducer`,

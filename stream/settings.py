@@ -14,7 +14,7 @@ CUSTOMER_AI_REDIS_CLUSTER          0                           1: REDIS_URL is a
                                                                node (cluster client; segment
                                                                index in a separate pipeline)
 CUSTOMER_AI_WEB_HOST / _WEB_PORT   127.0.0.1 / 6066            HTTP views and /metrics
-CUSTOMER_AI_BATCH_MAX              10000                       events per batch, at most
+CUSTOMER_AI_BATCH_MAX              5000                        events per batch, at most
 CUSTOMER_AI_BATCH_WITHIN           0.005                       longest a batch keeps collecting
                                                                while events still arrive (s);
                                                                it never waits for events that
@@ -59,7 +59,7 @@ class Settings:
     redis_cluster: bool = False
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    batch_max: int = 10_000
+    batch_max: int = 5000
     batch_within: float = 0.005
     pipeline_depth: int = 2
     fetch_max_wait_ms: int = 20
