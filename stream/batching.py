@@ -135,10 +135,8 @@ async def greedy_batches(
             for tp in tps:
                 inbound[tp] = now
             yield batch
-            if ack_on_next:
-                # the caller asked for the next batch: this one is fully processed
-                for event in batch:
-                    event.message.ack(consumer)
+            if ack_on_next:  # the caller asked for the next batch: this one is fully processed
+                ack_batch(batch, consumer)
             else:  # ack_batch acks all of a batch at once: its last event says which are done
                 handed_over = [b for b in handed_over if not b[-1].message.acked]
                 handed_over.append(batch)
