@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks: servers, data, topics, workers, timings.
 
-Every benchmark starts its own Tansu broker and Valkey (:mod:`stream.dev`) unless
+Every benchmark starts its own Tansu broker and Valkey (:mod:`stream.devservers`) unless
 ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` name running ones; every run uses its own
 topic prefix, consumer groups and Redis key prefix, so runs never see each other's
 data. Logs and progress go to stderr; the result is one JSON object on stdout.
@@ -46,7 +46,8 @@ from rich.progress import (  # noqa: E402
     TimeRemainingColumn,
 )
 
-from stream.dev import BrokerProcess, ValkeyProcess, _parent_death_signal  # noqa: E402
+from stream.devservers import BrokerProcess, ValkeyProcess  # noqa: E402
+from stream.devservers.process import parent_death_signal  # noqa: E402
 from tests.harness import WorkerProcess  # noqa: E402
 
 __all__ = [
@@ -441,7 +442,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=parent_death_signal(),
             )
         _children.append(self)
 
@@ -481,7 +482,7 @@ class BenchWorker(WorkerProcess):
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(),
+            preexec_fn=parent_death_signal(),
         )
         log_file.close()
         _children.append(self)

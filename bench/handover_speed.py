@@ -3,8 +3,8 @@
 Builds a never-started ``faust.App`` with one raw-bytes topic partition (as the worker's),
 then times, best of ``--repeat``, handing ``--messages`` messages to the agent's queue:
 through Faust's conductor callback (``Conductor.on_message`` run by
-:func:`stream.handover.run_callback`, what the fetcher loop did before) and through
-:func:`stream.handover.direct_delivery`. No broker: only the hand-over is timed.
+:func:`stream.worker.handover.run_callback`, what the fetcher loop did before) and through
+:func:`stream.worker.handover.direct_delivery`. No broker: only the hand-over is timed.
 
 Usage::
 
@@ -27,7 +27,7 @@ from faust.types.tuples import ConsumerMessage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream import handover  # noqa: E402
+from stream.worker import handover  # noqa: E402
 
 
 async def _measure(messages: int, repeat: int) -> dict[str, float]:

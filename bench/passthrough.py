@@ -10,11 +10,11 @@
     uvloop, as ``customer-ai worker`` installs it.
 ``faust-batch``
     The scorer's consume and produce path with no work in between: a Faust agent that
-    takes batches as the scorer does (:func:`stream.batching.greedy_batches`, up to
+    takes batches as the scorer does (:func:`stream.worker.batching.greedy_batches`, up to
     the scorer's default ``CUSTOMER_AI_BATCH_MAX`` events (5,000), ``--linger`` default
     the scorer's 0.005 s, Faust's message hand-over
-    made cheaper by :func:`stream.handover.install`, ``stream_buffer_maxsize=16384``)
-    and forwards each batch with the scorer's :class:`stream.producer.BatchProducer`,
+    made cheaper by :func:`stream.worker.handover.install`, ``stream_buffer_maxsize=16384``)
+    and forwards each batch with the scorer's :class:`stream.worker.producer.BatchProducer`,
     waiting for the acks before the next batch. The ceiling of any Faust-based scorer
     on this machine.
 ``faust-take``
@@ -131,15 +131,15 @@ def faust_main(args: argparse.Namespace) -> None:
 
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from stream.batching import greedy_batches
-        from stream.producer import BatchProducer
-        from stream.settings import Settings
+        from stream.worker.batching import greedy_batches
+        from stream.worker.producer import BatchProducer
+        from stream.worker.settings import Settings
 
         app.conf.stream_buffer_maxsize = 131_072 if args.mode == "faust-take" else 16_384
         out = BatchProducer(args.bootstrap)
 
         if args.mode == "faust-batch":
-            from stream import handover
+            from stream.worker import handover
 
             handover.install()
 

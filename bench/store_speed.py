@@ -32,7 +32,7 @@ from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
 from models.messages import scores_field  # noqa: E402
 from models.state import GoalState  # noqa: E402
-from stream.store import ProfileWrite, RedisStore, SegmentEntry  # noqa: E402
+from stream.worker.store import ProfileWrite, RedisStore, SegmentEntry  # noqa: E402
 
 GOALS = ("conversion", "churn")
 BUCKETS = ("low", "medium", "high")

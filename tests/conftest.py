@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from stream.dev import BrokerProcess, ValkeyProcess, redis_answers
+from stream.devservers import BrokerProcess, ValkeyProcess, redis_answers
 
 _INTEGRATION_FIXTURES = frozenset(
     {"kafka_broker", "kafka_bootstrap", "redis_server_url", "redis_url", "redis_client"}

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream.dev import find_free_port
+from stream.devservers import find_free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "customer-ai.toml"

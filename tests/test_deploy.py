@@ -2,7 +2,7 @@
 
 docker-compose.yml, the Dockerfile, Prometheus' config and alert rules and the Grafana
 dashboard must agree with each other and with the metrics registered in
-:mod:`stream.metrics`. :func:`dashboard_metric_names` is reusable by live-worker tests.
+:mod:`stream.ops.metrics`. :func:`dashboard_metric_names` is reusable by live-worker tests.
 """
 
 from __future__ import annotations
@@ -350,11 +350,11 @@ def test_global_gauges_are_not_summed_over_workers() -> None:
     assert any(re.search(r"max by \(goal, bucket\) \(customer_ai_bucket_size", e) for e in exprs)
 
 
-# --- metric names used in PromQL exist in stream.metrics ----------------------------------
+# --- metric names used in PromQL exist in stream.ops.metrics ----------------------------------
 
 
 def _registered() -> set[str]:
-    from stream.metrics import REGISTRY, metric_names
+    from stream.ops.metrics import REGISTRY, metric_names
 
     return metric_names(REGISTRY)
 
@@ -365,7 +365,7 @@ def test_every_promql_metric_is_registered(source: str) -> None:
     assert names, f"no customer_ai_* metric found in the {source}"
     registered = _registered()
     missing = sorted(n for n in names if n not in registered)
-    assert not missing, f"{source} uses metrics stream.metrics does not define: {missing}"
+    assert not missing, f"{source} uses metrics stream.ops.metrics does not define: {missing}"
 
 
 def test_the_fixed_metric_names_are_registered() -> None:
@@ -403,7 +403,7 @@ def test_promql_parses() -> None:
 
 
 def test_render_exposes_the_registry() -> None:
-    from stream import metrics
+    from stream.ops import metrics
 
     metrics.SCORES.labels(goal="deploy-test").inc()
     metrics.observe_processing(batch_seconds=0.03, n_events=3)

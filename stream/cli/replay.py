@@ -1,0 +1,144 @@
+"""``customer-ai generate`` and ``replay``: synthetic events, and a JSONL file produced to Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.cli.common import console, settings_from_env
+
+__all__ = ["cmd_generate", "cmd_replay", "ensure_topics", "replay_file"]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from models.synthetic import generate_events, write_jsonl
+
+    started = time.perf_counter()
+    events = generate_events(profiles=args.profiles, days=args.days, seed=args.seed)
+    write_jsonl(events, args.out)
+    console.print(
+        f"wrote {len(events):,} events for {args.profiles:,} profiles over {args.days} days "
+        f"to {args.out} in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _profile_key(line: bytes, namespace: str | None) -> bytes | None:
+    from models.events import InvalidEvent, decode_event
+
+    try:
+        return decode_event(line, identity_namespace=namespace).profile_id.encode()
+    except InvalidEvent:
+        return None
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, int], security: dict[str, Any]) -> None:
+    """Create topics that do not exist yet (partitions per topic)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except Exception as exc:  # noqa: BLE001 - raced with another creator
+                console.print(f"[yellow]create_topics: {exc!r}[/]")
+    finally:
+        await admin.close()
+
+
+async def replay_file(
+    path: Path,
+    bootstrap: str,
+    topic: str,
+    *,
+    rate: float | None = None,
+    namespace: str | None = None,
+    partitions: int = 4,
+    show_progress: bool = True,
+) -> int:
+    """Produce every line of a JSONL file to ``topic`` keyed by profile id; returns the count."""
+    from aiokafka import AIOKafkaProducer
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from stream.worker.security import kafka_security_kwargs
+
+    security = kafka_security_kwargs(os.environ)
+    await ensure_topics(bootstrap, {topic: partitions}, security)
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        acks="all",
+        max_batch_size=1_048_576,
+        max_request_size=4_194_304,
+        **security,
+    )
+    await producer.start()
+    sent = 0
+    started = time.perf_counter()
+    try:
+        with Progress(
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not show_progress,
+        ) as progress:
+            task = progress.add_task("replay", total=len(lines), rate="")
+            futures = []
+            for line in lines:
+                futures.append(
+                    await producer.send(topic, value=line, key=_profile_key(line, namespace))
+                )
+                sent += 1
+                if rate:
+                    ahead = sent / rate - (time.perf_counter() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                if len(futures) >= 5000:
+                    await asyncio.gather(*futures)
+                    futures.clear()
+                    elapsed = time.perf_counter() - started
+                    progress.update(task, completed=sent, rate=f"{sent / elapsed:,.0f} ev/s")
+            await asyncio.gather(*futures)
+            progress.update(
+                task, completed=sent, rate=f"{sent / (time.perf_counter() - started):,.0f} ev/s"
+            )
+    finally:
+        await producer.stop()
+    return sent
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from models.config import load_config
+
+    s = settings_from_env()
+    cfg = load_config(args.config or s.config_path)
+    n = asyncio.run(
+        replay_file(
+            Path(args.file),
+            s.bootstrap,
+            args.topic or s.topic("events"),
+            rate=args.rate,
+            namespace=cfg.identity_namespace,
+            partitions=s.partitions,
+        )
+    )
+    console.print(f"replayed {n:,} events to {args.topic or s.topic('events')}")
+    return 0

@@ -1,0 +1,95 @@
+"""Readable score lines and ``customer-ai tail``: follow the live scores."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from stream.cli.common import settings_from_env
+
+__all__ = ["cmd_tail", "format_score", "print_scores", "tail_scores"]
+
+
+def format_score(msg: dict[str, Any]) -> str:
+    """One readable line for a score message."""
+    warm = " [warming up]" if msg.get("warming_up") else ""
+    factors = "  ".join(
+        f"{f['contribution']:+.2f} {f['label']}={f['value']:g}" for f in msg.get("factors", [])[:3]
+    )
+    return (
+        f"{msg['event_time'][:19]}  {msg['profile_id']:>10}  {msg['goal']:<11} p={msg['probability']:.3f} "
+        f"pct={msg['percentile']:5.1f} {msg['bucket']:<6} v{msg['model_version']}{warm}  {factors}"
+    )
+
+
+async def tail_scores(
+    bootstrap: str,
+    topic: str,
+    *,
+    goal: str | None,
+    limit: int | None,
+    as_json: bool,
+    from_beginning: bool,
+    out: Any = sys.stdout,
+) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    from stream.worker.security import kafka_security_kwargs
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        **kafka_security_kwargs(os.environ),
+    )
+    await consumer.start()
+    shown = 0
+    try:
+        async for message in consumer:
+            msg = orjson.loads(message.value)
+            if goal and msg.get("goal") != goal:
+                continue
+            out.write((message.value.decode() if as_json else format_score(msg)) + "\n")
+            out.flush()
+            shown += 1
+            if limit and shown >= limit:
+                break
+    finally:
+        await consumer.stop()
+    return shown
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    s = settings_from_env()
+    try:
+        asyncio.run(
+            tail_scores(
+                s.bootstrap,
+                s.topic("scores"),
+                goal=args.goal,
+                limit=args.limit,
+                as_json=args.json,
+                from_beginning=args.from_beginning,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def print_scores(out: Console, doc: dict[str, Any]) -> None:
+    """A profile document's score per goal, with its signed factors, one per line."""
+    for goal, score in doc["scores"].items():
+        out.print(
+            f"[bold]{goal}[/]: p={score['probability']:.3f}  percentile {score['percentile']:.1f}  "
+            f"bucket [bold]{score['bucket']}[/]  model v{score['model_version']}"
+        )
+        for f in score["factors"]:
+            out.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")

@@ -1,0 +1,103 @@
+"""Read-only HTTP views on the worker (bound to 127.0.0.1 unless configured).
+
+- ``GET /healthz``: 200 once partitions are assigned and Redis answers, else 503;
+- ``GET /profiles/{id}``: features, scores, factors, buckets (404 if unknown);
+- ``GET /models``: served versions and live metrics per goal;
+- ``GET /metrics``: Prometheus exposition.
+
+The worker's entry point (:func:`stream.worker.app.main`) calls :func:`register_views`
+with its app and runtime: this module imports nothing of the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from faust.web import Request, Response, View
+
+from models.engine import Engine
+from models.profile import profile_document
+from models.state import ProfileState
+from stream.ops import metrics
+
+__all__ = ["models_document", "register_views"]
+
+
+class _Store(Protocol):
+    redis: Any
+
+    async def get_profile(self, profile_id: str) -> bytes | None: ...
+
+
+class _Scorer(Protocol):
+    async def refresh_models(self) -> list[str]: ...
+
+
+class WorkerRuntime(Protocol):
+    """What the views read of the worker's runtime (:class:`stream.worker.app.Runtime`)."""
+
+    engine: Engine
+    store: _Store
+    scorer: _Scorer
+
+
+def models_document(engine: Engine) -> dict[str, Any]:
+    """Served model version, warm-up and live metrics per goal."""
+    return {
+        goal: {
+            "version": m.version,
+            "warming_up": m.warming_up,
+            "n_examples": m.n_examples,
+            "n_positive": m.n_positive,
+            "base_rate": m.base_rate,
+            "live": m.metrics,
+            "created_at": m.created_at,
+        }
+        for goal, m in engine.models.items()
+    }
+
+
+def register_views(
+    app: Any, runtime: Callable[[], WorkerRuntime], assigned_partitions: Callable[[], int]
+) -> None:
+    """Add the views to the Faust ``app``; ``runtime()`` gives the worker's resources."""
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            # partitions of the agents' topics (0 during start-up: 503, not an error)
+            assigned = assigned_partitions()
+            metrics.PARTITIONS_ASSIGNED.set(assigned)
+            try:  # bounded: a frozen Redis must make the probe fail, not hang
+                redis_ok = bool(await asyncio.wait_for(runtime().store.redis.ping(), timeout=2.0))
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                redis_ok = False
+            ready = assigned > 0 and redis_ok
+            return self.json(
+                {"ready": ready, "partitions_assigned": assigned, "redis": redis_ok},
+                status=200 if ready else 503,
+            )
+
+    @app.page("/profiles/{profile_id}")
+    class Profile(View):
+        async def get(self, request: Request, profile_id: str) -> Response:
+            rt = runtime()
+            raw = await rt.store.get_profile(profile_id)
+            if raw is None:
+                return self.json({"error": f"profile {profile_id!r} not found"}, status=404)
+            state = ProfileState.from_bytes(raw, [g.name for g in rt.engine.goals])
+            return self.json(profile_document(rt.engine, profile_id, state))
+
+    @app.page("/models")
+    class Models(View):
+        async def get(self, request: Request) -> Response:
+            await runtime().scorer.refresh_models()
+            return self.json(models_document(runtime().engine))
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            payload, content_type = metrics.render()
+            return self.bytes(payload, content_type=content_type.split(";")[0])

@@ -1,0 +1,1 @@
+"""The running worker: Faust app, scorer, trainer, store, producer and their plumbing."""

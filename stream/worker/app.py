@@ -1,0 +1,413 @@
+"""The Faust app: topics, agents, timers. Thin: the work lives in
+:mod:`stream.worker.scorer` and :mod:`stream.worker.trainer`, the learning in :mod:`models`.
+
+Agents (one actor per partition, never ``concurrency > 1``: that reorders events
+and can commit past unprocessed ones, faust-streaming #606):
+
+- ``score_events`` on ``customer-ai.events`` and ``score_repartitioned`` on the
+  internal ``customer-ai.events-by-profile``: greedy batches of up to ``batch_max``
+  events (:func:`~stream.worker.batching.greedy_batches`: whatever is queued once the first
+  event arrives, collecting for at most ``batch_within`` seconds while more keep
+  arriving), scored by :class:`~stream.worker.scorer.BatchScorer`, up to ``pipeline_depth``
+  (2) batches in progress at once while events queue up (:func:`~stream.worker.batching.pipelined`:
+  the next batch is scored while the last one's outputs and writes are in flight; each
+  partition's work stays in batch order, see :mod:`stream.worker.scorer`). A batch is acked when its own
+  processing returned, i.e. after its outputs were flushed and its state stored; a
+  batch interrupted by cancellation is never acked.
+- ``train`` on the single-partition ``customer-ai.training``.
+
+Faust's consumer hands messages to the agents' queues through
+:func:`stream.worker.handover.install` (the same loop without a race of four tasks per
+message); the scoring agents read their queues in bulk instead of through
+``Stream.__aiter__`` (the trainer keeps ``take_events``). Both keep Faust's consumer
+group, its tracking of acked offsets and its commits.
+
+Operations (see docs/OPERATING.md): the ``lag_poller`` task keeps the
+``customer_ai_consumer_*`` gauges current from the broker (also while the consumer
+stalls), ``customer_ai_partitions_assigned`` follows Faust's rebalance signals, and the
+``publish_gauges`` timer counts every goal's bucket sets (``customer_ai_bucket_size``, the
+global sizes: aggregate them over workers with ``max``, not ``sum``).
+
+Every batch is processed inside a guard: an exception never escapes into Faust
+(which would ack the events); Redis and Kafka errors are retried in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
+
+import models
+from models.config import load_config
+from models.engine import Engine
+from models.features import Featurizer
+from stream.ops import metrics
+from stream.ops.lag_poller import LagPoller
+from stream.worker import handover
+from stream.worker.batching import pipelined
+from stream.worker.collector import BetweenBatchesCollector
+from stream.worker.producer import BatchProducer, OutMessage
+from stream.worker.scorer import BatchScorer, Record
+from stream.worker.security import (
+    faust_broker_credentials,
+    kafka_security_kwargs,
+    redis_connection_kwargs,
+)
+from stream.worker.settings import Settings
+from stream.worker.store import RedisStore
+from stream.worker.trainer import TrainerStep
+
+__all__ = ["app", "assigned_partitions", "runtime", "settings"]
+
+log = logging.getLogger("customer_ai")
+#: cyclic garbage is collected between batches, never inside one (stream.worker.collector)
+COLLECTOR = BetweenBatchesCollector()
+
+settings = Settings.from_env()
+config = load_config(settings.config_path)
+
+
+def _tune_faust_consumer(fetch_max_wait_ms: int) -> None:
+    """Let the consumer's fetches return after ``fetch_max_wait_ms`` when no data came.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer. Apache Kafka
+    answers a fetch as soon as it has data, so there the wait only bounds idle polling.
+    Tansu is not woken by a produce: it re-reads the partitions at 0, 1/2, 3/4... of the
+    wait (``tansu-storage/src/service/fetch.rs``), so an event arriving during a wait is
+    seen a quarter to a half of it later. 20 ms keeps that to 5-10 ms. Much shorter is
+    not free on Tansu: its in-memory engine lists every record batch of a partition on
+    each fetch and gives up when the listing outlasts the wait (the partition then
+    returns nothing), so a worker fetching every 10 ms stalled for 13-20 s in 60 s runs
+    at 1,000 events/s keyed over 4 partitions.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "_customer_ai", False):
+        return
+
+    def create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts
+        return consumer
+
+    create_worker_consumer._customer_ai = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+_tune_faust_consumer(settings.fetch_max_wait_ms)
+handover.install()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{hostport}" for hostport in settings.bootstrap.split(",")],
+    broker_credentials=faust_broker_credentials(os.environ),
+    store="memory://",
+    topic_partitions=settings.partitions,
+    topic_replication_factor=int(os.environ.get("CUSTOMER_AI_REPLICATION_FACTOR", "1")),
+    # events queued per agent before the consumer pauses fetching (at 80 %): greedy
+    # batches need no more than a few batches in hand (take_events needed a full one)
+    stream_buffer_maxsize=16_384,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=settings.session_timeout,
+    broker_rebalance_timeout=settings.rebalance_timeout,
+    broker_heartbeat_interval=1.0,
+    broker_commit_interval=1.0,
+    broker_request_timeout=30.0,
+    web_enabled=True,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    web_bind=settings.web_host,
+    producer_acks=-1,
+)
+
+_raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+events_topic = app.topic(settings.topic("events"), partitions=settings.partitions, **_raw)
+repartition_topic = app.topic(
+    settings.topic("events-by-profile"), partitions=settings.partitions, internal=True, **_raw
+)
+# internal=True: Faust creates it (with ONE partition) before subscribing. Otherwise the
+# first scorer output or the consumer's subscription auto-creates it with the broker's
+# default partition count, and several trainers then learn and overwrite one model.
+training_topic = app.topic(settings.topic("training"), partitions=1, internal=True, **_raw)
+output_topics = [
+    app.topic(settings.topic(name), partitions=n, **_raw)
+    for name, n in (
+        ("scores", settings.partitions),
+        ("segments", settings.partitions),
+        ("dlq", settings.partitions),
+        ("models", 1),
+    )
+]
+
+
+class Runtime:
+    """Per-process resources, created inside the worker's event loop."""
+
+    def __init__(self) -> None:
+        security = kafka_security_kwargs(os.environ)
+        self.store = RedisStore(
+            **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
+            key_prefix=settings.key_prefix,
+            cluster=settings.redis_cluster,
+            feature_names=Featurizer(config).names,
+        )
+        self.producer = BatchProducer(settings.bootstrap, security)
+        self.engine = Engine(config)
+        self.scorer = BatchScorer(
+            self.engine,
+            self.store,
+            self.producer,
+            settings,
+            repartition_topic=repartition_topic.get_topic_name(),
+        )
+        self.repartitioned_scorer = BatchScorer(self.engine, self.store, self.producer, settings)
+        self.trainer = TrainerStep(config, self.store, self.producer, settings)
+        self.lock = asyncio.Lock()
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The process-wide :class:`Runtime` (created on first use)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime()
+    return _runtime
+
+
+def _records(events: list) -> list[Record]:
+    return [
+        Record(
+            e.message.topic,
+            e.message.partition,
+            e.message.offset,
+            e.message.key,
+            e.message.value,
+            int(e.message.timestamp * 1000) if e.message.timestamp else None,
+        )
+        for e in events
+    ]
+
+
+_first_batch_seen = False
+
+
+def _note_first_batch(records: list[Record]) -> None:
+    """Log when this process scores its first batch (bench/ times runs from it)."""
+    global _first_batch_seen
+    if not _first_batch_seen and records:
+        _first_batch_seen = True
+        loop = type(asyncio.get_running_loop())
+        log.info(
+            "first batch consumed at %.6f: %d records (%s.%s; scoring core: %s)",
+            time.time(),
+            len(records),
+            loop.__module__,
+            loop.__name__,
+            "compiled" if models.NATIVE else "Python sources",
+        )
+
+
+async def _load_models(rt: Runtime) -> None:
+    """Serve the published models from the first event on, not after the first refresh."""
+    try:
+        await rt.scorer.refresh_models()
+    except Exception:  # noqa: BLE001 - the refresh_models timer tries again
+        log.exception("initial model load failed")
+
+
+async def _guarded(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
+    """Run a batch step; retry unexpected errors, never let one escape into Faust.
+
+    Cyclic garbage is collected after the batch, when its objects are gone (see
+    :mod:`stream.worker.collector`).
+    """
+    try:
+        with COLLECTOR.batch():
+            await _with_retries(step, records, what)
+    finally:
+        COLLECTOR.collect_if_due()
+
+
+async def _with_retries(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
+    """Run ``step``; retry it 5 times, then send the batch to the DLQ."""
+    delay = 0.5
+    for attempt in range(1, 6):
+        try:
+            await step(records)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - an escaping exception would stop the agent
+            log.exception("%s batch failed (attempt %d); retrying", what, attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.error("%s batch failed 5 times; sending its %d records to the DLQ", what, len(records))
+    rt = runtime()
+    outbox: list[OutMessage] = []
+    for record in records:
+        rt.scorer._reject(record, "internal_error", f"{what} batch failed repeatedly", outbox)
+    await rt.producer.send_all(outbox)
+
+
+async def _score(stream: faust.StreamT, scorer: BatchScorer) -> None:
+    """Score the agent's greedy batches, up to ``pipeline_depth`` of them in progress."""
+
+    async def step(events: list) -> None:
+        records = _records(events)
+        _note_first_batch(records)
+        await _guarded(scorer.process, records, "score")
+
+    await pipelined(
+        stream,
+        step,
+        settings.batch_max,
+        settings.batch_within,
+        depth=settings.pipeline_depth,
+        min_backlog=settings.batch_max // 10,  # pipelined only when events queue up
+    )
+
+
+@app.agent(events_topic)
+async def score_events(stream: faust.StreamT) -> None:
+    rt = runtime()
+    await _load_models(rt)
+    await _score(stream, rt.scorer)
+
+
+@app.agent(repartition_topic)
+async def score_repartitioned(stream: faust.StreamT) -> None:
+    rt = runtime()
+    await _load_models(rt)
+    await _score(stream, rt.repartitioned_scorer)
+
+
+@app.agent(training_topic)
+async def train(stream: faust.StreamT) -> None:
+    rt = runtime()
+    # Training examples are few and not latency-bound: Faust's take_events (up to 5,000
+    # examples or 0.2 s) keeps the trainer's batches, hence its snapshot cadence, as is.
+    async for events in stream.take_events(5000, within=0.2):
+        await _guarded(rt.trainer.process, _records(events), "train")
+
+
+@app.task
+async def declare_topics() -> None:
+    """Create the output topics up front so consumers can subscribe before the first score."""
+    for topic in output_topics:
+        try:
+            await topic.maybe_declare()
+        except Exception as exc:  # noqa: BLE001 - the broker may auto-create instead
+            log.warning("could not declare %s: %r", topic.get_topic_name(), exc)
+
+
+@app.task
+async def lag_poller() -> None:
+    """Publish the group's lag read from the broker; restarted if it ever fails."""
+    while True:
+        try:
+            await LagPoller(
+                settings.bootstrap,
+                settings.app_id,
+                interval=settings.metrics_interval,
+                security=kafka_security_kwargs(os.environ),
+            ).run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the poller must outlive any error
+            log.exception("lag poller failed; restarting")
+        await asyncio.sleep(settings.metrics_interval)
+
+
+_SOURCE_TOPICS = frozenset(
+    t.get_topic_name() for t in (events_topic, repartition_topic, training_topic)
+)
+
+
+def _source_partitions(tps: set[TP]) -> int:
+    """How many of ``tps`` are partitions of the agents' topics (not Faust's own)."""
+    return sum(1 for tp in tps if tp.topic in _SOURCE_TOPICS)
+
+
+def _current_assignment() -> set[TP]:
+    consumer = app.consumer
+    try:
+        return set(consumer.assignment()) if consumer is not None else set()
+    except ConsumerNotStarted:  # start-up: nothing assigned yet
+        return set()
+
+
+def assigned_partitions() -> int:
+    """Partitions of the agents' topics assigned to this worker now."""
+    return _source_partitions(_current_assignment())
+
+
+@app.on_partitions_assigned.connect
+async def _on_partitions_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+    metrics.PARTITIONS_ASSIGNED.set(_source_partitions(assigned))
+
+
+@app.on_partitions_revoked.connect
+async def _on_partitions_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+    metrics.PARTITIONS_ASSIGNED.set(_source_partitions(_current_assignment() - set(revoked)))
+
+
+@app.timer(interval=settings.metrics_interval)
+async def publish_gauges() -> None:
+    """Partitions assigned and the size of every goal's buckets (global, from Redis)."""
+    try:
+        metrics.PARTITIONS_ASSIGNED.set(assigned_partitions())
+        sizes = await asyncio.wait_for(
+            runtime().store.bucket_sizes([g.name for g in config.goals], config.buckets.names),
+            timeout=max(1.0, 2 * settings.metrics_interval),
+        )
+        for (goal, bucket), size in sizes.items():
+            metrics.BUCKET_SIZE.labels(goal=goal, bucket=bucket).set(size)
+    except Exception:  # noqa: BLE001 - a timer must not die
+        log.exception("publishing gauges failed")
+
+
+@app.timer(interval=1.0)
+async def collect_garbage() -> None:
+    """Collect cyclic garbage when due while no batch is in progress (an idle worker)."""
+    COLLECTOR.collect_if_due(idle_only=True)
+
+
+@app.timer(interval=1.0)
+async def refresh_models() -> None:
+    """Pick up newer model versions published by the trainer."""
+    try:
+        updated = await runtime().scorer.refresh_models()
+        if updated:
+            log.info("serving new model versions for %s", ", ".join(updated))
+    except Exception:  # noqa: BLE001 - a timer must not die
+        log.exception("model refresh failed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a worker (``customer-ai worker``)."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    from faust.worker import Worker
+
+    from stream.ops.web import register_views
+
+    register_views(app, runtime, assigned_partitions)
+
+    # never scan the modules and app loaded so far; collect between batches only
+    COLLECTOR.install()
+    level = os.environ.get("CUSTOMER_AI_LOG_LEVEL", "info")
+    Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()

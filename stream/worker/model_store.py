@@ -1,0 +1,133 @@
+"""Models, learner states, learnt example ids and the trainer's offsets in Redis.
+
+See :mod:`stream.worker.store` for the keys and the trainer's fencing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from stream.worker.store_connection import StoreConnection
+
+__all__ = ["LEARNT_IDS_KEPT", "ModelStore"]
+
+#: Example ids kept per goal in ``P:learnt:<goal>`` to drop re-delivered examples. A
+#: duplicate is re-sent within one batch retry or rebalance, far fewer examples apart.
+LEARNT_IDS_KEPT = 200_000
+
+
+class ModelStore(StoreConnection):
+    """The trainer's and the scorers' view of the published models."""
+
+    # ---- models --------------------------------------------------------------------
+    async def model_versions(self) -> dict[str, int]:
+        raw = await self._retry("models", lambda: self.redis.hgetall(f"{self.prefix}:models"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def get_model(self, goal: str) -> bytes | None:
+        return await self._retry("models", lambda: self.redis.get(f"{self.prefix}:model:{goal}"))
+
+    async def get_learner(self, goal: str) -> bytes | None:
+        return await self._retry("models", lambda: self.redis.get(f"{self.prefix}:learner:{goal}"))
+
+    def learnt_key(self, goal: str) -> str:
+        return f"{self.prefix}:learnt:{goal}"
+
+    @property
+    def trainer_offsets_key(self) -> str:
+        return f"{self.prefix}:trainer:offsets"
+
+    async def trainer_offsets(self) -> dict[int, int]:
+        """Training partition -> offset of the last record learnt (absent: none yet)."""
+        raw = await self._retry("models", lambda: self.redis.hgetall(self.trainer_offsets_key))
+        return {int(k): int(v) for k, v in raw.items()}
+
+    async def trainer_offset(self) -> int:
+        """The trained offset of training partition 0 (-1: nothing learnt)."""
+        return (await self.trainer_offsets()).get(0, -1)
+
+    async def learnt_already(self, ids_by_goal: dict[str, list[str]]) -> set[str]:
+        """The ids among ``ids_by_goal`` that ``P:learnt:<goal>`` holds (learnt before)."""
+        goals = [(g, ids) for g, ids in ids_by_goal.items() if ids]
+        if not goals:
+            return set()
+
+        async def run() -> list:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for goal, ids in goals:
+                    pipe.zmscore(self.learnt_key(goal), ids)
+                return await pipe.execute()
+
+        rows = await self._retry("learnt", run)
+        return {
+            i
+            for (_, ids), scores in zip(goals, rows)
+            for i, sc in zip(ids, scores)
+            if sc is not None
+        }
+
+    async def publish_models(
+        self,
+        learners: Iterable[tuple[str, int, bytes | None, bytes]],
+        offsets: dict[int, int],
+        learnt: dict[str, list[str]] | None = None,
+        expected: dict[int, int] | None = None,
+    ) -> bool:
+        """Atomically store learner states, new serving models, learnt ids and trained offsets.
+
+        ``learners`` holds ``(goal, version, serving JSON or None, learner JSON)``;
+        a serving model is published (its version made visible) only when given.
+        ``learnt`` (goal -> example ids) is added to ``P:learnt:<goal>``, trimmed to the
+        newest :data:`LEARNT_IDS_KEPT`. With ``expected`` (the trained offsets this trainer
+        resumed from or wrote last) the write is fenced: it happens only if the stored
+        offsets still equal ``expected`` (WATCH/MULTI), else nothing is written and False
+        is returned; another trainer (after a rebalance) moved on, and this one must
+        resume from Redis. Also after a connection error during EXEC: a retry that finds
+        its own write applied reports False too, and the resume then finds that write.
+        """
+        items = list(learners)
+        now = int(time.time() * 1000)
+        stored_expected = {p: o for p, o in (expected or {}).items() if o >= 0}
+
+        def queue(pipe: Any) -> None:
+            for goal, version, model_json, learner_json in items:
+                pipe.set(f"{self.prefix}:learner:{goal}", learner_json)
+                if model_json is not None:
+                    pipe.set(f"{self.prefix}:model:{goal}", model_json)
+                    pipe.hset(f"{self.prefix}:models", goal, version)
+            for goal, ids in (learnt or {}).items():
+                if ids:
+                    key = self.learnt_key(goal)
+                    pipe.zadd(key, dict.fromkeys(ids, now))
+                    pipe.zremrangebyrank(key, 0, -(LEARNT_IDS_KEPT + 1))
+            pipe.hset(self.trainer_offsets_key, mapping={str(p): o for p, o in offsets.items()})
+
+        async def run_cluster() -> bool:
+            # Redis Cluster cannot run a transaction (or WATCH) over keys in several slots:
+            # the writes are pipelined, the trained offsets last, and not fenced
+            async with self.redis.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                await pipe.execute()
+                return True
+
+        async def run() -> bool:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if expected is not None:
+                    await pipe.watch(self.trainer_offsets_key)
+                    raw = await pipe.hgetall(self.trainer_offsets_key)
+                    if {int(k): int(v) for k, v in raw.items()} != stored_expected:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                queue(pipe)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    return False
+            return True
+
+        return await self._retry("publish", run_cluster if self.cluster else run)

@@ -1,0 +1,468 @@
+"""The scoring step of one batch: decode, load, score, produce, store.
+
+:class:`BatchScorer` is independent of Faust: the agent in :mod:`stream.worker.app` hands
+it each batch of raw records and acknowledges them once it returns. For a batch:
+
+1. decode every record; bad ones go to the dead-letter topic with a reason, the
+   source topic/partition/offset and the original bytes, and never stop the worker
+   (a dead-letter message is bounded: an original over ``DLQ_MAX_ORIGINAL_BYTES``
+   keeps a prefix marked ``original_truncated``, so it always fits the producer);
+2. events whose key is not their profile id (unkeyed ones included) are forwarded
+   to the repartition topic (keyed by profile id) instead of being scored here:
+   the applied-offset watermark ``o:<topic>:<partition>`` is only meaningful if one partition
+   of a topic owns each profile;
+3. load the touched profiles' state in one Redis pipeline;
+4. run the :class:`~models.engine.Engine` per event in offset order, skipping events
+   at or below the profile's applied offset (already applied: exactly-once state);
+5. mature label snapshots of idle profiles whose window closed before the
+   partition's event-time watermark (from the due index);
+6. produce scores, segment changes and examples, and wait for the acks;
+7. write every touched profile with a compare-and-set on its write version; a
+   refused write (the profile moved on: a rebalance or a zombie) is re-done from
+   the fresh state, whose applied offset makes the replay skip what was applied.
+
+Steps 3 to 7 run per source partition, the partitions of a batch concurrently (their
+round trips overlap); the dead letters and forwards go out alongside. An unexpected
+error in them re-runs that partition's part from the stored state, up to
+``PARTITION_ATTEMPTS`` times, then dead-letters its records (``internal_error``).
+
+Two batches may be in progress at once (the agent's pipeline, ``CUSTOMER_AI_PIPELINE_DEPTH``):
+the next batch is decoded and its other partitions scored while the last one's produce
+acknowledgements and Redis writes are in flight. Each partition's part runs in that
+partition's :class:`~stream.worker.lanes.Lanes` lane, reserved in batch order before any
+``await``: the later batch's part of a partition starts only once the earlier one's
+is stored (or dead-lettered), so it loads what that one wrote and applies its events in
+offset order. The forwards and dead letters share one lane for the same reason (a
+profile's forwarded events stay in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+
+from models.engine import Engine, Outcome
+from models.events import Event, InvalidEvent, decode_event
+from models.messages import OutMessage, encode_outcome, scores_field
+from models.model import LinearModel
+from models.profile import format_time
+from models.state import ProfileState
+from stream.ops import metrics
+from stream.worker.lanes import Lanes
+from stream.worker.producer import BatchProducer
+from stream.worker.settings import Settings
+from stream.worker.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry
+
+__all__ = ["DLQ_MAX_ORIGINAL_BYTES", "BatchScorer", "Record", "dlq_message"]
+
+log = logging.getLogger(__name__)
+MAX_CAS_RETRIES = 5
+#: attempts at one partition's part of a batch before its records go to the DLQ
+PARTITION_ATTEMPTS = 5
+#: seconds before the second attempt (doubling up to 5 s)
+PARTITION_RETRY_DELAY = 0.5
+_OUTBOX_LANE = ("outbox",)
+#: A dead-letter message keeps at most this many bytes of the original value (2.5 MiB:
+#: even base64-encoded it stays under the 4 MiB ``max_request_size`` of the producer).
+DLQ_MAX_ORIGINAL_BYTES = 2_621_440
+#: A UTF-8 dead-letter message over this size is re-encoded as base64 (bounded growth).
+DLQ_MAX_MESSAGE_BYTES = 3_670_016
+#: A dead-letter message keeps at most this many characters of the record key.
+DLQ_MAX_KEY_CHARS = 1024
+
+
+@dataclass(slots=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+def dlq_message(record: Record, reason: str, detail: str) -> bytes:
+    """The ``customer-ai.dlq`` message: reason, source coordinates and the original bytes.
+
+    ``original`` is the message value as text (``original_encoding`` ``utf-8``) or, when
+    that is not UTF-8 or would escape to too many bytes, as ``base64``. Values over
+    :data:`DLQ_MAX_ORIGINAL_BYTES` keep only that many leading bytes
+    (``original_truncated``; ``original_bytes`` is always the full size), so a
+    dead-letter copy always fits the output producer's request limit: an oversized input
+    can never wedge the worker in a produce retry loop.
+    """
+    value = record.value or b""
+    kept = value[:DLQ_MAX_ORIGINAL_BYTES]
+    key = record.key.decode("utf-8", "replace")[:DLQ_MAX_KEY_CHARS] if record.key else None
+
+    def encode(original: str, encoding: str) -> bytes:
+        return orjson.dumps(
+            {
+                "reason": reason,
+                "detail": detail,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": key,
+                "timestamp": record.timestamp_ms,
+                "original": original,
+                "original_encoding": encoding,
+                "original_bytes": len(value),
+                "original_truncated": len(kept) < len(value),
+            }
+        )
+
+    try:
+        message = encode(kept.decode("utf-8"), "utf-8")
+        if len(message) <= DLQ_MAX_MESSAGE_BYTES:
+            return message
+    except UnicodeDecodeError:
+        pass
+    return encode(base64.b64encode(kept).decode(), "base64")
+
+
+async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> None:
+    """Run ``coroutines`` concurrently; if one fails, cancel the others, wait, re-raise.
+
+    Unlike a bare ``gather``, no coroutine of a failed batch is left running while the
+    caller retries the batch.
+    """
+    if len(coroutines) == 1:
+        await coroutines[0]
+        return
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class BatchScorer:
+    """Scores batches of records (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: RedisStore,
+        producer: BatchProducer,
+        settings: Settings,
+        repartition_topic: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.producer = producer
+        self.settings = settings
+        self.config = engine.config
+        self.goal_names = [g.name for g in self.config.goals]
+        self.scores_topic = settings.topic("scores")
+        self.segments_topic = settings.topic("segments")
+        self.training_topic = settings.topic("training")
+        self.dlq_topic = settings.topic("dlq")
+        self.repartition_topic = repartition_topic
+        self.watermarks: dict[tuple[str, int], int] = {}
+        self._lanes = Lanes()
+
+    # ---- models ----------------------------------------------------------------------
+    async def refresh_models(self) -> list[str]:
+        """Load newer model versions from Redis; returns the goals updated."""
+        updated = []
+        versions = await self.store.model_versions()
+        for goal, version in versions.items():
+            current = self.engine.models.get(goal)
+            if current is None or version <= current.version:
+                continue
+            raw = await self.store.get_model(goal)
+            if raw is None:
+                continue
+            try:
+                if self.engine.set_model(LinearModel.from_json(raw)):
+                    updated.append(goal)
+                    metrics.MODEL_VERSION.labels(goal=goal).set(version)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("cannot load model %s v%s: %s", goal, version, exc)
+        return updated
+
+    # ---- batches ---------------------------------------------------------------------
+    async def process(self, records: list[Record]) -> dict[str, int]:
+        """Process one batch end to end; returns counters for logs and tests."""
+        started = time.perf_counter()
+        counts = {
+            "events": 0,
+            "rejected": 0,
+            "skipped": 0,
+            "forwarded": 0,
+            "scores": 0,
+            "examples": 0,
+            "fenced": 0,
+        }
+        by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
+        outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
+        per_topic: Counter[str] = Counter()
+        for record in records:
+            per_topic[record.topic] += 1
+            try:
+                event = decode_event(
+                    record.value,
+                    identity_namespace=self.config.identity_namespace,
+                    max_bytes=self.config.max_event_bytes,
+                )
+                matched = self.engine.match(event)
+            except InvalidEvent as exc:
+                self._reject(record, exc.reason, exc.detail, outbox)
+                counts["rejected"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - nothing may stop the worker
+                log.exception(
+                    "unexpected error decoding %s[%d]@%d",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                self._reject(record, "internal_error", repr(exc)[:200], outbox)
+                counts["rejected"] += 1
+                continue
+            # An unkeyed record is "not keyed by its profile" too: scattered over partitions,
+            # its profile's offsets would be compared across partitions and events dropped.
+            if self.repartition_topic is not None and record.key != event.profile_id.encode():
+                outbox.append(
+                    (self.repartition_topic, event.profile_id.encode(), record.value or b"")
+                )
+                counts["forwarded"] += 1
+                continue
+            by_partition[(record.topic, record.partition)].append((record, event, matched))
+        for topic, n in per_topic.items():  # per batch: labels() per event costs ~1 us
+            metrics.EVENTS_IN.labels(topic=topic).inc(n)
+        # The partitions of a batch run concurrently: their Redis and Kafka round trips
+        # overlap instead of adding up. Each owns its profiles (a profile seen on two
+        # partitions after a partition-count change is fenced by the compare-and-set and
+        # re-done, as with two workers) and its outbox; the engine's loop has no await.
+        # Each runs in its partition's lane, after the work of any batch still in
+        # progress on that partition (places are reserved here, before any await, in
+        # batch order); the forwards and dead letters keep their order in a lane too.
+        jobs = [
+            self._lanes.reserve(tp).run(partial(self._partition_job, *tp, items, counts))
+            for tp, items in by_partition.items()
+        ]
+        if outbox:
+            send = partial(self.producer.send_all, outbox)
+            jobs.append(self._lanes.reserve(_OUTBOX_LANE).run(send))
+        await _all_or_none(jobs)
+        elapsed = time.perf_counter() - started
+        metrics.PROCESSING_LATENCY.observe(elapsed / max(1, len(records)))
+        return counts
+
+    async def _partition_job(
+        self,
+        topic: str,
+        partition: int,
+        items: list[tuple[Record, Event, tuple]],
+        counts: dict[str, int],
+    ) -> None:
+        """Process one partition's part of a batch, retried in place (inside its lane).
+
+        An attempt that fails (anything but Redis and Kafka errors, which the store and
+        the producer retry themselves) is re-run from the stored state; after
+        ``PARTITION_ATTEMPTS`` the part's records go to the dead-letter topic as
+        ``internal_error`` and the lane moves on.
+        """
+        delay = PARTITION_RETRY_DELAY
+        for attempt in range(1, PARTITION_ATTEMPTS + 1):
+            attempt_counts = dict.fromkeys(counts, 0)
+            try:
+                await self._process_partition(topic, partition, items, attempt_counts, [])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - an escaping exception would stop the agent
+                log.exception(
+                    "%s[%d]: scoring %d events failed (attempt %d of %d)",
+                    topic, partition, len(items), attempt, PARTITION_ATTEMPTS,
+                )  # fmt: skip
+                if attempt < PARTITION_ATTEMPTS:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                continue
+            for name, n in attempt_counts.items():
+                counts[name] += n
+            return
+        log.error(
+            "%s[%d]: scoring failed %d times; sending its %d records to the DLQ",
+            topic, partition, PARTITION_ATTEMPTS, len(items),
+        )  # fmt: skip
+        outbox: list[OutMessage] = []
+        for record, _, _ in items:
+            self._reject(record, "internal_error", "scoring failed repeatedly", outbox)
+        counts["rejected"] += len(items)
+        await self.producer.send_all(outbox)
+
+    def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
+        metrics.EVENTS_REJECTED.labels(reason=reason).inc()
+        outbox.append((self.dlq_topic, record.key, dlq_message(record, reason, detail)))
+
+    async def _process_partition(
+        self,
+        topic: str,
+        partition: int,
+        items: list[tuple[Record, Event, tuple]],
+        counts: dict[str, int],
+        outbox: list[OutMessage],
+    ) -> None:
+        # Per topic *and partition*: offsets only order events within a partition. If the
+        # partition count changes and a profile moves, its new partition's field starts
+        # empty (nothing is skipped); an old partition's offsets only ever grow.
+        offset_field = f"o:{topic}:{partition}"
+        due_key = self.store.due_key(topic, partition)
+        wm_key = self.store.watermark_key(topic, partition)
+        lateness = self.config.labels.allowed_lateness_ms
+        wm = self.watermarks.get((topic, partition))
+        if wm is None:
+            wm = await self.store.watermark(wm_key)
+        batch_max_ts = max(e.timestamp_ms for _, e, _ in items)
+        new_wm = batch_max_ts - lateness if wm is None else max(wm, batch_max_ts - lateness)
+        due_ids = await self.store.due_profiles(due_key, new_wm)
+        touched = list(dict.fromkeys([e.profile_id for _, e, _ in items] + due_ids))
+        retry_ids: list[str] = touched
+        attempt = 0
+        while retry_ids:
+            attempt += 1
+            loaded = await self.store.load(retry_ids, offset_field)
+            subset = set(retry_ids)
+            fenced = await self._apply(
+                topic,
+                items,
+                subset,
+                loaded,
+                offset_field,
+                due_key,
+                wm_key if attempt == 1 else None,
+                new_wm,
+                counts,
+                outbox,
+            )
+            counts["fenced"] += len(fenced)
+            if fenced:
+                log.warning(
+                    "%s[%d]: %d profile writes fenced (another worker stored newer state); "
+                    "re-doing them from the stored state",
+                    topic,
+                    partition,
+                    len(fenced),
+                )
+            if fenced and attempt >= MAX_CAS_RETRIES:
+                log.error("gave up on %d fenced profiles after %d attempts", len(fenced), attempt)
+                break
+            retry_ids = sorted(fenced)
+        self.watermarks[(topic, partition)] = new_wm
+
+    async def _apply(
+        self,
+        topic: str,
+        items: list[tuple[Record, Event, tuple]],
+        subset: set[str],
+        loaded: dict[str, LoadedProfile],
+        offset_field: str,
+        due_key: str,
+        wm_key: str | None,
+        watermark: int,
+        counts: dict[str, int],
+        outbox: list[OutMessage],
+    ) -> set[str]:
+        engine = self.engine
+        goals = self.goal_names
+        states: dict[str, ProfileState | None] = {}
+        for pid in subset:
+            row = loaded[pid]
+            states[pid] = ProfileState.from_bytes(row.state, goals) if row.state else None
+        applied_offset = {pid: loaded[pid].offset for pid in subset}
+        # each profile's place in the segment index as stored: (bucket, top factors) per goal
+        index_before: dict[str, dict[str, SegmentEntry]] = {}
+        for pid in subset:
+            loaded_state = states[pid]
+            if loaded_state is not None:
+                tf = loaded[pid].top_factors
+                index_before[pid] = {
+                    g: (s.bucket, tf.get(g, ())) for g, s in loaded_state.goals.items()
+                }
+        last_offset: dict[str, int] = {}
+        out = Outcome()
+        produced_at: list[int] = []
+        for record, event, matched in items:
+            pid = event.profile_id
+            if pid not in subset:
+                continue
+            if record.offset <= applied_offset[pid]:
+                counts["skipped"] += 1
+                continue
+            states[pid] = engine.process(states[pid], event, out, matched)
+            last_offset[pid] = record.offset
+            counts["events"] += 1
+            if record.timestamp_ms is not None:
+                produced_at.append(record.timestamp_ms)
+        changed_by_expiry: set[str] = set()
+        for pid in subset:
+            state = states[pid]
+            if state is not None and engine.expire(pid, state, watermark, out):
+                changed_by_expiry.add(pid)
+        scored_at = format_time(int(time.time() * 1000))
+        topics = (self.scores_topic, self.segments_topic, self.training_topic)
+        encoded = encode_outcome(out, scored_at, topics, outbox)
+        top_factors = encoded.top_factors
+        # counted per batch (a labelled child's lookup per message costs ~1 us)
+        for goal, n in encoded.scores_per_goal.items():
+            metrics.SCORES.labels(goal=goal).inc(n)
+        for (goal, from_bucket, to_bucket), n in encoded.moves.items():
+            metrics.SEGMENT_CHANGES.labels(
+                goal=goal, from_bucket=from_bucket, to_bucket=to_bucket
+            ).inc(n)
+        for (goal, label), n in encoded.examples_per_label.items():
+            metrics.TRAINING_EXAMPLES.labels(goal=goal, label=label).inc(n)
+        counts["scores"] += len(out.scores)
+        counts["examples"] += len(out.examples)
+        await self.producer.send_all(outbox)
+        outbox.clear()
+        metrics.observe_end_to_end_many(produced_at, time.time())
+        writes: list[ProfileWrite] = []
+        due: dict[str, int | None] = {}
+        due_versions: dict[str, str] = {}  # the state version each due entry comes from
+        for pid in subset:
+            state = states[pid]
+            if state is None or (pid not in last_offset and pid not in changed_by_expiry):
+                if state is not None and pid not in last_offset:
+                    due[pid] = engine.next_due(state)
+                    due_versions[pid] = loaded[pid].version
+                continue
+            offset = last_offset.get(pid)
+            before = index_before.get(pid, {})
+            scored = top_factors.get(pid, {})
+            index_after: dict[str, SegmentEntry] = {
+                g: (s.bucket, scored.get(g, before.get(g, (None, ()))[1]))
+                for g, s in state.goals.items()
+            }
+            writes.append(
+                ProfileWrite(
+                    profile_id=pid,
+                    expected_version=loaded[pid].version,
+                    offset_field=offset_field if offset is not None else "",
+                    offset=offset if offset is not None else 0,
+                    state=state.to_bytes(),
+                    scores=scores_field(state.goals),
+                    index_before=before,
+                    index_after=index_after,
+                )
+            )
+            due[pid] = engine.next_due(state)
+            due_versions[pid] = str(int(loaded[pid].version or 0) + 1)  # what the CAS writes
+        return await self.store.save(writes, due, due_key, wm_key, watermark, due_versions)

@@ -1,0 +1,115 @@
+"""The Redis store: the keys, the invariants of every write, and :class:`RedisStore`.
+
+Per-profile state is loaded and stored once per batch (pipelined) by
+:class:`~stream.worker.profile_store.ProfileStore`; models, learner states and the
+trainer's offsets by :class:`~stream.worker.model_store.ModelStore`; the Lua scripts
+live in :mod:`stream.worker.redis_scripts`. :class:`RedisStore` is both, on one
+connection.
+
+Layout (``P`` is the key prefix, ``cai`` by default; profile keys are hash-tagged
+so each profile's key lives in one Redis Cluster slot):
+
+=====================================  =========================================================
+key                                    value
+=====================================  =========================================================
+``P:p:{<profile_id>}`` (hash)          ``s`` state (compact JSON), ``v`` write version,
+                                       ``o:<topic>:<partition>`` offset of the last applied
+                                       event from that partition, ``scores`` last scores per goal (readable JSON),
+                                       ``tf`` indexed top factors per goal
+                                       (``goal:3,17;goal2:5``: positions in the feature
+                                       vector, absent when none)
+``P:due:<topic>:<partition>`` (zset)   profiles with pending labels, scored by window close time
+``P:wm:<topic>:<partition>``           the partition's event-time watermark (ms)
+``P:model:<goal>``                     served model snapshot (JSON)
+``P:learner:<goal>``                   full learner state (JSON), for the trainer to resume
+``P:trainer:offsets`` (hash)           training partition -> offset of the last learnt record
+``P:learnt:<goal>`` (zset)             ids of the examples learnt (the newest
+                                       ``LEARNT_IDS_KEPT``), scored by learning time (ms)
+``P:models`` (hash)                    goal -> served model version
+``P:seg:<goal>:<bucket>`` (set)        profiles currently in that bucket
+``P:segf:<goal>:<bucket>:<feature>``   profiles in that bucket whose last score's top factors
+(set)                                  (the ``factors`` of the score message) include
+                                       ``feature``
+=====================================  =========================================================
+
+Invariants
+----------
+- A profile's state changes only through a compare-and-set script: the write succeeds
+  only if the stored write version ``v`` is the one the batch loaded. A worker that lost
+  its partition (a zombie) and loaded an older version can never overwrite newer state.
+  Without cluster mode the writes of a batch go through :data:`CAS_BATCH_SCRIPT`, one
+  call per chunk of at most :data:`SCRIPT_CHUNK` writes and :data:`SCRIPT_CHUNK_MOVES`
+  set moves, which checks and applies each write on its own (the same steps as
+  :data:`CAS_SCRIPT`, the per-write script cluster mode sends): a fenced write changes
+  nothing, the others of its chunk still apply, and the call returns one 0/1 per write.
+  A chunk is a short loop, so one call never blocks Redis for long (about 2 ms at most).
+- An event is applied at most once: the batch skips events whose offset is at or below
+  the profile's ``o:<topic>:<partition>``, written in the same atomic step as the state.
+- Outputs (scores, segments, training examples) are produced and flushed *before* the
+  state is written, so an event whose effect is stored always had its outputs sent.
+- The segment index (``seg`` and ``segf`` sets) changes in the same script as the state
+  (the segment keys are passed as ``KEYS``), so it never disagrees with the profile's
+  stored bucket and ``tf``. Redis Cluster refuses a script whose keys live in different
+  hash slots, and the profile key (slot of ``{<profile_id>}``) and the segment sets cannot
+  share one; with ``cluster=True`` (``CUSTOMER_AI_REDIS_CLUSTER=1``) the store talks to the
+  cluster with a cluster client and updates the index in a separate pipeline right after
+  the state: a crash between the two can leave a profile in a stale set until its next
+  change (``customer-ai segment`` checks each listed profile's stored bucket).
+- A due entry given with the version it was computed from (``due_versions`` of
+  :meth:`RedisStore.save`) moves only while the profile is still at that version
+  (:data:`DUE_BATCH_SCRIPT`, one call per chunk, each entry checked on its own), so a
+  zombie can neither drop nor delay the entry of newer state. Entries of fenced writes
+  are not sent at all. Not in cluster mode (the profile and the index live in different
+  slots): there the due entries are plain ZADD/ZREM.
+
+Scripts are called by ``EVALSHA`` inside the batch's pipeline (no ``SCRIPT EXISTS``
+round trip); a call answered ``NOSCRIPT`` (Redis restarted or its script cache was
+flushed) did not run and is sent again with ``EVAL``, which also caches the script.
+Without cluster mode, :meth:`RedisStore.load` reads a chunk of profiles with one call of
+:data:`LOAD_BATCH_SCRIPT` (``HMGET`` of each key) instead of one command per profile.
+"""
+
+from __future__ import annotations
+
+from stream.worker.model_store import LEARNT_IDS_KEPT, ModelStore
+from stream.worker.profile_store import (
+    LoadedProfile,
+    ProfileStore,
+    ProfileWrite,
+    SegmentEntry,
+    decode_top_factors,
+    encode_top_factors,
+)
+from stream.worker.redis_scripts import (
+    CAS_BATCH_SCRIPT,
+    CAS_SCRIPT,
+    DUE_BATCH_SCRIPT,
+    LOAD_BATCH_SCRIPT,
+    SCRIPT_CHUNK,
+    SCRIPT_CHUNK_MOVES,
+)
+
+__all__ = [
+    "CAS_BATCH_SCRIPT",
+    "CAS_SCRIPT",
+    "DUE_BATCH_SCRIPT",
+    "LEARNT_IDS_KEPT",
+    "LOAD_BATCH_SCRIPT",
+    "SCRIPT_CHUNK",
+    "SCRIPT_CHUNK_MOVES",
+    "LoadedProfile",
+    "ProfileWrite",
+    "RedisStore",
+    "SegmentEntry",
+    "decode_top_factors",
+    "encode_top_factors",
+]
+
+
+class RedisStore(ProfileStore, ModelStore):
+    """Profile state, the due index, segments and models on one Redis connection.
+
+    Every public coroutine retries on connection errors until Redis answers again
+    (with capped backoff), so a Redis outage stalls the worker instead of losing
+    or skipping events.
+    """

@@ -1,0 +1,275 @@
+"""The trainer step: learn matured examples exactly once, publish model versions.
+
+One trainer consumes the single-partition ``customer-ai.training`` topic. Every
+example carries a deterministic id (``profile|goal|open time|event id``); the
+scorer may send one id several times (outputs are at-least-once: a crash or a
+rebalance repeats a batch), and the trainer learns each id once:
+
+1. records at or below the partition's trained offset are skipped (re-delivered
+   after a crash of the trainer: already learnt and stored); records the consumer
+   skipped (a batch starting past the trained offset + 1: the group's committed offset
+   is not the source of truth, Redis is) are read from the broker with a
+   :class:`~stream.worker.range_reader.RangeReader` and learnt first;
+2. an id learnt before is dropped: the in-memory set of recent ids, else
+   ``P:learnt:<goal>`` in Redis (one ``ZMSCORE`` round trip per batch), which
+   survives restarts and moves of the training partition;
+3. the batch's learner states, its learnt ids and the new trained offsets are
+   written in one Redis transaction *before* the batch is acknowledged, fenced by
+   a WATCH on the stored offsets: if another trainer (after a rebalance, or this
+   one before a crash) moved them since this trainer resumed, nothing is written,
+   the learners are resumed from Redis and the batch is re-run from there.
+
+Any error inside a batch also drops the in-memory learners (they may hold
+examples that were not stored) so the retry starts from the stored state.
+
+Serving models are published (a new version in Redis and on ``customer-ai.models``)
+every ``snapshot_every_examples`` examples or ``snapshot_every_seconds``, whichever
+comes first; scoring workers pick them up while they run. A ``models`` message lost
+in a crash is not re-sent: the version is in Redis, the next one goes out anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+
+import orjson
+
+from models.config import Config
+from models.engine import Example
+from models.messages import example_from_message
+from models.training import Trainer
+from stream.ops import metrics
+from stream.worker.producer import BatchProducer, OutMessage
+from stream.worker.range_reader import RangeReader
+from stream.worker.scorer import Record
+from stream.worker.security import kafka_security_kwargs
+from stream.worker.settings import Settings
+from stream.worker.store import RedisStore
+
+__all__ = ["TrainerStep"]
+
+log = logging.getLogger(__name__)
+
+#: Fenced re-runs of one batch before giving up on it (it is retried by the caller).
+MAX_FENCED_RETRIES = 20
+
+
+class TrainerStep:
+    """Learns batches of training records (see the module docstring).
+
+    Attributes
+    ----------
+    offsets
+        Training partition -> offset of the last record learnt, as stored.
+    duplicates
+        Examples dropped because their id was learnt already (since start).
+    fenced
+        Batches re-run because another trainer had moved the stored offsets.
+    recovered
+        Records the consumer skipped that were read from the broker and learnt.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: RedisStore,
+        producer: BatchProducer,
+        settings: Settings,
+        reader: RangeReader | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.producer = producer
+        self.settings = settings
+        self.trainer = Trainer(config)
+        self.offsets: dict[int, int] = {}
+        self.last_publish = time.monotonic()
+        self.restored = False
+        self.duplicates = 0
+        self.fenced = 0
+        self.recovered = 0
+        self.reader = reader or RangeReader(settings.bootstrap, kafka_security_kwargs(os.environ))
+        self._warned_partitions = False
+
+    @property
+    def trained_offset(self) -> int:
+        """Trained offset of partition 0 (-1: none)."""
+        return self.offsets.get(0, -1)
+
+    def _reset(self) -> None:
+        """Forget the in-memory learners: the next batch resumes them from Redis."""
+        self.trainer = Trainer(self.config)
+        self.restored = False
+
+    async def restore(self) -> None:
+        """Resume learners and the trained offsets from Redis."""
+        for goal in self.trainer.learners:
+            raw = await self.store.get_learner(goal)
+            if raw is not None:
+                try:
+                    self.trainer.restore(goal, raw)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.error("cannot resume learner %s (%s): starting it afresh", goal, exc)
+        self.offsets = await self.store.trainer_offsets()
+        self.restored = True
+        log.info(
+            "trainer resumed at offsets %s: %s",
+            self.offsets or "{} (nothing learnt yet)",
+            {g: lr.n_examples for g, lr in self.trainer.learners.items()},
+        )
+
+    async def process(self, records: list[Record]) -> int:
+        """Learn a batch; returns how many examples were learnt."""
+        for _ in range(MAX_FENCED_RETRIES):
+            if not self.restored:
+                await self.restore()
+            try:
+                learnt = await self._process_once(records)
+            except BaseException:
+                self._reset()  # the learners may hold examples that were not stored
+                raise
+            if learnt is not None:
+                return learnt
+            self.fenced += 1
+            log.warning(
+                "trained offsets moved since this trainer resumed (another trainer took the "
+                "partition, or a write's reply was lost): resuming from Redis and re-running"
+            )
+            self._reset()
+        raise RuntimeError(f"training batch fenced {MAX_FENCED_RETRIES} times in a row")
+
+    async def _process_once(self, records: list[Record]) -> int | None:
+        """One attempt; None if the write was fenced (nothing stored)."""
+        outbox: list[OutMessage] = []
+        new_offsets = dict(self.offsets)
+        examples: list[Example] = []
+        records = await self._fill_gaps(records)
+        for record in records:
+            p = record.partition
+            if p != 0 and not self._warned_partitions:
+                self._warned_partitions = True
+                log.error(
+                    "%s has more than one partition: trainers on several workers then take "
+                    "turns (fenced writes). Recreate it with one partition.",
+                    record.topic,
+                )
+            if record.offset <= new_offsets.get(p, -1):
+                continue
+            new_offsets[p] = record.offset
+            try:
+                examples.append(example_from_message(record.value or b""))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                outbox.append(
+                    (
+                        self.settings.topic("dlq"),
+                        record.key,
+                        orjson.dumps(
+                            {
+                                "reason": "bad_training_example",
+                                "detail": repr(exc)[:200],
+                                "topic": record.topic,
+                                "partition": record.partition,
+                                "offset": record.offset,
+                                "original": (record.value or b"")[:65536].decode(
+                                    "utf-8", "replace"
+                                ),
+                            }
+                        ),
+                    )
+                )
+        if new_offsets == self.offsets:
+            return 0
+        learners = self.trainer.learners
+        seen = self.trainer.seen
+        unknown: dict[str, list[str]] = defaultdict(list)
+        for ex in examples:
+            if ex.goal in learners and ex.example_id not in seen:
+                unknown[ex.goal].append(ex.example_id)
+        stored = await self.store.learnt_already(unknown)
+        learnt_ids: dict[str, list[str]] = defaultdict(list)
+        duplicates = 0
+        for ex in examples:
+            if ex.example_id in stored:
+                duplicates += 1
+            elif self.trainer.learn(ex):
+                learnt_ids[ex.goal].append(ex.example_id)
+            elif ex.goal in learners:
+                duplicates += 1
+        force = time.monotonic() - self.last_publish >= self.config.model.snapshot_every_seconds
+        publish = self.trainer.due(force=force)
+        models = []
+        for goal in publish:
+            model = self.trainer.snapshot(goal)
+            models.append((goal, model.version, model.to_json(), model.metrics))
+        states = [
+            (goal, lr.version, next((m for g, _, m, _ in models if g == goal), None), lr.to_state())
+            for goal, lr in learners.items()
+        ]
+        if outbox:  # dead letters first: at-least-once, like every output
+            await self.producer.send_all(outbox)
+            outbox = []
+        if not await self.store.publish_models(
+            states, new_offsets, learnt_ids, expected=self.offsets
+        ):
+            return None
+        self.offsets = new_offsets
+        self.duplicates += duplicates
+        if duplicates:
+            log.info("dropped %d re-delivered training examples (ids learnt before)", duplicates)
+        learnt = sum(len(ids) for ids in learnt_ids.values())
+        if models:
+            self.last_publish = time.monotonic()
+            for goal, version, model_json, live in models:
+                self._gauges(goal, version, live)
+                outbox.append((self.settings.topic("models"), goal.encode(), model_json))
+            log.info("published %s", ", ".join(f"{g} v{v}" for g, v, _, _ in models))
+            await self.producer.send_all(outbox)
+        return learnt
+
+    async def _fill_gaps(self, records: list[Record]) -> list[Record]:
+        """``records`` preceded by those the consumer skipped, read from the broker.
+
+        A batch that starts past the stored trained offset + 1 means the consumer's
+        position (the group's committed offset) moved past records no trainer learnt:
+        seen once in a kill -9 test, where the first batch after two rebalances started
+        32 records past the stored offset. Redis holds what was learnt, so the missing
+        offsets are read back and learnt before the batch.
+        """
+        first: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            if record.offset < first.get(key, record.offset + 1):
+                first[key] = record.offset
+        missing: list[Record] = []
+        for (topic, partition), offset in first.items():
+            expected = self.offsets.get(partition, -1) + 1
+            if offset <= expected:
+                continue
+            log.warning(
+                "training partition %d: this batch starts at offset %d but the trainer "
+                "stored offset %d: reading the %d skipped records from the broker",
+                partition,
+                offset,
+                expected - 1,
+                offset - expected,
+            )
+            got = await self.reader.read(topic, partition, expected, offset)
+            self.recovered += len(got)
+            metrics.TRAINING_RECORDS_RECOVERED.inc(len(got))
+            missing.extend(got)
+        return missing + records if missing else records
+
+    @staticmethod
+    def _gauges(goal: str, version: int, live: dict) -> None:
+        metrics.MODEL_VERSION.labels(goal=goal).set(version)
+        for gauge, key in (
+            (metrics.LIVE_AUC, "auc"),
+            (metrics.LIVE_LOGLOSS, "logloss"),
+            (metrics.LIVE_BASE_RATE, "base_rate"),
+            (metrics.LIVE_ECE, "ece"),
+        ):
+            if live.get(key) is not None:
+                gauge.labels(goal=goal).set(live[key])
