@@ -16,6 +16,11 @@ copy of the input from the beginning:
     One / two ``customer-ai worker`` processes (2 goals, 4 tracked events from
     ``customer-ai.toml``), started together on an already filled input topic, with
     trained models seeded in Redis first (a cold model skips the factors).
+``scorer_ref_eps``
+    With ``--ref-repo DIR``: one worker run from another source tree (e.g. a
+    ``git worktree`` of the previous commit, its core built in place with
+    ``python setup.py build_ext --inplace``), in the same rounds as the others, for an
+    A/B of a change; ``scorer_vs_ref = scorer_eps / scorer_ref_eps``.
 
 Events/s of a setup = events / (last output message's CreateTime - the first batch
 consumed, as logged by the consuming process; with two workers the earlier one). The
@@ -67,7 +72,7 @@ from bench.common import (  # noqa: E402
     wait_for_line,
 )
 
-SETUPS = ("raw", "faust", "faust-batch", "scorer", "scorer2w")
+SETUPS = ("raw", "faust", "faust-batch", "scorer", "scorer2w", "scorer-ref")
 #: what the workers' logs say they scored with (models.NATIVE): "compiled", "Python sources"
 SCORING_CORES: set[str] = set()
 
@@ -92,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="run the scorer workers from this source tree (A/B comparisons)",
+    )
+    p.add_argument(
+        "--ref-repo",
+        type=Path,
+        default=None,
+        help="also run one worker from this source tree in every round (setup scorer-ref)",
     )
     p.add_argument("--repeat", type=int, default=1, help="run the setups this many times")
     p.add_argument("--workdir", type=Path, default=None, help="logs (default: a temp dir)")
@@ -150,8 +161,9 @@ async def scorer(
     timeout: float,
     worker_env: dict[str, str],
     worker_repo: Path | None = None,
+    tag: str = "",
 ) -> float:
-    prefix = f"bench-{rid}-{n_workers}w"
+    prefix = f"bench-{rid}-{n_workers}w{tag}"
     app_id = f"{prefix}-app"
     events_topic = f"{prefix}.events"
     await create_topics(bootstrap, {events_topic: partitions})
@@ -225,6 +237,10 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
     unknown = set(setups) - set(SETUPS)
     if unknown:
         raise SystemExit(f"unknown setups {sorted(unknown)}")
+    if args.ref_repo is None:
+        if "scorer-ref" in setups and args.setups != ",".join(SETUPS):
+            raise SystemExit("setup scorer-ref needs --ref-repo DIR")
+        setups = [s for s in setups if s != "scorer-ref"]
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
     started = time.perf_counter()
     messages = sample_events(args.events, args.profiles, args.seed)
@@ -252,7 +268,8 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
                     rid,
                     args.timeout,
                     worker_env,
-                    args.worker_repo,
+                    args.ref_repo if setup == "scorer-ref" else args.worker_repo,
+                    tag="-ref" if setup == "scorer-ref" else "",
                 )
             runs[setup].append(value)
     if args.repeat > 1:
@@ -268,9 +285,11 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         "faust_batch_passthrough_eps": round(eps["faust-batch"]) if "faust-batch" in eps else None,
         "scorer_eps": round(eps["scorer"]) if "scorer" in eps else None,
         "scorer_2w_eps": round(eps["scorer2w"]) if "scorer2w" in eps else None,
+        "scorer_ref_eps": round(eps["scorer-ref"]) if "scorer-ref" in eps else None,
         "scorer_vs_faust": ratio("scorer", "faust"),
         "scorer_vs_raw": ratio("scorer", "raw"),
         "scale_2w": ratio("scorer2w", "scorer"),
+        "scorer_vs_ref": ratio("scorer", "scorer-ref"),
         "scoring_core": ",".join(sorted(SCORING_CORES)) or None,
     }
 
