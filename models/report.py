@@ -37,8 +37,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from models.config import Config
-from models.engine import Example
 from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.outcome import Example
 
 __all__ = [
     "auc_over_time",

@@ -9,8 +9,8 @@ import pytest
 
 from models.backtest import run_backtest
 from models.config import DAY_MS, load_config
-from models.engine import Example
 from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.outcome import Example
 from models.profile import profile_document
 from models.report import (
     auc_over_time,
