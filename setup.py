@@ -34,6 +34,9 @@ NATIVE_MODULES = [
     "features",
     "model",
     "profile",
+    "factors",
+    "outcome",
+    "explain",
     "engine",
     "messages",
 ]

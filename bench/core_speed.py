@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 from models.backtest import run_backtest  # noqa: E402
 from models.config import load_config  # noqa: E402
-from models.engine import Engine, Outcome, explain_scores  # noqa: E402
+from models.engine import Engine  # noqa: E402
 from models.events import decode_event  # noqa: E402
+from models.explain import explain_scores  # noqa: E402
 from models.messages import encode_outcome  # noqa: E402
+from models.outcome import Outcome  # noqa: E402
 from models.state import ProfileState  # noqa: E402
 from models.synthetic import generate_events  # noqa: E402
 

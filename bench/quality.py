@@ -34,8 +34,8 @@ import numpy as np
 
 from models.backtest import run_backtest
 from models.config import load_config
-from models.engine import Example
 from models.metrics import expected_calibration_error, roc_auc
+from models.outcome import Example
 from models.report import closed_window_examples
 
 TRAIN_FRACTION = 0.7

@@ -29,9 +29,10 @@ from typing import Any
 import orjson
 
 from models.config import Config
-from models.engine import Engine, Example, Outcome
+from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event, validate_event
 from models.model import LinearModel
+from models.outcome import Example, Outcome
 from models.state import ProfileState
 from models.training import Trainer
 

@@ -2,13 +2,13 @@
 
 Pure functions of the core's objects (no I/O): :func:`score_message`,
 :func:`segment_message` and :func:`example_message` write one message each;
-:func:`encode_outcome` writes a whole batch's :class:`~models.engine.Outcome` (factors
+:func:`encode_outcome` writes a whole batch's :class:`~models.outcome.Outcome` (factors
 computed per model in numpy, one time text per event time) and counts what it wrote, so
 the scorer only hands the messages to the producer.
 
 Examples
 --------
->>> from models.engine import SegmentChange
+>>> from models.outcome import SegmentChange
 >>> segment_message(SegmentChange("p-1", "churn", None, "high", 0.7123456789, 0))
 b'{"profile_id":"p-1","goal":"churn","from":null,"to":"high","probability":0.712346,"event_time":"1970-01-01T00:00:00.000Z"}'
 """
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from models.engine import Example, Outcome, Score, SegmentChange, explain_scores
+from models.explain import explain_scores
+from models.outcome import Example, Outcome, Score, SegmentChange
 from models.profile import format_time
 from models.rounding import rounded
 from models.state import GoalState
@@ -97,7 +98,7 @@ def example_message(example: Example) -> bytes:
 
 
 def example_from_message(raw: bytes) -> Example:
-    """The :class:`~models.engine.Example` of a :func:`example_message`."""
+    """The :class:`~models.outcome.Example` of a :func:`example_message`."""
     d = orjson.loads(raw)
     return Example(
         d["example_id"],
@@ -166,7 +167,7 @@ def encode_outcome(
 
     ``topics`` are the scores, segments and training topics. Scores and segment changes
     are keyed by profile id, examples by example id. Every score gets its factors first
-    (:func:`~models.engine.explain_scores`).
+    (:func:`~models.explain.explain_scores`).
     """
     scores_topic, segments_topic, training_topic = topics
     explain_scores(out.scores)

@@ -4,7 +4,8 @@
 Examples
 --------
 >>> from models.config import parse_config
->>> from models.engine import Engine, Outcome
+>>> from models.engine import Engine
+>>> from models.outcome import Outcome
 >>> from models.events import Event
 >>> engine = Engine(parse_config(open("customer-ai.toml").read()))
 >>> ev = Event("e-1", "p-1", "commerce.productViews", 0, {"eventType": "commerce.productViews"})

@@ -6,7 +6,7 @@ Used by the stream's single-partition trainer agent and by the backtest.
 Examples
 --------
 >>> from models.config import parse_config
->>> from models.engine import Example
+>>> from models.outcome import Example
 >>> cfg = parse_config(open("customer-ai.toml").read())
 >>> trainer = Trainer(cfg)
 >>> ex = Example("p|conversion|0|e", "conversion", "p", 0, 1, 0.5, 0,
@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from models.config import Config
-from models.engine import Example
 from models.features import Featurizer
 from models.learner import OnlineLearner
 from models.model import LinearModel
+from models.outcome import Example
 
 __all__ = ["Trainer"]
 

@@ -10,7 +10,7 @@ event-time order, no Kafka) and writes
   prediction_time, label, probability`` then one column per feature;
 - ``DIR/profiles.jsonl``: one :func:`models.profile.profile_document` per profile (the
   schema of ``customer-ai profile ID --json``);
-- ``DIR/report.html``: the self-contained visual report (:mod:`models.report`).
+- ``DIR/report.html``: the self-contained visual report (:mod:`models.report_html`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from rich.table import Table
 from models.backtest import BacktestResult, run_backtest
 from models.config import Config, load_config
 from models.profile import format_time, profile_document
-from models.report import build_report, render_html
+from models.report import build_report
+from models.report_html import render_html
 
 __all__ = ["evaluate_main", "write_outputs"]
 

@@ -50,10 +50,11 @@ from typing import Any
 
 import orjson
 
-from models.engine import Engine, Outcome
+from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
 from models.messages import OutMessage, encode_outcome, scores_field
 from models.model import LinearModel
+from models.outcome import Outcome
 from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics

@@ -38,8 +38,8 @@ from collections import defaultdict
 import orjson
 
 from models.config import Config
-from models.engine import Example
 from models.messages import example_from_message
+from models.outcome import Example
 from models.training import Trainer
 from stream.ops import metrics
 from stream.worker.producer import BatchProducer, OutMessage

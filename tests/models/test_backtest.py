@@ -11,8 +11,9 @@ import pytest
 
 from models.backtest import run_backtest
 from models.config import load_config, parse_config
-from models.engine import Engine, Example, Outcome
+from models.engine import Engine
 from models.events import parse_timestamp, validate_event
+from models.outcome import Example, Outcome
 from models.synthetic import generate_events
 from tests.harness import CONFIG
 

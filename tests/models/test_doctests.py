@@ -40,5 +40,6 @@ def test_docstring_examples(name: str, results: dict[str, list[int]]) -> None:
 
 
 def test_the_core_modules_have_examples(results: dict[str, list[int]]) -> None:
-    for name in ("models.engine", "models.messages", "models.profile", "models.rounding"):
+    core = ("engine", "explain", "factors", "messages", "outcome", "profile", "rounding")
+    for name in (f"models.{module}" for module in core):
         assert results[name][1] > 0, f"no docstring example ran in {name}"

@@ -6,9 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.config import load_config
-from models.engine import EXPLAIN_BATCH_MIN, Engine, Outcome, Score, explain_scores
+from models.engine import Engine
 from models.events import validate_event
+from models.explain import EXPLAIN_BATCH_MIN, explain_scores
 from models.model import LinearModel, transform
+from models.outcome import Outcome, Score
 from models.state import ProfileState
 from models.synthetic import iter_events
 from tests.harness import CONFIG

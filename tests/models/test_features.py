@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 from models.config import DAY_MS, load_config
-from models.engine import Engine, Outcome
+from models.engine import Engine
 from models.events import Event
 from models.features import MAX_DAYS, Featurizer
 from models.model import LinearModel
+from models.outcome import Outcome
 from models.state import ProfileState
 from tests.harness import CONFIG
 

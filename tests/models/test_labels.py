@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from models.config import DAY_MS, parse_config
-from models.engine import Engine, Example, Outcome
+from models.engine import Engine
 from models.events import Event
+from models.outcome import Example, Outcome
 from models.state import ProfileState
 
 CONFIG = """

@@ -7,7 +7,8 @@ import pytest
 from models.backtest import run_backtest
 from models.config import load_config
 from models.metrics import roc_auc
-from models.synthetic import GROUND_TRUTH, generate_events
+from models.synthetic import generate_events
+from models.synthetic_behaviour import GROUND_TRUTH
 from tests.harness import CONFIG
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import orjson
 
 from models.config import load_config
-from models.engine import Engine, Example, Outcome
+from models.engine import Engine
 from models.events import Event
 from models.messages import encode_outcome, example_from_message, example_message
 from models.model import LinearModel
+from models.outcome import Example, Outcome
 from tests.harness import CONFIG, SCORE_FIELDS
 
 TOPICS = ("t.scores", "t.segments", "t.training")

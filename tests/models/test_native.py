@@ -21,9 +21,11 @@ import hashlib, json
 import models
 from models.backtest import run_backtest
 from models.config import load_config
-from models.engine import Engine, Outcome, explain_scores
+from models.engine import Engine
 from models.events import decode_event
+from models.explain import explain_scores
 from models.messages import encode_outcome
+from models.outcome import Outcome
 from models.synthetic import generate_events
 
 config = load_config("customer-ai.toml")

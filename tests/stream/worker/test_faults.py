@@ -46,10 +46,11 @@ from aiokafka import AIOKafkaProducer
 
 from models.backtest import load_events, run_backtest
 from models.config import load_config
-from models.engine import Engine, Example, Outcome
+from models.engine import Engine
 from models.events import InvalidEvent, decode_event
 from models.features import Featurizer
 from models.messages import example_message
+from models.outcome import Example, Outcome
 from models.profile import profile_document
 from models.state import ProfileState
 from models.synthetic import generate_events
