@@ -1,4 +1,4 @@
-"""The output messages of DESIGN.md, encoded from what the engine produced.
+"""The output messages of docs/DESIGN.md, encoded from what the engine produced.
 
 Pure functions of the core's objects (no I/O): :func:`score_message`,
 :func:`segment_message` and :func:`example_message` write one message each;
@@ -41,7 +41,7 @@ OutMessage = tuple[str, "bytes | None", bytes]
 
 
 def score_message(score: Score, scored_at: str, event_time: str | None = None) -> bytes:
-    """The ``customer-ai.scores`` message of DESIGN.md.
+    """The ``customer-ai.scores`` message of docs/DESIGN.md.
 
     ``event_time`` is ``format_time(score.event_time_ms)``, when the caller has it.
     """
@@ -115,9 +115,10 @@ def example_from_message(raw: bytes) -> Example:
 
 
 def scores_field(goals: dict[str, GoalState]) -> bytes:
-    """The profile hash's readable ``scores`` field (DESIGN.md, state): per goal with a
-    score, its probability, percentile, bucket and model version, rounded as in the score
-    messages (6 and 1 decimals). ``customer-ai segment`` checks each member's bucket in it.
+    """The profile hash's readable ``scores`` field (docs/DESIGN.md, "Profile hash"): per
+    goal with a score, its probability, percentile, bucket and model version, rounded as in
+    the score messages (6 and 1 decimals). ``customer-ai segment`` checks each member's
+    bucket in it.
 
     >>> scores_field({"conversion": GoalState(0.2512345678, 80.04, "high", 2), "churn": GoalState()})
     b'{"conversion":{"probability":0.251235,"percentile":80.0,"bucket":"high","model_version":2}}'

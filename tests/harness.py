@@ -3,6 +3,8 @@
 Nothing here is a mock: :class:`WorkerProcess` runs ``customer-ai worker`` as a
 subprocess against the test's Tansu broker and Redis database, and the helpers
 produce and consume with plain aiokafka over sockets.
+
+Contract: docs/DESIGN.md, sections "Scores" and "Segment changes".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from stream.devservers import find_free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "customer-ai.toml"
-#: the fields of a ``customer-ai.scores`` message, in DESIGN.md's order
+#: the fields of a ``customer-ai.scores`` message, in docs/DESIGN.md's order (section "Scores")
 SCORE_FIELDS = (
     "profile_id",
     "goal",

@@ -1,4 +1,7 @@
-"""Structured conditions: every op, combinators, and validation errors."""
+"""Structured conditions: every op, combinators, and validation errors.
+
+Contract: docs/DESIGN.md, section "Conditions".
+"""
 
 from __future__ import annotations
 

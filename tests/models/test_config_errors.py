@@ -3,6 +3,8 @@
 Issue 4, "Config errors": unknown op, a goal naming an unknown event, a window <= 0,
 a duplicate goal name (and a few more), both from :func:`parse_config` and from the
 ``customer-ai worker`` command, which must exit non-zero with that message.
+
+Contract: docs/DESIGN.md, sections "The configuration file" and "Conditions".
 """
 
 from __future__ import annotations

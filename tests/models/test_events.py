@@ -1,4 +1,7 @@
-"""Decoding XDM events: every rejection has a stable reason."""
+"""Decoding XDM events: every rejection has a stable reason.
+
+Contract: docs/DESIGN.md, section "Input events".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Delayed labels on hand-made timelines, through the whole engine (event time only)."""
+"""Delayed labels on hand-made timelines, through the whole engine (event time only).
+
+Contract: docs/DESIGN.md, section "Training examples".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Output messages: the DESIGN.md fields, in order, keyed and counted as the worker needs."""
+"""Output messages: the docs/DESIGN.md fields, in order, keyed and counted as the worker needs.
+
+Contract: docs/DESIGN.md, sections "Scores", "Segment changes" and "Training examples".
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@
 - the command: sorting, limit, stale entries, factor filter, bucket sizes, exit codes.
 
 The end-to-end check against a real worker is in ``test_ops.py``.
+
+Contract: docs/DESIGN.md, sections "Redis keys" and "Writes".
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Unit tests on stand-ins for the few Faust objects :func:`stream.worker.batching.
 touches (the channel's queue, the consumer's ``unacked`` set and ``ack``, flow control,
 the generation id); Faust's own :class:`~faust.types.tuples.ConsumerMessage` does the
 acks. The agents on a real broker are covered by the pipeline and fault tests.
+
+Contract: docs/DESIGN.md, section "Scoring path".
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ stored 120 MB records when probed), so the 2 MB message and an 8 MB one both rea
 worker. Inputs over ``input.max_event_bytes`` (1 MiB by default) are rejected as
 ``too_large``; a dead-letter copy keeps the original verbatim up to
 ``stream.worker.scorer.DLQ_MAX_ORIGINAL_BYTES`` and a marked prefix beyond.
+
+Contract: docs/DESIGN.md, sections "Dead letters" and "Input events".
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ some tests stop theirs). The oracle is the backtest of the same events
 A last event per partition, later than every other, moves every partition's
 watermark to the backtest's final watermark, so the same label windows are closed in
 both. Figures are printed (run with ``-s``) as ``FIGURES {...}``.
+
+Contract: docs/DESIGN.md, sections "Guarantees", "Scoring path" and "Training path".
 """
 
 from __future__ import annotations

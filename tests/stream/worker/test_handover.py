@@ -7,6 +7,8 @@ a real ``faust.App`` (never started: no broker is contacted) builds the real Cyt
 exactly what that handler leaves (the event on the agent's queue, the message's
 ``refcount``) and hand back every message it cannot deliver that way. The agents on a
 real broker are covered by the pipeline and fault tests.
+
+Contract: docs/DESIGN.md, section "Scoring path".
 """
 
 from __future__ import annotations

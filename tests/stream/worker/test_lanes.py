@@ -1,4 +1,7 @@
-"""Lanes: one job at a time per key, in reservation order, whatever the jobs' outcomes."""
+"""Lanes: one job at a time per key, in reservation order, whatever the jobs' outcomes.
+
+Contract: docs/DESIGN.md, sections "Scoring path" and "Guarantees".
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ oracle for the counts: eligibility depends only on the profile's own events), th
 models must leave warm-up, bucket changes must chain on ``customer-ai.segments``, and
 Redis, ``GET /profiles/{id}``, ``customer-ai profile`` and ``customer-ai tail`` must
 show the latest scores.
+
+Contract: docs/DESIGN.md, sections "Scores", "Segment changes", "Profile hash", "Profile
+document" and "Scoring path".
 """
 
 from __future__ import annotations
@@ -214,7 +217,7 @@ def test_worker_scores_every_event_and_goal(
             collect(kafka_bootstrap, "customer-ai.segments", lambda m: False, 5, settle=0)
         )
 
-        # --- one score per valid event and eligible goal, with every DESIGN.md field ---
+        # --- one score per valid event and eligible goal, with every docs/DESIGN.md field ---
         scores = [orjson.loads(v) for _, _, v in sorted(raw_scores, key=lambda r: r[:2])]
         pairs = Counter((s["event_id"], s["goal"]) for s in scores)
         assert max(pairs.values()) == 1, [p for p, n in pairs.items() if n > 1][:5]

@@ -10,6 +10,8 @@ real Redis/Valkey.
 - ``load`` returns what one ``HMGET`` per profile returns;
 - scripts go by ``EVALSHA`` without ``SCRIPT EXISTS``, and a flushed script cache or a
   restarted server is recovered from.
+
+Contract: docs/DESIGN.md, sections "Profile hash" and "Writes".
 """
 
 from __future__ import annotations
