@@ -56,6 +56,7 @@ __all__ = [
     "REDIS_LATENCY",
     "REDIS_LATENCY_BUCKETS",
     "REGISTRY",
+    "RETRIES",
     "SCORES",
     "SEGMENT_CHANGES",
     "TRAINING_EXAMPLES",
@@ -246,6 +247,17 @@ REDIS_LATENCY = Histogram(
     "Redis round-trip time, by operation.",
     ["op"],
     buckets=REDIS_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+# --- retries (stream.worker.retry; the policies are the table "Retries" of OPERATING.md) --
+
+RETRIES = Counter(
+    "customer_ai_retries_total",
+    "Failed attempts that are retried, by step (score_batch, score_partition, redis, "
+    "produce, lag_poll, lag_poller, train).",
+    ["step"],
     registry=REGISTRY,
 )
 
