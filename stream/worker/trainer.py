@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 #: Fenced re-runs of one batch before giving up on it (it is retried by the caller).
 MAX_FENCED_RETRIES = 20
-#: seconds before a failed training batch's second attempt (doubling up to the next)
+#: seconds before a failed training batch's second attempt (doubling up to the cap below)
 TRAIN_RETRY_DELAY = 0.5
 #: the longest wait between two attempts at a training batch (it is retried forever)
 TRAIN_MAX_RETRY_DELAY = 30.0

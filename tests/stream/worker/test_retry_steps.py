@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import socket
 from typing import Any
 
@@ -26,12 +27,13 @@ from stream.ops import metrics
 from stream.ops.lag_poller import LagPoller
 from stream.worker import scorer as scorer_module
 from stream.worker import trainer as trainer_module
-from stream.worker.producer import BatchProducer
+from stream.worker.producer import PRODUCE_RETRIES, BatchProducer
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.settings import Settings
 from stream.worker.store import RedisStore
+from stream.worker.store_connection import REDIS_RETRIES
 from stream.worker.trainer import TrainerStep
-from tests.harness import CONFIG
+from tests.harness import CONFIG, REPO
 
 CFG = load_config(CONFIG)
 GOALS = [g.name for g in CFG.goals]
@@ -258,3 +260,22 @@ def test_the_lag_poller_waits_as_documented(interval: float, max_backoff: float)
     got = [next(waits) for _ in range(15)]
     want = [min(max_backoff, interval * 2 ** min(n, 10)) for n in range(1, 16)]
     assert got == pytest.approx(want)
+
+
+# ---- the documented steps --------------------------------------------------------------
+
+
+def test_every_documented_step_has_a_retries_series_from_start() -> None:
+    """The table "Retries" of docs/OPERATING.md names the ``step`` label values a dashboard
+    or alert can select; each is exposed (at 0) before its first retry."""
+    text = (REPO / "docs" / "OPERATING.md").read_text()
+    table = text.split("## Retries", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
+    assert documented and tuple(documented) == metrics.RETRY_STEPS
+    for step in documented:
+        assert (
+            metrics.REGISTRY.get_sample_value("customer_ai_retries_total", {"step": step})
+            is not None
+        )
+    assert REDIS_RETRIES.step in documented and PRODUCE_RETRIES.step in documented
+    assert LagPoller("127.0.0.1:1", "g", security={}).retry_policy().step in documented
