@@ -16,6 +16,7 @@ from typing import Any
 
 from stream.ops import metrics
 from stream.ops.lag import LagReader, LagTracker, PartitionLag
+from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.security import kafka_security_kwargs
 
 __all__ = ["LagPoller"]
@@ -73,6 +74,8 @@ class LagPoller:
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
+        if max_backoff < 0:
+            raise ValueError("max_backoff must not be negative")
         self.bootstrap = bootstrap
         self.group = group
         self.topics = list(topics) if topics is not None else None
@@ -167,27 +170,46 @@ class LagPoller:
         self._labels, self._committed_labels = labels, committed_labels
 
     async def run(self) -> None:
-        """Poll until cancelled; never raises anything but ``CancelledError``."""
+        """Poll until cancelled; never raises anything but ``CancelledError``.
+
+        A failed reading is retried per :meth:`retry_policy` (``docs/OPERATING.md``,
+        "Retries"): ``2 * interval`` doubling up to ``max_backoff``, forever.
+        """
+        policy = self.retry_policy()
         try:
             while True:
-                try:
-                    await self.poll_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # broker down, timeouts, config errors...
-                    self.errors += 1
-                    self.consecutive_errors += 1
-                    metrics.LAG_POLL_ERRORS.inc()
-                    level = logging.WARNING if self.consecutive_errors <= 3 else logging.DEBUG
-                    log.log(level, "lag poll of group %r failed: %r", self.group, exc)
-                    delay = min(
-                        self.max_backoff, self.interval * 2 ** min(self.consecutive_errors, 10)
-                    )
-                else:
-                    if self.consecutive_errors > 3:
-                        log.warning("lag poll of group %r recovered", self.group)
-                    self.consecutive_errors = 0
-                    delay = self.interval
-                await asyncio.sleep(delay)
+                await policy.run(self.poll_once, on_error=self._failed)
+                if self.consecutive_errors > 3:
+                    log.warning("lag poll of group %r recovered", self.group)
+                self.consecutive_errors = 0
+                await asyncio.sleep(self.interval)
         finally:
             await self._close_reader()
+
+    def retry_policy(self) -> RetryPolicy:
+        """How a failed reading is retried.
+
+        After the n-th failure in a row the poller waits
+        ``min(max_backoff, interval * 2 ** min(n, 10))`` seconds, and tries again forever.
+
+        Returns
+        -------
+        RetryPolicy
+            Every exception but cancellation is retried (broker down, timeouts, config
+            errors...).
+        """
+        return RetryPolicy(
+            "lag_poll",
+            attempts=None,
+            first_delay=2 * self.interval,
+            factor=2.0,
+            max_delay=min(self.max_backoff, self.interval * 2**10),
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        """Count a failed reading; log it (at debug level after three in a row)."""
+        self.errors += 1
+        self.consecutive_errors += 1
+        metrics.LAG_POLL_ERRORS.inc()
+        level = logging.WARNING if self.consecutive_errors <= 3 else logging.DEBUG
+        log.log(level, "lag poll of group %r failed: %r", self.group, failure.error)

@@ -56,6 +56,8 @@ __all__ = [
     "REDIS_LATENCY",
     "REDIS_LATENCY_BUCKETS",
     "REGISTRY",
+    "RETRIES",
+    "RETRY_STEPS",
     "SCORES",
     "SEGMENT_CHANGES",
     "TRAINING_EXAMPLES",
@@ -248,6 +250,29 @@ REDIS_LATENCY = Histogram(
     buckets=REDIS_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+
+
+# --- retries (stream.worker.retry; the policies are the table "Retries" of OPERATING.md) --
+
+RETRY_STEPS: tuple[str, ...] = (
+    "redis",
+    "produce",
+    "score_partition",
+    "score_batch",
+    "train",
+    "lag_poll",
+    "lag_poller",
+)
+"""The worker's retried steps: each has a ``customer_ai_retries_total`` series from start."""
+
+RETRIES = Counter(
+    "customer_ai_retries_total",
+    "Failed attempts that are retried, by step (see RETRY_STEPS).",
+    ["step"],
+    registry=REGISTRY,
+)
+for _step in RETRY_STEPS:  # at 0 from start: rate() and increase() see the first retry
+    RETRIES.labels(step=_step)
 
 
 # --- helpers ----------------------------------------------------------------------------

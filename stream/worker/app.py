@@ -29,7 +29,9 @@ stalls), ``customer_ai_partitions_assigned`` follows Faust's rebalance signals, 
 global sizes: aggregate them over workers with ``max``, not ``sum``).
 
 Every batch is processed inside a guard: an exception never escapes into Faust
-(which would ack the events); Redis and Kafka errors are retried in place.
+(which would ack the events). Failures are retried per :mod:`stream.worker.retry` (the
+table "Retries" of docs/OPERATING.md): Redis and Kafka errors in place, a scoring batch
+up to 5 times before its records go to the DLQ, a training batch until it is learnt.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -53,7 +56,8 @@ from stream.ops.lag_poller import LagPoller
 from stream.worker import handover
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
-from stream.worker.producer import BatchProducer, OutMessage
+from stream.worker.producer import BatchProducer
+from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.security import (
     faust_broker_credentials,
@@ -225,38 +229,22 @@ async def _load_models(rt: Runtime) -> None:
         log.exception("initial model load failed")
 
 
-async def _guarded(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
-    """Run a batch step; retry unexpected errors, never let one escape into Faust.
+async def _guarded(
+    step: Callable[[list[Record]], Awaitable[object]], records: list[Record]
+) -> None:
+    """Run a batch step that retries itself; collect cyclic garbage after it.
 
-    Cyclic garbage is collected after the batch, when its objects are gone (see
+    The steps (:meth:`BatchScorer.process_or_dead_letter`,
+    :meth:`TrainerStep.process_until_learnt`) retry per :mod:`stream.worker.retry` and
+    never let an error escape into Faust (which would ack the events). Cyclic garbage is
+    collected after the batch, when its objects are gone (see
     :mod:`stream.worker.collector`).
     """
     try:
         with COLLECTOR.batch():
-            await _with_retries(step, records, what)
+            await step(records)
     finally:
         COLLECTOR.collect_if_due()
-
-
-async def _with_retries(step, records: list[Record], what: str) -> None:  # type: ignore[no-untyped-def]
-    """Run ``step``; retry it 5 times, then send the batch to the DLQ."""
-    delay = 0.5
-    for attempt in range(1, 6):
-        try:
-            await step(records)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - an escaping exception would stop the agent
-            log.exception("%s batch failed (attempt %d); retrying", what, attempt)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    log.error("%s batch failed 5 times; sending its %d records to the DLQ", what, len(records))
-    rt = runtime()
-    outbox: list[OutMessage] = []
-    for record in records:
-        rt.scorer._reject(record, "internal_error", f"{what} batch failed repeatedly", outbox)
-    await rt.producer.send_all(outbox)
 
 
 async def _score(stream: faust.StreamT, scorer: BatchScorer) -> None:
@@ -265,7 +253,7 @@ async def _score(stream: faust.StreamT, scorer: BatchScorer) -> None:
     async def step(events: list) -> None:
         records = _records(events)
         _note_first_batch(records)
-        await _guarded(scorer.process, records, "score")
+        await _guarded(scorer.process_or_dead_letter, records)
 
     await pipelined(
         stream,
@@ -297,7 +285,9 @@ async def train(stream: faust.StreamT) -> None:
     # Training examples are few and not latency-bound: Faust's take_events (up to 5,000
     # examples or 0.2 s) keeps the trainer's batches, hence its snapshot cadence, as is.
     async for events in stream.take_events(5000, within=0.2):
-        await _guarded(rt.trainer.process, _records(events), "train")
+        # a failing batch is retried until it is learnt (the trainer pauses on it), never
+        # dead-lettered: the examples are the workers' own outputs, not rejected events
+        await _guarded(rt.trainer.process_until_learnt, _records(events))
 
 
 @app.task
@@ -313,19 +303,23 @@ async def declare_topics() -> None:
 @app.task
 async def lag_poller() -> None:
     """Publish the group's lag read from the broker; restarted if it ever fails."""
-    while True:
-        try:
-            await LagPoller(
-                settings.bootstrap,
-                settings.app_id,
-                interval=settings.metrics_interval,
-                security=kafka_security_kwargs(os.environ),
-            ).run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - the poller must outlive any error
-            log.exception("lag poller failed; restarting")
-        await asyncio.sleep(settings.metrics_interval)
+    interval = settings.metrics_interval
+    restarts = RetryPolicy(
+        "lag_poller", attempts=None, first_delay=interval, factor=1.0, max_delay=interval
+    )
+
+    async def poll() -> None:
+        await LagPoller(
+            settings.bootstrap,
+            settings.app_id,
+            interval=interval,
+            security=kafka_security_kwargs(os.environ),
+        ).run()
+
+    def failed(failure: Failure) -> None:  # the poller must outlive any error
+        log.error("lag poller failed; restarting", exc_info=failure.error)
+
+    await restarts.run(poll, on_error=failed)
 
 
 _SOURCE_TOPICS = frozenset(

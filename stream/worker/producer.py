@@ -26,10 +26,22 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from models.messages import OutMessage  # (topic, key, value)
+from stream.worker.retry import Failure, RetryPolicy
 
-__all__ = ["BatchProducer", "OutMessage"]
+__all__ = ["PRODUCE_RETRIES", "BatchProducer", "OutMessage"]
 
 log = logging.getLogger(__name__)
+
+#: Broker errors: the whole remaining list is sent again, forever, 0.2 s doubling to 5 s,
+#: from a fresh producer (outputs are at-least-once: a retry may duplicate, never lose).
+PRODUCE_RETRIES = RetryPolicy(
+    "produce",
+    attempts=None,
+    first_delay=0.2,
+    factor=2.0,
+    max_delay=5.0,
+    retry_on=(KafkaError, OSError, asyncio.TimeoutError),
+)
 
 
 class BatchProducer:
@@ -71,52 +83,65 @@ class BatchProducer:
         duplicate, never lose. The one exception is a message too large for the
         producer or the broker (``MessageSizeTooLargeError``): no retry can ever send
         it, so it is logged and dropped instead of stalling the worker forever.
+        Retried per :data:`PRODUCE_RETRIES` (``docs/OPERATING.md``, "Retries").
         """
-        delay = 0.2
-        batched = True
-        while messages:
-            try:
-                await self.start()
-                producer = self._producer
-                assert producer is not None
-                if batched:  # the fast path, once; what it could not send goes one by one
-                    batched = False
-                    messages = await self._send_batched(producer, messages)
-                    if not messages:
-                        return
-                futures: list[asyncio.Future[Any]] = []
-                sendable: list[OutMessage] = []
-                for t, k, v in messages:
-                    try:
-                        futures.append(await producer.send(t, value=v, key=k))
-                        sendable.append((t, k, v))
-                    except MessageSizeTooLargeError as exc:
-                        self._drop_too_large(t, v, exc)
-                results = await asyncio.gather(*futures, return_exceptions=True)
-                messages = sendable
-                failed = [r for r in results if isinstance(r, BaseException)]
-                if any(isinstance(r, MessageSizeTooLargeError) for r in failed):
-                    kept = []
-                    for message, result in zip(sendable, results):
-                        if isinstance(result, MessageSizeTooLargeError):
-                            self._drop_too_large(message[0], message[2], result)
-                        else:
-                            kept.append(message)
-                    messages = kept
-                    failed = [r for r in failed if not isinstance(r, MessageSizeTooLargeError)]
-                if failed:
-                    raise failed[0]
+        if not messages:
+            return
+        batched = True  # the fast path, once; what it could not send goes one by one
+        broken = False  # the last attempt failed: start a fresh producer
+
+        async def attempt() -> None:
+            nonlocal messages, batched, broken
+            if not messages:
                 return
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-                log.warning(
-                    "produce failed (%r); retrying %d messages in %.1fs", exc, len(messages), delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            if broken:
+                broken = False
                 try:
                     await self.stop()
                 except Exception:  # noqa: BLE001 - a broken producer may fail to stop
                     self._producer = None
+            await self.start()
+            producer = self._producer
+            assert producer is not None
+            if batched:
+                batched = False
+                messages = await self._send_batched(producer, messages)
+                if not messages:
+                    return
+            futures: list[asyncio.Future[Any]] = []
+            sendable: list[OutMessage] = []
+            for t, k, v in messages:
+                try:
+                    futures.append(await producer.send(t, value=v, key=k))
+                    sendable.append((t, k, v))
+                except MessageSizeTooLargeError as exc:
+                    self._drop_too_large(t, v, exc)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            messages = sendable
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if any(isinstance(r, MessageSizeTooLargeError) for r in failed):
+                kept = []
+                for message, result in zip(sendable, results):
+                    if isinstance(result, MessageSizeTooLargeError):
+                        self._drop_too_large(message[0], message[2], result)
+                    else:
+                        kept.append(message)
+                messages = kept
+                failed = [r for r in failed if not isinstance(r, MessageSizeTooLargeError)]
+            if failed:
+                raise failed[0]
+
+        def retrying(failure: Failure) -> None:
+            nonlocal broken
+            broken = True
+            log.warning(
+                "produce failed (%r); retrying %d messages in %.1fs",
+                failure.error,
+                len(messages),
+                failure.delay,
+            )
+
+        await PRODUCE_RETRIES.run(attempt, on_error=retrying)
 
     @staticmethod
     async def _send_batched(

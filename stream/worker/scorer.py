@@ -60,6 +60,7 @@ from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker.lanes import Lanes
 from stream.worker.producer import BatchProducer
+from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.settings import Settings
 from stream.worker.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry
 
@@ -69,8 +70,15 @@ log = logging.getLogger(__name__)
 MAX_CAS_RETRIES = 5
 #: attempts at one partition's part of a batch before its records go to the DLQ
 PARTITION_ATTEMPTS = 5
-#: seconds before the second attempt (doubling up to 5 s)
+#: seconds before the second attempt (doubling up to ``MAX_RETRY_DELAY``)
 PARTITION_RETRY_DELAY = 0.5
+#: attempts at a whole batch (:meth:`BatchScorer.process_or_dead_letter`) before its
+#: records go to the DLQ
+BATCH_ATTEMPTS = 5
+#: seconds before a batch's second attempt (doubling up to ``MAX_RETRY_DELAY``)
+BATCH_RETRY_DELAY = 0.5
+#: the longest wait between two attempts at a partition's part or a batch
+MAX_RETRY_DELAY = 5.0
 _OUTBOX_LANE = ("outbox",)
 #: A dead-letter message keeps at most this many bytes of the original value (2.5 MiB:
 #: even base64-encoded it stays under the 4 MiB ``max_request_size`` of the producer).
@@ -266,6 +274,54 @@ class BatchScorer:
         metrics.PROCESSING_LATENCY.observe(elapsed / max(1, len(records)))
         return counts
 
+    async def process_or_dead_letter(self, records: list[Record]) -> dict[str, int] | None:
+        """:meth:`process` a batch, retried; after ``BATCH_ATTEMPTS`` dead-letter it.
+
+        The agents' guard (``docs/OPERATING.md``, "Retries"): an unexpected error that
+        escaped :meth:`process` (whose partitions retry themselves) re-runs the whole
+        batch, already applied events being skipped by their offsets; after the last
+        attempt every record of the batch goes to the DLQ as ``internal_error``, so that
+        the agent moves on.
+
+        Returns
+        -------
+        dict or None
+            The counters of :meth:`process`; ``None`` if the batch was dead-lettered.
+        """
+        attempts = BATCH_ATTEMPTS
+        policy = RetryPolicy(
+            "score_batch",
+            attempts=attempts,
+            first_delay=BATCH_RETRY_DELAY,
+            factor=2.0,
+            max_delay=MAX_RETRY_DELAY,
+        )
+
+        def failed(failure: Failure) -> None:
+            log.error(
+                "score batch failed (attempt %d of %d)%s",
+                failure.attempt,
+                attempts,
+                "" if failure.last else "; retrying",
+                exc_info=failure.error,
+            )
+
+        async def dead_letter(error: Exception) -> dict[str, int] | None:
+            log.error(
+                "score batch failed %d times; sending its %d records to the DLQ",
+                attempts,
+                len(records),
+            )
+            outbox: list[OutMessage] = []
+            for record in records:
+                self._reject(record, "internal_error", "score batch failed repeatedly", outbox)
+            await self.producer.send_all(outbox)
+            return None
+
+        return await policy.run(
+            partial(self.process, records), on_error=failed, give_up=dead_letter
+        )
+
     async def _partition_job(
         self,
         topic: str,
@@ -280,34 +336,40 @@ class BatchScorer:
         ``PARTITION_ATTEMPTS`` the part's records go to the dead-letter topic as
         ``internal_error`` and the lane moves on.
         """
-        delay = PARTITION_RETRY_DELAY
-        for attempt in range(1, PARTITION_ATTEMPTS + 1):
+        attempts = PARTITION_ATTEMPTS
+        policy = RetryPolicy(
+            "score_partition",
+            attempts=attempts,
+            first_delay=PARTITION_RETRY_DELAY,
+            factor=2.0,
+            max_delay=MAX_RETRY_DELAY,
+        )
+
+        async def attempt() -> None:
             attempt_counts = dict.fromkeys(counts, 0)
-            try:
-                await self._process_partition(topic, partition, items, attempt_counts, [])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - an escaping exception would stop the agent
-                log.exception(
-                    "%s[%d]: scoring %d events failed (attempt %d of %d)",
-                    topic, partition, len(items), attempt, PARTITION_ATTEMPTS,
-                )  # fmt: skip
-                if attempt < PARTITION_ATTEMPTS:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                continue
+            await self._process_partition(topic, partition, items, attempt_counts, [])
             for name, n in attempt_counts.items():
                 counts[name] += n
-            return
-        log.error(
-            "%s[%d]: scoring failed %d times; sending its %d records to the DLQ",
-            topic, partition, PARTITION_ATTEMPTS, len(items),
-        )  # fmt: skip
-        outbox: list[OutMessage] = []
-        for record, _, _ in items:
-            self._reject(record, "internal_error", "scoring failed repeatedly", outbox)
-        counts["rejected"] += len(items)
-        await self.producer.send_all(outbox)
+
+        def failed(failure: Failure) -> None:
+            log.error(
+                "%s[%d]: scoring %d events failed (attempt %d of %d)",
+                topic, partition, len(items), failure.attempt, attempts,
+                exc_info=failure.error,
+            )  # fmt: skip
+
+        async def dead_letter(error: Exception) -> None:
+            log.error(
+                "%s[%d]: scoring failed %d times; sending its %d records to the DLQ",
+                topic, partition, attempts, len(items),
+            )  # fmt: skip
+            outbox: list[OutMessage] = []
+            for record, _, _ in items:
+                self._reject(record, "internal_error", "scoring failed repeatedly", outbox)
+            counts["rejected"] += len(items)
+            await self.producer.send_all(outbox)
+
+        await policy.run(attempt, on_error=failed, give_up=dead_letter)
 
     def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
         metrics.EVENTS_REJECTED.labels(reason=reason).inc()

@@ -21,6 +21,10 @@ rebalance repeats a batch), and the trainer learns each id once:
 
 Any error inside a batch also drops the in-memory learners (they may hold
 examples that were not stored) so the retry starts from the stored state.
+:meth:`TrainerStep.process_until_learnt` (the agent's entry point) retries a failing
+batch with backoff until it is learnt: the trainer pauses on it, nothing past it is
+acknowledged, and its examples (the workers' own outputs, not input events) are never
+dead-lettered nor counted as rejected events (``docs/OPERATING.md``, "Retries").
 
 Serving models are published (a new version in Redis and on ``customer-ai.models``)
 every ``snapshot_every_examples`` examples or ``snapshot_every_seconds``, whichever
@@ -34,6 +38,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from functools import partial
 
 import orjson
 
@@ -44,6 +49,7 @@ from models.training import Trainer
 from stream.ops import metrics
 from stream.worker.producer import BatchProducer, OutMessage
 from stream.worker.range_reader import RangeReader
+from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.scorer import Record
 from stream.worker.security import kafka_security_kwargs
 from stream.worker.settings import Settings
@@ -55,6 +61,12 @@ log = logging.getLogger(__name__)
 
 #: Fenced re-runs of one batch before giving up on it (it is retried by the caller).
 MAX_FENCED_RETRIES = 20
+#: seconds before a failed training batch's second attempt (doubling up to the cap below)
+TRAIN_RETRY_DELAY = 0.5
+#: the longest wait between two attempts at a training batch (it is retried forever)
+TRAIN_MAX_RETRY_DELAY = 30.0
+#: failed attempts after which the trainer logs that it is paused on the batch
+TRAIN_PAUSED_AFTER = 5
 
 
 class TrainerStep:
@@ -120,6 +132,62 @@ class TrainerStep:
             self.offsets or "{} (nothing learnt yet)",
             {g: lr.n_examples for g, lr in self.trainer.learners.items()},
         )
+
+    async def process_until_learnt(self, records: list[Record]) -> int:
+        """:meth:`process` a batch, retried with backoff until it succeeds.
+
+        The training examples are the workers' own outputs: a batch that fails is never
+        dead-lettered nor counted as rejected events. The trainer pauses on it instead
+        (the agent takes no further batch and acknowledges nothing past it) and retries
+        it forever, ``TRAIN_RETRY_DELAY`` doubling up to ``TRAIN_MAX_RETRY_DELAY``, each
+        retry counted in ``customer_ai_retries_total{step="train"}``. After
+        ``TRAIN_PAUSED_AFTER`` failures it logs an error once, then one line per attempt.
+
+        Returns
+        -------
+        int
+            How many examples were learnt.
+        """
+        policy = RetryPolicy(
+            "train",
+            attempts=None,
+            first_delay=TRAIN_RETRY_DELAY,
+            factor=2.0,
+            max_delay=TRAIN_MAX_RETRY_DELAY,
+        )
+        span = f"{len(records)} records" + (
+            f", offsets {records[0].offset}-{records[-1].offset}" if records else ""
+        )
+
+        def failed(failure: Failure) -> None:
+            if failure.attempt < TRAIN_PAUSED_AFTER:
+                log.warning(
+                    "training batch (%s) failed (attempt %d); retrying in %.1fs",
+                    span,
+                    failure.attempt,
+                    failure.delay,
+                    exc_info=failure.error,
+                )
+            elif failure.attempt == TRAIN_PAUSED_AFTER:
+                log.error(
+                    "training batch (%s) failed %d times: the trainer is paused on it "
+                    "(nothing past it is acknowledged, its examples are never "
+                    "dead-lettered) and retries it every %.0fs at most until it is learnt",
+                    span,
+                    failure.attempt,
+                    TRAIN_MAX_RETRY_DELAY,
+                    exc_info=failure.error,
+                )
+            else:
+                log.warning(
+                    "training batch (%s) failed again (attempt %d: %r); retrying in %.1fs",
+                    span,
+                    failure.attempt,
+                    failure.error,
+                    failure.delay,
+                )
+
+        return await policy.run(partial(self.process, records), on_error=failed)
 
     async def process(self, records: list[Record]) -> int:
         """Learn a batch; returns how many examples were learnt."""
