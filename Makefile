@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: venv native test lint demo dev-up dev-down clean
+.PHONY: venv native test test-fast lint demo dev-up dev-down clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,17 @@ native: venv
 
 test: venv
 	$(BIN)/python -m pytest -q -ra -p no:cacheprovider $(PYTEST_ARGS)
+
+# The pure core's tests (tests/models) and the layout rules, without servers: not the
+# learning-quality run (test_learning.py), the property-based fuzzing (test_fuzz.py), the
+# compiled core's replay in child processes (test_native.py) nor the worker processes
+# of test_config_errors.py. `make test` runs everything.
+FAST_SKIP := not test_compiled_core_replays and not test_worker_with_a_bad_config
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -ra -p no:cacheprovider -m "not integration and not slow" \
+	  --ignore=tests/models/test_learning.py --ignore=tests/models/test_fuzz.py \
+	  -k "$(FAST_SKIP)" tests/models tests/test_layout.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -10,10 +10,12 @@ registered here.
 
 Examples
 --------
->>> from stream import metrics
+>>> from stream.ops import metrics
 >>> metrics.EVENTS_IN.labels(topic="customer-ai.events").inc()
 >>> metrics.observe_processing(batch_seconds=0.02, n_events=10)
 >>> payload, content_type = metrics.render()
+>>> b'customer_ai_events_in_total{topic="customer-ai.events"} 1.0' in payload
+True
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ from stream.cli.replay import ensure_topics
 from stream.devservers import BrokerProcess, ValkeyProcess
 from stream.ops.lag import read_lag
 from stream.worker import scorer as scorer_module
+from stream.worker.redis_scripts import CAS_BATCH
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.settings import Settings
 from stream.worker.store import RedisStore
@@ -609,24 +611,114 @@ def test_broker_stall(broker: BrokerProcess, valkey: ValkeyProcess, tmp_path: Pa
 # ---- 4. zombie fencing ------------------------------------------------------------------
 
 
+class WriteHoldingRelay(threading.Thread):
+    """A TCP relay between one worker and Valkey that can hold back that worker's next
+    profile write (not a mock: every other byte goes to the real server unchanged).
+
+    After :meth:`arm`, the first request that calls the profile write script
+    (:data:`~stream.worker.redis_scripts.CAS_BATCH`, by ``EVALSHA`` or ``EVAL``) and
+    everything after it on that connection stay in the relay, and :attr:`held` is set:
+    the worker has loaded a batch and waits for its write. :meth:`drop` closes every
+    relayed connection, so the held request never reaches Valkey; the worker sees its
+    connection closed and retries the write on a new one.
+    """
+
+    NEEDLES = (CAS_BATCH.sha.encode(), CAS_BATCH.body.encode()[:64])
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(daemon=True)
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.held = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def run(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._sockets += [downstream, upstream]
+            for src, dst, requests in ((downstream, upstream, True), (upstream, downstream, False)):
+                threading.Thread(target=self._pump, args=(src, dst, requests), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        keep = max(len(n) for n in self.NEEDLES) - 1
+        tail = b""
+        try:
+            while data := src.recv(65536):
+                if requests and self.armed.is_set():
+                    window = tail + data
+                    if any(n in window for n in self.NEEDLES):
+                        self.held.set()
+                        return  # nothing more of this connection reaches Valkey
+                    tail = window[-keep:]
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def arm(self) -> None:
+        self.held.clear()
+        self.armed.set()
+
+    def drop(self) -> int:
+        """Disarm, and close every relayed connection; returns how many were open."""
+        self.armed.clear()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        return len(sockets) // 2
+
+    def close(self) -> None:
+        self.listener.close()
+        self.drop()
+
+
 @pytest.mark.slow
 def test_zombie_worker_is_fenced(
     broker: BrokerProcess, valkey: ValkeyProcess, tmp_path: Path
 ) -> None:
     ds = build_dataset(profiles=300, days=120, seed=SEED + 3)
     url = valkey.url + "/0"
-    a, b = start_workers(broker, url, tmp_path, 2)
+    relay = WriteHoldingRelay(valkey.port)
+    relay.start()
+    # worker A reaches Valkey through the relay, B directly
+    a, b = workers = [
+        WorkerProcess(
+            broker.bootstrap,
+            worker_url,
+            tmp_path,
+            name=f"worker-{i}",
+            CUSTOMER_AI_CONFIG=str(CONFIG),
+        ).start(wait_ready=False)
+        for i, worker_url in enumerate((f"redis://127.0.0.1:{relay.port}/0", url))
+    ]
     client = redis.Redis.from_url(url)
     replay = Replayer(broker.bootstrap, ds.messages, rate=180)
     try:
+        for w in workers:
+            w.wait_ready(120)
         replay.start()
         time.sleep(5)
-        # a short Redis stall holds every batch in flight between its Redis calls, so A is
-        # frozen inside one (not idle between batches), for longer than its session timeout
-        valkey.pause()
-        time.sleep(1.0)
+        # A is frozen inside a batch, between its load and its write, for longer than its
+        # session timeout; the write it had sent is dropped with its connections. B takes
+        # A's partitions over and re-applies that batch (never committed) and more. When A
+        # wakes up it retries the write computed from the state it loaded before the
+        # takeover: the write must be refused (fenced).
+        relay.arm()
+        assert relay.held.wait(30), "worker A sent no profile write in 30 s"
         a.signal(signal.SIGSTOP)
-        valkey.resume()
+        dropped = relay.drop()
         try:
             time.sleep(6)
             applied_at_takeover = sum(s.n_events for s in stored_states(client).values())
@@ -638,14 +730,16 @@ def test_zombie_worker_is_fenced(
         replay.finish()
         drain = wait_applied(client, ds, timeout=180, what="after the zombie resumed")
         verdict = verify(ds, url, broker.bootstrap)
+        a_fenced = log_count(a, "profile writes fenced")
         figures(
             "zombie fencing",
             events=ds.n_valid,
             paused_seconds=12,
+            a_connections_dropped=dropped,
             b_health_while_a_paused=orjson.loads(health),
             b_progress_while_a_paused=applied_before_resume - applied_at_takeover,
-            a_fenced_log_lines=log_count(a, "writes fenced"),
-            b_fenced_log_lines=log_count(b, "writes fenced"),
+            a_fenced_log_lines=a_fenced,
+            b_fenced_log_lines=log_count(b, "profile writes fenced"),
             trainer_fenced=log_count(a, "trained offsets moved")
             + log_count(b, "trained offsets moved"),
             seconds_to_drain_after_replay=round(drain, 1),
@@ -653,11 +747,14 @@ def test_zombie_worker_is_fenced(
         )
         assert applied_before_resume > applied_at_takeover, "B did not take over"
         assert a.alive and b.alive
+        # the write A sent before the takeover, retried after it, was refused
+        assert a_fenced > 0, f"no profile write of the zombie was fenced:\n{a.log_tail()}"
         verdict.assert_exact()
     finally:
         client.close()
-        for w in (a, b):
+        for w in workers:
             w.stop()
+        relay.close()
 
 
 class GatedStore(RedisStore):
