@@ -100,7 +100,14 @@ app = faust.App(
 # every private API of a dependency is checked here, once: the faster paths over internals
 # that passed are installed (fetch wait, fetch loop), the others fall back with a warning,
 # and a dependency the worker cannot run with ends the process with what to install
-compat.start(app, fetch_max_wait_ms=settings.fetch_max_wait_ms)
+DEPENDENCY_INTERNALS = compat.start(app, fetch_max_wait_ms=settings.fetch_max_wait_ms)
+
+
+@app.task
+async def log_dependency_internals() -> None:
+    """Log which faster paths over dependencies' internals run (logging is set up by now)."""
+    log.info("dependency internals: %s", DEPENDENCY_INTERNALS.summary())
+
 
 _raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 events_topic = app.topic(settings.topic("events"), partitions=settings.partitions, **_raw)

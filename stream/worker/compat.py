@@ -527,7 +527,7 @@ def start(app: Any, *, fetch_max_wait_ms: int) -> CompatReport:
     Returns
     -------
     CompatReport
-        Which faster paths over internals are used (also logged as one line).
+        Which faster paths over internals are used (the worker logs it once started).
 
     Raises
     ------
@@ -545,7 +545,6 @@ def start(app: Any, *, fetch_max_wait_ms: int) -> CompatReport:
         histogram_batch=_histogram_batch_ok(),
         hiredis_packing=hiredis_packing_supported(),
     )
-    log.info("dependency internals: %s", report.summary())
     return report
 
 

@@ -194,6 +194,21 @@ def test_the_worker_refuses_to_start_and_says_what_to_install() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_real_worker_runs_every_faster_path_with_the_verified_versions(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> None:
+    """``customer-ai worker`` runs the checks at start: all pass, none warns."""
+    from tests.harness import WorkerProcess, wait_until
+
+    with WorkerProcess(kafka_bootstrap, redis_url, tmp_path) as worker:  # ready
+        line = "dependency internals: drain_loop on, direct_delivery on, fetch_wait_tuning on"
+        wait_until(lambda: line in worker.log_path.read_text(errors="replace"), 30, what=line)
+        text = worker.log_path.read_text(errors="replace")
+    assert "histogram_batch on, hiredis_packing on" in text
+    for warned in ("is not the verified", "Faust's own fetch loop", "no direct delivery"):
+        assert warned not in text, text[-3000:]
+
+
 # ---- river -------------------------------------------------------------------------------
 
 
