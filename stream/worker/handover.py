@@ -41,7 +41,7 @@ from typing import Any
 
 from stream.worker import compat
 
-__all__ = ["direct_delivery", "run_callback"]
+__all__ = ["direct_delivery", "install", "run_callback"]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +166,13 @@ def _raw_reader(handler: Any) -> Any:
         and channel.value_serializer == "raw"
     )
     return channel if raw else None
+
+
+def install() -> bool:
+    """Use this hand-over in Faust's consumer; True if installed.
+
+    The same as :func:`stream.worker.compat.install_drain_loop`, which installs its copy
+    of Faust's fetch loop only on the faust-streaming it was copied from (else a warning
+    and Faust's own loop).
+    """
+    return compat.install_drain_loop()
