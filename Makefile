@@ -1,5 +1,6 @@
 # customer-ai developer tasks. `make test` and `make demo` create .venv on first use
-# (and re-install only when pyproject.toml changes).
+# (and re-install only when pyproject.toml, setup.py or requirements.lock change), with
+# the versions requirements.lock pins: those CI passed with (stream/worker/compat.py).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,21 +13,26 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+# -c: every dependency at its locked version; --build-constraint: the build of the
+# compiled core (mypy, setuptools) too. CUSTOMER_AI_REQUIRE_NATIVE=1 in the environment
+# makes a core that does not compile fail the install (.ci/run sets it).
+PIP_LOCKED := -c requirements.lock --build-constraint requirements.lock
+
+$(STAMP): pyproject.toml setup.py requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  rm -rf $(VENV); \
 	  echo "'$(PYTHON) -m venv' failed; trying virtualenv" >&2; \
 	  $(PYTHON) -m virtualenv $(VENV) || { \
 	    echo "cannot create $(VENV): install the venv module (Debian/Ubuntu: apt-get install python3-venv) or 'pip install virtualenv'" >&2; \
 	    exit 1; }; }
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -c requirements.lock pip
+	$(BIN)/python -m pip install $(PIP_LOCKED) -e '.[dev]'
 	@touch $@
 
 # Rebuild the compiled core (mypyc) after editing a module of models/ that setup.py
 # compiles; until then that module's Python source runs (slower; models/__init__.py).
 native: venv
-	$(BIN)/python -m pip install --no-deps -e .
+	$(BIN)/python -m pip install $(PIP_LOCKED) --no-deps -e .
 
 test: venv
 	$(BIN)/python -m pytest -q -ra -p no:cacheprovider $(PYTEST_ARGS)

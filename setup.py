@@ -9,6 +9,9 @@ date or turned off (``models/__init__.py`` decides at import time).
 - ``CUSTOMER_AI_NATIVE=0`` at build time skips compilation (a pure-Python install).
 - A failed compilation (no C compiler, say) is not an error: the extensions are
   optional and the install falls back to pure Python.
+- ``CUSTOMER_AI_REQUIRE_NATIVE=1`` (CI and the Docker image) makes the compiled core
+  required: no mypyc, a type error mypyc refuses or a failed C compile or link then fails
+  the install with a message saying what to fix, never a silent pure-Python install.
 - Next to the extensions the build writes ``models/_native_sources.py``: the SHA-256 of
   each compiled source. An extension whose source changed since is not used.
 """
@@ -21,8 +24,11 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+#: CUSTOMER_AI_REQUIRE_NATIVE=1: a core that cannot be compiled fails the install
+REQUIRE_NATIVE = os.environ.get("CUSTOMER_AI_REQUIRE_NATIVE", "0") == "1"
 #: compiled together (one shared library): they call each other natively
 NATIVE_MODULES = [
     "rounding",
@@ -69,13 +75,46 @@ def _remove_previous_build() -> None:
         old.unlink()
 
 
+def _required(problem: str, fix: str) -> SystemExit:
+    """The error that ends a build which must compile the core (CUSTOMER_AI_REQUIRE_NATIVE=1)."""
+    return SystemExit(
+        f"CUSTOMER_AI_REQUIRE_NATIVE=1 and the scoring core was not compiled: {problem}. {fix}; "
+        "or unset CUSTOMER_AI_REQUIRE_NATIVE to install the pure-Python core (slower)."
+    )
+
+
+class _BuildExt(build_ext):
+    """``build_ext`` that names the fix when a required compiled core fails to build."""
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # CompileError, LinkError, a missing compiler
+            if not REQUIRE_NATIVE:
+                raise  # optional: setuptools warns and the core stays pure Python
+            raise _required(
+                f"building {ext.name} failed ({exc})",
+                "Install a C compiler and the Python headers (Debian/Ubuntu: apt-get "
+                "install build-essential python3-dev) or fix the compiler named by CC",
+            ) from exc
+
+
 def _native_extensions() -> list:
     _remove_previous_build()
     if os.environ.get("CUSTOMER_AI_NATIVE", "1") == "0":
+        if REQUIRE_NATIVE:
+            raise _required(
+                "CUSTOMER_AI_NATIVE=0 turns compilation off", "Unset CUSTOMER_AI_NATIVE"
+            )
         return []
     try:
         from mypyc.build import mypycify
     except ImportError:
+        if REQUIRE_NATIVE:
+            raise _required(
+                "mypyc is not installed in the build environment",
+                "Install mypy there (pyproject.toml's [build-system] requires it)",
+            ) from None
         print("mypyc not available: installing the pure-Python core", file=sys.stderr)
         return []
     try:
@@ -85,12 +124,19 @@ def _native_extensions() -> list:
             group_name=GROUP,
         )
     except (Exception, SystemExit) as exc:  # a type error mypyc refuses: stay pure Python
+        if REQUIRE_NATIVE:
+            raise _required(
+                f"mypyc refused the core ({exc!r})",
+                "Fix the type errors it printed above, or install the mypy that "
+                "requirements.lock pins (pip install --build-constraint requirements.lock)",
+            ) from exc
         print(
             f"mypyc could not compile the core ({exc!r}): installing pure Python", file=sys.stderr
         )
         return []
     for extension in extensions:
-        extension.optional = True  # no compiler: fall back to the Python sources
+        # no compiler: fall back to the Python sources, unless the compiled core is required
+        extension.optional = not REQUIRE_NATIVE
         # the same IEEE doubles as CPython: no fused multiply-adds
         if sys.platform != "win32":
             extension.extra_compile_args = [*extension.extra_compile_args, "-ffp-contract=off"]
@@ -98,4 +144,4 @@ def _native_extensions() -> list:
     return extensions
 
 
-setup(ext_modules=_native_extensions())
+setup(ext_modules=_native_extensions(), cmdclass={"build_ext": _BuildExt})

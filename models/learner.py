@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
+from importlib import metadata
 from typing import Any
 
 import orjson
@@ -45,9 +46,57 @@ from river.utils import VectorDict
 from models.metrics import RollingMetrics
 from models.model import LinearModel, sigmoid
 
-__all__ = ["OnlineLearner"]
+__all__ = [
+    "RIVER_VERIFIED",
+    "OnlineLearner",
+    "RiverIncompatible",
+    "check_river_weights",
+    "restore_weights",
+]
 
 LEARNER_FORMAT = 1
+#: the river release :func:`restore_weights` was verified with (the one
+#: ``stream/worker/compat.py`` records and ``requirements.lock`` pins)
+RIVER_VERIFIED = "0.26.1"
+
+
+class RiverIncompatible(RuntimeError):
+    """The installed river keeps a model's weights where :func:`restore_weights` cannot."""
+
+
+def restore_weights(classifier: linear_model.LogisticRegression, weights: dict[str, float]) -> None:
+    """Set a River logistic regression's weights to ``weights`` (a learner's saved state).
+
+    River has no public way to set them: its ``weights`` property returns a copy. So this
+    one function writes the private ``_weights`` (a ``VectorDict``); it is the only place
+    outside ``stream/worker/compat.py`` that touches a dependency's private attribute
+    (``models/`` is the pure core and does not import ``stream/``; the grep test in
+    ``tests/stream/worker/test_compat.py`` allows exactly this one), and it checks the
+    attribute first. Every read of the weights uses the public ``weights``.
+
+    Raises
+    ------
+    RiverIncompatible
+        ``_weights`` is not a ``VectorDict`` in the installed river; the message names the
+        version to install.
+    """
+    current = getattr(classifier, "_weights", None)
+    if not isinstance(current, VectorDict):
+        try:
+            installed = metadata.version("river")
+        except metadata.PackageNotFoundError:  # pragma: no cover - river imported above
+            installed = "?"
+        raise RiverIncompatible(
+            f"river {installed} keeps a LogisticRegression's weights elsewhere than "
+            f"_weights (found {type(current).__name__}), so a trainer cannot restore its "
+            f"learners: install the verified river: pip install 'river=={RIVER_VERIFIED}'"
+        )
+    classifier._weights = VectorDict(weights, classifier.initializer)
+
+
+def check_river_weights() -> None:
+    """Raise :class:`RiverIncompatible` now if :func:`restore_weights` would (worker start)."""
+    restore_weights(linear_model.LogisticRegression(), {})
 
 
 class OnlineLearner:
@@ -105,8 +154,8 @@ class OnlineLearner:
         return {n: math.log1p(x if x > 0.0 else 0.0) for n, x in zip(self.feature_names, features)}
 
     def _logit(self, scaled: dict[str, float]) -> float:
-        weights = self.classifier._weights
-        return self.classifier.intercept + sum(weights[k] * v for k, v in scaled.items())
+        weights = self.classifier.weights  # a copy: taken once, not per feature
+        return self.classifier.intercept + sum(weights.get(k, 0.0) * v for k, v in scaled.items())
 
     @property
     def warming_up(self) -> bool:
@@ -164,14 +213,14 @@ class OnlineLearner:
     def snapshot(self, version: int | None = None) -> LinearModel:
         """Export the serving model; bumps :attr:`version` unless one is given."""
         self.version = self.version + 1 if version is None else version
-        weights = self.classifier._weights
+        weights = self.classifier.weights  # a copy: taken once, not per feature
         mean, std, w = [], [], []
         for name in self.feature_names:
             var = self.scaler.vars.get(name, 0.0)
             mean.append(self.scaler.means.get(name, 0.0))
             if var > 0:
                 std.append(math.sqrt(var))
-                w.append(weights[name])
+                w.append(weights.get(name, 0.0))
             else:  # River's scaler maps a constant feature to 0: so does a zero weight
                 std.append(1.0)
                 w.append(0.0)
@@ -214,7 +263,7 @@ class OnlineLearner:
                     "means": dict(self.scaler.means),
                     "vars": dict(self.scaler.vars),
                 },
-                "weights": dict(self.classifier._weights),
+                "weights": self.classifier.weights,
                 "intercept": self.classifier.intercept,
                 "n_iterations": self.classifier.optimizer.n_iterations,
                 "metrics": {
@@ -245,7 +294,7 @@ class OnlineLearner:
         learner.scaler.counts = Counter(data["scaler"]["counts"])
         learner.scaler.means = defaultdict(float, data["scaler"]["means"])
         learner.scaler.vars = defaultdict(float, data["scaler"]["vars"])
-        learner.classifier._weights = VectorDict(data["weights"], learner.classifier.initializer)
+        restore_weights(learner.classifier, data["weights"])
         learner.classifier.intercept = data["intercept"]
         learner.classifier.optimizer.n_iterations = data["n_iterations"]
         metrics = data["metrics"]

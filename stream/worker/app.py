@@ -17,10 +17,11 @@ and can commit past unprocessed ones, faust-streaming #606):
 - ``train`` on the single-partition ``customer-ai.training``.
 
 Faust's consumer hands messages to the agents' queues through
-:func:`stream.worker.handover.install` (the same loop without a race of four tasks per
-message); the scoring agents read their queues in bulk instead of through
-``Stream.__aiter__`` (the trainer keeps ``take_events``). Both keep Faust's consumer
-group, its tracking of acked offsets and its commits.
+:mod:`stream.worker.handover` (the same loop without a race of four tasks per message,
+installed by :func:`stream.worker.compat.start` with the other patches of dependencies);
+the scoring agents read their queues in bulk instead of through ``Stream.__aiter__``
+(the trainer keeps ``take_events``). Both keep Faust's consumer group, its tracking of
+acked offsets and its commits.
 
 Operations (see docs/OPERATING.md): the ``lag_poller`` task keeps the
 ``customer_ai_consumer_*`` gauges current from the broker (also while the consumer
@@ -53,7 +54,7 @@ from models.engine import Engine
 from models.features import Featurizer
 from stream.ops import metrics
 from stream.ops.lag_poller import LagPoller
-from stream.worker import handover
+from stream.worker import compat
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
 from stream.worker.producer import BatchProducer
@@ -78,37 +79,6 @@ settings = Settings.from_env()
 config = load_config(settings.config_path)
 
 
-def _tune_faust_consumer(fetch_max_wait_ms: int) -> None:
-    """Let the consumer's fetches return after ``fetch_max_wait_ms`` when no data came.
-
-    Faust hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer. Apache Kafka
-    answers a fetch as soon as it has data, so there the wait only bounds idle polling.
-    Tansu is not woken by a produce: it re-reads the partitions at 0, 1/2, 3/4... of the
-    wait (``tansu-storage/src/service/fetch.rs``), so an event arriving during a wait is
-    seen a quarter to a half of it later. 20 ms keeps that to 5-10 ms. Much shorter is
-    not free on Tansu: its in-memory engine lists every record batch of a partition on
-    each fetch and gives up when the listing outlasts the wait (the partition then
-    returns nothing), so a worker fetching every 10 ms stalled for 13-20 s in 60 s runs
-    at 1,000 events/s keyed over 4 partitions.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    create = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(create, "_customer_ai", False):
-        return
-
-    def create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when the consumer starts
-        return consumer
-
-    create_worker_consumer._customer_ai = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
-
-
-_tune_faust_consumer(settings.fetch_max_wait_ms)
-handover.install()
-
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{hostport}" for hostport in settings.bootstrap.split(",")],
@@ -131,6 +101,17 @@ app = faust.App(
     web_bind=settings.web_host,
     producer_acks=-1,
 )
+# every private API of a dependency is checked here, once: the faster paths over internals
+# that passed are installed (fetch wait, fetch loop), the others fall back with a warning,
+# and a dependency the worker cannot run with ends the process with what to install
+DEPENDENCY_INTERNALS = compat.start(app, fetch_max_wait_ms=settings.fetch_max_wait_ms)
+
+
+@app.task
+async def log_dependency_internals() -> None:
+    """Log which faster paths over dependencies' internals run (logging is set up by now)."""
+    log.info("dependency internals: %s", DEPENDENCY_INTERNALS.summary())
+
 
 _raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 events_topic = app.topic(settings.topic("events"), partitions=settings.partitions, **_raw)

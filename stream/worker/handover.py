@@ -9,15 +9,17 @@ That race costs more than the rest of the hand-over together, and it only matter
 the callback actually blocks, which it almost never does: it decodes the message and
 puts it on the agent's queue.
 
-:func:`install` replaces that one statement: the callback coroutine is first run up to
+The copy of that loop in :mod:`stream.worker.compat` (installed at worker start when
+Faust's own loop is the faust-streaming 0.15.3 code it copies) replaces that one
+statement with :func:`run_callback`: the callback coroutine is first run up to
 its first suspension point right away. If it finishes without suspending (the common
 case), nothing could have happened concurrently, so the outcome is exactly the one
 ``wait_first`` would have returned (the callback won). If it suspends, or the flow is
 already suspended, the rest of it runs under the very same ``wait_first`` race as
 before. The rest of the loop (read offsets, gap tracking, commit-every, yielding every
-100 messages) is Faust's own code, copied unchanged from faust-streaming 0.15.3; the
-patch is applied only when the installed method is that exact code (checked by a hash
-of its source), otherwise Faust's loop stays as it is and a warning is logged.
+100 messages) is Faust's own code, unchanged; when Faust's method is not that exact
+code (checked by a hash of its source), Faust's loop stays as it is and a warning is
+logged.
 
 :func:`direct_delivery` goes one step further for the common case of a partition read by
 one agent with raw bytes keys and values (every topic of the worker): it does what the
@@ -33,20 +35,15 @@ it hands the message to the callback as before.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, cast
+from typing import Any
+
+from stream.worker import compat
 
 __all__ = ["direct_delivery", "install", "run_callback"]
 
 log = logging.getLogger(__name__)
-
-#: sha256 of ``inspect.getsource(faust.transport.consumer.Consumer._drain_messages)``
-#: in faust-streaming 0.15.3, the code :func:`_drain_messages` below copies.
-FAUST_DRAIN_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
 
 
 class _Resume:
@@ -113,21 +110,20 @@ def direct_delivery(consumer: Any) -> Callable[[Any], bool]:
     False when the message must go through the callback (see the module docstring).
     """
     app = consumer.app
-    try:  # faust 0.15.3's internals (not covered by the hash of the fetcher loop)
-        conductor = app.topics
-        callbacks = conductor._tp_to_callback
-        rebuilding = conductor._tp_to_callback_lock.locked
+    conductor = app.topics
+    internals = compat.conductor_internals(conductor)  # faust 0.15.3's callback map
+    if internals is None or app.conf.producer_threaded:  # its buffer size lives elsewhere
+        return lambda message: False
+    callbacks, rebuilding = internals
+    try:  # public attributes of faust 0.15.3's app, consumer and producer buffer
         flow_active = app.flow_control.is_active
         suspend_flow = consumer.suspend_flow.is_set
         event_type = app.conf.Event
         buffer = app.producer.buffer
-        threaded = app.conf.producer_threaded  # its buffer size lives elsewhere
-        pending = buffer.pending._queue  # ProducerBuffer.size when not threaded
+        pending = buffer.pending.qsize  # ProducerBuffer.size when not threaded
         max_pending = buffer.max_messages
     except AttributeError as exc:
-        log.warning("faust's conductor is not the 0.15.3 one (%s): no direct delivery", exc)
-        threaded = True
-    if threaded:
+        log.warning("faust's app is not the 0.15.3 one (%s): no direct delivery", exc)
         return lambda message: False
     # tp -> (the handler the reader was found for, the reader or None if not eligible)
     readers: dict[Any, tuple[Any, Any]] = {}
@@ -145,7 +141,7 @@ def direct_delivery(consumer: Any) -> Callable[[Any], bool]:
         if reader is None or key is None or value is None:
             return False
         queue = reader.queue
-        if queue.full() or len(pending) > max_pending:
+        if queue.full() or pending() > max_pending:
             return False  # the callback waits for room, or flushes the producer buffer
         message.refcount += 1
         queue.put_nowait_enhanced(
@@ -173,109 +169,10 @@ def _raw_reader(handler: Any) -> Any:
 
 
 def install() -> bool:
-    """Use :func:`_drain_messages` in Faust's aiokafka consumer; True if installed."""
-    from faust.transport.consumer import Consumer as BaseConsumer
-    from faust.transport.drivers.aiokafka import Consumer
+    """Use this hand-over in Faust's consumer; True if installed.
 
-    if getattr(Consumer._drain_messages, "_customer_ai", False):
-        return True
-    source = inspect.getsource(BaseConsumer._drain_messages)
-    if hashlib.sha256(source.encode()).hexdigest() != FAUST_DRAIN_SHA256:
-        log.warning(
-            "faust's Consumer._drain_messages is not the 0.15.3 code: "
-            "the cheaper message hand-over is not installed"
-        )
-        return False
-    _drain_messages._customer_ai = True  # type: ignore[attr-defined]
-    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
-    return True
-
-
-# Copied from faust-streaming 0.15.3 ``faust/transport/consumer.py`` (BSD-3-Clause),
-# ``Consumer._drain_messages``; the changes are marked "customer-ai".
-async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
-    # This is the background thread started by Fetcher, used to
-    # constantly read messages using Consumer.getmany.
-    # It takes Fetcher as argument, because we must be able to
-    # stop it using `await Fetcher.stop()`.
-    from faust.transport.consumer import CONSUMER_FETCHING
-    from mode import Service
-
-    callback = self.callback
-    getmany = self.getmany
-    consumer_should_stop = cast(Service, self)._stopped.is_set
-    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-
-    get_read_offset = self._read_offset.__getitem__
-    set_read_offset = self._read_offset.__setitem__
-    flag_consumer_fetching = CONSUMER_FETCHING
-    set_flag = self.diag.set_flag
-    unset_flag = self.diag.unset_flag
-    commit_every = self._commit_every
-    acks_enabled_for = self.app.topics.acks_enabled_for
-    suspend_flow = self.suspend_flow  # customer-ai
-    deliver = direct_delivery(self)  # customer-ai
-
-    yield_every = 100
-    num_since_yield = 0
-    sleep = asyncio.sleep
-
-    try:
-        while not (consumer_should_stop() or fetcher_should_stop()):
-            set_flag(flag_consumer_fetching)
-            ait = getmany(timeout=1.0)
-
-            # Sleeping because sometimes getmany is called in a loop
-            # never releasing to the event loop
-            await self.sleep(0)
-            if not self.should_stop:
-                async for tp, message in ait:
-                    num_since_yield += 1
-                    if num_since_yield > yield_every:
-                        await sleep(0)
-                        num_since_yield = 0
-
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        # We have a gap in income messages
-                        if gap > 1 and r_offset:
-                            acks_enabled = acks_enabled_for(message.topic)
-                            if acks_enabled:
-                                await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None:
-                            if self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                        # customer-ai: was
-                        # await self.wait_first(callback(message), self.suspend_flow.wait())
-                        if not deliver(message):
-                            await run_callback(self, callback(message), suspend_flow)
-                        set_read_offset(tp, offset)
-                    else:
-                        self.log.dev(
-                            "DROPPED MESSAGE ROFF %r: k=%r v=%r",
-                            offset,
-                            message.key,
-                            message.value,
-                        )
-                unset_flag(flag_consumer_fetching)
-
-    except self.consumer_stopped_errors:
-        if self.transport.app.should_stop:
-            # we're already stopping so ignore
-            self.log.info("Broker stopped consumer, shutting down...")
-            return
-        raise
-    except asyncio.CancelledError:
-        if self.transport.app.should_stop:
-            # we're already stopping so ignore
-            self.log.info("Consumer shutting down for user cancel.")
-            return
-        raise
-    except Exception as exc:
-        self.log.exception("Drain messages raised: %r", exc)
-        raise
-    finally:
-        unset_flag(flag_consumer_fetching)
+    The same as :func:`stream.worker.compat.install_drain_loop`, which installs its copy
+    of Faust's fetch loop only on the faust-streaming it was copied from (else a warning
+    and Faust's own loop).
+    """
+    return compat.install_drain_loop()

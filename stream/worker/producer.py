@@ -7,8 +7,9 @@ every message is acknowledged. The scorer does this *before* it stores state or
 lets Faust commit, which makes every output at-least-once.
 
 ``send_all`` first hands aiokafka whole record batches: the list grouped by
-topic-partition (with the producer's own partitioner, so a key lands where
-``producer.send`` would put it, in list order), ``create_batch`` / ``send_batch``,
+topic-partition (with the partitioner the producer is given, aiokafka's public
+``DefaultPartitioner``, so a key lands where ``producer.send`` and Kafka's Java client
+put it, in list order), ``create_batch`` / ``send_batch``,
 one future per batch instead of one per message (about a third of the CPU per
 message). Messages near ``max_request_size`` and those of a batch that fails go
 through the per-message path below.
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner
 
 from models.messages import OutMessage  # (topic, key, value)
 from stream.worker.retry import Failure, RetryPolicy
@@ -50,12 +52,17 @@ class BatchProducer:
     def __init__(
         self, bootstrap: str, security: Mapping[str, Any] | None = None, linger_ms: int = 0
     ) -> None:
+        #: the producer's partitioner and request limit, kept here (not read back from
+        #: aiokafka's private attributes) for the batched path
+        self._key_partitioner = DefaultPartitioner()
+        self._request_limit = 4_194_304
         self._kwargs = dict(
             bootstrap_servers=bootstrap,
             linger_ms=linger_ms,
             acks="all",
             max_batch_size=1_048_576,
-            max_request_size=4_194_304,
+            max_request_size=self._request_limit,
+            partitioner=self._key_partitioner,
             request_timeout_ms=30_000,
             **(security or {}),
         )
@@ -143,13 +150,12 @@ class BatchProducer:
 
         await PRODUCE_RETRIES.run(attempt, on_error=retrying)
 
-    @staticmethod
     async def _send_batched(
-        producer: AIOKafkaProducer, messages: list[OutMessage]
+        self, producer: AIOKafkaProducer, messages: list[OutMessage]
     ) -> list[OutMessage]:
         """Send ``messages`` as record batches per topic-partition; return the unsent ones."""
-        partitioner = producer._partitioner  # the one ``producer.send`` uses
-        near_limit = producer._max_request_size - 1024  # ``send`` checks these exactly
+        partitioner = self._key_partitioner  # the one ``producer.send`` uses
+        near_limit = self._request_limit - 1024  # ``send`` checks these exactly
         partitions: dict[str, list[int]] = {}
         # key -> partition per topic: a profile's scores (one per goal) and segment changes
         # share its key, and the partitioner hashes (murmur2) in pure Python

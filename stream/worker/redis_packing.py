@@ -11,12 +11,19 @@ the same (``tests/stream/test_redis_packing.py``).
 connection class (plain TCP, TLS or Unix socket alike) whose ``pack_command`` calls
 hiredis. Anything hiredis refuses (a ``memoryview``, an invalid type) goes through
 redis-py's own packer, which packs it or raises redis-py's usual ``DataError``.
+
+It relies on redis-py's asyncio connection packing every command with its public
+``pack_command`` and on the pool's public ``connection_class``; nothing private.
+:func:`stream.worker.compat.hiredis_packing_supported` checks the first (once), and
+without it the client keeps redis-py's own packer.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from typing import Any
+
+from stream.worker import compat
 
 __all__ = ["hiredis_packing_class", "use_hiredis_packing"]
 
@@ -54,11 +61,11 @@ def hiredis_packing_class(connection_class: type) -> type:
 def use_hiredis_packing(client: Any) -> bool:
     """Make the connections ``client``'s pool creates from now on pack with hiredis.
 
-    Returns False (and changes nothing) without hiredis or without a connection pool
-    (e.g. a cluster client).
+    Returns False (and changes nothing) without hiredis, without a connection pool
+    (e.g. a cluster client) or when redis-py does not pack with ``pack_command``.
     """
     pool = getattr(client, "connection_pool", None)
-    if _pack_command is None or pool is None:
+    if _pack_command is None or pool is None or not compat.hiredis_packing_supported():
         return False
     pool.connection_class = hiredis_packing_class(pool.connection_class)
     return True
