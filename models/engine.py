@@ -90,8 +90,9 @@ class Engine:
             return False
         if model.feature_names != self.featurizer.names:
             raise ValueError(
-                f"model for {model.goal!r} was trained on other features; "
-                "reset the models (customer-ai reset-models) after changing tracked events or horizons"
+                f"model for {model.goal!r} was trained on other features (the tracked events or "
+                "horizons changed); start from fresh state: a new CUSTOMER_AI_KEY_PREFIX or an "
+                "empty Redis database, then replay the events"
             )
         self.models[model.goal] = model
         return True

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.console import Console
 from rich.table import Table
 
-__all__ = ["demo_main"]
+from stream.cli.common import load_cli_config, output_console, settings_from_env
 
-console = Console()
+__all__ = ["demo_main", "print_score_line"]
+
+#: the demo's output: as wide as the terminal, 160 columns when piped (no 80-column cut)
+console = output_console()
 
 
 def _get_json(url: str) -> Any:
@@ -66,12 +68,20 @@ def _models_table(models: dict[str, Any]) -> Table:
     return table
 
 
+def print_score_line(msg: dict[str, Any]) -> None:
+    """Print a score message as :func:`~stream.cli.scores.format_score`'s line, verbatim.
+
+    Not as markup: rich would take the line's ``[warming up]`` for a style tag and drop it.
+    """
+    from stream.cli.scores import format_score
+
+    console.print(format_score(msg), highlight=False, markup=False)
+
+
 async def _watch_scores(
     bootstrap: str, topic: str, stop: asyncio.Event, state: dict[str, Any]
 ) -> None:
     from aiokafka import AIOKafkaConsumer
-
-    from stream.cli.scores import format_score
 
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
@@ -90,23 +100,32 @@ async def _watch_scores(
                     key = (msg["goal"], msg["warming_up"])
                     if key not in state["shown"] or state["scores"] % 4000 == 0:
                         state["shown"].add(key)
-                        console.print(format_score(msg), highlight=False)
+                        print_score_line(msg)
     finally:
         await consumer.stop()
 
 
-async def _run(bootstrap: str, events_path: Path, worker_port: int) -> str | None:
+async def _run(
+    bootstrap: str, events_path: Path, worker_port: int, namespace: str | None
+) -> str | None:
     from stream.cli.replay import replay_file
 
+    settings = settings_from_env()
     base = f"http://127.0.0.1:{worker_port}"
     state: dict[str, Any] = {"scores": 0, "shown": set(), "last_score_at": time.monotonic()}
     stop = asyncio.Event()
-    watcher = asyncio.create_task(_watch_scores(bootstrap, "customer-ai.scores", stop, state))
+    watcher = asyncio.create_task(_watch_scores(bootstrap, settings.topic("scores"), stop, state))
     console.rule(
         "replaying events (live scores below: time, profile, goal, probability, "
         "percentile, bucket, model version, top factors)"
     )
-    n = await replay_file(events_path, bootstrap, "customer-ai.events", namespace="ECID")
+    n = await replay_file(
+        events_path,
+        bootstrap,
+        settings.topic("events"),
+        namespace=namespace,
+        partitions=settings.partitions,
+    )
     console.print(f"replayed {n:,} events; waiting for the worker to score them all")
     while time.monotonic() - state["last_score_at"] < 5:
         await asyncio.sleep(0.5)
@@ -121,13 +140,30 @@ async def _run(bootstrap: str, events_path: Path, worker_port: int) -> str | Non
 
 
 def demo_main(
-    profiles: int = 1500, days: int = 365, seed: int = 7, workdir: Path = Path(".customer-ai/demo")
+    profiles: int = 1500,
+    days: int = 365,
+    seed: int = 7,
+    workdir: Path = Path(".customer-ai/demo"),
+    config_path: str | None = None,
 ) -> int:
-    """Run the demo; returns an exit code."""
+    """Run the demo; returns an exit code.
+
+    Parameters
+    ----------
+    profiles, days, seed
+        The synthetic data set (:func:`models.synthetic.generate_events`).
+    workdir
+        Where the events and the servers' and worker's logs go.
+    config_path
+        The configuration (default ``CUSTOMER_AI_CONFIG`` or ``./customer-ai.toml``);
+        checked before anything starts.
+    """
     from models.synthetic import generate_events, write_jsonl
     from stream.cli.scores import print_scores
     from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
 
+    config_file = Path(config_path or settings_from_env().config_path).resolve()
+    config = load_cli_config(str(config_file))  # a bad file fails here, not in the worker
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     events_path = workdir / "events.jsonl"
@@ -154,7 +190,7 @@ def demo_main(
             "CUSTOMER_AI_WEB_PORT": str(port),
             "CUSTOMER_AI_SESSION_TIMEOUT": "4",
             "CUSTOMER_AI_REBALANCE_TIMEOUT": "3",
-            "CUSTOMER_AI_CONFIG": os.environ.get("CUSTOMER_AI_CONFIG", "customer-ai.toml"),
+            "CUSTOMER_AI_CONFIG": str(config_file),
         }
         log = open(workdir / "worker.log", "wb")
         worker = subprocess.Popen(
@@ -176,7 +212,10 @@ def demo_main(
         console.print(
             f"worker ready: http://127.0.0.1:{port}/healthz, /models, /metrics, /profiles/ID"
         )
-        sample = asyncio.run(_run(broker.bootstrap, events_path, port)) or "p-1"
+        sample = (
+            asyncio.run(_run(broker.bootstrap, events_path, port, config.identity_namespace))
+            or "p-1"
+        )
         profile = _get_json(f"http://127.0.0.1:{port}/profiles/{sample}")
         if profile:
             console.rule(f"profile {sample} (GET /profiles/{sample})")

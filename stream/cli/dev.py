@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stream.cli.common import output_console
 from stream.devservers.process import DevServerError
 from stream.devservers.state import dev_down, dev_status, dev_up, env_file, read_state
 
@@ -26,10 +27,9 @@ def dev_main(action: str, state_dir: Path = Path(".customer-ai")) -> int:
         0 on success (for ``status``: everything answers), 1 on failure or when a
         service is not running, 2 for an unknown action.
     """
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = output_console(highlight=False)
     state_dir = Path(state_dir)
 
     def show(title: str) -> bool:

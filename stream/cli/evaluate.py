@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO
 
 import orjson
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -31,10 +30,11 @@ from models.config import Config, load_config
 from models.profile import format_time, profile_document
 from models.report import build_report
 from models.report_html import render_html
+from stream.cli.common import CliError, output_console
 
 __all__ = ["evaluate_main", "write_outputs"]
 
-console = Console(stderr=True)
+console = output_console(stderr=True)
 
 EXAMPLE_COLUMNS = ["goal", "profile_id", "prediction_time", "label", "probability"]
 
@@ -88,11 +88,19 @@ def write_outputs(
 
 
 def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> int:
-    """Run the backtest of ``events_path`` and write the four outputs to ``out_dir``."""
+    """Run the backtest of ``events_path`` and write the four outputs to ``out_dir``.
+
+    Raises
+    ------
+    CliError
+        The events file does not exist (status 2).
+    models.config.ConfigError
+        The configuration is missing or invalid.
+    """
     config = load_config(config_path)
     if not events_path.is_file():
-        console.print(f"[red]events file {str(events_path)!r} not found[/]")
-        return 2
+        what = "is a directory" if events_path.is_dir() else "not found"
+        raise CliError(f"events file {str(events_path)!r} {what}; give a JSONL file of events", 2)
     columns = (
         TextColumn("[bold]{task.description:>8}"),
         BarColumn(),

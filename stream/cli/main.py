@@ -14,21 +14,73 @@ command                        what it does
 ``segment``                    profiles of a goal's bucket (optionally by top factor)
 ``demo``                       everything end to end on embedded servers, then stop
 =============================  ===============================================================
+
+Errors a user can fix (a missing file, a bad number, an unknown goal, a bad configuration,
+no servers configured or a server that does not answer) end the command with one red
+line on stderr saying what to do, never a traceback: exit status 2 for a usage or
+configuration error, 1 for a runtime failure (:func:`run`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
-from stream.cli.common import apply_dev_env, console, settings_from_env
+from stream.cli.common import (
+    CliError,
+    apply_dev_env,
+    console,
+    require_servers,
+    settings_from_env,
+)
 from stream.cli.profile import cmd_profile
 from stream.cli.replay import cmd_generate, cmd_replay
 from stream.cli.scores import cmd_tail
 
-__all__ = ["build_parser", "main"]
+__all__ = ["SERVERS_NEEDED", "build_parser", "main", "run", "version"]
+
+#: the servers each command talks to: they must be named (environment or ``dev.env``)
+SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
+    "replay": ("kafka",),
+    "tail": ("kafka",),
+    "lag": ("kafka",),
+    "profile": ("redis",),
+    "segment": ("redis",),
+}
+#: how long ``customer-ai worker`` waits for the broker to answer before it starts Faust
+KAFKA_TIMEOUT_MS = 10_000
+#: commands that use the servers of ``.customer-ai/dev.env`` (``dev up``) if the env names none
+USES_DEV_SERVERS = frozenset({"worker", *SERVERS_NEEDED})
+
+
+def version() -> str:
+    """The installed package's version, else the one in the source tree's pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("customer-ai")
+    except PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
+# ---- commands ----------------------------------------------------------------------------
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -53,7 +105,9 @@ def cmd_lag(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from stream.cli.segment import segment_main
 
-    return segment_main(args.goal, args.bucket, args.factor, args.limit, args.json)
+    return segment_main(
+        args.goal, args.bucket, args.factor, args.limit, args.json, config_path=args.config
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -63,8 +117,33 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if args.config:
-        os.environ["CUSTOMER_AI_CONFIG"] = args.config
+    """``customer-ai worker``: checks the configuration and the broker, then runs Faust."""
+    from stream.cli.common import load_cli_config
+    from stream.worker.security import redact_url
+
+    s = settings_from_env()
+    load_cli_config(s.config_path)  # a bad file fails before anything is printed or started
+    # Faust crashes with a traceback when the broker does not answer at start: ask first.
+    # Redis is not asked: a worker waits for Redis (an outage stalls it, nothing is lost)
+    kafka_log = logging.getLogger("aiokafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)  # the failure is reported in one line
+    try:
+        asyncio.run(kafka_answers(s.bootstrap))
+    finally:
+        kafka_log.setLevel(level)
+
+    def origin(variable: str) -> str:
+        return "" if os.environ.get(variable) else f" (default: {variable} is not set)"
+
+    # the worker keeps its documented defaults (docs/OPERATING.md): say which servers it uses
+    console.print(
+        f"customer-ai worker: Kafka {s.bootstrap}{origin('KAFKA_BOOTSTRAP_SERVERS')}, "
+        f"Redis {redact_url(s.redis_url)}{origin('REDIS_URL')}, config {s.config_path}",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
     from stream.worker.app import main as worker_main
 
     sys.argv = [sys.argv[0], "worker"]
@@ -72,100 +151,287 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def kafka_answers(bootstrap: str) -> None:
+    """Return once a broker of ``bootstrap`` answered a metadata request.
+
+    Raises
+    ------
+    aiokafka.errors.KafkaConnectionError
+        None of them answered.
+    """
+    from aiokafka.client import AIOKafkaClient
+
+    from stream.worker.security import kafka_security_kwargs
+
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=KAFKA_TIMEOUT_MS,
+        **kafka_security_kwargs(os.environ),
+    )
+    try:
+        await client.bootstrap()
+    finally:
+        await client.close()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.cli.demo import demo_main
 
-    return demo_main(profiles=args.profiles, days=args.days, seed=args.seed)
+    return demo_main(
+        profiles=args.profiles, days=args.days, seed=args.seed, config_path=args.config
+    )
+
+
+# ---- the parser --------------------------------------------------------------------------
+
+
+def _number(kind: Callable[[str], Any], minimum: float, strict: bool) -> Callable[[str], Any]:
+    what = "a whole number" if kind is int else "a number"
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bound}"
+    return parse
+
+
+#: argparse types: ``--days 0`` or ``--days -5`` is a usage error, not a traceback
+positive_int = _number(int, 0, strict=True)
+non_negative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0, strict=True)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" not in text and default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one red line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        from rich.markup import escape
+
+        console.print(
+            f"[red]{escape(self.prog)}:[/] {escape(message)} (see {escape(self.prog)} --help)",
+            soft_wrap=True,
+            highlight=False,
+        )
+        sys.exit(2)
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the events and goals configuration (default: $CUSTOMER_AI_CONFIG, else "
+        "./customer-ai.toml)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="customer-ai", description="Real-time Customer AI on Kafka + Redis"
+    """The ``customer-ai`` parser: one sub-parser per command, every option with its help."""
+    parser = _Parser(
+        prog="customer-ai",
+        description="Real-time Customer AI on Kafka + Redis",
+        formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"customer-ai {version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="the command to run"
+    )
 
-    p = sub.add_parser("dev", help="embedded Tansu broker + Valkey for development")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--state-dir", default=".customer-ai")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
+
+    p = command("dev", "embedded Tansu broker + Valkey for development")
+    p.add_argument(
+        "action",
+        choices=["up", "down", "status"],
+        help="up: start the servers (unless the environment names servers) and write "
+        "STATE_DIR/dev.env; down: stop them and remove dev.env; status: show them",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=".customer-ai",
+        help="directory of the servers' state (dev.json), dev.env and logs; the other "
+        "commands read ./.customer-ai/dev.env",
+    )
     p.set_defaults(fn=cmd_dev)
 
-    p = sub.add_parser("worker", help="run a scoring and training worker")
-    p.add_argument("--config")
+    p = command("worker", "run a scoring and training worker (until SIGTERM or Ctrl-C)")
+    _config_option(p)
     p.set_defaults(fn=cmd_worker)
 
-    p = sub.add_parser("generate", help="synthetic events with a planted ground truth")
-    p.add_argument("--profiles", type=int, default=2000)
-    p.add_argument("--days", type=int, default=120)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--out", required=True)
+    p = command("generate", "synthetic events with a planted ground truth (JSON lines)")
+    p.add_argument("--profiles", type=positive_int, default=2000, help="number of profiles")
+    p.add_argument("--days", type=positive_int, default=120, help="days of events")
+    p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the JSONL file to write")
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("replay", help="produce a JSONL file of events, keyed by profile id")
-    p.add_argument("file")
-    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    p.add_argument("--topic", help="default: <prefix>.events")
-    p.add_argument("--config")
+    p = command("replay", "produce a JSONL file of events, keyed by profile id")
+    p.add_argument("file", help="JSON lines, one event each (e.g. from `customer-ai generate`)")
+    p.add_argument(
+        "--rate",
+        type=positive_float,
+        help="events per second, > 0 (default: as fast as possible)",
+    )
+    p.add_argument("--topic", help="topic to produce to (default: <prefix>.events)")
+    _config_option(p)
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("tail", help="follow live scores")
-    p.add_argument("--goal")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--from-beginning", action="store_true")
+    p = command("tail", "follow live scores (until Ctrl-C or --limit)")
+    p.add_argument("--goal", help="only this goal's scores (default: every goal)")
+    p.add_argument(
+        "--limit", type=positive_int, help="stop after N scores (default: follow until Ctrl-C)"
+    )
+    p.add_argument("--json", action="store_true", help="print the score messages as JSON lines")
+    p.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="start at the topic's first score (default: only new ones)",
+    )
+    _config_option(p)
     p.set_defaults(fn=cmd_tail)
 
-    p = sub.add_parser("profile", help="a profile's state, features, scores and factors")
-    p.add_argument("profile_id")
-    p.add_argument("--json", action="store_true")
+    p = command("profile", "a profile's state, features, scores and factors")
+    p.add_argument("profile_id", help="the profile's id (its primary identity)")
+    p.add_argument("--json", action="store_true", help="print the profile document as JSON")
+    _config_option(p)
     p.set_defaults(fn=cmd_profile)
 
-    p = sub.add_parser(
-        "evaluate", help="backtest: metrics.json, examples.csv, profiles.jsonl, report.html"
-    )
-    p.add_argument("events")
-    p.add_argument("--config")
-    p.add_argument("--out", required=True)
+    p = command("evaluate", "backtest: metrics.json, examples.csv, profiles.jsonl, report.html")
+    p.add_argument("events", help="JSON lines of events (optionally .gz)")
+    _config_option(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the four files")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("lag", help="consumer lag read from the broker")
-    p.add_argument("--watch", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--group")
-    p.add_argument("--interval", type=float, default=2.0)
+    p = command("lag", "consumer lag read from the broker")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object per partition and line")
+    p.add_argument(
+        "--group", help="consumer group (default: the worker's, $CUSTOMER_AI_APP_ID or customer-ai)"
+    )
+    p.add_argument(
+        "--interval", type=positive_float, default=2.0, help="seconds between --watch refreshes"
+    )
     p.set_defaults(fn=cmd_lag)
 
-    p = sub.add_parser("segment", help="profiles in a goal's bucket")
-    p.add_argument("--goal", required=True)
-    p.add_argument("--bucket", default="high")
-    p.add_argument("--factor", help="only profiles with this feature among their top factors")
-    p.add_argument("--limit", type=int, default=50, help="most probable N (0: all)")
-    p.add_argument("--json", action="store_true")
+    p = command("segment", "profiles in a goal's bucket, and the bucket sizes")
+    p.add_argument("--goal", required=True, help="a configured goal, e.g. conversion")
+    p.add_argument("--bucket", default="high", help="a configured bucket")
+    p.add_argument(
+        "--factor",
+        metavar="FEATURE",
+        help="only profiles with this feature among their top factors (default: all)",
+    )
+    p.add_argument(
+        "--limit", type=non_negative_int, default=50, help="the most probable N profiles (0: all)"
+    )
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
+    _config_option(p)
     p.set_defaults(fn=cmd_segment)
 
-    p = sub.add_parser("demo", help="run everything end to end on embedded servers")
-    p.add_argument("--profiles", type=int, default=1500)
-    p.add_argument("--days", type=int, default=365)
-    p.add_argument("--seed", type=int, default=7)
+    p = command("demo", "run everything end to end on embedded servers, then stop")
+    p.add_argument("--profiles", type=positive_int, default=1500, help="number of profiles")
+    p.add_argument("--days", type=positive_int, default=365, help="days of events")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the events")
+    _config_option(p)
     p.set_defaults(fn=cmd_demo)
     return parser
 
 
+# ---- running a command -------------------------------------------------------------------
+
+
+def _fail(where: str, message: str, status: int) -> int:
+    """Print one red line on stderr; return ``status``."""
+    from rich.markup import escape
+
+    # escaped: messages name fields like "[model]" or "goals[0]", which are not markup;
+    # soft_wrap: one line, so the field and the fix are never split
+    console.print(f"[red]{escape(where)}:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; expected errors become one line and an exit status.
+
+    Returns
+    -------
+    int
+        The command's status; 2 for a usage or configuration error, 1 for a runtime
+        failure (a server that does not answer...), 130 after Ctrl-C.
+    """
+    from aiokafka.errors import KafkaConnectionError
+    from faust.exceptions import ImproperlyConfigured
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from models.config import ConfigError
+    from stream.worker.security import SecurityConfigError, redact_url
+    from stream.worker.settings import SettingsError
+
+    where = f"customer-ai {args.command}"
+    if args.command != "worker":  # the command reports broker errors itself, in one line
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        if getattr(args, "config", None):
+            os.environ["CUSTOMER_AI_CONFIG"] = args.config
+        if args.command in USES_DEV_SERVERS:
+            apply_dev_env()
+        require_servers(SERVERS_NEEDED.get(args.command, ()))
+        return int(args.fn(args) or 0)
+    except CliError as exc:
+        return _fail(where, exc.message, exc.status)
+    except ConfigError as exc:
+        return _fail(f"{where}: configuration error", str(exc), 2)
+    except SecurityConfigError as exc:
+        return _fail(f"{where}: security settings", str(exc), 2)
+    except SettingsError as exc:
+        return _fail(f"{where}: settings", str(exc), 2)
+    except ImproperlyConfigured as exc:  # a setting Faust refuses
+        return _fail(f"{where}: settings", str(exc), 2)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        if exc.filename is None:
+            raise
+        return _fail(where, f"{exc.strerror}: {str(exc.filename)!r}", 2)
+    except KafkaConnectionError:
+        bootstrap = settings_from_env().bootstrap
+        return _fail(
+            where,
+            f"cannot reach Kafka at {bootstrap}; is it running? "
+            "(KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
+            1,
+        )
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        url = redact_url(settings_from_env().redis_url)
+        return _fail(where, f"lost Redis at {url} ({exc}); is it running?", 1)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``customer-ai``."""
-    args = build_parser().parse_args(argv)
-    if args.command not in ("dev", "demo", "generate", "evaluate"):
-        apply_dev_env()
-    from models.config import ConfigError
-
-    try:
-        return int(args.fn(args) or 0)
-    except ConfigError as exc:
-        from rich.markup import escape
-
-        # escaped: messages name fields like "[model]" or "goals[0]", which are not markup;
-        # soft_wrap: one line, so the field and the fix are never split
-        console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
-        return 2
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,36 +4,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
 import orjson
-from rich.console import Console
 
-from stream.cli.common import console, settings_from_env
+from stream.cli.common import (
+    CliError,
+    connect_store,
+    load_cli_config,
+    output_console,
+    settings_from_env,
+)
 from stream.cli.scores import print_scores
 
 __all__ = ["cmd_profile", "load_profile"]
 
 
-async def load_profile(profile_id: str) -> dict[str, Any] | None:
-    """The profile document from Redis, factors computed with the served models."""
-    from models.config import load_config
+async def load_profile(profile_id: str, config_path: str | None = None) -> dict[str, Any] | None:
+    """The profile document from Redis, factors computed with the served models.
+
+    Parameters
+    ----------
+    profile_id : str
+        The profile's id.
+    config_path : str, optional
+        The configuration; default ``CUSTOMER_AI_CONFIG`` or ``./customer-ai.toml``.
+
+    Returns
+    -------
+    dict or None
+        The document of :func:`models.profile.profile_document`; None if Redis has no
+        such profile.
+
+    Raises
+    ------
+    CliError
+        Redis did not answer a ping within :data:`stream.cli.common.PING_TIMEOUT`.
+    """
     from models.engine import Engine
     from models.model import LinearModel
     from models.profile import profile_document
     from models.state import ProfileState
-    from stream.worker.security import redis_connection_kwargs
-    from stream.worker.store import RedisStore
 
     s = settings_from_env()
-    cfg = load_config(s.config_path)
-    store = RedisStore(
-        **redis_connection_kwargs({**os.environ, "REDIS_URL": s.redis_url}),
-        key_prefix=s.key_prefix,
-        cluster=s.redis_cluster,
-    )
+    cfg = load_cli_config(config_path)
+    store = await connect_store(s)
     try:
         raw = await store.get_profile(profile_id)
         if raw is None:
@@ -42,7 +58,10 @@ async def load_profile(profile_id: str) -> dict[str, Any] | None:
         for goal in engine.models:
             model = await store.get_model(goal)
             if model:
-                engine.set_model(LinearModel.from_json(model))
+                try:
+                    engine.set_model(LinearModel.from_json(model))
+                except ValueError as exc:  # trained on other features: the message says why
+                    raise CliError(str(exc), 2) from None
         return profile_document(
             engine, profile_id, ProfileState.from_bytes(raw, [g.name for g in cfg.goals])
         )
@@ -51,20 +70,24 @@ async def load_profile(profile_id: str) -> dict[str, Any] | None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    doc = asyncio.run(load_profile(args.profile_id))
+    """``customer-ai profile ID [--json]``."""
+    from stream.worker.security import redact_url
+
+    doc = asyncio.run(load_profile(args.profile_id, args.config))
     if doc is None:
-        console.print(
-            f"[red]profile {args.profile_id!r} not found[/] (is REDIS_URL the worker's Redis?)"
+        url = redact_url(settings_from_env().redis_url)
+        raise CliError(
+            f"profile {args.profile_id!r} not found in {url} (is it the worker's Redis?)"
         )
-        return 1
     if args.json:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
-    out = Console()
+    out = output_console()
     out.print(
-        f"[bold]{doc['profile_id']}[/]  first seen {doc['first_seen']}  last event {doc['last_event_time']}  "
+        f"[bold]{escape(doc['profile_id'])}[/]  first seen {doc['first_seen']}  last event {doc['last_event_time']}  "
         f"events {doc['events_applied']}"
     )
     print_scores(out, doc)

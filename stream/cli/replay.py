@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stream.cli.common import console, settings_from_env
+from stream.cli.common import CliError, console, load_cli_config, settings_from_env
 
 __all__ = ["cmd_generate", "cmd_replay", "ensure_topics", "replay_file"]
 
@@ -41,8 +41,8 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], security: dict[s
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
         if new:
@@ -76,9 +76,9 @@ async def replay_file(
 
     from stream.worker.security import kafka_security_kwargs
 
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     security = kafka_security_kwargs(os.environ)
     await ensure_topics(bootstrap, {topic: partitions}, security)
-    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         linger_ms=20,
@@ -87,7 +87,11 @@ async def replay_file(
         max_request_size=4_194_304,
         **security,
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # closes what start() opened before it failed
+        raise
     sent = 0
     started = time.perf_counter()
     try:
@@ -126,19 +130,23 @@ async def replay_file(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from models.config import load_config
-
+    """``customer-ai replay FILE``: the file is read before any connection is made."""
+    path = Path(args.file)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "not found"
+        raise CliError(f"events file {args.file!r} {what}; give a JSONL file of events", 2)
     s = settings_from_env()
-    cfg = load_config(args.config or s.config_path)
+    cfg = load_cli_config(args.config)
+    topic = args.topic or s.topic("events")
     n = asyncio.run(
         replay_file(
-            Path(args.file),
+            path,
             s.bootstrap,
-            args.topic or s.topic("events"),
+            topic,
             rate=args.rate,
             namespace=cfg.identity_namespace,
             partitions=s.partitions,
         )
     )
-    console.print(f"replayed {n:,} events to {args.topic or s.topic('events')}")
+    console.print(f"replayed {n:,} events to {topic}")
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from stream.cli.common import settings_from_env
+from stream.cli.common import check_goal, load_cli_config, settings_from_env
 
 __all__ = ["cmd_tail", "format_score", "print_scores", "tail_scores"]
 
@@ -49,7 +49,11 @@ async def tail_scores(
         auto_offset_reset="earliest" if from_beginning else "latest",
         **kafka_security_kwargs(os.environ),
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # closes what start() opened before it failed
+        raise
     shown = 0
     try:
         async for message in consumer:
@@ -67,7 +71,10 @@ async def tail_scores(
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    """``customer-ai tail``: the goal is checked against the configuration before connecting."""
     s = settings_from_env()
+    if args.goal is not None:
+        check_goal(load_cli_config(args.config), args.goal)
     try:
         asyncio.run(
             tail_scores(

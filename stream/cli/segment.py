@@ -6,23 +6,21 @@ The listing is :func:`stream.ops.segments.read_segment`; this module renders it.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from typing import TextIO
 
 import orjson
 
+from stream.cli.common import CliError, connect_store, load_cli_config, output_console
 from stream.ops.segments import SegmentListing, read_segment
-from stream.worker.store import RedisStore
 
 __all__ = ["segment_main"]
 
 
 def _print_table(listing: SegmentListing, out: TextIO) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=out, width=None if out.isatty() else 160)
+    console = output_console(out)
     title = f"{listing.goal} / {listing.bucket}"
     if listing.factor:
         title += f" / top factor {listing.factor}"
@@ -66,26 +64,26 @@ def segment_main(
     as_json: bool = False,
     *,
     out: TextIO | None = None,
+    config_path: str | None = None,
 ) -> int:
     """``customer-ai segment --goal G --bucket B [--factor F] [--limit N] [--json]``.
 
     Connection and configuration come from the environment (``REDIS_URL``, the
-    ``REDIS_*`` AUTH/TLS variables, ``CUSTOMER_AI_CONFIG``, ``CUSTOMER_AI_KEY_PREFIX``,
-    ``CUSTOMER_AI_REDIS_CLUSTER``).
+    ``REDIS_*`` AUTH/TLS variables, ``CUSTOMER_AI_CONFIG`` unless ``config_path`` is
+    given, ``CUSTOMER_AI_KEY_PREFIX``, ``CUSTOMER_AI_REDIS_CLUSTER``).
 
     Returns
     -------
     int
-        0; 1 when Redis cannot be reached; 2 for an unknown goal, bucket or feature.
+        0; 1 when Redis cannot be reached within 5 s; 2 for an unknown goal, bucket or
+        feature.
     """
-    from models.config import load_config
     from models.features import Featurizer
-    from stream.worker.security import redact_url, redis_connection_kwargs
     from stream.worker.settings import Settings
 
     out = out or sys.stdout
     settings = Settings.from_env()
-    config = load_config(settings.config_path)
+    config = load_cli_config(config_path)
     goals = [g.name for g in config.goals]
     buckets = list(config.buckets.names)
     feature_names = Featurizer(config).names
@@ -95,31 +93,23 @@ def segment_main(
     elif bucket not in buckets:
         error = f"unknown bucket {bucket!r}; buckets: {', '.join(buckets)}"
     elif factor is not None and factor not in feature_names:
-        error = f"unknown feature {factor!r}; see the features of `customer-ai profile ID`"
+        error = f"unknown feature {factor!r}; features: {', '.join(feature_names)}"
     if error:
         print(f"customer-ai segment: {error}", file=sys.stderr)
         return 2
 
-    async def run() -> SegmentListing | str:
-        store = RedisStore(
-            **redis_connection_kwargs({**os.environ, "REDIS_URL": settings.redis_url}),
-            key_prefix=settings.key_prefix,
-            cluster=settings.redis_cluster,
-            feature_names=feature_names,
-        )
+    async def run() -> SegmentListing:
+        store = await connect_store(settings, feature_names)
         try:
-            try:  # the store retries forever (a worker must wait); a command must not
-                await asyncio.wait_for(store.redis.ping(), timeout=5.0)
-            except Exception as exc:  # noqa: BLE001 - reported, exit status 1
-                return f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc!r}"
             return await read_segment(store, goal, bucket, buckets, factor, limit)
         finally:
             await store.close()
 
-    listing = asyncio.run(run())
-    if isinstance(listing, str):
-        print(f"customer-ai segment: {listing}", file=sys.stderr)
-        return 1
+    try:
+        listing = asyncio.run(run())
+    except CliError as exc:
+        print(f"customer-ai segment: {exc.message}", file=sys.stderr)
+        return exc.status
     if as_json:
         out.write(orjson.dumps(listing.to_dict()).decode() + "\n")
     else:

@@ -268,7 +268,11 @@ async def train(stream: faust.StreamT) -> None:
     async for events in stream.take_events(5000, within=0.2):
         # a failing batch is retried until it is learnt (the trainer pauses on it), never
         # dead-lettered: the examples are the workers' own outputs, not rejected events
-        await _guarded(rt.trainer.process_until_learnt, _records(events))
+        try:
+            await _guarded(rt.trainer.process_until_learnt, _records(events))
+        except asyncio.CancelledError:
+            _never_ack(events)  # a shutdown cancelled it: the next owner re-reads it
+            raise
 
 
 @app.task
@@ -368,8 +372,56 @@ async def refresh_models() -> None:
         log.exception("model refresh failed")
 
 
+# ---- shutdown ------------------------------------------------------------------------
+
+#: seconds the batches in progress get to finish after SIGTERM/SIGINT; then they are cancelled
+SHUTDOWN_GRACE = 3.0
+
+
+def _never_ack(events: list) -> None:
+    """Keep the events of a cancelled trainer batch from ever being acked.
+
+    Faust's ``take_events`` acks its buffer when its generator closes, processed or not;
+    the extra reference leaves that ack short of the last one, so no commit passes these
+    events. They leave ``consumer.unacked`` so that ``wait_empty`` does not wait for them.
+    """
+    unacked = app.consumer.unacked
+    for event in events:
+        message = event.message
+        if not message.acked:
+            message.incref()
+            unacked.discard(message)
+            message.tracked = False
+
+
+async def _stop_agents_after(grace: float) -> None:
+    """Stop the agents if the worker is still stopping ``grace`` seconds from now.
+
+    Faust stops a worker by waiting for every batch in progress to be acked
+    (``Consumer.wait_empty``), without a bound, and only then stops the agents (which
+    cancels their tasks). With Redis unreachable the batches retry forever, so the worker
+    ignored SIGTERM. Stopping the agents early cancels those batches; a cancelled batch
+    is never acked (:mod:`stream.worker.batching`, :func:`_never_ack`) and leaves
+    ``consumer.unacked``, so ``wait_empty`` returns, no commit passes the batch and the
+    next owner of its partitions re-reads it (its Redis writes are atomic and fenced by
+    the applied offsets: a batch cancelled after its state was stored is skipped then).
+    """
+    await asyncio.sleep(grace)
+    log.warning(
+        "batches still in progress %.0fs after the stop signal (Redis or Kafka unreachable?): "
+        "cancelling them; their events are not acked and will be re-read",
+        grace,
+    )
+    await app.agents.stop()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run a worker (``customer-ai worker``)."""
+    """Run a worker (``customer-ai worker``) until SIGTERM or SIGINT.
+
+    On either signal Faust stops fetching, waits for the batches in progress, commits the
+    acked offsets, leaves the group and stops; batches still in progress after
+    :data:`SHUTDOWN_GRACE` seconds are cancelled, never acked (:func:`_stop_agents_after`).
+    """
     try:
         import uvloop
 
@@ -380,9 +432,21 @@ def main(argv: list[str] | None = None) -> None:
 
     from stream.ops.web import register_views
 
+    class BoundedStopWorker(Worker):
+        """Faust's worker, its batches in progress cancelled if they outlast the grace."""
+
+        _watchdog: asyncio.Future[None] | None = None
+
+        async def on_stop(self) -> None:
+            self._watchdog = asyncio.ensure_future(_stop_agents_after(SHUTDOWN_GRACE))
+
+        async def on_shutdown(self) -> None:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+
     register_views(app, runtime, assigned_partitions)
 
     # never scan the modules and app loaded so far; collect between batches only
     COLLECTOR.install()
     level = os.environ.get("CUSTOMER_AI_LOG_LEVEL", "info")
-    Worker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()
+    BoundedStopWorker(app, loglevel=level, redirect_stdouts=False).execute_from_commandline()

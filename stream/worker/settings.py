@@ -34,15 +34,45 @@ CUSTOMER_AI_METRICS_INTERVAL       5                           seconds between l
 =================================  ==========================  =================================
 
 Kafka SASL/SSL and Redis AUTH/TLS variables are read by :mod:`stream.worker.security`.
+A numeric variable that is not a number in its range is refused (:class:`SettingsError`,
+naming the variable). The worker uses the defaults above; the commands that inspect the
+servers (``customer-ai replay``, ``tail``, ``lag``, ``profile``, ``segment``) never fall
+back to the default servers (:func:`stream.cli.common.require_servers`).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SettingsError"]
+
+N = TypeVar("N", int, float)
+
+
+class SettingsError(ValueError):
+    """A variable's value is not usable; the message names the variable and what it takes."""
+
+
+def _number(
+    env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N], low: N, high: N
+) -> N:
+    """``env[name]`` as a number in ``[low, high]``, else ``default`` when it is unset."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    what = "a whole number" if kind is int else "a number"
+    bound = f"from {low:g} to {high:g}" if high != math.inf else f">= {low:g}"
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be {what} {bound}, got {raw!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SettingsError(f"{name} must be {what} {bound}, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -69,28 +99,43 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read settings from ``env`` (default: ``os.environ``)."""
+        """Read settings from ``env`` (default: ``os.environ``).
+
+        Raises
+        ------
+        SettingsError
+            A numeric variable is not a number in its range (e.g. ``CUSTOMER_AI_WEB_PORT=0``).
+        """
         e = os.environ if env is None else env
         d = cls()
+        inf = math.inf
         return cls(
-            bootstrap=e.get("KAFKA_BOOTSTRAP_SERVERS", d.bootstrap),
-            redis_url=e.get("REDIS_URL", d.redis_url),
-            config_path=e.get("CUSTOMER_AI_CONFIG", d.config_path),
+            bootstrap=e.get("KAFKA_BOOTSTRAP_SERVERS") or d.bootstrap,
+            redis_url=e.get("REDIS_URL") or d.redis_url,
+            config_path=e.get("CUSTOMER_AI_CONFIG") or d.config_path,
             app_id=e.get("CUSTOMER_AI_APP_ID", d.app_id),
             topic_prefix=e.get("CUSTOMER_AI_TOPIC_PREFIX", d.topic_prefix),
-            partitions=int(e.get("CUSTOMER_AI_PARTITIONS", d.partitions)),
+            partitions=_number(e, "CUSTOMER_AI_PARTITIONS", d.partitions, int, 1, 10_000),
             key_prefix=e.get("CUSTOMER_AI_KEY_PREFIX", d.key_prefix),
             redis_cluster=e.get("CUSTOMER_AI_REDIS_CLUSTER", "0").strip().lower()
             in ("1", "true", "yes", "on"),
             web_host=e.get("CUSTOMER_AI_WEB_HOST", d.web_host),
-            web_port=int(e.get("CUSTOMER_AI_WEB_PORT", d.web_port)),
-            batch_max=int(e.get("CUSTOMER_AI_BATCH_MAX", d.batch_max)),
-            batch_within=float(e.get("CUSTOMER_AI_BATCH_WITHIN", d.batch_within)),
-            pipeline_depth=int(e.get("CUSTOMER_AI_PIPELINE_DEPTH", d.pipeline_depth)),
-            fetch_max_wait_ms=int(e.get("CUSTOMER_AI_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms)),
-            session_timeout=float(e.get("CUSTOMER_AI_SESSION_TIMEOUT", d.session_timeout)),
-            rebalance_timeout=float(e.get("CUSTOMER_AI_REBALANCE_TIMEOUT", d.rebalance_timeout)),
-            metrics_interval=float(e.get("CUSTOMER_AI_METRICS_INTERVAL", d.metrics_interval)),
+            web_port=_number(e, "CUSTOMER_AI_WEB_PORT", d.web_port, int, 1, 65_535),
+            batch_max=_number(e, "CUSTOMER_AI_BATCH_MAX", d.batch_max, int, 1, 10_000_000),
+            batch_within=_number(e, "CUSTOMER_AI_BATCH_WITHIN", d.batch_within, float, 0.0, inf),
+            pipeline_depth=_number(e, "CUSTOMER_AI_PIPELINE_DEPTH", d.pipeline_depth, int, 1, 64),
+            fetch_max_wait_ms=_number(
+                e, "CUSTOMER_AI_FETCH_MAX_WAIT_MS", d.fetch_max_wait_ms, int, 0, 3_600_000
+            ),
+            session_timeout=_number(
+                e, "CUSTOMER_AI_SESSION_TIMEOUT", d.session_timeout, float, 0.001, inf
+            ),
+            rebalance_timeout=_number(
+                e, "CUSTOMER_AI_REBALANCE_TIMEOUT", d.rebalance_timeout, float, 0.001, inf
+            ),
+            metrics_interval=_number(
+                e, "CUSTOMER_AI_METRICS_INTERVAL", d.metrics_interval, float, 0.001, inf
+            ),
         )
 
     def topic(self, name: str) -> str:

@@ -1,0 +1,320 @@
+"""A CLI without surprises: a user's mistake is one line and an exit status, never a traceback.
+
+Every command runs as a subprocess (``python -m stream.cli``) in an empty directory with a
+controlled environment: no ``CUSTOMER_AI_*``, Kafka or Redis variables unless the test sets
+them, and no ``.customer-ai/dev.env`` unless the test writes one. Servers that do not
+answer are a free (closed) port, or a socket that accepts connections and never answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.config import load_config
+from stream.cli.main import build_parser, version
+from stream.devservers import find_free_port
+from tests.harness import CONFIG, REPO
+
+GOALS = [g.name for g in load_config(CONFIG).goals]
+SERVER_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus every setting the CLI reads, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CUSTOMER_AI_", "REDIS_", "KAFKA_"))
+    }
+    env["PYTHONPATH"] = str(REPO)  # the worktree's code, from any working directory
+    env.update(extra)
+    return env
+
+
+def cli(
+    cwd: Path, *args: str, timeout: float = 60, **env: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``customer-ai ARGS`` in ``cwd``; the result and the seconds it took."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc, time.monotonic() - started
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], status: int) -> str:
+    """Assert the command failed with ``status`` and one line on stderr; return that line."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == status, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def closed_port_url(password: str | None = None) -> str:
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{find_free_port()}/0"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+# ---- --version, --help ----------------------------------------------------------------
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    proc, _ = cli(tmp_path, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"customer-ai {version()}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", version())
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_option_says_what_it_does_and_its_default() -> None:
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {
+        "dev", "worker", "generate", "replay", "tail", "profile", "evaluate", "lag",
+        "segment", "demo",
+    }  # fmt: skip
+    for name, sub in {"customer-ai": parser, **commands}.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                rendered = formatter._expand_help(action)
+                assert f"(default: {action.default})" in rendered, where
+
+
+@pytest.mark.parametrize("command", sorted(_subparsers(build_parser())))
+def test_help_lists_every_option(tmp_path: Path, command: str) -> None:
+    proc, _ = cli(tmp_path, command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    for action in _subparsers(build_parser())[command]._actions:
+        for option in action.option_strings:
+            assert option in text, f"{command} --help does not list {option}"
+
+
+# ---- bad numbers, missing files --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["generate", "--days", "-5", "--out", "x.jsonl"], "--days"),
+        (["generate", "--profiles", "0", "--out", "x.jsonl"], "--profiles"),
+        (["generate", "--profiles", "many", "--out", "x.jsonl"], "--profiles"),
+        (["demo", "--days", "-1"], "--days"),
+        (["replay", "events.jsonl", "--rate", "-3"], "--rate"),
+        (["tail", "--limit", "0"], "--limit"),
+        (["segment", "--goal", "conversion", "--limit", "-1"], "--limit"),
+        (["lag", "--interval", "0"], "--interval"),
+    ],
+)
+def test_a_bad_number_is_a_usage_error(tmp_path: Path, args: list[str], option: str) -> None:
+    proc, _ = cli(tmp_path, *args)
+    line = one_line_error(proc, 2)
+    assert option in line and "must be" in line
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["replay", "missing.jsonl"], ["evaluate", "missing.jsonl", "--out", "out"]],
+    ids=["replay", "evaluate"],
+)
+def test_a_missing_events_file(tmp_path: Path, args: list[str]) -> None:
+    proc, elapsed = cli(
+        tmp_path,
+        *args,
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{find_free_port()}",
+        CUSTOMER_AI_CONFIG=str(CONFIG),
+    )
+    line = one_line_error(proc, 2)
+    assert "'missing.jsonl' not found" in line
+    assert elapsed < 10
+
+
+def test_generate_into_a_missing_directory(tmp_path: Path) -> None:
+    proc, _ = cli(tmp_path, "generate", "--profiles", "3", "--days", "2", "--out", "no/dir.jsonl")
+    line = one_line_error(proc, 2)
+    assert "no/dir.jsonl" in line
+
+
+# ---- configuration ---------------------------------------------------------------------
+
+#: every command that loads the configuration, with the arguments it needs to get there
+CONFIG_COMMANDS = {
+    "worker": [],
+    "replay": ["{events}"],
+    "tail": ["--goal", "conversion"],
+    "profile": ["p-1"],
+    "segment": ["--goal", "conversion"],
+    "evaluate": ["{events}", "--out", "out"],
+    "demo": [],
+}
+
+
+@pytest.mark.parametrize("command", sorted(CONFIG_COMMANDS))
+def test_every_command_that_reads_the_config_takes_config(tmp_path: Path, command: str) -> None:
+    """The config error says "pass --config PATH": every command it can come from takes it."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    args = [a.format(events=events) for a in CONFIG_COMMANDS[command]]
+    closed = f"127.0.0.1:{find_free_port()}"  # the config is read before any connection
+    proc, _ = cli(
+        tmp_path,
+        command,
+        *args,
+        "--config",
+        "nowhere.toml",
+        KAFKA_BOOTSTRAP_SERVERS=closed,
+        REDIS_URL=f"redis://{closed}/0",
+    )
+    line = one_line_error(proc, 2)
+    assert "configuration error" in line and "nowhere.toml' not found" in line
+    assert "pass --config PATH" in line
+    assert not (tmp_path / ".customer-ai").exists()  # the demo started nothing
+
+
+def test_tail_of_an_unknown_goal_fails_at_once_listing_the_goals(tmp_path: Path) -> None:
+    proc, elapsed = cli(
+        tmp_path,
+        "tail",
+        "--goal",
+        "convrsion",
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{find_free_port()}",
+        CUSTOMER_AI_CONFIG=str(CONFIG),
+        timeout=30,
+    )
+    line = one_line_error(proc, 2)
+    assert "unknown goal 'convrsion'" in line
+    for goal in GOALS:
+        assert goal in line
+    assert elapsed < 10
+
+
+# ---- servers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [
+        (["profile", "p-1"], "REDIS_URL"),
+        (["segment", "--goal", "conversion"], "REDIS_URL"),
+        (["tail"], "KAFKA_BOOTSTRAP_SERVERS"),
+        (["replay", "events.jsonl"], "KAFKA_BOOTSTRAP_SERVERS"),
+        (["lag"], "KAFKA_BOOTSTRAP_SERVERS"),
+    ],
+)
+def test_no_servers_configured(tmp_path: Path, args: list[str], variable: str) -> None:
+    """After ``dev down`` (no dev.env) and without the variable: no guess at localhost."""
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    proc, elapsed = cli(tmp_path, *args, CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 2)
+    assert "no servers are configured" in line
+    assert variable in line and "customer-ai dev up" in line
+    assert elapsed < 10
+
+
+def test_the_servers_of_dev_env_are_used(tmp_path: Path) -> None:
+    url = closed_port_url()
+    (tmp_path / ".customer-ai").mkdir()
+    (tmp_path / ".customer-ai" / "dev.env").write_text(f"REDIS_URL={url}\n")
+    proc, _ = cli(tmp_path, "profile", "p-1", CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 1)
+    assert f"cannot reach Redis at {url}" in line
+
+
+@pytest.mark.parametrize("command", [["profile", "p-1"], ["segment", "--goal", "conversion"]])
+def test_unreachable_redis_is_named_with_its_password_redacted(
+    tmp_path: Path, command: list[str]
+) -> None:
+    url = closed_port_url(password="s3cret")
+    proc, elapsed = cli(tmp_path, *command, REDIS_URL=url, CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 1)
+    assert "cannot reach Redis at " + url.replace(":s3cret@", ":***@") in line
+    assert "s3cret" not in proc.stderr + proc.stdout
+    assert elapsed < 6
+
+
+def test_a_redis_that_never_answers_fails_within_5_seconds(
+    tmp_path: Path, silent_server: int
+) -> None:
+    url = f"redis://127.0.0.1:{silent_server}/0"
+    proc, elapsed = cli(tmp_path, "profile", "p-1", REDIS_URL=url, CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 1)
+    assert f"cannot reach Redis at {url}" in line
+    assert elapsed < 9  # the 5 s bound, plus starting Python
+
+
+@pytest.mark.parametrize(
+    "args", [["tail", "--limit", "1"], ["replay", "events.jsonl"]], ids=["tail", "replay"]
+)
+def test_unreachable_kafka_is_named(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    bootstrap = f"127.0.0.1:{find_free_port()}"
+    proc, _ = cli(
+        tmp_path, *args, KAFKA_BOOTSTRAP_SERVERS=bootstrap, CUSTOMER_AI_CONFIG=str(CONFIG)
+    )
+    line = one_line_error(proc, 1)
+    assert f"cannot reach Kafka at {bootstrap}" in line
+
+
+def test_a_worker_without_a_broker_says_so_and_exits(tmp_path: Path) -> None:
+    bootstrap = f"127.0.0.1:{find_free_port()}"
+    proc, elapsed = cli(
+        tmp_path,
+        "worker",
+        "--config",
+        str(CONFIG),
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        REDIS_URL=closed_port_url(),
+    )
+    line = one_line_error(proc, 1)
+    assert f"cannot reach Kafka at {bootstrap}" in line
+    assert elapsed < 15
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CUSTOMER_AI_WEB_PORT", "0"), ("CUSTOMER_AI_PARTITIONS", "four")],
+)
+def test_a_bad_setting_is_named(tmp_path: Path, variable: str, value: str) -> None:
+    proc, _ = cli(
+        tmp_path,
+        "worker",
+        "--config",
+        str(CONFIG),
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{find_free_port()}",
+        **{variable: value},
+    )
+    line = one_line_error(proc, 2)
+    assert variable in line and repr(value) in line
