@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: venv native test test-fast lint demo dev-up dev-down clean
+.PHONY: venv native test test-fast lint typecheck demo dev-up dev-down clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+# mypy over stream/ and models/ ([tool.mypy] in pyproject.toml); .ci/run runs it
+typecheck: venv
+	$(BIN)/mypy
 
 demo: venv
 	$(BIN)/customer-ai demo

@@ -32,18 +32,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.conditions import ConditionError, Predicate, compile_condition, condition_fields
+import tomllib
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from models.conditions import ConditionError, Predicate, compile_condition, condition_fields
 
 __all__ = [
     "DAY_MS",

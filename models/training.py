@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from models.config import Config
 from models.features import Featurizer
@@ -50,7 +51,7 @@ class Trainer:
         self.config = config
         self.feature_names = feature_names or Featurizer(config).names
         m = config.model
-        self.learner_kwargs = {
+        self.learner_kwargs: dict[str, Any] = {
             "learning_rate": m.learning_rate,
             "l2": m.l2,
             "min_examples_per_class": m.min_examples_per_class,

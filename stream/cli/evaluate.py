@@ -19,7 +19,7 @@ import csv
 import gzip
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import orjson
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -41,7 +41,7 @@ EXAMPLE_COLUMNS = ["goal", "profile_id", "prediction_time", "label", "probabilit
 
 def _open(path: Path) -> IO[bytes]:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 

@@ -69,10 +69,8 @@ def version() -> str:
         return installed_version("customer-ai")
     except PackageNotFoundError:
         pass
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    import tomllib
+
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     try:
         return str(tomllib.loads(pyproject.read_text())["project"]["version"])
@@ -119,10 +117,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``customer-ai worker``: checks the configuration and the broker, then runs Faust."""
     from stream.cli.common import load_cli_config
+    from stream.worker import compat
     from stream.worker.security import redact_url
 
     s = settings_from_env()
     load_cli_config(s.config_path)  # a bad file fails before anything is printed or started
+    # a dependency outside its supported range: one message naming the version to install
+    # (DependencyError exits with status 1), before any server is asked
+    compat.check_versions()
     # Faust crashes with a traceback when the broker does not answer at start: ask first.
     # Redis is not asked: a worker waits for Redis (an outage stalls it, nothing is lost)
     kafka_log = logging.getLogger("aiokafka")

@@ -38,9 +38,14 @@ class _Scorer(Protocol):
 class WorkerRuntime(Protocol):
     """What the views read of the worker's runtime (:class:`stream.worker.app.Runtime`)."""
 
-    engine: Engine
-    store: _Store
-    scorer: _Scorer
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def store(self) -> _Store: ...
+
+    @property
+    def scorer(self) -> _Scorer: ...
 
 
 def models_document(engine: Engine) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from models.engine import Engine
 from models.features import Featurizer
 from stream.ops import metrics
 from stream.ops.lag_poller import LagPoller
-from stream.worker import compat
+from stream.worker import compat, handover
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
 from stream.worker.producer import BatchProducer
@@ -104,7 +104,12 @@ app = faust.App(
 # every private API of a dependency is checked here, once: the faster paths over internals
 # that passed are installed (fetch wait, fetch loop), the others fall back with a warning,
 # and a dependency the worker cannot run with ends the process with what to install
-DEPENDENCY_INTERNALS = compat.start(app, fetch_max_wait_ms=settings.fetch_max_wait_ms)
+DEPENDENCY_INTERNALS = compat.start(
+    app,
+    fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    latency_histogram=metrics.END_TO_END_LATENCY,
+    install_handover=handover.install,
+)
 
 
 @app.task
@@ -113,7 +118,12 @@ async def log_dependency_internals() -> None:
     log.info("dependency internals: %s", DEPENDENCY_INTERNALS.summary())
 
 
-_raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+_raw: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 events_topic = app.topic(settings.topic("events"), partitions=settings.partitions, **_raw)
 repartition_topic = app.topic(
     settings.topic("events-by-profile"), partitions=settings.partitions, internal=True, **_raw
@@ -265,7 +275,7 @@ async def train(stream: faust.StreamT) -> None:
     rt = runtime()
     # Training examples are few and not latency-bound: Faust's take_events (up to 5,000
     # examples or 0.2 s) keeps the trainer's batches, hence its snapshot cadence, as is.
-    async for events in stream.take_events(5000, within=0.2):
+    async for events in stream.take_events(5000, within=0.2):  # type: ignore[attr-defined]
         # a failing batch is retried until it is learnt (the trainer pauses on it), never
         # dead-lettered: the examples are the workers' own outputs, not rejected events
         try:
@@ -330,12 +340,12 @@ def assigned_partitions() -> int:
     return _source_partitions(_current_assignment())
 
 
-@app.on_partitions_assigned.connect
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]
 async def _on_partitions_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
     metrics.PARTITIONS_ASSIGNED.set(_source_partitions(assigned))
 
 
-@app.on_partitions_revoked.connect
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _on_partitions_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     metrics.PARTITIONS_ASSIGNED.set(_source_partitions(_current_assignment() - set(revoked)))
 

@@ -220,7 +220,7 @@ async def pipelined(
         for task in in_progress:
             task.cancel()
         await asyncio.gather(*in_progress, return_exceptions=True)
-        await batches.aclose()  # untracks what was yielded and not acked
+        await batches.aclose()  # type: ignore[attr-defined]  # an async generator: untracks what was yielded and not acked
 
 
 def _drain(items: list[Any], max_events: int, qsize: Any, get_nowait: Any) -> bool:

@@ -115,6 +115,7 @@ DEPENDENCIES: dict[str, Pin] = {
     "pytest-timeout": Pin("2.4.0", ">=2.3,<3", runtime=False),
     "hypothesis": Pin("6.170.17", ">=6.100,<7", runtime=False),
     "ruff": Pin("0.17.6", ">=0.5,<0.18", runtime=False),
+    "mypy": Pin("2.4.1", ">=1.10,<3", runtime=False),
     "pyyaml": Pin("6.0.4", ">=6,<7", runtime=False),
     "promql-parser": Pin("0.12.0", ">=0.4,<0.13", runtime=False),
     "scikit-learn": Pin("1.9.1", ">=1.3,<2", runtime=False),
@@ -273,9 +274,25 @@ def drain_loop_problem() -> str | None:
     return None
 
 
-def install_drain_loop() -> bool:
-    """Use :func:`_drain_messages` in Faust's aiokafka consumer; True if it is used."""
+#: ``(direct_delivery, run_callback)`` of :mod:`stream.worker.handover`, which the copied
+#: loop calls (handed in by :func:`install_drain_loop`: this module imports no code of ours)
+_HANDOVER: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+
+
+def install_drain_loop(
+    direct_delivery: Callable[..., Any], run_callback: Callable[..., Any]
+) -> bool:
+    """Use :func:`_drain_messages` in Faust's aiokafka consumer; True if it is used.
+
+    Parameters
+    ----------
+    direct_delivery, run_callback
+        What the copied loop calls per fetched message (:mod:`stream.worker.handover`).
+    """
+    global _HANDOVER
     from faust.transport.drivers.aiokafka import Consumer
+
+    _HANDOVER = (direct_delivery, run_callback)
 
     if getattr(Consumer.__dict__.get("_drain_messages"), _MARK, False):
         return True
@@ -489,7 +506,13 @@ def valkey_binary_path() -> str | None:
 # ---- at worker start -------------------------------------------------------------------
 
 
-def start(app: Any, *, fetch_max_wait_ms: int) -> CompatReport:
+def start(
+    app: Any,
+    *,
+    fetch_max_wait_ms: int,
+    latency_histogram: Any,
+    install_handover: Callable[[], bool],
+) -> CompatReport:
     """Run every check once and install what passed (call before the worker starts).
 
     Parameters
@@ -498,6 +521,11 @@ def start(app: Any, *, fetch_max_wait_ms: int) -> CompatReport:
         The worker's app, built but not started.
     fetch_max_wait_ms : int
         The consumer's fetch wait (:func:`tune_fetch_wait`).
+    latency_histogram : prometheus_client.Histogram
+        The histogram observed per batch (:func:`histogram_counters`).
+    install_handover : callable
+        :func:`stream.worker.handover.install`: installs the copied fetch loop with the
+        hand-over (:func:`install_drain_loop`); True if it is used.
 
     Returns
     -------
@@ -512,21 +540,15 @@ def start(app: Any, *, fetch_max_wait_ms: int) -> CompatReport:
     """
     check_versions()
     check_river()
-    drain_loop = install_drain_loop()
+    drain_loop = install_handover()
     report = CompatReport(
         drain_loop=drain_loop,
         direct_delivery=drain_loop and conductor_internals(app.topics) is not None,
         fetch_wait_tuning=tune_fetch_wait(fetch_max_wait_ms),
-        histogram_batch=_histogram_batch_ok(),
+        histogram_batch=histogram_counters(latency_histogram) is not None,
         hiredis_packing=hiredis_packing_supported(),
     )
     return report
-
-
-def _histogram_batch_ok() -> bool:
-    from stream.ops import metrics
-
-    return histogram_counters(metrics.END_TO_END_LATENCY) is not None
 
 
 # ---- the copy of Faust's fetch loop ------------------------------------------------------
@@ -542,7 +564,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     from faust.transport.consumer import CONSUMER_FETCHING
     from mode import Service
 
-    from stream.worker.handover import direct_delivery, run_callback  # customer-ai
+    assert _HANDOVER is not None  # customer-ai: set by install_drain_loop
+    direct_delivery, run_callback = _HANDOVER  # customer-ai
 
     callback = self.callback
     getmany = self.getmany

@@ -138,7 +138,7 @@ def direct_delivery(consumer: Any) -> Callable[[Any], bool]:
             known = readers[tp] = (handler, _raw_reader(handler))
         reader = known[1]
         key, value = message.key, message.value
-        if reader is None or key is None or value is None:
+        if reader is None or handler is None or key is None or value is None:
             return False
         queue = reader.queue
         if queue.full() or pending() > max_pending:
@@ -175,4 +175,4 @@ def install() -> bool:
     of Faust's fetch loop only on the faust-streaming it was copied from (else a warning
     and Faust's own loop).
     """
-    return compat.install_drain_loop()
+    return compat.install_drain_loop(direct_delivery, run_callback)

@@ -309,11 +309,12 @@ class ProfileStore(StoreConnection):
 
         due_calls: list[ScriptCall] = []
         for lo in range(0, len(checked), SCRIPT_CHUNK):
-            chunk = checked[lo : lo + SCRIPT_CHUNK]
-            args = []
-            for pid, ts in chunk:
-                args += (guarded[pid], pid, "" if ts is None else ts)
-            due_calls.append((DUE_BATCH, [due_key, *(self.profile_key(p) for p, _ in chunk)], args))
+            entries = checked[lo : lo + SCRIPT_CHUNK]
+            due_args: list[Any] = []
+            for pid, ts in entries:
+                due_args += (guarded[pid], pid, "" if ts is None else ts)
+            keys = [due_key, *(self.profile_key(p) for p, _ in entries)]
+            due_calls.append((DUE_BATCH, keys, due_args))
 
         async def run_index() -> None:
             # a due chunk answered NOSCRIPT runs (as EVAL) after the plain commands: each

@@ -20,6 +20,7 @@ without it the client keeps redis-py's own packer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -27,6 +28,7 @@ from stream.worker import compat
 
 __all__ = ["hiredis_packing_class", "use_hiredis_packing"]
 
+_pack_command: Callable[..., Any] | None
 try:
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - hiredis is a dependency

@@ -47,7 +47,7 @@ class StoreConnection:
         key_prefix: str = "cai",
         cluster: bool = False,
         feature_names: Sequence[str] | None = None,
-        **redis_kwargs: object,
+        **redis_kwargs: Any,
     ) -> None:
         self.prefix = key_prefix
         self.cluster = cluster

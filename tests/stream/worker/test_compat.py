@@ -34,7 +34,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from stream.worker import compat
+from stream.ops import metrics
+from stream.worker import compat, handover
 
 ROOT = Path(__file__).resolve().parents[3]
 RE_VERIFY = (
@@ -289,7 +290,10 @@ def test_the_fetch_loop_is_installed_on_faust_0_15_3(caplog: pytest.LogCaptureFi
     from faust.transport.drivers.aiokafka import Consumer
 
     assert compat.drain_loop_problem() is None
-    assert compat.install_drain_loop() and Consumer._drain_messages is compat._drain_messages
+    assert (
+        compat.install_drain_loop(handover.direct_delivery, handover.run_callback)
+        and Consumer._drain_messages is compat._drain_messages
+    )
     assert warnings_of(caplog) == []
 
 
@@ -306,8 +310,8 @@ def test_another_fetch_loop_keeps_faust_own(
         await faust_own(self, fetcher)
 
     monkeypatch.setattr(BaseConsumer, "_drain_messages", _drain_messages)
-    assert not compat.install_drain_loop()
-    assert not compat.install_drain_loop()
+    assert not compat.install_drain_loop(handover.direct_delivery, handover.run_callback)
+    assert not compat.install_drain_loop(handover.direct_delivery, handover.run_callback)
     assert Consumer._drain_messages is _drain_messages  # Faust's, not the copy
     (warning,) = warnings_of(caplog)
     assert "not the faust-streaming 0.15.3 code" in warning and "Faust's own" in warning
@@ -321,7 +325,7 @@ def test_a_mode_without_the_stopped_event_keeps_faust_own(
     from mode import Service
 
     monkeypatch.setattr(Service, "_new_stopped_event", lambda self: None)
-    assert not compat.install_drain_loop()
+    assert not compat.install_drain_loop(handover.direct_delivery, handover.run_callback)
     assert "_drain_messages" not in Consumer.__dict__
     assert "mode's Service has no _stopped" in warnings_of(caplog)[0]
 
@@ -387,7 +391,12 @@ def test_start_reports_every_faster_path(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = faust.App("test-compat-start", broker="kafka://127.0.0.1:1")
-    report = compat.start(app, fetch_max_wait_ms=20)
+    report = compat.start(
+        app,
+        fetch_max_wait_ms=20,
+        latency_histogram=metrics.END_TO_END_LATENCY,
+        install_handover=handover.install,
+    )
     assert all(vars(report).values()), report
     assert warnings_of(caplog) == []
 
@@ -402,7 +411,12 @@ def test_start_reports_every_faster_path(
 
     monkeypatch.delattr(Consumer, "_drain_messages")
     monkeypatch.setattr(BaseConsumer, "_drain_messages", _drain_messages)
-    report = compat.start(app, fetch_max_wait_ms=20)
+    report = compat.start(
+        app,
+        fetch_max_wait_ms=20,
+        latency_histogram=metrics.END_TO_END_LATENCY,
+        install_handover=handover.install,
+    )
     assert not report.drain_loop and not report.direct_delivery and report.fetch_wait_tuning
 
 

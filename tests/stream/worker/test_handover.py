@@ -221,6 +221,6 @@ async def test_errors_of_the_callback_propagate() -> None:
 def test_installed_on_the_faust_it_was_written_for() -> None:
     from faust.transport.drivers.aiokafka import Consumer
 
-    assert compat.install_drain_loop()
+    assert compat.install_drain_loop(handover.direct_delivery, handover.run_callback)
     assert Consumer._drain_messages is compat._drain_messages
     assert handover.install()  # the name bench/passthrough.py uses
