@@ -54,12 +54,17 @@ AREAS: list[tuple[str, re.Pattern[str]]] = [
         "models/ (core: features, model, engine, state)",
         re.compile(r"^models/|__native_customer_ai_native\.c"),  # or its compiled C
     ),
-    ("stream/worker/scorer.py (decode, batch, messages)", re.compile(r"^stream/scorer\.py")),
-    ("stream/worker/store.py", re.compile(r"^stream/store\.py")),
-    ("stream/worker/producer.py", re.compile(r"^stream/producer\.py")),
+    ("stream/worker/scorer.py (decode, batch, messages)", re.compile(r"^stream/worker/scorer\.py")),
+    (
+        "stream/worker/ store modules",
+        re.compile(
+            r"^stream/worker/(store|profile_store|model_store|redis_scripts|store_connection)\.py"
+        ),
+    ),
+    ("stream/worker/producer.py", re.compile(r"^stream/worker/producer\.py")),
     (
         "stream/ops/metrics.py + prometheus_client",
-        re.compile(r"^stream/metrics\.py|prometheus_client/"),
+        re.compile(r"^stream/ops/metrics\.py|prometheus_client/"),
     ),
     ("stream/ other (app, lag poller, web)", re.compile(r"^stream/")),
     ("redis-py (commands, pipeline, parser)", re.compile(r"^redis/")),

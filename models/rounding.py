@@ -7,8 +7,8 @@ matter as long as every path that must agree (stream and backtest) uses these.
 
 The floor is taken as ``y // 1.0``: for a finite double it is ``math.floor(y)`` as a
 double (the same value; an integer above 2**53 is a double already), and compiled it is
-one C operation instead of a call to ``math.floor`` and an integer division (a list of
-12 values: 0.86 -> 0.44 us). Like everything served, the values are finite.
+one C operation instead of a call to ``math.floor`` and an integer division
+(``bench/core_speed.py``). Like everything served, the values are finite.
 
 Examples
 --------

@@ -324,7 +324,7 @@ def observe_end_to_end_many(produced_at_ms: Sequence[int], now: float) -> None:
     """Record :func:`observe_end_to_end` for many events at once (a batch's).
 
     Counted into the buckets with one ``bisect`` per event and one increment per bucket
-    touched, instead of a histogram ``observe`` (about 3 us) per event. The exposition
+    touched, instead of a histogram ``observe`` per event. The exposition
     is the same as observing each latency on its own, which is what happens when
     :func:`stream.worker.compat.histogram_counters` finds prometheus_client's internals
     are not the ones this mirrors.

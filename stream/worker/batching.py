@@ -168,18 +168,17 @@ async def pipelined(
 ) -> None:
     """Run ``step`` on the greedy batches of ``stream``, up to ``depth`` of them at once.
 
-    The next batch is taken (and its ``step`` started) while the previous ones are
-    still in progress, as long as fewer than ``depth`` are and at least ``min_backlog``
-    events are queued; each batch is acked as soon as its own ``step`` returns.
-    ``depth=1`` is one batch at a time. Without a backlog (light load) the batch in
-    progress is waited for: the events arriving meanwhile then form one batch, where a
-    batch taken early would hold a few of them and wait for the same partitions' work
-    anyway (one round trip per piece: p99 at 5,000 events/s on one partition went from
-    62 to 102-111 ms with the pipeline always on). Steps that touch
-    the same data must order themselves (:class:`stream.worker.lanes.Lanes`), and a step must
-    not return before the earlier batches' work on its partitions has ended (see the
-    module docstring); ``step`` handles its own errors (one that escapes stops the
-    loop, like an agent's error).
+    The next batch is taken (and its ``step`` started) while the previous ones are still in
+    progress, as long as fewer than ``depth`` are and at least ``min_backlog`` events are
+    queued; each batch is acked as soon as its own ``step`` returns. ``depth=1`` is one
+    batch at a time. Without a backlog (light load) the batch in progress is waited for: the
+    events arriving meanwhile then form one batch, where a batch taken early would hold a
+    few of them and wait for the same partitions' work anyway (one round trip per piece: a
+    clearly worse p99 with the pipeline always on, ``bench/latency.py``). Steps that touch
+    the same data must order themselves (:class:`stream.worker.lanes.Lanes`), and a step
+    must not return before the earlier batches' work on its partitions has ended (see the
+    module docstring); ``step`` handles its own errors (one that escapes stops the loop,
+    like an agent's error).
 
     On exit (the stream ends: the steps in progress finish; cancelled or failed: they
     are cancelled) no batch whose step did not return is acked.

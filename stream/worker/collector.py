@@ -5,21 +5,22 @@ objects pass a threshold, wherever the program is. In a scoring worker that is t
 middle of a batch: thousands of events, profile states, scores and messages are alive,
 and every young-generation collection traverses them and promotes them to an older
 generation, only for them all to be freed by reference counting when the batch ends.
-None of them is cyclic garbage. Worker CPU per event on ``bench/throughput.py --setups
-scorer``, interleaved: 65 and 65 us collecting between batches, 75 and 73 with the
-automatic collector at thresholds (50,000, 20, 100).
+None of them is cyclic garbage. Collecting between batches instead takes measurably
+less worker CPU per event than the automatic collector, even at raised thresholds
+(``bench/throughput.py --setups scorer``; see ``bench/README.md``).
 
 :class:`BetweenBatchesCollector` turns the automatic collector off and collects at the
 points where almost nothing is alive: after each batch, and on a timer so that an idle
 worker still collects. The timer collects only while no batch is in progress
 (:meth:`BetweenBatchesCollector.batch`): a timer callback runs whenever a batch awaits
-Redis or the broker, and collecting there traversed the batch's objects again (the
-timer did 2.4 % of a busy worker's CPU samples in py-spy, the batch ends 0.2 %).
+Redis or the broker, and collecting there traversed the batch's objects again (in
+py-spy profiles of a busy worker, ``bench/profile.py``, the timer's collections cost
+many times what the collections at the batch ends did).
 
 Two batches may be in progress at once (the agent's pipeline): when one ends, the
 other's objects are alive, and a collection there traverses them all (a young
-generation then took 36 ms instead of 8, and collecting after every batch cost 8.5 % of
-the worker's CPU instead of 2 %, timed with :data:`gc.callbacks` on ``bench/throughput.py
+generation then takes several times longer, and collecting after every batch costs
+several times as much worker CPU, timed with :data:`gc.callbacks` on ``bench/throughput.py
 --setups scorer``). So while another batch is in progress a due collection waits until
 ``busy_interval`` seconds have passed since the last one; a worker under steady load
 collects that often, an idle one on the timer.

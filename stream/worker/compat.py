@@ -360,10 +360,10 @@ def tune_fetch_wait(fetch_max_wait_ms: int) -> bool:
     answers a fetch as soon as it has data, so there the wait only bounds idle polling.
     Tansu is not woken by a produce: it re-reads the partitions at 0, 1/2, 3/4... of the
     wait (``tansu-storage/src/service/fetch.rs``), so an event arriving during a wait is
-    seen a quarter to a half of it later; 20 ms keeps that to 5-10 ms. Much shorter
-    stalls Tansu's in-memory engine (it gives up a fetch whose listing of record batches
-    outlasts the wait): a worker fetching every 10 ms stalled for 13-20 s in 60 s runs
-    at 1,000 events/s keyed over 4 partitions.
+    seen a quarter to a half of it later; a short wait keeps that delay small. Much
+    shorter stalls Tansu's in-memory engine (it gives up a fetch whose listing of record
+    batches outlasts the wait): a worker fetching that often stalled Tansu's fetches for
+    seconds at a time under steady load.
 
     Returns
     -------

@@ -183,7 +183,8 @@ class ProfileStore(StoreConnection):
 
         Returns the same rows as one ``HMGET`` per profile would. Without cluster mode a
         chunk of :data:`SCRIPT_CHUNK` profiles is one call of
-        :data:`LOAD_BATCH_SCRIPT`; in cluster mode each profile is one ``HMGET``.
+        :data:`~stream.worker.redis_scripts.LOAD_BATCH_SCRIPT`; in cluster mode each profile
+        is one ``HMGET``.
         """
         if not profile_ids:
             return {}
@@ -226,18 +227,20 @@ class ProfileStore(StoreConnection):
 
         The segment index moves in the state's script (atomically) unless the store is in
         cluster mode, where it is updated in the following pipeline. A due entry whose
-        profile has a version in ``due_versions`` (the version the entry was computed
-        from: the one loaded, or the one this save writes) moves only while the profile
-        is still at that version (:data:`DUE_BATCH_SCRIPT`; not in cluster mode, where
-        the profile and the index live in different slots). Due entries of fenced writes
-        are left as they are.
+        profile has a version in ``due_versions`` (the version the entry was computed from:
+        the one loaded, or the one this save writes) moves only while the profile is still
+        at that version (:data:`~stream.worker.redis_scripts.DUE_BATCH_SCRIPT`; not in
+        cluster mode, where the profile and the index live in different slots). Due entries
+        of fenced writes are left as they are.
 
         Without cluster mode the writes go in chunks (at most :data:`SCRIPT_CHUNK` writes
-        and :data:`SCRIPT_CHUNK_MOVES` set moves) through :data:`CAS_BATCH_SCRIPT`, and
-        the guarded due entries in chunks of :data:`SCRIPT_CHUNK` through
-        :data:`DUE_BATCH_SCRIPT`, each chunk one call; in cluster mode each write is one
-        ``EVAL`` of :data:`CAS_SCRIPT`. Two round trips either way: the writes, then (once
-        the fenced ones are known) the index, due entries and watermark.
+        and :data:`SCRIPT_CHUNK_MOVES` set moves) through
+        :data:`~stream.worker.redis_scripts.CAS_BATCH_SCRIPT`, and the guarded due entries
+        in chunks of :data:`SCRIPT_CHUNK` through
+        :data:`~stream.worker.redis_scripts.DUE_BATCH_SCRIPT`, each chunk one call; in
+        cluster mode each write is one ``EVAL`` of
+        :data:`~stream.worker.redis_scripts.CAS_SCRIPT`. Two round trips either way: the
+        writes, then (once the fenced ones are known) the index, due entries and watermark.
 
         Returns the profile ids whose write was refused (fenced: the version moved).
         """
@@ -338,7 +341,8 @@ class ProfileStore(StoreConnection):
         ]
 
     async def _cas_cluster(self, writes: list[ProfileWrite]) -> list:
-        """Cluster mode: one ``EVAL`` of :data:`CAS_SCRIPT` per write, without index keys."""
+        """Cluster mode: one ``EVAL`` of :data:`~stream.worker.redis_scripts.CAS_SCRIPT`
+        per write, without index keys."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for w in writes:
                 keys = [self.profile_key(w.profile_id)]

@@ -2,10 +2,10 @@
 
 redis-py's asyncio connection packs every command in Python, re-joining its output
 buffer once per argument (up to 6 KB at a time): for a chunk of 200 profile writes of
-about 10 arguments each that is ~28 us of client CPU per write here, against ~3 us with
-``hiredis.pack_command`` (``bench/store_speed.py``). redis-py's synchronous client
+about 10 arguments each that is most of a write's client CPU, several times what
+``hiredis.pack_command`` costs (``bench/store_speed.py``). redis-py's synchronous client
 already packs with hiredis when it can; its asyncio client does not. The bytes sent are
-the same (``tests/stream/test_redis_packing.py``).
+the same (``tests/stream/worker/test_redis_packing.py``).
 
 :func:`use_hiredis_packing` switches a client's connection pool to a subclass of its
 connection class (plain TCP, TLS or Unix socket alike) whose ``pack_command`` calls

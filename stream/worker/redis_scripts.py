@@ -64,10 +64,9 @@ return 1
 SCRIPT_CHUNK = 200
 
 #: Segment set moves (SADD / SREM) per call of :data:`CAS_BATCH_SCRIPT` at most (a chunk
-#: ends before the write that would pass it, but holds at least one write). Measured on
-#: Redis 7: about 3 us of Redis time per write plus 0.5-1 us per move, so a call stays
-#: under about 2 ms even when every write moves all its sets; a batch never blocks Redis
-#: for long.
+#: ends before the write that would pass it, but holds at least one write). A chunk is a
+#: short loop, so one call never blocks Redis for long, even when every write moves all
+#: its sets (``bench/store_speed.py``).
 SCRIPT_CHUNK_MOVES = 2000
 
 #: :data:`CAS_SCRIPT` for a chunk of ``n`` writes, each checked and applied on its own.

@@ -42,7 +42,7 @@ Invariants
   set moves, which checks and applies each write on its own (the same steps as
   :data:`CAS_SCRIPT`, the per-write script cluster mode sends): a fenced write changes
   nothing, the others of its chunk still apply, and the call returns one 0/1 per write.
-  A chunk is a short loop, so one call never blocks Redis for long (about 2 ms at most).
+  A chunk is a short loop, so one call never blocks Redis for long.
 - An event is applied at most once: the batch skips events whose offset is at or below
   the profile's ``o:<topic>:<partition>``, written in the same atomic step as the state.
 - Outputs (scores, segments, training examples) are produced and flushed *before* the
