@@ -32,12 +32,11 @@ from __future__ import annotations
 import math
 import os
 import re
+import tomllib
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from models.conditions import ConditionError, Predicate, compile_condition, condition_fields
 

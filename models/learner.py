@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -239,7 +239,7 @@ class OnlineLearner:
             n_examples=self.n_examples,
             n_positive=self.n_positive,
             metrics=self.metrics.summary(),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
 
     def to_state(self) -> bytes:

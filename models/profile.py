@@ -16,7 +16,7 @@ Examples
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from models.engine import Engine
@@ -45,7 +45,7 @@ def format_time(ms: int) -> str:
     if prefix is None:
         if len(_day_prefixes) > 100_000:
             _day_prefixes.clear()
-        prefix = datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%dT")
+        prefix = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
         _day_prefixes[day] = prefix
     seconds, millis = divmod(rest, 1000)
     minutes, second = divmod(seconds, 60)

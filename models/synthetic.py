@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ EVENT_TYPES: tuple[str, ...] = (
 TRACKED_NAMES: tuple[str, ...] = ("page_view", "product_view", "add_to_cart", "purchase")
 """Product-side names of the tracked events, same order as :data:`EVENT_TYPES`."""
 
-DEFAULT_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 _ADJECTIVES = ("Classic", "Urban", "Essential", "Premium", "Everyday")
 
 
@@ -85,7 +85,7 @@ def _start_ms(start: datetime | None) -> int:
     if start is None:
         start = DEFAULT_START
     if start.tzinfo is None:
-        start = start.replace(tzinfo=timezone.utc)
+        start = start.replace(tzinfo=UTC)
     return int(round(start.timestamp() * 1000))
 
 

@@ -27,10 +27,11 @@ from types import SimpleNamespace
 import pytest
 
 from models.config import ConfigError, parse_config
-from models.engine import Example, Factor, SegmentChange
+from models.factors import Factor
 from models.messages import example_message, score_message, segment_message
 from models.metrics import RollingMetrics
 from models.model import LinearModel
+from models.outcome import Example, SegmentChange
 from stream.worker import redis_scripts, scorer
 from stream.worker.model_store import ModelStore
 from stream.worker.profile_store import ProfileStore
@@ -158,7 +159,7 @@ def _check_message(title: str, encoded: dict) -> list[str]:
 
 
 def test_score_fields_are_the_encoders_and_the_harness() -> None:
-    from models.engine import Score
+    from models.outcome import Score
 
     factor = Factor(feature="f", label="F", value=1.0, contribution=0.5)
     score = Score("p", "g", 0.5, 50.0, "medium", 1, False, [factor], "e", 0)

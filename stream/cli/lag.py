@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -14,10 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from stream.ops.lag import DEFAULT_GROUP, LagReader, LagTracker, PartitionLag
+from stream.ops.lag import LagReader, LagTracker, PartitionLag
 from stream.worker.security import kafka_security_kwargs
 
-__all__ = ["format_duration", "lag_main", "main"]
+__all__ = ["format_duration", "lag_main"]
 
 
 def format_duration(seconds: float | None, lag: int | None = None) -> str:
@@ -221,41 +220,3 @@ def lag_main(
         return 0
     finally:
         kafka_log.setLevel(previous_level)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m stream.cli.lag [--watch] [--json]``.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Arguments; defaults to ``sys.argv[1:]``.
-
-    Returns
-    -------
-    int
-        Exit status of :func:`lag_main`.
-    """
-    parser = argparse.ArgumentParser(prog="customer-ai lag", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--bootstrap",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-        help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)",
-    )
-    parser.add_argument(
-        "--group",
-        default=os.environ.get("CUSTOMER_AI_APP_ID", DEFAULT_GROUP),
-        help="consumer group = Faust app id (CUSTOMER_AI_APP_ID)",
-    )
-    parser.add_argument("--topic", action="append", dest="topics", help="restrict to a topic")
-    parser.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    parser.add_argument("--json", action="store_true", dest="as_json", help="JSON lines")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    args = parser.parse_args(argv)
-    return lag_main(
-        args.bootstrap, args.group, args.watch, args.as_json, args.interval, topics=args.topics
-    )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

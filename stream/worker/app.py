@@ -85,7 +85,7 @@ app = faust.App(
     broker_credentials=faust_broker_credentials(os.environ),
     store="memory://",
     topic_partitions=settings.partitions,
-    topic_replication_factor=int(os.environ.get("CUSTOMER_AI_REPLICATION_FACTOR", "1")),
+    topic_replication_factor=settings.replication_factor,
     # events queued per agent before the consumer pauses fetching (at 80 %): greedy
     # batches need no more than a few batches in hand (take_events needed a full one)
     stream_buffer_maxsize=16_384,

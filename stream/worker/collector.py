@@ -7,7 +7,8 @@ and every young-generation collection traverses them and promotes them to an old
 generation, only for them all to be freed by reference counting when the batch ends.
 None of them is cyclic garbage. Collecting between batches instead takes measurably
 less worker CPU per event than the automatic collector, even at raised thresholds
-(``bench/throughput.py --setups scorer``; see ``bench/README.md``).
+(``bench/throughput.py --setups scorer``; the A/B runs are in the git history of
+``bench/README.md``).
 
 :class:`BetweenBatchesCollector` turns the automatic collector off and collects at the
 points where almost nothing is alive: after each batch, and on a timer so that an idle

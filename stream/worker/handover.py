@@ -120,7 +120,7 @@ def direct_delivery(consumer: Any) -> Callable[[Any], bool]:
         suspend_flow = consumer.suspend_flow.is_set
         event_type = app.conf.Event
         buffer = app.producer.buffer
-        pending = buffer.pending.qsize  # ProducerBuffer.size when not threaded
+        pending = compat.producer_pending(buffer)  # ProducerBuffer.size when not threaded
         max_pending = buffer.max_messages
     except AttributeError as exc:
         log.warning("faust's app is not the 0.15.3 one (%s): no direct delivery", exc)

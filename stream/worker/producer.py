@@ -186,13 +186,15 @@ class BatchProducer:
                 group.append(message)
         sent: list[tuple[asyncio.Future[Any], list[OutMessage]]] = []
         for (topic, partition), group in by_tp.items():
-            batch, members = producer.create_batch(), list[OutMessage]()
+            batch = producer.create_batch()
+            members: list[OutMessage] = []
             for message in group:
                 if batch.append(key=message[1], value=message[2], timestamp=None) is None:
                     sent.append(
                         (await producer.send_batch(batch, topic, partition=partition), members)
                     )
-                    batch, members = producer.create_batch(), list[OutMessage]()
+                    batch = producer.create_batch()
+                    members = []
                     batch.append(key=message[1], value=message[2], timestamp=None)
                 members.append(message)
             sent.append((await producer.send_batch(batch, topic, partition=partition), members))

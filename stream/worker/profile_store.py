@@ -115,8 +115,8 @@ class ProfileWrite:
 def _chunks(
     writes: list[ProfileWrite], moves: dict[str, tuple[list[str], list[str]]]
 ) -> Iterator[list[ProfileWrite]]:
-    """``writes`` in order, cut into chunks of at most :data:`SCRIPT_CHUNK` writes and
-    :data:`SCRIPT_CHUNK_MOVES` set moves (a single write may exceed the latter)."""
+    """``writes`` in order, cut into chunks of at most :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK` writes and
+    :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK_MOVES` set moves (a single write may exceed the latter)."""
     chunk: list[ProfileWrite] = []
     n_moves = 0
     for w in writes:
@@ -182,7 +182,7 @@ class ProfileStore(StoreConnection):
         """Load states, write versions and applied offsets in one pipeline.
 
         Returns the same rows as one ``HMGET`` per profile would. Without cluster mode a
-        chunk of :data:`SCRIPT_CHUNK` profiles is one call of
+        chunk of :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK` profiles is one call of
         :data:`~stream.worker.redis_scripts.LOAD_BATCH_SCRIPT`; in cluster mode each profile
         is one ``HMGET``.
         """
@@ -233,10 +233,10 @@ class ProfileStore(StoreConnection):
         cluster mode, where the profile and the index live in different slots). Due entries
         of fenced writes are left as they are.
 
-        Without cluster mode the writes go in chunks (at most :data:`SCRIPT_CHUNK` writes
-        and :data:`SCRIPT_CHUNK_MOVES` set moves) through
+        Without cluster mode the writes go in chunks (at most :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK` writes
+        and :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK_MOVES` set moves) through
         :data:`~stream.worker.redis_scripts.CAS_BATCH_SCRIPT`, and the guarded due entries
-        in chunks of :data:`SCRIPT_CHUNK` through
+        in chunks of :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK` through
         :data:`~stream.worker.redis_scripts.DUE_BATCH_SCRIPT`, each chunk one call; in
         cluster mode each write is one ``EVAL`` of
         :data:`~stream.worker.redis_scripts.CAS_SCRIPT`. Two round trips either way: the

@@ -96,6 +96,7 @@ class Settings:
     session_timeout: float = 10.0
     rebalance_timeout: float = 5.0
     metrics_interval: float = 5.0
+    replication_factor: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +136,9 @@ class Settings:
             ),
             metrics_interval=_number(
                 e, "CUSTOMER_AI_METRICS_INTERVAL", d.metrics_interval, float, 0.001, inf
+            ),
+            replication_factor=_number(
+                e, "CUSTOMER_AI_REPLICATION_FACTOR", d.replication_factor, int, 1, 32_767
             ),
         )
 

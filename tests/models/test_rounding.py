@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def test_format_time_matches_datetime() -> None:
         rng.randrange(0, 7_258_118_400_000) for _ in range(20_000)
     ]:
         expected = (
-            datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
             + f".{ms % 1000:03d}Z"
         )
         assert format_time(ms) == expected

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def test_sorted_and_inside_period(small: list[dict[str, Any]]) -> None:
 def test_custom_start_naive_is_utc() -> None:
     start = datetime(2025, 3, 30, 12, 30)  # naive, not midnight, across a DST date elsewhere
     evs = generate_events(profiles=40, days=10, seed=9, start=start)
-    lo = start.replace(tzinfo=timezone.utc).timestamp()
+    lo = start.replace(tzinfo=UTC).timestamp()
     times = [_ts(e["timestamp"]) for e in evs]
     assert evs and times == sorted(times)
     assert lo <= times[0] and times[-1] < lo + 10 * DAY

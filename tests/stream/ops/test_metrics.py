@@ -17,12 +17,9 @@ def histogram_samples(histogram: Histogram) -> dict[tuple[str, str], float]:
     }
 
 
-def test_many_observations_at_once_equal_one_by_one() -> None:
-    now = 1_000_000.0
-    # on, below and above bucket bounds, a future timestamp (clock skew: 0) and duplicates
-    produced_at_ms = [now * 1000 - d for d in (0, 1, 5, 5, 10, 10.5, 250, 999, 60_000, 10**9)]
-    produced_at_ms += [now * 1000 + 300]
-    produced_at_ms = [int(ts) for ts in produced_at_ms]
+def assert_end_to_end_adds_what_one_by_one_adds(produced_at_ms: list[int], now: float) -> None:
+    """``observe_end_to_end_many`` adds to the histogram what observing each latency on its
+    own adds (every bucket, the sum and the count)."""
     reference = Histogram(
         "reference_seconds",
         "one by one",
@@ -44,3 +41,11 @@ def test_many_observations_at_once_equal_one_by_one() -> None:
     for key, value in expected.items():
         assert abs(added[key] - value) < 1e-6, key
     assert added[("reference_seconds_count", "")] == len(produced_at_ms)
+
+
+def test_many_observations_at_once_equal_one_by_one() -> None:
+    now = 1_000_000.0
+    # on, below and above bucket bounds, a future timestamp (clock skew: 0) and duplicates
+    produced_at_ms = [now * 1000 - d for d in (0, 1, 5, 5, 10, 10.5, 250, 999, 60_000, 10**9)]
+    produced_at_ms += [now * 1000 + 300]
+    assert_end_to_end_adds_what_one_by_one_adds([int(ts) for ts in produced_at_ms], now)

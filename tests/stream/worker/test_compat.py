@@ -22,13 +22,13 @@ import logging
 import re
 import subprocess
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
-import tomllib
 from aiokafka import AIOKafkaProducer
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -425,34 +425,12 @@ def test_start_reports_every_faster_path(
 
 def assert_end_to_end_adds_what_one_by_one_adds() -> None:
     """``observe_end_to_end_many`` adds what observing each latency on its own adds."""
-    from prometheus_client import CollectorRegistry, Histogram
-
-    from stream.ops import metrics
-    from tests.stream.ops.test_metrics import histogram_samples
+    from tests.stream.ops.test_metrics import assert_end_to_end_adds_what_one_by_one_adds as check
 
     now = 1_700_000_000.0
     produced_at_ms = [int((now - s) * 1000) for s in (0.0004, 0.003, 0.02, 0.7, 4.0, 99.0)]
     produced_at_ms.append(int((now + 5) * 1000))  # clock skew: clamped at 0
-    reference = Histogram(
-        "reference_seconds",
-        "one by one",
-        buckets=metrics.LATENCY_BUCKETS,
-        registry=CollectorRegistry(),
-    )
-    for ts in produced_at_ms:
-        reference.observe(max(0.0, now - ts / 1000))
-    before = histogram_samples(metrics.END_TO_END_LATENCY)
-    metrics.observe_end_to_end_many(produced_at_ms, now)
-    after = histogram_samples(metrics.END_TO_END_LATENCY)
-    added = {
-        (name.replace("customer_ai_end_to_end_latency", "reference"), le): value
-        - before[(name, le)]
-        for (name, le), value in after.items()
-    }
-    expected = histogram_samples(reference)
-    assert added.keys() == expected.keys()
-    for key, value in expected.items():
-        assert abs(added[key] - value) < 1e-6, key
+    check(produced_at_ms, now)
 
 
 def test_the_histogram_batch_uses_the_counters_of_0_26(caplog: pytest.LogCaptureFixture) -> None:

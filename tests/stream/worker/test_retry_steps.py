@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import socket
 from typing import Any
@@ -20,9 +19,7 @@ import pytest
 import redis
 
 from models.config import load_config
-from models.engine import Engine, Example
-from models.features import Featurizer
-from models.messages import example_message
+from models.engine import Engine
 from stream.ops import metrics
 from stream.ops.lag_poller import LagPoller
 from stream.worker import scorer as scorer_module
@@ -34,6 +31,7 @@ from stream.worker.store import RedisStore
 from stream.worker.store_connection import REDIS_RETRIES
 from stream.worker.trainer import TrainerStep
 from tests.harness import CONFIG, REPO
+from tests.stream.worker.test_faults import make_examples, training_records
 
 CFG = load_config(CONFIG)
 GOALS = [g.name for g in CFG.goals]
@@ -72,33 +70,6 @@ class CollectingProducer:
 
 
 # ---- the trainer: paused, never dead-lettered ------------------------------------------
-
-
-def make_examples(n: int, seed: int = 1) -> list[Example]:
-    rng = random.Random(seed)
-    width = len(Featurizer(CFG).names)
-    return [
-        Example(
-            f"p-{i}|{GOALS[i % 2]}|{i}|e-{i}",
-            GOALS[i % 2],
-            f"p-{i}",
-            i,
-            rng.randint(0, 1),
-            rng.random(),
-            0,
-            [rng.random() for _ in range(width)],
-            i + 1,
-        )
-        for i in range(n)
-    ]
-
-
-def training_records(examples: list[Example]) -> list[Record]:
-    topic = SETTINGS.topic("training")
-    return [
-        Record(topic, 0, i, e.example_id.encode(), example_message(e), None)
-        for i, e in enumerate(examples)
-    ]
 
 
 class FailingPublishStore(RedisStore):
