@@ -7,5 +7,6 @@ Grouped by role:
   :mod:`stream.worker.compat`);
 - :mod:`stream.ops`: what operators read (metrics, lag, HTTP views, segment queries);
 - :mod:`stream.cli`: the ``customer-ai`` commands and their rendering;
-- :mod:`stream.devservers`: the embedded Tansu broker and Valkey for development and tests.
+- :mod:`stream.devservers`: the embedded Tansu broker and Valkey for development and tests;
+- :mod:`stream.redaction`: passwords masked in what is printed or logged.
 """

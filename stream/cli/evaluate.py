@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import gzip
 import time
+import zlib
 from pathlib import Path
 from typing import IO, cast
 
@@ -101,6 +102,10 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
     if not events_path.is_file():
         what = "is a directory" if events_path.is_dir() else "not found"
         raise CliError(f"events file {str(events_path)!r} {what}; give a JSONL file of events", 2)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(
+            f"--out {str(out_dir)!r} is a file; give a directory (created if missing)", 2
+        )
     columns = (
         TextColumn("[bold]{task.description:>8}"),
         BarColumn(),
@@ -109,7 +114,14 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
     )
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=True) as progress:
-        lines = _read_lines(events_path, progress)
+        try:
+            lines = _read_lines(events_path, progress)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise CliError(
+                f"events file {str(events_path)!r} is not a readable gzip file ({exc}); "
+                "give JSONL, or JSONL compressed with gzip as FILE.gz",
+                2,
+            ) from None
         task = progress.add_task("replay", total=len(lines))
         replay_started = time.perf_counter()
         result = run_backtest(lines, config, progress=lambda n: progress.update(task, completed=n))

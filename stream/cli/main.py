@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import math
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +136,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.run(kafka_answers(s.bootstrap))
     finally:
         kafka_log.setLevel(level)
+    if web_port_taken(s.web_host, s.web_port):  # Faust would fail with a traceback later
+        raise CliError(
+            f"port {s.web_port} on {s.web_host} is in use (another worker?); "
+            "set CUSTOMER_AI_WEB_PORT to a free port",
+            1,
+        )
 
     def origin(variable: str) -> str:
         return "" if os.environ.get(variable) else f" (default: {variable} is not set)"
@@ -151,6 +159,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sys.argv = [sys.argv[0], "worker"]
     worker_main()
     return 0
+
+
+def web_port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on ``host:port`` (the worker's HTTP views).
+
+    False when the address cannot be resolved or bound for another reason: Faust then
+    reports it.
+    """
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError:
+        return False
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 async def kafka_answers(bootstrap: str) -> None:
@@ -429,6 +458,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(where, f"lost Redis at {url} ({exc}); is it running?", 1)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `customer-ai tail | head`: the reader is gone, so is our output
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

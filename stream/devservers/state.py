@@ -29,6 +29,7 @@ from stream.devservers.servers import (
     BrokerProcess,
     ValkeyProcess,
 )
+from stream.redaction import redact_url
 
 __all__ = ["dev_down", "dev_status", "dev_up", "env_file", "read_state"]
 
@@ -158,7 +159,10 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
                         "env": var,
                     }
                     continue
-                notes.append(f"{var}={from_env} does not answer; starting a local server")
+                notes.append(
+                    f"{var}={redact_url(from_env)} does not answer: using a local server "
+                    f"(unset {var} or load {env_file(state_dir)} to use it)"
+                )
             if entry.get("managed"):
                 pid = entry.get("pid")
                 if _managed_answers(service, entry):

@@ -21,9 +21,11 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from aiokafka.helpers import create_ssl_context
+
+from stream.redaction import redact_url
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -202,30 +204,6 @@ def redis_connection_kwargs(env: Mapping[str, str]) -> dict[str, Any]:
             )
         kwargs.update(tls_files)
     return kwargs
-
-
-def redact_url(url: str) -> str:
-    """Replace the password of a URL by ``***`` so it can be logged.
-
-    Parameters
-    ----------
-    url : str
-        Any URL, e.g. ``redis://user:secret@host:6379/0``.
-
-    Returns
-    -------
-    str
-        The URL with its password masked (unchanged if it has none).
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def redacted(kwargs: Mapping[str, Any]) -> dict[str, Any]:

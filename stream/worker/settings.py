@@ -47,6 +47,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
+
+from stream.redaction import redact_url
 
 __all__ = ["Settings", "SettingsError"]
 
@@ -55,6 +58,25 @@ N = TypeVar("N", int, float)
 
 class SettingsError(ValueError):
     """A variable's value is not usable; the message names the variable and what it takes."""
+
+
+def _redis_url(env: Mapping[str, str], default: str) -> str:
+    """``REDIS_URL`` if it parses as a URL with a valid port, else :class:`SettingsError`
+    (naming the variable, its password masked), instead of redis-py's error at first use."""
+    url = env.get("REDIS_URL") or default
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise SettingsError(
+            f"REDIS_URL={redact_url(url)} is not a valid URL ({exc}); "
+            "e.g. redis://host:6379/0, rediss://user:password@host:6380/0"
+        ) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            f"REDIS_URL={redact_url(url)} must start with redis://, rediss:// or unix://"
+        )
+    return url
 
 
 def _number(
@@ -112,7 +134,7 @@ class Settings:
         inf = math.inf
         return cls(
             bootstrap=e.get("KAFKA_BOOTSTRAP_SERVERS") or d.bootstrap,
-            redis_url=e.get("REDIS_URL") or d.redis_url,
+            redis_url=_redis_url(e, d.redis_url),
             config_path=e.get("CUSTOMER_AI_CONFIG") or d.config_path,
             app_id=e.get("CUSTOMER_AI_APP_ID", d.app_id),
             topic_prefix=e.get("CUSTOMER_AI_TOPIC_PREFIX", d.topic_prefix),

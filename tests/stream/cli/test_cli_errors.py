@@ -318,3 +318,80 @@ def test_a_bad_setting_is_named(tmp_path: Path, variable: str, value: str) -> No
     )
     line = one_line_error(proc, 2)
     assert variable in line and repr(value) in line
+
+
+# ---- found by trying the CLI as a careless user ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@127.0.0.1:notaport/0",
+        "redis://:s3cret@127.0.0.1:99999/0",
+        "redis://:s3cret@[bad",
+        "http://:s3cret@127.0.0.1:6379/0",
+    ],
+    ids=["port-not-a-number", "port-out-of-range", "unclosed-bracket", "not-redis"],
+)
+def test_a_malformed_redis_url_is_named_without_its_password(tmp_path: Path, url: str) -> None:
+    proc, _ = cli(tmp_path, "profile", "p-1", REDIS_URL=url, CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 2)
+    assert "REDIS_URL=" in line
+    assert "s3cret" not in proc.stderr + proc.stdout
+
+
+def test_a_password_in_the_query_is_redacted(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{find_free_port()}/0?password=s3cret"
+    proc, _ = cli(tmp_path, "profile", "p-1", REDIS_URL=url, CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 1)
+    assert "password=***" in line
+    assert "s3cret" not in proc.stderr + proc.stdout
+
+
+def test_evaluate_refuses_a_file_as_its_output_directory_before_running(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    (tmp_path / "out").write_text("a file\n")
+    proc, _ = cli(tmp_path, "evaluate", "events.jsonl", "--out", "out", "--config", str(CONFIG))
+    assert "is a file" in one_line_error(proc, 2)
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all\n", b"\x1f\x8b\x08\x00trunc"])
+def test_evaluate_names_an_unreadable_gzip_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "events.jsonl.gz").write_bytes(content)
+    proc, _ = cli(tmp_path, "evaluate", "events.jsonl.gz", "--out", "out", "--config", str(CONFIG))
+    assert "not a readable gzip file" in one_line_error(proc, 2)
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
+    """``customer-ai generate --out - | head -1``: no BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "generate", "--profiles", "200", "--out", "-"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"{")
+    proc.stdout.close()  # the reader goes away, as head does
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_a_worker_whose_web_port_is_taken_says_so(tmp_path: Path, kafka_bootstrap: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc, _ = cli(
+            tmp_path,
+            "worker",
+            KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+            REDIS_URL=closed_port_url(),
+            CUSTOMER_AI_CONFIG=str(CONFIG),
+            CUSTOMER_AI_WEB_PORT=str(port),
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
