@@ -490,10 +490,14 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load the config from ``path``, ``$CUSTOMER_AI_CONFIG`` or ``./customer-ai.toml``."""
-    resolved = Path(path or os.environ.get("CUSTOMER_AI_CONFIG") or "customer-ai.toml")
+    from_env = os.environ.get("CUSTOMER_AI_CONFIG")
+    resolved = Path(path or from_env or "customer-ai.toml")
     if not resolved.is_file():
+        what = "is a directory" if resolved.is_dir() else "not found"
+        named = "--config" if path else "CUSTOMER_AI_CONFIG" if from_env else "the default"
         raise ConfigError(
-            f"config file {str(resolved)!r} not found; pass --config PATH or set CUSTOMER_AI_CONFIG "
-            "(the repository ships an example: customer-ai.toml)"
+            f"config file {str(resolved)!r} {what} (named by {named}); pass --config PATH or set "
+            "CUSTOMER_AI_CONFIG to a config file (the repository ships an example: "
+            "customer-ai.toml at its root)"
         )
     return parse_config(resolved.read_text(encoding="utf-8"), source=str(resolved))

@@ -54,6 +54,11 @@ async def ensure_topics(bootstrap: str, topics: dict[str, int], security: dict[s
         await admin.close()
 
 
+def _lines(path: Path) -> list[bytes]:
+    """The non-blank lines of a JSONL file (one message each)."""
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
+
+
 async def replay_file(
     path: Path,
     bootstrap: str,
@@ -76,7 +81,7 @@ async def replay_file(
 
     from stream.worker.security import kafka_security_kwargs
 
-    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    lines = _lines(path)
     security = kafka_security_kwargs(os.environ)
     await ensure_topics(bootstrap, {topic: partitions}, security)
     producer = AIOKafkaProducer(
@@ -148,5 +153,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             partitions=s.partitions,
         )
     )
-    console.print(f"replayed {n:,} events to {topic}")
+    console.print(f"replayed {n:,} lines to {topic}")
+    invalid = sum(_profile_key(line, cfg.identity_namespace) is None for line in _lines(path))
+    if n == 0:
+        console.print(f"[yellow]{args.file} holds no events (it is empty)[/]")
+    elif invalid:
+        console.print(
+            f"[yellow]{invalid:,} of {n:,} lines are not valid events: the worker sends them to "
+            f"{s.topic('dlq')} with the reason (`customer-ai evaluate {args.file}` lists "
+            "them too)[/]"
+        )
     return 0

@@ -395,3 +395,27 @@ def test_a_worker_whose_web_port_is_taken_says_so(tmp_path: Path, kafka_bootstra
     assert proc.returncode == 1, proc.stderr
     assert f"port {port} on 127.0.0.1 is in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_replay_says_how_many_lines_are_not_events(tmp_path: Path, kafka_bootstrap: str) -> None:
+    valid = (
+        '{"_id": "e-1", "timestamp": "2026-03-01T10:00:00Z", "eventType": "web.webpagedetails'
+        '.pageViews", "identityMap": {"ECID": [{"id": "p-1", "primary": true}]}}'
+    )
+    (tmp_path / "mixed.jsonl").write_text(f"{valid}\nnot json\n{{}}\n")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CUSTOMER_AI_CONFIG": str(CONFIG)}
+    proc, _ = cli(tmp_path, "replay", "mixed.jsonl", **env)
+    assert proc.returncode == 0, proc.stderr
+    assert "replayed 3 lines" in proc.stderr
+    assert "2 of 3 lines are not valid events" in proc.stderr
+    proc, _ = cli(tmp_path, "replay", "empty.jsonl", **env)
+    assert proc.returncode == 0, proc.stderr
+    assert "holds no events" in proc.stderr
+
+
+def test_a_missing_config_says_which_setting_named_it(tmp_path: Path) -> None:
+    proc, _ = cli(tmp_path, "evaluate", "x.jsonl", "--out", "o", CUSTOMER_AI_CONFIG="nope.toml")
+    assert "'nope.toml' not found (named by CUSTOMER_AI_CONFIG)" in one_line_error(proc, 2)
+    proc, _ = cli(tmp_path, "evaluate", "x.jsonl", "--out", "o", "--config", str(tmp_path))
+    assert "is a directory (named by --config)" in one_line_error(proc, 2)
