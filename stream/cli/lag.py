@@ -119,13 +119,21 @@ async def _lag_loop(
                 reading = await reader.read(group, topics)
             except Exception as exc:
                 print(
-                    f"customer-ai lag: cannot read lag from {bootstrap}: {exc!r}", file=sys.stderr
+                    f"customer-ai lag: cannot read lag from {bootstrap} ({exc}); is the broker "
+                    "running? (KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
+                    file=sys.stderr,
                 )
                 return 1
             if as_json:
                 _print_json(reading, out)
             else:
                 console.print(_render_table(reading, group, None, rated=False))
+            if not reading:
+                print(
+                    f"customer-ai lag: group {group!r} has committed no offset yet (no worker "
+                    "has consumed, or another --group / CUSTOMER_AI_APP_ID is meant)",
+                    file=sys.stderr,
+                )
             return 0
 
         from rich.live import Live

@@ -151,6 +151,16 @@ def test_lag_main_unreachable_broker_exits_1(capsys: pytest.CaptureFixture[str])
     assert "cannot read lag" in capsys.readouterr().err
 
 
+def test_lag_main_says_when_the_group_has_committed_nothing(
+    kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = lag_main(kafka_bootstrap, "no-such-group", watch=False, as_json=True, interval=1.0)
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "'no-such-group' has committed no offset yet" in captured.err
+
+
 def _sample(name: str, group: str, topic: str, partition: int) -> float | None:
     labels = {"group": group, "topic": topic, "partition": str(partition)}
     return metrics.REGISTRY.get_sample_value(name, labels)
