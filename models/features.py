@@ -48,6 +48,7 @@ import operator
 from dataclasses import dataclass
 
 from models.config import DAY_MS, Config
+from models.layout import FeatureLayout
 from models.rounding import rounded_list
 from models.state import NEVER, ProfileState
 
@@ -82,6 +83,13 @@ class Featurizer:
         self.valued = [i for i, e in enumerate(config.events) if e.value_field]
         self.value_slot = {event_index: slot for slot, event_index in enumerate(self.valued)}
         self.goal_names = [g.name for g in config.goals]
+        #: what the state's positional arrays hold; each new state carries its fingerprint
+        self.layout = FeatureLayout(
+            tuple(e.name for e in config.events),
+            tuple(e.name for e in config.events if e.value_field),
+            tuple(self.horizons),
+        )
+        self.fingerprint = self.layout.fingerprint
         specs: list[FeatureSpec] = []
         for i, event in enumerate(config.events):
             for h in self.horizons:
@@ -129,7 +137,12 @@ class Featurizer:
     def new_state(self, ts: int) -> ProfileState:
         """An empty state for a profile first seen at ``ts``."""
         return ProfileState.new(
-            self.n_events, len(self.valued), len(self.horizons), self.goal_names, ts
+            self.n_events,
+            len(self.valued),
+            len(self.horizons),
+            self.goal_names,
+            ts,
+            self.fingerprint,
         )
 
     def apply(self, state: ProfileState, ts: int, matched: list[int], values: list[float]) -> None:

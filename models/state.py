@@ -26,10 +26,13 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["STATE_FORMAT", "GoalState", "ProfileState", "Snapshot"]
+__all__ = ["READABLE_FORMATS", "STATE_FORMAT", "GoalState", "ProfileState", "Snapshot"]
 
-#: Bumped whenever the serialized layout changes.
-STATE_FORMAT = 1
+#: Bumped whenever the serialized layout changes. Format 1 (no layout, no recent ids) is
+#: still read: its layout is unknown (``""``) and its recent ids empty.
+STATE_FORMAT = 2
+#: Formats :meth:`ProfileState.from_bytes` reads.
+READABLE_FORMATS = (1, 2)
 #: Marks "never happened" in ``last_ts``.
 NEVER = -1
 
@@ -161,6 +164,11 @@ class ProfileState:
         Time between the newest event and the one before it (``-1``: only one event).
     goals
         Per goal name: :class:`GoalState`.
+    layout
+        Fingerprint of the feature layout (tracked events, valued events, horizons) the
+        positional arrays follow (:mod:`models.layout`); ``""``: unknown (format 1).
+    recent
+        Short hashes of the newest applied event ids, oldest first (duplicate detection).
     """
 
     first_ts: int
@@ -173,6 +181,8 @@ class ProfileState:
     value_totals: list[float]
     goals: dict[str, GoalState]
     gap_ms: int
+    layout: str
+    recent: list[str]
 
     def __init__(
         self,
@@ -186,6 +196,8 @@ class ProfileState:
         value_totals: list[float],
         goals: dict[str, GoalState],
         gap_ms: int = NEVER,
+        layout: str = "",
+        recent: list[str] | None = None,
     ) -> None:
         self.first_ts = first_ts
         self.ref_ts = ref_ts
@@ -197,10 +209,18 @@ class ProfileState:
         self.value_totals = value_totals
         self.goals = goals
         self.gap_ms = gap_ms
+        self.layout = layout
+        self.recent = [] if recent is None else recent
 
     @classmethod
     def new(
-        cls, n_events: int, n_values: int, n_horizons: int, goals: list[str], ts: int = NEVER
+        cls,
+        n_events: int,
+        n_values: int,
+        n_horizons: int,
+        goals: list[str],
+        ts: int = NEVER,
+        layout: str = "",
     ) -> ProfileState:
         """An empty state for a profile first seen at ``ts``."""
         return cls(
@@ -213,6 +233,7 @@ class ProfileState:
             values=[0.0] * (n_values * n_horizons),
             value_totals=[0.0] * n_values,
             goals={g: GoalState() for g in goals},
+            layout=layout,
         )
 
     def to_bytes(self) -> bytes:
@@ -230,16 +251,28 @@ class ProfileState:
                 self.value_totals,
                 {name: g.to_list() for name, g in self.goals.items()},
                 self.gap_ms,
+                self.layout,
+                self.recent,
             ]
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes, goals: list[str]) -> ProfileState:
-        """Deserialize; goals missing from ``raw`` (newly configured) start empty."""
+        """Deserialize; goals missing from ``raw`` (newly configured) start empty.
+
+        A format-1 state reads with ``layout`` ``""`` (unknown) and no recent ids.
+
+        Raises
+        ------
+        ValueError
+            ``raw`` is not a state this version can read (another format, not JSON).
+        """
         data = orjson.loads(raw)
-        if data[0] != STATE_FORMAT:
+        if not isinstance(data, list) or not data or data[0] not in READABLE_FORMATS:
+            found = data[0] if isinstance(data, list) and data else type(data).__name__
             raise ValueError(
-                f"state format {data[0]} is not {STATE_FORMAT}; migrate or flush the state"
+                f"state format {found!r} is not one of {list(READABLE_FORMATS)} "
+                "(written by a newer version?)"
             )
         stored = data[9]
         return cls(
@@ -255,6 +288,8 @@ class ProfileState:
                 g: GoalState.from_list(stored[g]) if g in stored else GoalState() for g in goals
             },
             gap_ms=data[10],
+            layout=data[11] if len(data) > 11 else "",
+            recent=data[12] if len(data) > 12 else [],
         )
 
     def next_due(self, windows_ms: dict[str, int]) -> int | None:

@@ -1,0 +1,59 @@
+"""The feature layout: what the positional arrays of a stored profile state mean.
+
+A :class:`~models.state.ProfileState` keeps its counters in positional arrays (per
+tracked event, per valued event, per horizon). Which event and horizon a position
+holds follows from the configuration's ``[[events]]`` (their order and which have a
+``value``) and ``horizons_days``. :class:`FeatureLayout` is that description, and its
+:attr:`~FeatureLayout.fingerprint` is what each stored state carries, so a worker
+started with an edited configuration can tell which layout a state was written with.
+
+Examples
+--------
+>>> layout = FeatureLayout(events=("page_view", "purchase"), valued=("purchase",), horizons=(7, 30))
+>>> len(layout.fingerprint)
+12
+>>> FeatureLayout.from_json(layout.to_json()) == layout
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import orjson
+
+__all__ = ["FeatureLayout"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureLayout:
+    """Tracked event names (in order), the valued ones among them, the horizons (days)."""
+
+    events: tuple[str, ...]
+    valued: tuple[str, ...]
+    horizons: tuple[int, ...]
+
+    def to_json(self) -> bytes:
+        """Canonical JSON: ``{"events": [...], "valued": [...], "horizons": [...]}``."""
+        return orjson.dumps(
+            {
+                "events": list(self.events),
+                "valued": list(self.valued),
+                "horizons": list(self.horizons),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> FeatureLayout:
+        data = orjson.loads(raw)
+        return cls(
+            tuple(str(e) for e in data["events"]),
+            tuple(str(e) for e in data["valued"]),
+            tuple(int(h) for h in data["horizons"]),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits of the BLAKE2b hash of :meth:`to_json`."""
+        return hashlib.blake2b(self.to_json(), digest_size=6).hexdigest()
