@@ -7,7 +7,13 @@ One ``customer-ai worker`` (trained models seeded in Redis first) replays, in tw
    (default 1,000,000), in event-time order. Label windows close as event time moves,
    so pending snapshots, the due index, expiries and training all run as in a backfill.
    ``redis_bytes_per_profile`` is then the mean ``MEMORY USAGE`` (``SAMPLES 0``: exact)
-   of ``--sample`` random profile keys of this step (default 2,000).
+   of ``--sample`` random profile keys of this step (default 2,000), and
+   ``redis_used_bytes_per_profile`` the growth of Redis ``used_memory`` over the step per
+   profile (every key: profile hashes, due index, segment sets, watermarks, models).
+   ``worst_case_profile_bytes`` is the ``MEMORY USAGE`` of the largest sampled profile
+   rewritten with every pending label slot of every goal full (``max_pending`` snapshots
+   holding the whole feature vector and a 36-character event id), every recent-id slot
+   full and a 36-character profile id: the most one profile's key can hold.
 2. *breadth*: one page view for each further profile until ``--total-profiles`` profiles
    (default 1,000,000) have state in Redis.
 
@@ -36,6 +42,7 @@ import orjson  # noqa: E402
 import redis  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    REPO,
     create_topics,
     days_for,
     emit,
@@ -84,6 +91,47 @@ def breadth_events(first: int, last: int, start_ms: int) -> Iterator[tuple[bytes
         )
 
 
+def worst_case_bytes(client: redis.Redis, key_prefix: str, ids: list[str], sizes: list[int]) -> int:
+    """``MEMORY USAGE`` of the largest of ``ids`` rewritten with every slot full.
+
+    A copy of that profile's hash under a 36-character id, whose state has
+    ``max_pending`` snapshots per goal (each with the whole feature vector, 4 decimals,
+    and a 36-character event id) and ``recent_ids`` recent event-id hashes.
+    """
+    from models.config import load_config
+    from models.features import Featurizer
+    from models.state import ProfileState, Snapshot
+
+    config = load_config(REPO / "customer-ai.toml")
+    goals = [g.name for g in config.goals]
+    largest = ids[max(range(len(sizes)), key=sizes.__getitem__)]
+    fields = client.hgetall(f"{key_prefix}:p:{{{largest}}}")
+    state = ProfileState.from_bytes(fields[b"s"], goals)
+    fz = Featurizer(config)
+    vector = [round(v + 0.123456, 4) for v in fz.vector(state)]
+    for goal in config.goals:
+        gs = state.goals[goal.name]
+        gs.pending = [
+            Snapshot(
+                state.ref_ts - k * 3_600_000,
+                f"{k:08d}-aaaa-bbbb-cccc-dddddddddddd",
+                0.123456,
+                9999,
+                vector,
+            )
+            for k in range(goal.max_pending)
+        ]
+    recent_ids = getattr(config, "recent_ids", 8)
+    state.recent = [f"{k:012x}" for k in range(recent_ids)]
+    fields[b"s"] = state.to_bytes()
+    key = f"{key_prefix}:p:{{{'f' * 8}-0000-4000-8000-{'e' * 12}}}"
+    client.hset(key, mapping=fields)
+    try:
+        return int(client.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0"))
+    finally:
+        client.delete(key)
+
+
 def profile_bytes(client: redis.Redis, key_prefix: str, ids: list[str]) -> list[int]:
     """``MEMORY USAGE`` of each profile's key (exact: ``SAMPLES 0``)."""
     pipe = client.pipeline(transaction=False)
@@ -112,6 +160,8 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
     n_history = sum(ends.values())
     log(f"history: {n_history:,} events over {len(ids):,} profiles")
     seed_models(redis_url, prefix)
+    client = redis.Redis.from_url(redis_url)
+    used_before = int(client.info("memory")["used_memory"])
     (worker,) = start_workers(
         1,
         bootstrap,
@@ -126,21 +176,24 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
     )
     assert worker.proc is not None
     pid = worker.proc.pid
-    client = redis.Redis.from_url(redis_url)
     try:
         started = time.perf_counter()
         await wait_committed(
             bootstrap, app_id, topic, ends, args.timeout, "worker: history", lambda: worker.alive
         )
         log(f"history replayed in {time.perf_counter() - started:,.0f}s; RSS {proc_memory_mb(pid)}")
+        used_history = int(client.info("memory")["used_memory"]) - used_before
         sample = random.Random(args.seed).sample(sorted(ids), min(args.sample, len(ids)))
         sizes = profile_bytes(client, prefix, sample)
+        found = [pid_ for pid_ in sample if client.exists(f"{prefix}:p:{{{pid_}}}")]
+        worst = worst_case_bytes(client, prefix, found, profile_bytes(client, prefix, found))
         if len(sizes) < len(sample):
             log(f"[yellow]{len(sample) - len(sizes)} sampled profiles have no key[/]")
         qs = statistics.quantiles(sizes, n=100)
         log(
             f"MEMORY USAGE of {len(sizes):,} history profiles: mean {statistics.mean(sizes):,.0f} B, "
-            f"p50 {qs[49]:,.0f}, p99 {qs[98]:,.0f}, max {max(sizes):,} B"
+            f"p50 {qs[49]:,.0f}, p99 {qs[98]:,.0f}, max {max(sizes):,} B; every slot full: "
+            f"{worst:,} B; used_memory grew {used_history / len(ids):,.0f} B per profile"
         )
         extra = args.total_profiles - len(ids)
         if extra > 0:
@@ -175,6 +228,9 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         client.close()
     return {
         "redis_bytes_per_profile": round(statistics.mean(sizes)),
+        "redis_bytes_per_profile_p99": round(qs[98]),
+        "redis_used_bytes_per_profile": round(used_history / len(ids)),
+        "worst_case_profile_bytes": worst,
         "worker_rss_mb": round(peak, 1),
     }
 
