@@ -23,6 +23,7 @@ Contract: docs/DESIGN.md, sections "Retention", "Redis keys" and "Scores".
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from models.config import ConfigError, parse_config
 from models.engine import Engine
 from models.state import ProfileState
 from stream.cli.replay import ensure_topics
+from stream.cli.scores import tail_scores
 from stream.ops import metrics
 from stream.worker.producer import BatchProducer
 from stream.worker.retention import RetentionSweep
@@ -319,3 +321,16 @@ async def test_a_worker_sweeps_on_its_timer(
         assert redis_client.exists("cai:p:{idle}")
     scores = await consume_all(kafka_bootstrap, SCORES)
     assert [m.key for m in scores if m.value is None] == [b"idle"]
+    assert scores[-1].key == b"idle" and scores[-1].value is not None  # the fresh profile's
+    # customer-ai tail: a "removed" line, and the scores around it
+    n_scores = sum(m.value is not None for m in scores)
+    out = io.StringIO()
+    shown = await tail_scores(
+        kafka_bootstrap, SCORES, goal=None, limit=n_scores, as_json=False, from_beginning=True,
+        out=out,
+    )  # fmt: skip
+    lines = out.getvalue().splitlines()
+    assert shown == n_scores and len(lines) == n_scores + 1
+    assert [line.split() for line in lines if "removed" in line] == [
+        ["idle", "removed", "(tombstone)"]
+    ]
