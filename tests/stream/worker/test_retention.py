@@ -9,7 +9,9 @@ runs it:
   activity entry and segment memberships, and gets a tombstone (key = profile id, value
   null) on the scores topic; active profiles are untouched; a later event starts it
   afresh;
-- a profile is removed only at the second sweep that finds it idle at the same version;
+- a profile is removed only at the second sweep that finds it idle at the same version,
+  and not while a label snapshot is pending; an index entry older than its state is
+  corrected;
 - a profile written (by another worker) between the sweep's check and its removal
   survives (the removal script is fenced on the write version);
 - the wall clock caps the partition watermark: a watermark that ran ahead removes
@@ -186,6 +188,40 @@ async def test_an_idle_profile_is_removed_with_a_tombstone_and_active_ones_stay(
     assert (fresh.n_events, fresh.first_ts) == (1, START + 201 * DAY)
     third = await sweep.sweep(EVENTS, 0)
     assert third.removed == [] and redis_client.exists("cai:p:{idle}")
+
+
+async def test_a_pending_label_is_matured_before_its_profile_goes(
+    store: RedisStore, producer: BatchProducer, redis_client: redis.Redis
+) -> None:
+    """The watermark is past the idle profile's windows, but no batch matured them yet:
+    the sweep keeps it until the scorer produced its examples."""
+    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    events = Events()
+    await scorer.process([events("idle", 0), events("idle", 1, "commerce.purchases")])
+    assert any(g.pending for g in state_of(redis_client, "idle").goals.values())
+    scorer.watermarks[(EVENTS, 0)] = START + 200 * DAY  # no batch since it moved
+    sweep = RetentionSweep(scorer)
+    for _ in range(2):
+        result = await sweep.sweep(EVENTS, 0)
+        assert (result.kept_pending, result.removed) == (1, [])
+    counts = await scorer.process([events("active", 200)])  # reads the due index
+    assert counts["examples"] > 0
+    assert not any(g.pending for g in state_of(redis_client, "idle").goals.values())
+    await sweep.sweep(EVENTS, 0)
+    assert (await sweep.sweep(EVENTS, 0)).removed == ["idle"]
+
+
+async def test_an_index_entry_older_than_its_state_is_corrected_not_removed(
+    store: RedisStore, producer: BatchProducer, redis_client: redis.Redis
+) -> None:
+    """A crash between the state's write and the activity index's leaves the entry behind."""
+    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    await apply(scorer, history(Events()))
+    seen = f"cai:seen:{EVENTS}:0"
+    redis_client.zadd(seen, {"active": START})
+    result = await RetentionSweep(scorer).sweep(EVENTS, 0)
+    assert result.repaired == 1 and result.removed == []
+    assert redis_client.zscore(seen, "active") == START + 200 * DAY
 
 
 class RacingProducer(BatchProducer):
