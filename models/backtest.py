@@ -5,6 +5,8 @@ and :class:`~models.training.Trainer` as the live stream. Windows close on the
 event-time watermark (newest event time minus the allowed lateness), and model
 versions are published every ``snapshot_every_examples`` examples per goal, as
 the trainer does live. It returns every score, matured example and final state.
+It keeps every profile: ``[retention]`` (idle profiles removed from Redis by the
+worker's sweep) is not applied here.
 
 Examples
 --------

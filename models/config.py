@@ -48,6 +48,7 @@ __all__ = [
     "GoalConfig",
     "LabelConfig",
     "ModelConfig",
+    "RetentionConfig",
     "TrackedEvent",
     "load_config",
     "parse_config",
@@ -140,6 +141,29 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Optional removal of idle profiles (``[retention]``; off by default).
+
+    Attributes
+    ----------
+    days
+        A profile whose newest event is more than this many days (of event time) behind
+        its partition's watermark is removed by the worker's sweep; ``None``: never.
+    """
+
+    days: float | None = None
+
+    @property
+    def ms(self) -> int | None:
+        """``days`` in milliseconds, ``None`` when retention is off.
+
+        >>> RetentionConfig(120).ms, RetentionConfig().ms
+        (10368000000, None)
+        """
+        return None if self.days is None else int(self.days * DAY_MS)
+
+
+@dataclass(frozen=True)
 class BucketConfig:
     """Percentile thresholds -> bucket names (``len(names) == len(thresholds) + 1``)."""
 
@@ -168,6 +192,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     buckets: BucketConfig = BucketConfig()
     max_event_bytes: int = 1_048_576
+    retention: RetentionConfig = RetentionConfig()
     source: str = "<string>"
 
     def goal(self, name: str) -> GoalConfig:
@@ -357,6 +382,24 @@ def _goals(
     return tuple(goals)
 
 
+def _retention(data: dict[str, Any], goals: tuple[GoalConfig, ...]) -> RetentionConfig:
+    """``[retention]``: ``days`` > 0, and at least the longest goal window (absent: off)."""
+    table = _table(data, "retention")
+    _check_keys(table, {"days"}, "retention")
+    if "days" not in table:
+        return RetentionConfig()
+    days = _number(table, "days", "retention", 0, minimum=0, strict=True)
+    longest = max(goals, key=lambda g: g.window_ms)
+    if days * DAY_MS < longest.window_ms:
+        window = longest.window_ms / DAY_MS
+        raise ConfigError(
+            f"retention.days: {days!r} is shorter than the longest goal window ({window:g} days, "
+            f"goal {longest.name!r}): a profile would be removed with its label snapshots "
+            f"still open; use days = {window:g} or more, or leave [retention] out"
+        )
+    return RetentionConfig(days)
+
+
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Parse and validate configuration text.
 
@@ -371,7 +414,17 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from None
     _check_keys(
         data,
-        {"identity", "features", "events", "goals", "labels", "model", "buckets", "input"},
+        {
+            "identity",
+            "features",
+            "events",
+            "goals",
+            "labels",
+            "model",
+            "buckets",
+            "input",
+            "retention",
+        },
         "config",
     )
     events = _events(data)
@@ -477,6 +530,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
     return Config(
         events=events,
+        retention=_retention(data, goals),
         goals=goals,
         horizons_days=tuple(horizons),
         identity_namespace=namespace,

@@ -36,8 +36,8 @@ __all__ = [
     "segment_message",
 ]
 
-#: ``(topic, key, value)``
-OutMessage = tuple[str, "bytes | None", bytes]
+#: ``(topic, key, value)``; a ``None`` value is a tombstone (the key's profile was removed)
+OutMessage = tuple[str, "bytes | None", "bytes | None"]
 
 
 def score_message(score: Score, scored_at: str, event_time: str | None = None) -> bytes:

@@ -92,6 +92,8 @@ async def _watch_scores(
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batch.values():
                 for record in records:
+                    if record.value is None:  # a tombstone ([retention])
+                        continue
                     state["scores"] += 1
                     state["last_score_at"] = time.monotonic()
                     msg = orjson.loads(record.value)

@@ -57,6 +57,12 @@ async def tail_scores(
     shown = 0
     try:
         async for message in consumer:
+            if message.value is None:  # a tombstone: the profile was removed ([retention])
+                if not as_json and not goal:
+                    pid = (message.key or b"").decode("utf-8", "replace")
+                    out.write(f"{'':19}  {pid:>10}  removed (tombstone)\n")
+                    out.flush()
+                continue
             msg = orjson.loads(message.value)
             if goal and msg.get("goal") != goal:
                 continue

@@ -56,6 +56,7 @@ __all__ = [
     "MODEL_VERSION",
     "PARTITIONS_ASSIGNED",
     "PROCESSING_LATENCY",
+    "PROFILES_REMOVED",
     "REDIS_ERRORS",
     "REDIS_LATENCY",
     "REDIS_LATENCY_BUCKETS",
@@ -145,6 +146,12 @@ TRAINING_EXAMPLES = Counter(
     "customer_ai_training_examples_total",
     "Matured labelled examples produced to customer-ai.training.",
     ["goal", "label"],
+    registry=REGISTRY,
+)
+PROFILES_REMOVED = Counter(
+    "customer_ai_profiles_removed_total",
+    "Profiles removed from Redis (a tombstone sent to customer-ai.scores first), by reason.",
+    ["reason"],
     registry=REGISTRY,
 )
 TRAINING_RECORDS_RECOVERED = Counter(

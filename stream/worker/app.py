@@ -27,7 +27,9 @@ Operations (see docs/OPERATING.md): the ``lag_poller`` task keeps the
 ``customer_ai_consumer_*`` gauges current from the broker (also while the consumer
 stalls), ``customer_ai_partitions_assigned`` follows Faust's rebalance signals, and the
 ``publish_gauges`` timer counts every goal's bucket sets (``customer_ai_bucket_size``, the
-global sizes: aggregate them over workers with ``max``, not ``sum``).
+global sizes: aggregate them over workers with ``max``, not ``sum``). With ``[retention]
+days`` set, the ``retention_sweep`` timer removes idle profiles
+(:mod:`stream.worker.retention`).
 
 Every batch is processed inside a guard: an exception never escapes into Faust
 (which would ack the events). Failures are retried per :mod:`stream.worker.retry` (the
@@ -58,6 +60,7 @@ from stream.worker import compat, handover
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
 from stream.worker.producer import BatchProducer
+from stream.worker.retention import RetentionSweep
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.security import (
@@ -166,6 +169,11 @@ class Runtime:
         self.repartitioned_scorer = BatchScorer(self.engine, self.store, self.producer, settings)
         self.trainer = TrainerStep(config, self.store, self.producer, settings)
         self.lock = asyncio.Lock()
+        #: source topic -> the retention sweep of its scorer's partitions
+        self.sweeps = {
+            events_topic.get_topic_name(): RetentionSweep(self.scorer),
+            repartition_topic.get_topic_name(): RetentionSweep(self.repartitioned_scorer),
+        }
 
 
 _runtime: Runtime | None = None
@@ -363,6 +371,23 @@ async def publish_gauges() -> None:
             metrics.BUCKET_SIZE.labels(goal=goal, bucket=bucket).set(size)
     except Exception:  # noqa: BLE001 - a timer must not die
         log.exception("publishing gauges failed")
+
+
+@app.timer(interval=settings.retention_interval)
+async def retention_sweep() -> None:
+    """With ``[retention] days``: remove the idle profiles of the partitions assigned here
+    (:mod:`stream.worker.retention`; at most ``SWEEP_LIMIT`` per partition per tick)."""
+    if config.retention.days is None:
+        return
+    rt = runtime()
+    for tp in sorted(_current_assignment()):
+        sweep = rt.sweeps.get(tp.topic)
+        if sweep is None:
+            continue
+        try:
+            await sweep.sweep(tp.topic, tp.partition)
+        except Exception:  # noqa: BLE001 - a timer must not die; the next tick tries again
+            log.exception("retention sweep of %s[%d] failed", tp.topic, tp.partition)
 
 
 @app.timer(interval=1.0)

@@ -164,7 +164,7 @@ class BatchProducer:
         oversize: list[OutMessage] = []
         for message in messages:
             topic, key = message[0], message[1]
-            if len(message[2]) + len(key or b"") > near_limit:
+            if len(message[2] or b"") + len(key or b"") > near_limit:
                 oversize.append(message)
                 continue
             parts = partitions.get(topic)
@@ -216,10 +216,10 @@ class BatchProducer:
         return oversize + unsent
 
     @staticmethod
-    def _drop_too_large(topic: str, value: bytes, exc: Exception) -> None:
+    def _drop_too_large(topic: str, value: bytes | None, exc: Exception) -> None:
         log.error(
             "dropping a %d-byte message to %s: too large for the producer or broker (%s)",
-            len(value),
+            len(value or b""),
             topic,
             exc,
         )

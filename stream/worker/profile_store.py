@@ -147,6 +147,10 @@ class ProfileStore(StoreConnection):
     def due_key(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:due:{topic}:{partition}"
 
+    def activity_key(self, topic: str, partition: int) -> str:
+        """The partition's activity index (only with ``[retention]``): profile -> newest event time."""
+        return f"{self.prefix}:seen:{topic}:{partition}"
+
     def watermark_key(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:wm:{topic}:{partition}"
 
@@ -222,6 +226,7 @@ class ProfileStore(StoreConnection):
         watermark_key: str | None,
         watermark: int | None,
         due_versions: dict[str, str] | None = None,
+        activity: tuple[str, dict[str, int]] | None = None,
     ) -> set[str]:
         """Write states conditionally and update the due index, segments and watermark.
 
@@ -241,6 +246,10 @@ class ProfileStore(StoreConnection):
         cluster mode each write is one ``EVAL`` of
         :data:`~stream.worker.redis_scripts.CAS_SCRIPT`. Two round trips either way: the
         writes, then (once the fenced ones are known) the index, due entries and watermark.
+
+        ``activity`` (``[retention]`` on): the partition's activity index and each written
+        profile's newest event time, added (``ZADD``) for the writes that applied, in the
+        same round trip as the due entries.
 
         Returns the profile ids whose write was refused (fenced: the version moved).
         """
@@ -309,6 +318,10 @@ class ProfileStore(StoreConnection):
                 pipe.zrem(due_key, *remove)
             if watermark_key is not None and watermark is not None:
                 pipe.set(watermark_key, watermark)
+            if activity is not None:
+                seen = {pid: ts for pid, ts in activity[1].items() if pid not in fenced}
+                if seen:
+                    pipe.zadd(activity[0], seen)
 
         due_calls: list[ScriptCall] = []
         for lo in range(0, len(checked), SCRIPT_CHUNK):

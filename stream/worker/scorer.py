@@ -58,7 +58,7 @@ from models.outcome import Outcome
 from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
-from stream.worker.lanes import Lanes
+from stream.worker.lanes import Lanes, Place
 from stream.worker.producer import BatchProducer
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.settings import Settings
@@ -184,6 +184,11 @@ class BatchScorer:
         self.repartition_topic = repartition_topic
         self.watermarks: dict[tuple[str, int], int] = {}
         self._lanes = Lanes()
+
+    def lane(self, topic: str, partition: int) -> Place:
+        """A place in the partition's lane, after the batches already in it (the
+        retention sweep runs there: never beside a batch of its partition)."""
+        return self._lanes.reserve((topic, partition))
 
     # ---- models ----------------------------------------------------------------------
     async def refresh_models(self) -> list[str]:
@@ -390,6 +395,8 @@ class BatchScorer:
         offset_field = f"o:{topic}:{partition}"
         due_key = self.store.due_key(topic, partition)
         wm_key = self.store.watermark_key(topic, partition)
+        retained = self.config.retention.days is not None  # keep the activity index
+        activity_key = self.store.activity_key(topic, partition) if retained else None
         lateness = self.config.labels.allowed_lateness_ms
         wm = self.watermarks.get((topic, partition))
         if wm is None:
@@ -415,6 +422,7 @@ class BatchScorer:
                 new_wm,
                 counts,
                 outbox,
+                activity_key,
             )
             counts["fenced"] += len(fenced)
             if fenced:
@@ -443,6 +451,7 @@ class BatchScorer:
         watermark: int,
         counts: dict[str, int],
         outbox: list[OutMessage],
+        activity_key: str | None = None,
     ) -> set[str]:
         engine = self.engine
         goals = self.goal_names
@@ -501,6 +510,7 @@ class BatchScorer:
         writes: list[ProfileWrite] = []
         due: dict[str, int | None] = {}
         due_versions: dict[str, str] = {}  # the state version each due entry comes from
+        newest: dict[str, int] = {}  # each write's newest event time (the activity index)
         for pid in subset:
             state = states[pid]
             if state is None or (pid not in last_offset and pid not in changed_by_expiry):
@@ -529,4 +539,8 @@ class BatchScorer:
             )
             due[pid] = engine.next_due(state)
             due_versions[pid] = str(int(loaded[pid].version or 0) + 1)  # what the CAS writes
-        return await self.store.save(writes, due, due_key, wm_key, watermark, due_versions)
+            newest[pid] = state.ref_ts
+        activity = None if activity_key is None else (activity_key, newest)
+        return await self.store.save(
+            writes, due, due_key, wm_key, watermark, due_versions, activity
+        )

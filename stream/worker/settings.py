@@ -119,6 +119,7 @@ class Settings:
     rebalance_timeout: float = 5.0
     metrics_interval: float = 5.0
     replication_factor: int = 1
+    retention_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -161,6 +162,9 @@ class Settings:
             ),
             replication_factor=_number(
                 e, "CUSTOMER_AI_REPLICATION_FACTOR", d.replication_factor, int, 1, 32_767
+            ),
+            retention_interval=_number(
+                e, "CUSTOMER_AI_RETENTION_INTERVAL", d.retention_interval, float, 1.0, inf
             ),
         )
 

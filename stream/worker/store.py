@@ -20,6 +20,8 @@ key                                    value
                                        vector, absent when none)
 ``P:due:<topic>:<partition>`` (zset)   profiles with pending labels, scored by window close time
 ``P:wm:<topic>:<partition>``           the partition's event-time watermark (ms)
+``P:seen:<topic>:<partition>`` (zset)  with ``[retention]`` only: profiles by the newest event
+                                       time of their state (:mod:`stream.worker.retention`)
 ``P:model:<goal>``                     served model snapshot (JSON)
 ``P:learner:<goal>``                   full learner state (JSON), for the trainer to resume
 ``P:trainer:offsets`` (hash)           training partition -> offset of the last learnt record
