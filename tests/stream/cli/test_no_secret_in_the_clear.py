@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,7 +219,10 @@ def test_a_worker_refused_by_redis_logs_no_password(
     worker.start(wait_ready=False)
     try:
         wait_until(
-            lambda: "failed" in worker.log_path.read_text(errors="replace"),
+            lambda: (
+                re.search(r"Redis \w+ failed \(", worker.log_path.read_text("utf-8", "replace"))
+                is not None
+            ),
             timeout=60,
             what="the worker reporting the refused Redis",
         )
