@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["SECRET_VARIABLES", "redact_text", "redact_url", "strip_password"]
 
@@ -129,9 +129,10 @@ def redact_text(text: str, env: Mapping[str, str] | None = None, extra: Iterable
     env = os.environ if env is None else env
     secrets = {env.get(name) or "" for name in SECRET_VARIABLES} | set(extra)
     try:
-        secrets.add(urlsplit(env.get("REDIS_URL", "")).password or "")
+        url_password = urlsplit(env.get("REDIS_URL", "")).password or ""
     except ValueError:
-        pass
+        url_password = ""
+    secrets |= {url_password, unquote(url_password)}  # as written and as sent
     masked = redact_url(text)
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= _MIN_SECRET_LENGTH:

@@ -304,6 +304,8 @@ class ServerProcess:
         with os.fdopen(
             os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
         ) as log:
+            with contextlib.suppress(OSError):  # a log an older version created 0644
+                os.fchmod(log.fileno(), 0o600)
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
             try:
