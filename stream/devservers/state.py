@@ -165,15 +165,6 @@ def _managed_ping(service: str, entry: Mapping[str, Any]) -> str:
     return _ping(service, str(entry.get("url", "")), _entry_address(entry))
 
 
-def _managed_answers(service: str, entry: Mapping[str, Any]) -> bool:
-    """Tell whether a server recorded in dev.json runs and answers."""
-    return _managed_ping(service, entry) == "ok"
-
-
-def _service_answers(service: str, url: str, address: str) -> bool:
-    return _ping(service, url, address) == "ok"
-
-
 #: what to do when a Redis answers but refuses the credentials of the environment
 _PASSWORD_HINT = (
     "answers but refuses the credentials of this environment: set REDIS_PASSWORD to "
