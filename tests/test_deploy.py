@@ -231,6 +231,85 @@ def test_demo_events_is_a_one_shot_generate_then_replay() -> None:
     assert _env(demo)["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
 
 
+# --- exposure and secrets ---------------------------------------------------------------
+
+#: a value docker compose takes from its environment, refusing to start without it:
+#: ``${NAME:?message}`` (no ``:-default``, no literal)
+_REQUIRED_FROM_ENV = re.compile(r"^\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]*\}$")
+#: an environment variable holding a secret
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_AUTH$|CREDENTIAL|API_KEY")
+#: a URL with a password (``scheme://user:password@``)
+_URL_PASSWORD = re.compile(r"//[^/\s:@]*:[^/\s@]+@")
+
+
+def _published_ports(service: dict[str, Any]) -> list[str | dict[str, Any]]:
+    return list(service.get("ports", []))
+
+
+def test_every_published_port_is_bound_to_loopback() -> None:
+    """Nothing of this stack (Kafka PLAINTEXT, Redis, the views with personal data,
+    Prometheus, Grafana) answers on the host's other interfaces."""
+    published = 0
+    for name, service in _compose()["services"].items():
+        for port in _published_ports(service):
+            published += 1
+            if isinstance(port, dict):  # long syntax
+                assert port.get("host_ip") == "127.0.0.1", (name, port)
+            else:
+                parts = str(port).split(":")
+                assert len(parts) == 3 and parts[0] == "127.0.0.1", (name, port)
+        assert "network_mode" not in service or service["network_mode"] != "host", name
+    assert published >= 6  # kafka, redis, two workers, prometheus, grafana
+
+
+def test_redis_requires_a_password_from_the_environment() -> None:
+    compose = _compose()
+    redis = compose["services"]["redis"]
+    env = _env(redis)
+    command = redis["command"]
+    command = " ".join(command) if isinstance(command, list) else command
+    # the server is started with the password of its environment ($$: expanded by the
+    # container's shell, not written into the recorded command)
+    assert re.search(r'--requirepass "?\$\$\{?REDIS_PASSWORD\b', command), command
+    assert _REQUIRED_FROM_ENV.match(env["REDIS_PASSWORD"])["name"] == "REDIS_PASSWORD"
+    # its healthcheck authenticates (redis-cli reads REDISCLI_AUTH)
+    assert _REQUIRED_FROM_ENV.match(env["REDISCLI_AUTH"])["name"] == "REDIS_PASSWORD"
+    for name in (*WORKERS, "demo-events"):
+        client = _env(compose["services"][name])
+        assert _REQUIRED_FROM_ENV.match(client["REDIS_PASSWORD"])["name"] == "REDIS_PASSWORD"
+        assert not _URL_PASSWORD.search(client["REDIS_URL"]), name
+
+
+def test_kafka_plaintext_stays_on_the_compose_network_and_loopback() -> None:
+    kafka = _compose()["services"]["kafka"]
+    env = _env(kafka)
+    advertised = dict(item.split("://", 1) for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    protocols = dict(
+        item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    for listener, address in advertised.items():
+        if protocols[listener] == "PLAINTEXT":
+            host = address.rsplit(":", 1)[0]
+            assert host in ("kafka", "127.0.0.1", "localhost"), (listener, address)
+
+
+def test_no_literal_secret_in_the_deployment_files() -> None:
+    """Secrets come from the environment of whoever deploys, never from these files."""
+    for name, service in _compose()["services"].items():
+        for key, value in _env(service).items():
+            if _SECRET_NAME.search(key):
+                assert _REQUIRED_FROM_ENV.match(value), (name, key, value)
+    texts = {COMPOSE: COMPOSE.read_text(), DOCKERFILE: DOCKERFILE.read_text()}
+    for path in (PROMETHEUS, ALERTS, *GRAFANA_PROVISIONING.rglob("*.yml")):
+        texts[path] = path.read_text()
+    for path, text in texts.items():
+        assert not _URL_PASSWORD.search(text), path
+    # no `${VAR:-default}` / `${VAR-default}`: a default would be a secret in the file
+    assert not re.search(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-", texts[COMPOSE])
+    dockerfile_env = " ".join(re.findall(r"^(?:ENV|ARG)\s+(.*)$", texts[DOCKERFILE], re.M))
+    assert not _SECRET_NAME.search(dockerfile_env), dockerfile_env
+
+
 def test_compose_host_paths_exist() -> None:
     for service in _compose()["services"].values():
         for source in _volumes(service).values():

@@ -7,6 +7,10 @@
 4. show live scores with their factors while the trainer publishes model versions
    and the goals leave warm-up, with live prequential AUC;
 5. print a profile and the segment sizes, then stop the worker and the servers.
+
+Its directory (``.customer-ai/demo``) is the owner's only (0700, logs 0600). With
+``REDIS_PASSWORD`` set the demo's Valkey requires it (handed over on its stdin); nothing
+printed or written holds a password.
 """
 
 from __future__ import annotations
@@ -24,9 +28,25 @@ from typing import Any
 import orjson
 from rich.table import Table
 
-from stream.cli.common import load_cli_config, output_console, settings_from_env
+from stream.cli.common import DEV_STATE_DIR, load_cli_config, output_console, settings_from_env
 
 __all__ = ["demo_main", "print_score_line"]
+
+#: variables for other servers that the embedded ones (PLAINTEXT, default user) refuse
+_NOT_FOR_EMBEDDED = (
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CAFILE",
+    "KAFKA_SSL_CERTFILE",
+    "KAFKA_SSL_KEYFILE",
+    "KAFKA_SSL_KEY_PASSWORD",
+    "REDIS_USERNAME",
+    "REDIS_SSL_CA_CERTS",
+    "REDIS_SSL_CERTFILE",
+    "REDIS_SSL_KEYFILE",
+)
 
 #: the demo's output: as wide as the terminal, 160 columns when piped (no 80-column cut)
 console = output_console()
@@ -163,11 +183,16 @@ def demo_main(
     from models.synthetic import generate_events, write_jsonl
     from stream.cli.scores import print_scores
     from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
+    from stream.devservers.state import secure_dir
 
     config_file = Path(config_path or settings_from_env().config_path).resolve()
     config = load_cli_config(str(config_file))  # a bad file fails here, not in the worker
+    for name in _NOT_FOR_EMBEDDED:  # this process and the worker talk to embedded servers
+        os.environ.pop(name, None)
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.parent.name == DEV_STATE_DIR.name:
+        secure_dir(workdir.parent)
+    secure_dir(workdir)
     events_path = workdir / "events.jsonl"
     console.rule("customer-ai demo")
     with console.status("generating events with a planted ground truth"):
@@ -177,7 +202,9 @@ def demo_main(
         f"over {days} days -> {events_path}"
     )
     broker = BrokerProcess(log_path=workdir / "tansu.log")
-    valkey = ValkeyProcess(log_path=workdir / "valkey.log")
+    valkey = ValkeyProcess(
+        log_path=workdir / "valkey.log", password=os.environ.get("REDIS_PASSWORD") or None
+    )
     worker: subprocess.Popen[bytes] | None = None
     try:
         with console.status("starting Tansu (Kafka API) and Valkey (Redis API)"):
@@ -194,7 +221,9 @@ def demo_main(
             "CUSTOMER_AI_REBALANCE_TIMEOUT": "3",
             "CUSTOMER_AI_CONFIG": str(config_file),
         }
-        log = open(workdir / "worker.log", "wb")
+        log = os.fdopen(
+            os.open(workdir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"
+        )
         worker = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "worker"],
             env=env,

@@ -7,12 +7,16 @@ from pathlib import Path
 from stream.cli.common import output_console
 from stream.devservers.process import DevServerError
 from stream.devservers.state import dev_down, dev_status, dev_up, env_file, read_state
+from stream.redaction import redact_text
 
 __all__ = ["dev_main"]
 
 
 def dev_main(action: str, state_dir: Path = Path(".customer-ai")) -> int:
     """Run ``customer-ai dev up|down|status`` and print a table.
+
+    Nothing printed holds a password: addresses come without theirs and every line is
+    passed through :func:`~stream.redaction.redact_text` as well.
 
     Parameters
     ----------
@@ -32,19 +36,27 @@ def dev_main(action: str, state_dir: Path = Path(".customer-ai")) -> int:
     console = output_console(highlight=False)
     state_dir = Path(state_dir)
 
+    def say(text: str) -> None:
+        console.print(redact_text(text))
+
     def show(title: str) -> bool:
         status = dev_status(state_dir)
         table = Table(title=title)
         for column in ("service", "server", "state", "pid", "address", "log"):
             table.add_column(column)
         for service, info in status.items():
-            state = "[green]running[/]" if info["running"] else "[red]not running[/]"
+            if info["running"]:
+                state = "[green]running[/]"
+            elif info.get("needs_password"):
+                state = "[yellow]needs REDIS_PASSWORD[/]"
+            else:
+                state = "[red]not running[/]"
             table.add_row(
                 service,
                 info["server"],
                 state,
                 str(info["pid"] or "-"),
-                info["address"] or "-",
+                redact_text(info["address"]) or "-",
                 info["log"] or "-",
             )
         console.print(table)
@@ -54,10 +66,10 @@ def dev_main(action: str, state_dir: Path = Path(".customer-ai")) -> int:
         if action == "up":
             env = dev_up(state_dir)
             for note in read_state(state_dir).get("notes", []):
-                console.print(f"[yellow]note:[/] {note}")
+                say(f"[yellow]note:[/] {note}")
             ok = show("customer-ai dev servers")
             for key, value in env.items():
-                console.print(f"{key}={value}")
+                say(f"{key}={value}")
             console.print(f"Load them with: [bold]set -a; . {env_file(state_dir)}; set +a[/]")
             return 0 if ok else 1
         if action == "down":
@@ -72,7 +84,7 @@ def dev_main(action: str, state_dir: Path = Path(".customer-ai")) -> int:
         if action == "status":
             return 0 if show("customer-ai dev servers") else 1
     except DevServerError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        say(f"[red]error:[/] {exc}")
         return 1
     console.print(f"[red]error:[/] unknown action {action!r}: use up, down or status")
     return 2

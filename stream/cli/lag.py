@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from stream.ops.lag import LagReader, LagTracker, PartitionLag
+from stream.redaction import redact_text
 from stream.worker.security import kafka_security_kwargs
 
 __all__ = ["format_duration", "lag_main"]
@@ -119,8 +120,10 @@ async def _lag_loop(
                 reading = await reader.read(group, topics)
             except Exception as exc:
                 print(
-                    f"customer-ai lag: cannot read lag from {bootstrap} ({exc}); is the broker "
-                    "running? (KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
+                    redact_text(
+                        f"customer-ai lag: cannot read lag from {bootstrap} ({exc}); is the "
+                        "broker running? (KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)"
+                    ),
                     file=sys.stderr,
                 )
                 return 1
@@ -148,7 +151,7 @@ async def _lag_loop(
                     latest = tracker.update(await reader.read(group, topics))
                     polls += 1
                 except Exception as exc:
-                    error = repr(exc)
+                    error = redact_text(repr(exc))
                     await reader.close()
                     if as_json:
                         print(f"customer-ai lag: {error}", file=sys.stderr)
@@ -213,7 +216,7 @@ def lag_main(
     try:
         sec = dict(security) if security is not None else kafka_security_kwargs(os.environ)
     except ValueError as exc:
-        print(f"customer-ai lag: {exc}", file=sys.stderr)
+        print(redact_text(f"customer-ai lag: {exc}"), file=sys.stderr)
         return 2
     # the command reports broker errors itself; aiokafka's own error logs would garble the
     # table (and land on stderr through logging's last-resort handler)

@@ -148,7 +148,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # the worker keeps its documented defaults (docs/OPERATING.md): say which servers it uses
     console.print(
-        f"customer-ai worker: Kafka {s.bootstrap}{origin('KAFKA_BOOTSTRAP_SERVERS')}, "
+        f"customer-ai worker: Kafka {redact_url(s.bootstrap)}{origin('KAFKA_BOOTSTRAP_SERVERS')}, "
         f"Redis {redact_url(s.redis_url)}{origin('REDIS_URL')}, config {s.config_path}",
         soft_wrap=True,
         highlight=False,
@@ -394,11 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(where: str, message: str, status: int) -> int:
-    """Print one red line on stderr; return ``status``."""
+    """Print one red line on stderr, secrets masked; return ``status``."""
     from rich.markup import escape
+
+    from stream.redaction import redact_text
 
     # escaped: messages name fields like "[model]" or "goals[0]", which are not markup;
     # soft_wrap: one line, so the field and the fix are never split
+    message = redact_text(message)  # a URL or a secret quoted by a library's message
     console.print(f"[red]{escape(where)}:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return status
 
@@ -449,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap = settings_from_env().bootstrap
         return _fail(
             where,
-            f"cannot reach Kafka at {bootstrap}; is it running? "
+            f"cannot reach Kafka at {redact_url(bootstrap)}; is it running? "
             "(KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
             1,
         )

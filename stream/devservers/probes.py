@@ -21,6 +21,7 @@ __all__ = [
     "kafka_brokers",
     "port_is_free",
     "redis_answers",
+    "redis_ping",
 ]
 
 #: Loopback address every embedded server binds to.
@@ -265,11 +266,18 @@ def _resp_line(sock: socket.socket) -> bytes:
     return data
 
 
-def redis_answers(url: str, timeout: float = 1.0) -> bool:
+def redis_answers(
+    url: str,
+    timeout: float = 1.0,
+    *,
+    password: str | None = None,
+    username: str | None = None,
+) -> bool:
     """Tell whether the Redis/Valkey server at ``url`` answers ``PING`` with ``PONG``.
 
     Handles ``redis://``, ``rediss://`` (TLS, certificates not verified: this is a
-    liveness probe) and ``unix://`` URLs, and authenticates with the URL's credentials.
+    liveness probe) and ``unix://`` URLs, and authenticates with the URL's credentials,
+    else with ``password`` (and ``username``).
 
     Parameters
     ----------
@@ -277,11 +285,31 @@ def redis_answers(url: str, timeout: float = 1.0) -> bool:
         A Redis URL such as ``redis://:secret@127.0.0.1:6379/0``.
     timeout
         Socket timeout in seconds.
+    password, username
+        Credentials for a URL without a password (``REDIS_PASSWORD``, ``REDIS_USERNAME``).
 
     Returns
     -------
     bool
         ``True`` when the server replies ``+PONG``.
+    """
+    return redis_ping(url, timeout, password=password, username=username) == "ok"
+
+
+def redis_ping(
+    url: str,
+    timeout: float = 1.0,
+    *,
+    password: str | None = None,
+    username: str | None = None,
+) -> str:
+    """Ask the Redis/Valkey server at ``url`` for ``PING``, as :func:`redis_answers` does.
+
+    Returns
+    -------
+    str
+        ``"ok"`` (``PONG``), ``"auth"`` (the server answers but refuses the credentials or
+        wants some: ``NOAUTH``, ``WRONGPASS``...) or ``"down"`` (no answer).
     """
     parts = urlsplit(url)
     try:
@@ -294,7 +322,7 @@ def redis_answers(url: str, timeout: float = 1.0) -> bool:
                 (parts.hostname or LOCALHOST, parts.port or 6379), timeout=timeout
             )
         else:
-            return False
+            return "down"
         with contextlib.ExitStack() as stack:
             sock: socket.socket = stack.enter_context(raw)
             if parts.scheme in ("rediss", "valkeys"):
@@ -304,14 +332,20 @@ def redis_answers(url: str, timeout: float = 1.0) -> bool:
                 sock = stack.enter_context(context.wrap_socket(raw, server_hostname=parts.hostname))
             sock.settimeout(timeout)
             if parts.password is not None:
+                password = unquote(parts.password)
+                username = unquote(parts.username) if parts.username else None
+            if password is not None:
                 auth = ["AUTH"]
-                if parts.username:
-                    auth.append(unquote(parts.username))
-                auth.append(unquote(parts.password))
+                if username:
+                    auth.append(username)
+                auth.append(password)
                 sock.sendall(_resp_command(*auth))
                 if not _resp_line(sock).startswith(b"+OK"):
-                    return False
+                    return "auth"
             sock.sendall(_resp_command("PING"))
-            return _resp_line(sock).startswith(b"+PONG")
+            reply = _resp_line(sock)
+            if reply.startswith(b"+PONG"):
+                return "ok"
+            return "auth" if reply.startswith(b"-NOAUTH") else "down"
     except (OSError, ValueError):
-        return False
+        return "down"

@@ -197,6 +197,13 @@ class ServerProcess:
         """Tell whether the server answers at protocol level."""
         raise NotImplementedError
 
+    def stdin_config(self) -> bytes | None:
+        """Configuration given to the server on its standard input (secrets: never argv).
+
+        ``None`` (the default): the server's stdin is ``/dev/null``.
+        """
+        return None
+
     # -- properties --------------------------------------------------------------
     @property
     def pid(self) -> int | None:
@@ -292,13 +299,19 @@ class ServerProcess:
         if not self.detach and threading.current_thread() is threading.main_thread():
             preexec = parent_death_signal()
         started = time.monotonic()
-        with open(log_path, "ab") as log:
+        stdin_config = self.stdin_config()
+        # the log is the owner's only (0600 from its creation): it may name addresses
+        with os.fdopen(
+            os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+        ) as log:
+            with contextlib.suppress(OSError):  # a log an older version created 0644
+                os.fchmod(log.fileno(), 0o600)
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
             try:
                 self._proc = subprocess.Popen(
                     command,
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL if stdin_config is None else subprocess.PIPE,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=str(log_path.parent),
@@ -308,6 +321,11 @@ class ServerProcess:
             except OSError as exc:
                 self._proc = None
                 raise DevServerError(f"cannot run {binary}: {exc}") from exc
+            if stdin_config is not None and self._proc.stdin is not None:
+                with contextlib.suppress(OSError):  # it exited: reported below
+                    self._proc.stdin.write(stdin_config)
+                with contextlib.suppress(OSError):
+                    self._proc.stdin.close()
         self._port = port
         self._paused = False
         self.binary_path = binary

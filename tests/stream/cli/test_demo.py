@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,13 @@ def _one_line_with(text: str, *parts: str) -> bool:
 
 @pytest.mark.integration
 def test_the_demo_piped_shows_warm_up_and_whole_tables(tmp_path: Path) -> None:
+    """Run, too, in a deployment's environment: secrets (never shown nor written, and
+    the demo's Valkey requires REDIS_PASSWORD) and Kafka security settings (not used by
+    the embedded PLAINTEXT broker)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUSTOMER_AI_", "COLUMNS"))}
     env.update(CUSTOMER_AI_CONFIG=str(CONFIG), PYTHONPATH=str(REPO))
+    secrets = {"REDIS_PASSWORD": "demo-S3CRET-redis", "KAFKA_SASL_PASSWORD": "demo-S3CRET-sasl"}
+    env.update(secrets, KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_USERNAME="customer-ai")
     proc = subprocess.run(
         [sys.executable, "-m", "stream.cli", "demo", "--profiles", "150", "--days", "90"],
         cwd=tmp_path,
@@ -69,3 +75,14 @@ def test_the_demo_piped_shows_warm_up_and_whole_tables(tmp_path: Path) -> None:
     for goal in ("conversion", "churn"):
         assert re.search(rf"│ {goal}\s+│ \d+\s+│ (warming up|live)\s+│ [\d,]+ \([\d,]+\)", out), out
     assert "stopped everything." in out
+    state_dir = tmp_path / ".customer-ai"
+    written = [path for path in state_dir.rglob("*") if path.is_file()]
+    assert {"valkey.log", "worker.log", "events.jsonl"} <= {path.name for path in written}
+    for secret in secrets.values():
+        assert secret not in out + proc.stderr
+        for path in written:
+            assert secret.encode() not in path.read_bytes(), path
+    for path in [state_dir, state_dir / "demo"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for name in ("valkey.log", "worker.log", "tansu.log"):
+        assert stat.S_IMODE((state_dir / "demo" / name).stat().st_mode) == 0o600, name

@@ -124,7 +124,9 @@ def test_dev_up_starts_both_and_is_idempotent(state_dir: Path) -> None:
     state = json.loads((state_dir / "dev.json").read_text())
     pids = {name: entry["pid"] for name, entry in state["services"].items()}
     assert all(entry["managed"] for entry in state["services"].values())
-    env_file = (state_dir / "dev.env").read_text().splitlines()
+    env_file = [
+        line for line in (state_dir / "dev.env").read_text().splitlines() if line[:1] != "#"
+    ]
     assert sorted(env_file) == sorted(f"{k}={v}" for k, v in env.items())
     assert (state_dir / "tansu.log").exists() and (state_dir / "valkey.log").exists()
 

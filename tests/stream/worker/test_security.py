@@ -252,3 +252,26 @@ def test_redaction() -> None:
         "ssl_context": "<SSLContext>",
         "sasl_plain_username": "svc",
     }
+
+
+def test_redact_text_masks_the_secrets_of_the_environment() -> None:
+    from stream.redaction import redact_text, strip_password
+
+    env = {
+        "REDIS_URL": "redis://app:p%40ss-word@h:6379/0",
+        "KAFKA_SASL_PASSWORD": "sasl-secret",
+        "KAFKA_SSL_KEY_PASSWORD": "key-secret",
+        "REDIS_PASSWORD": "abc",  # too short to search for in text: it would mask words
+    }
+    text = (
+        "failed: p@ss-word refused for redis://app:p%40ss-word@h:6379/0 "
+        "(SASL sasl-secret, key key-secret) abc"
+    )
+    assert redact_text(text, env) == (
+        "failed: *** refused for redis://app:***@h:6379/0 (SASL ***, key ***) abc"
+    )
+    assert redact_text("no secret here", {}) == "no secret here"
+    assert strip_password(env["REDIS_URL"]) == "redis://app@h:6379/0"
+    assert strip_password("rediss://:x@h:6380/0?ssl_cert_reqs=none&pwd=x") == (
+        "rediss://h:6380/0?ssl_cert_reqs=none"
+    )
