@@ -156,7 +156,7 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
     if result.n_duplicates:
         console.print(
             f"{result.n_duplicates:,} duplicate events skipped (an _id their profile had "
-            f"applied among its last {config.recent_ids}; [dedupe] recent_ids)"
+            f"applied among its last {config.recent_ids}; \\[dedupe] recent_ids)"
         )
     console.print(
         f"{result.n_events:,} events, {len(result.states):,} profiles in "
