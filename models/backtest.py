@@ -14,8 +14,8 @@ Examples
 >>> from models.synthetic import generate_events
 >>> cfg = parse_config(open("customer-ai.toml").read())
 >>> result = run_backtest(generate_events(profiles=50, days=60, seed=1), cfg)
->>> result.n_events > 0, result.n_rejected, len(result.states) == 50
-(True, 0, True)
+>>> result.n_events > 0, result.n_rejected, result.n_duplicates, len(result.states) == 50
+(True, 0, 0, True)
 """
 
 from __future__ import annotations
@@ -49,8 +49,11 @@ class BacktestResult:
     trainer: Trainer
     states: dict[str, ProfileState]
     examples: list[Example] = field(default_factory=list)
+    #: events applied (valid, and not duplicates)
     n_events: int = 0
     n_scores: int = 0
+    #: events skipped as duplicates: an ``_id`` among its profile's recent ones
+    n_duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     score_log: list[tuple[str, int, float]] = field(default_factory=list)
     models: list[LinearModel] = field(default_factory=list)
@@ -173,15 +176,19 @@ def _replay(
         before = states.get(pid)
         due_before = engine.next_due(before) if before is not None else None
         state = engine.process(before, event, out, matched)
-        states[pid] = state
-        # the heap holds an entry at or before every profile's next window close: push one
-        # when the event opened a window closing earlier (a 30-day goal's snapshot under
-        # a 90-day one's), else that window would close only at the later entry
-        nxt = engine.next_due(state)
-        if nxt is not None and (due_before is None or nxt < due_before):
-            heapq.heappush(due, (nxt, pid))
+        if out.duplicates:  # skipped, its state unchanged (as in the stream)
+            result.n_duplicates += out.duplicates
+            out.duplicates = 0
+        else:
+            states[pid] = state
+            # the heap holds an entry at or before every profile's next window close: push
+            # one when the event opened a window closing earlier (a 30-day goal's snapshot
+            # under a 90-day one's), else that window would close only at the later entry
+            nxt = engine.next_due(state)
+            if nxt is not None and (due_before is None or nxt < due_before):
+                heapq.heappush(due, (nxt, pid))
+            result.n_events += 1
         _consume(out, result, keep_scores)
-        result.n_events += 1
         if progress is not None and n % 10_000 == 0:
             progress(n)
     if progress is not None:

@@ -59,6 +59,9 @@ DAY_MS = 86_400_000
 MAX_WINDOW_DAYS = 3650
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 GOAL_TYPES = ("occurs", "does_not_occur")
+#: Most applied event ids a profile remembers (``[dedupe] recent_ids``): the list is scanned
+#: per event and stored in every profile record.
+MAX_RECENT_IDS = 1000
 RELEASES = ("when_known", "at_window_close")
 
 
@@ -193,6 +196,8 @@ class Config:
     buckets: BucketConfig = BucketConfig()
     max_event_bytes: int = 1_048_576
     retention: RetentionConfig = RetentionConfig()
+    #: applied event ids remembered per profile to skip duplicates (0: off)
+    recent_ids: int = 8
     source: str = "<string>"
 
     def goal(self, name: str) -> GoalConfig:
@@ -424,6 +429,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             "buckets",
             "input",
             "retention",
+            "dedupe",
         },
         "config",
     )
@@ -528,6 +534,15 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     _check_keys(input_t, {"max_event_bytes"}, "input")
     max_bytes = _number(input_t, "max_event_bytes", "input", 1_048_576, minimum=1024, integer=True)
 
+    dedupe_t = _table(data, "dedupe")
+    _check_keys(dedupe_t, {"recent_ids"}, "dedupe")
+    recent_ids = _number(dedupe_t, "recent_ids", "dedupe", 8, minimum=0, integer=True)
+    if recent_ids > MAX_RECENT_IDS:
+        raise ConfigError(
+            f"dedupe.recent_ids: must be <= {MAX_RECENT_IDS} (each costs about 15 bytes of "
+            f"every profile's Redis record), got {recent_ids!r}"
+        )
+
     return Config(
         events=events,
         retention=_retention(data, goals),
@@ -538,6 +553,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         model=model,
         buckets=BucketConfig(tuple(float(t) for t in thresholds), tuple(bucket_names)),
         max_event_bytes=max_bytes,
+        recent_ids=recent_ids,
         source=source,
     )
 

@@ -88,10 +88,27 @@ def resolve_goal_event(
     ]
 
 
+def _escape_id(value: str) -> str:
+    """``value`` with ``\\`` and ``|`` escaped by a backslash (unchanged without either)."""
+    if "|" not in value and "\\" not in value:
+        return value
+    return value.replace("\\", "\\\\").replace("|", "\\|")
+
+
 def example_id(profile_id: str, goal: str, snapshot: Snapshot) -> str:
     """Deterministic id of the example a snapshot matures into (the same in every replay).
 
+    ``<profile_id>|<goal>|<prediction_time>|<event_id>``, with ``\\`` and ``|`` inside
+    the profile and event ids escaped by a backslash, so two different examples never
+    share an id: the four parts are split at the ``|`` not preceded by an escaping
+    backslash (goal names and times hold neither character). Ids without ``\\`` or ``|``
+    read as before the escaping.
+
     >>> example_id("p-1", "churn", Snapshot(1000, "e-9", 0.5, 0, []))
     'p-1|churn|1000|e-9'
+    >>> print(example_id("a|b", "churn", Snapshot(1000, "c", 0.5, 0, [])))
+    a\\|b|churn|1000|c
+    >>> print(example_id("a", "churn", Snapshot(1000, "b|c", 0.5, 0, [])))
+    a|churn|1000|b\\|c
     """
-    return f"{profile_id}|{goal}|{snapshot.open_ts}|{snapshot.event_id}"
+    return f"{_escape_id(profile_id)}|{goal}|{snapshot.open_ts}|{_escape_id(snapshot.event_id)}"

@@ -18,8 +18,8 @@ Examples
 >>> score.factors, len(out.scores)
 ([], 1)
 >>> out.clear()
->>> out.scores, out.segment_changes, out.examples
-([], [], [])
+>>> out.scores, out.segment_changes, out.examples, out.duplicates
+([], [], [], 0)
 """
 
 from __future__ import annotations
@@ -196,13 +196,19 @@ class Example:
 
 @dataclass(slots=True)
 class Outcome:
-    """Accumulates what a batch of events caused."""
+    """Accumulates what a batch of events caused.
+
+    ``duplicates`` counts the events skipped because their profile had applied their id
+    already (:meth:`models.engine.Engine.process`); the stream and the backtest read it.
+    """
 
     scores: list[Score] = field(default_factory=list)
     segment_changes: list[SegmentChange] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
+    duplicates: int = 0
 
     def clear(self) -> None:
         self.scores.clear()
         self.segment_changes.clear()
         self.examples.clear()
+        self.duplicates = 0

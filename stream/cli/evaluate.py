@@ -131,6 +131,7 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
     summary = {
         "events": f"{result.n_events:,}",
         "rejected": f"{result.n_rejected:,}",
+        "duplicates skipped": f"{result.n_duplicates:,}",
         "profiles": f"{len(result.states):,}",
         "matured examples": f"{len(result.examples):,}",
         "replay": f"{replay_seconds:.1f} s ({rate:,.0f} events/s)",
@@ -152,6 +153,11 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
     if result.rejected:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items()))
         console.print(f"[yellow]rejected events[/] ({reasons})")
+    if result.n_duplicates:
+        console.print(
+            f"{result.n_duplicates:,} duplicate events skipped (an _id their profile had "
+            f"applied among its last {config.recent_ids}; \\[dedupe] recent_ids)"
+        )
     console.print(
         f"{result.n_events:,} events, {len(result.states):,} profiles in "
         f"{time.perf_counter() - started:.1f}s ({rate:,.0f} events/s replayed); "

@@ -44,6 +44,7 @@ __all__ = [
     "CONSUMER_COMMITTED_OFFSET",
     "CONSUMER_END_OFFSET",
     "CONSUMER_LAG",
+    "DUPLICATE_EVENTS",
     "END_TO_END_LATENCY",
     "EVENTS_IN",
     "EVENTS_REJECTED",
@@ -128,6 +129,12 @@ EVENTS_REJECTED = Counter(
     "customer_ai_events_rejected_total",
     "Events sent to the dead-letter topic, by reason.",
     ["reason"],
+    registry=REGISTRY,
+)
+DUPLICATE_EVENTS = Counter(
+    "customer_ai_duplicate_events_total",
+    "Events skipped because their profile had applied their _id already, by source topic.",
+    ["topic"],
     registry=REGISTRY,
 )
 SCORES = Counter(

@@ -222,6 +222,7 @@ class BatchScorer:
             "scores": 0,
             "examples": 0,
             "fenced": 0,
+            "duplicates": 0,
         }
         by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
         outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
@@ -479,11 +480,15 @@ class BatchScorer:
             if record.offset <= applied_offset[pid]:
                 counts["skipped"] += 1
                 continue
+            # a duplicate _id is skipped by the engine (out.duplicates); its offset is applied
             states[pid] = engine.process(states[pid], event, out, matched)
             last_offset[pid] = record.offset
             counts["events"] += 1
             if record.timestamp_ms is not None:
                 produced_at.append(record.timestamp_ms)
+        if out.duplicates:
+            counts["duplicates"] += out.duplicates
+            metrics.DUPLICATE_EVENTS.labels(topic=topic).inc(out.duplicates)
         changed_by_expiry: set[str] = set()
         for pid in subset:
             state = states[pid]
