@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from models.config import Config
     from stream.worker.store import RedisStore
 
-__all__ = ["SHOWN_BYTES", "cmd_quarantine", "readable"]
+__all__ = ["SHOWN_BYTES", "cmd_quarantine", "is_quarantined", "readable"]
 
 #: bytes of a raw value ``show`` prints (its repr), the rest counted
 SHOWN_BYTES = 200
@@ -99,6 +99,16 @@ def _not_quarantined(profile_id: str) -> CliError:
         "that are)",
         1,
     )
+
+
+async def is_quarantined(profile_id: str) -> bool:
+    """Whether the profile's record is quarantined (its quarantine key or note exists)."""
+    store = await connect_store(settings_from_env())
+    try:
+        aside = await store.redis.exists(store.quarantine_key(profile_id))
+        return bool(aside or await store.redis.hexists(store.quarantined_key(), profile_id))
+    finally:
+        await store.close()
 
 
 async def _list(as_json: bool) -> int:

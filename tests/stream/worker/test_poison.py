@@ -271,6 +271,7 @@ def test_poisoned_profiles_are_quarantined_by_a_running_worker(
         wait_until(dead_lettered, 120, interval=2.0, what="the victims' dead letters")
         training = wait_trained(client, broker.bootstrap)
         _, body = worker.get("/metrics")
+        view = worker.get(f"/profiles/{garbage}")
         assert worker.alive, worker.log_tail()
     finally:
         worker.stop()
@@ -303,6 +304,7 @@ def test_poisoned_profiles_are_quarantined_by_a_running_worker(
             string: "wrong_type",
         }
         assert client.zscore(DUE, garbage) is None and client.zscore(DUE, string) is None
+        assert view[0] == 404 and b"is quarantined" in view[1], view
         # every other profile equals the backtest without the victims
         docs = profile_docs(url, sorted(expected.docs))
         wrong = [p for p, want in expected.docs.items() if doc_view(docs[p] or {}) != want]  # type: ignore[arg-type]
@@ -324,12 +326,17 @@ def test_poisoned_profiles_are_quarantined_by_a_running_worker(
 
 
 def quarantine_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(url, "quarantine", *args)
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``customer-ai ARGS`` against the Redis at ``url``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUSTOMER_AI_", "REDIS_"))}
     env.update(REDIS_URL=url, CUSTOMER_AI_CONFIG=str(CONFIG), PYTHONPATH=str(REPO))
     if "CUSTOMER_AI_NATIVE" in os.environ:
         env["CUSTOMER_AI_NATIVE"] = os.environ["CUSTOMER_AI_NATIVE"]
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", "quarantine", *args],
+        [sys.executable, "-m", "stream.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -368,6 +375,11 @@ async def test_quarantine_command_lists_shows_and_releases(
             fixed: "unreadable_state",
             dropped: "wrong_type",
         }
+
+        # the profile command says why the profile is not found
+        profile = await asyncio.to_thread(cli, url, "profile", fixed)
+        assert profile.returncode == 1 and "Traceback" not in profile.stderr
+        assert "is quarantined" in profile.stderr and "quarantine show" in profile.stderr
 
         shown = await asyncio.to_thread(quarantine_cli, url, "show", fixed)
         assert shown.returncode == 0, shown.stderr
