@@ -12,6 +12,7 @@ command                        what it does
 ``evaluate EVENTS``            backtest in-process: metrics, examples, profiles, report
 ``lag``                        consumer lag read from the broker (``--watch``, ``--json``)
 ``segment``                    profiles of a goal's bucket (optionally by top factor)
+``quarantine``                 profiles whose record cannot be read; ``show ID``, ``release ID``
 ``demo``                       everything end to end on embedded servers, then stop
 =============================  ===============================================================
 
@@ -55,6 +56,7 @@ SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
     "lag": ("kafka",),
     "profile": ("redis",),
     "segment": ("redis",),
+    "quarantine": ("redis",),
 }
 #: how long ``customer-ai worker`` waits for the broker to answer before it starts Faust
 KAFKA_TIMEOUT_MS = 10_000
@@ -108,6 +110,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return segment_main(
         args.goal, args.bucket, args.factor, args.limit, args.json, config_path=args.config
     )
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from stream.cli.quarantine import cmd_quarantine as quarantine_main
+
+    return quarantine_main(args)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -380,6 +388,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the listing as JSON")
     _config_option(p)
     p.set_defaults(fn=cmd_segment)
+
+    p = command("quarantine", "profiles whose stored record cannot be read (default: list them)")
+    p.add_argument("--json", action="store_true", help="list them as JSON lines")
+    actions = p.add_subparsers(
+        dest="action", metavar="ACTION", help="show ID, or release ID (default: list them)"
+    )
+    q = actions.add_parser(
+        "show",
+        help="a quarantined record's note and raw bytes",
+        description="a quarantined record's note and raw bytes (truncated)",
+        formatter_class=_HelpFormatter,
+    )
+    q.add_argument("profile_id", help="the quarantined profile's id")
+    _config_option(q)
+    q = actions.add_parser(
+        "release",
+        help="drop (--reset) or put back (--restore) a quarantined record",
+        description="drop (--reset) or put back (--restore) a quarantined record",
+        formatter_class=_HelpFormatter,
+    )
+    q.add_argument("profile_id", help="the quarantined profile's id")
+    how = q.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete the record: the profile starts fresh at its next event",
+    )
+    how.add_argument(
+        "--restore",
+        action="store_true",
+        help="move the record back (once this version can read it)",
+    )
+    _config_option(q)
+    p.set_defaults(fn=cmd_quarantine)
 
     p = command("demo", "run everything end to end on embedded servers, then stop")
     p.add_argument("--profiles", type=positive_int, default=1500, help="number of profiles")

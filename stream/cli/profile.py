@@ -75,6 +75,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     doc = asyncio.run(load_profile(args.profile_id, args.config))
     if doc is None:
+        from stream.cli.quarantine import is_quarantined
+
+        if asyncio.run(is_quarantined(args.profile_id)):
+            raise CliError(
+                f"profile {args.profile_id!r} is quarantined (its stored record could not be "
+                f"read); see `customer-ai quarantine show {args.profile_id}`"
+            )
         url = redact_url(settings_from_env().redis_url)
         raise CliError(
             f"profile {args.profile_id!r} not found in {url} (is it the worker's Redis?)"

@@ -58,6 +58,7 @@ __all__ = [
     "PARTITIONS_ASSIGNED",
     "PROCESSING_LATENCY",
     "PROFILES_REMOVED",
+    "QUARANTINED_PROFILES",
     "REDIS_ERRORS",
     "REDIS_LATENCY",
     "REDIS_LATENCY_BUCKETS",
@@ -250,6 +251,12 @@ BUCKET_SIZE = Gauge(
     "customer_ai_bucket_size",
     "Profiles currently in each score bucket, per goal (SCARD of the segment sets: every worker reports the global size, so aggregate with max, not sum).",
     ["goal", "bucket"],
+    registry=REGISTRY,
+)
+QUARANTINED_PROFILES = Counter(
+    "customer_ai_quarantined_profiles_total",
+    "Profile records moved aside because they cannot be read, by reason.",
+    ["reason"],
     registry=REGISTRY,
 )
 

@@ -30,6 +30,8 @@ class _Store(Protocol):
 
     async def get_profile(self, profile_id: str) -> bytes | None: ...
 
+    def quarantine_key(self, profile_id: str) -> str: ...
+
 
 class _Scorer(Protocol):
     async def refresh_models(self) -> list[str]: ...
@@ -91,7 +93,10 @@ def register_views(
             rt = runtime()
             raw = await rt.store.get_profile(profile_id)
             if raw is None:
-                return self.json({"error": f"profile {profile_id!r} not found"}, status=404)
+                error = f"profile {profile_id!r} not found"
+                if await rt.store.redis.exists(rt.store.quarantine_key(profile_id)):
+                    error = f"profile {profile_id!r} is quarantined (customer-ai quarantine)"
+                return self.json({"error": error}, status=404)
             state = ProfileState.from_bytes(raw, [g.name for g in rt.engine.goals])
             return self.json(profile_document(rt.engine, profile_id, state))
 

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from stream.worker.redis_scripts import (
     CAS_BATCH,
     CAS_SCRIPT,
@@ -88,12 +90,19 @@ def decode_top_factors(
 
 @dataclass(slots=True)
 class LoadedProfile:
-    """A profile's stored state as loaded for a batch."""
+    """A profile's stored state as loaded for a batch.
+
+    ``unreadable`` says why the key could not be read (not a hash: ``WRONGTYPE ...``),
+    ``""`` when it could; ``quarantined`` that the profile has no key and its record is
+    quarantined (:mod:`stream.worker.quarantine`).
+    """
 
     state: bytes | None
     version: str
     offset: int
     top_factors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    unreadable: str = ""
+    quarantined: bool = False
 
 
 @dataclass(slots=True)
@@ -131,6 +140,31 @@ def _chunks(
         yield chunk
 
 
+def _cluster_row(row: Any, aside: Any) -> Any:
+    """A cluster load's ``HMGET`` reply and ``EXISTS`` of the quarantine key, as the
+    script's row: an error's text (a key of another type), ``0`` (quarantined) or the
+    fields. Other errors are raised (the store's retry or the caller handles them)."""
+    if isinstance(row, ResponseError):
+        if str(row).startswith("WRONGTYPE"):
+            return str(row).encode()
+        raise row
+    if isinstance(aside, Exception):
+        raise aside
+    if row[0] is None and row[1] is None and aside:
+        return 0
+    return row
+
+
+def _unloaded(row: Any) -> LoadedProfile:
+    """The :class:`LoadedProfile` of a load script row that is not a hash's fields."""
+    if row == 0:
+        return LoadedProfile(None, "", -1, quarantined=True)
+    text = row.decode("utf-8", "replace") if isinstance(row, bytes) else str(row)
+    if not text.startswith("WRONGTYPE"):  # not the record's fault: fail the load
+        raise ResponseError(text)
+    return LoadedProfile(None, "", -1, unreadable=text)
+
+
 class ProfileStore(StoreConnection):
     """Batch-wise access to profile state, the due index, watermarks and segments."""
 
@@ -143,6 +177,14 @@ class ProfileStore(StoreConnection):
     # ---- keys --------------------------------------------------------------------
     def profile_key(self, profile_id: str) -> str:
         return f"{self.prefix}:p:{{{profile_id}}}"
+
+    def quarantine_key(self, profile_id: str) -> str:
+        """Where a profile's unreadable record is moved aside (its hash tag kept)."""
+        return f"{self.prefix}:quarantine:{{{profile_id}}}"
+
+    def quarantined_key(self) -> str:
+        """The quarantine records: profile id -> JSON (reason, detail, when, where)."""
+        return f"{self.prefix}:quarantined"
 
     def due_key(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:due:{topic}:{partition}"
@@ -188,28 +230,38 @@ class ProfileStore(StoreConnection):
         Returns the same rows as one ``HMGET`` per profile would. Without cluster mode a
         chunk of :data:`~stream.worker.redis_scripts.SCRIPT_CHUNK` profiles is one call of
         :data:`~stream.worker.redis_scripts.LOAD_BATCH_SCRIPT`; in cluster mode each profile
-        is one ``HMGET``.
+        is one ``HMGET`` (and one ``EXISTS`` of its quarantine key). A key that is not a
+        hash is returned as ``unreadable`` (the other profiles load as usual); a profile
+        without a key whose record is quarantined as ``quarantined``.
         """
         if not profile_ids:
             return {}
 
         keys = [self.profile_key(pid) for pid in profile_ids]
+        quarantine = [self.quarantine_key(pid) for pid in profile_ids]
 
         async def run() -> list:
             if self.cluster:  # the keys live in many slots: one HMGET each
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
+                    for key, aside in zip(keys, quarantine):
                         pipe.hmget(key, "s", "v", offset_field, "tf")
-                    return await pipe.execute()
+                        pipe.exists(aside)
+                    replies = await pipe.execute(raise_on_error=False)
+                return [_cluster_row(r, q) for r, q in zip(replies[::2], replies[1::2])]
             calls: list[ScriptCall] = [
-                (LOAD_BATCH, keys[lo : lo + SCRIPT_CHUNK], [offset_field])
+                (LOAD_BATCH, keys[lo : lo + SCRIPT_CHUNK] + quarantine[lo : lo + SCRIPT_CHUNK],
+                 [offset_field])
                 for lo in range(0, len(keys), SCRIPT_CHUNK)
-            ]
+            ]  # fmt: skip
             return [row for reply in await self._run_scripts(calls) for row in reply]
 
         rows = await self._retry("load", run)
         out: dict[str, LoadedProfile] = {}
-        for pid, (state, version, offset, tf) in zip(profile_ids, rows):
+        for pid, row in zip(profile_ids, rows):
+            if not isinstance(row, list):  # 0: quarantined; an error's text: unreadable
+                out[pid] = _unloaded(row)
+                continue
+            state, version, offset, tf = row
             out[pid] = LoadedProfile(
                 state,
                 version.decode() if version else "",

@@ -25,6 +25,8 @@ __all__ = [
     "DUE_BATCH_SCRIPT",
     "LOAD_BATCH",
     "LOAD_BATCH_SCRIPT",
+    "QUARANTINE",
+    "QUARANTINE_SCRIPT",
     "SCRIPT_CHUNK",
     "SCRIPT_CHUNK_MOVES",
     "Script",
@@ -126,12 +128,46 @@ end
 return moved
 """
 
-#: KEYS: profile keys; ARGV[1] the offset field. Returns, per key, the ``HMGET`` of its
-#: ``s``, ``v``, offset field and ``tf`` (read only: a chunk is read at one instant).
+#: KEYS[1 .. n]: profile keys, KEYS[n + 1 .. 2n] their quarantine keys; ARGV[1] the
+#: offset field. Returns, per profile, the ``HMGET`` of its ``s``, ``v``, offset field and
+#: ``tf``; the error text instead when the key cannot be read as a hash (``WRONGTYPE``: a
+#: poison record costs only itself, not the chunk); ``0`` when the profile has no key
+#: and is quarantined. Read only: a chunk is read at one instant.
 LOAD_BATCH_SCRIPT = """
-local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], 's', 'v', ARGV[1], 'tf') end
+local out, n = {}, #KEYS / 2
+for i = 1, n do
+  local r = redis.pcall('HMGET', KEYS[i], 's', 'v', ARGV[1], 'tf')
+  if r.err then
+    out[i] = r.err
+  elseif not r[1] and not r[2] and redis.call('EXISTS', KEYS[n + i]) == 1 then
+    out[i] = 0
+  else
+    out[i] = r
+  end
+end
 return out
+"""
+
+#: KEYS[1] profile key, KEYS[2] its quarantine key (same hash slot), then optionally
+#: KEYS[3] the quarantine records (hash) and KEYS[4] the due index (not in cluster mode,
+#: where they live in other slots). ARGV: the profile id, the record (JSON), and the
+#: version the profile was loaded at (``*``: its key was not a hash). Moves the key aside
+#: only if it is still the record that was found unreadable (a hash at that version, or
+#: still not a hash), records it and drops its due entry, atomically. Returns 1 if moved.
+QUARANTINE_SCRIPT = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return 0 end
+if t == 'hash' then
+  if ARGV[3] == '*' or (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[3] then return 0 end
+elseif ARGV[3] ~= '*' then
+  return 0
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+if #KEYS > 2 then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+return 1
 """
 
 
@@ -149,6 +185,7 @@ class Script:
 CAS_BATCH = Script(CAS_BATCH_SCRIPT)
 DUE_BATCH = Script(DUE_BATCH_SCRIPT)
 LOAD_BATCH = Script(LOAD_BATCH_SCRIPT)
+QUARANTINE = Script(QUARANTINE_SCRIPT)
 
 #: A script call queued in a pipeline: (script, KEYS, ARGV).
 ScriptCall = tuple[Script, list[Any], list[Any]]

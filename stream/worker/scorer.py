@@ -11,7 +11,9 @@ it each batch of raw records and acknowledges them once it returns. For a batch:
    to the repartition topic (keyed by profile id) instead of being scored here:
    the applied-offset watermark ``o:<topic>:<partition>`` is only meaningful if one partition
    of a topic owns each profile;
-3. load the touched profiles' state in one Redis pipeline;
+3. load the touched profiles' state in one Redis pipeline; a profile whose record cannot
+   be read is quarantined and its events dead-lettered as ``corrupt_state``, the rest of
+   the partition going on (:mod:`stream.worker.quarantine`);
 4. run the :class:`~models.engine.Engine` per event in offset order, skipping events
    at or below the profile's applied offset (already applied: exactly-once state);
 5. mature label snapshots of idle profiles whose window closed before the
@@ -58,6 +60,7 @@ from models.outcome import Outcome
 from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
+from stream.worker import quarantine
 from stream.worker.lanes import Lanes, Place
 from stream.worker.producer import BatchProducer
 from stream.worker.retry import Failure, RetryPolicy
@@ -457,9 +460,20 @@ class BatchScorer:
         engine = self.engine
         goals = self.goal_names
         states: dict[str, ProfileState | None] = {}
+        poison: dict[str, quarantine.Poisoned] = {}
         for pid in subset:
             row = loaded[pid]
-            states[pid] = ProfileState.from_bytes(row.state, goals) if row.state else None
+            if row.unreadable or row.quarantined:
+                poison[pid] = quarantine.poisoned(pid, row)
+                continue
+            try:
+                states[pid] = ProfileState.from_bytes(row.state, goals) if row.state else None
+            except Exception as exc:  # noqa: BLE001 - a record we cannot read costs only itself
+                poison[pid] = quarantine.poisoned(pid, row, exc)
+        redo: set[str] = set()
+        if poison:
+            subset = subset - poison.keys()
+            redo = await self._isolate(topic, items, poison, due_key, counts, outbox)
         applied_offset = {pid: loaded[pid].offset for pid in subset}
         # each profile's place in the segment index as stored: (bucket, top factors) per goal
         index_before: dict[str, dict[str, SegmentEntry]] = {}
@@ -546,6 +560,35 @@ class BatchScorer:
             due_versions[pid] = str(int(loaded[pid].version or 0) + 1)  # what the CAS writes
             newest[pid] = state.ref_ts
         activity = None if activity_key is None else (activity_key, newest)
-        return await self.store.save(
+        fenced = await self.store.save(
             writes, due, due_key, wm_key, watermark, due_versions, activity
         )
+        return fenced | redo
+
+    async def _isolate(
+        self,
+        topic: str,
+        items: list[tuple[Record, Event, tuple]],
+        poison: dict[str, quarantine.Poisoned],
+        due_key: str,
+        counts: dict[str, int],
+        outbox: list[OutMessage],
+    ) -> set[str]:
+        """Quarantine ``poison``'s unreadable records; dead-letter their events of ``items``.
+
+        Returns the profiles whose record changed since it was loaded (not quarantined
+        and not dead-lettered: re-done from the fresh record, like a fenced write).
+        """
+        partition = items[0][0].partition
+        moved = await quarantine.quarantine(self.store, poison.values(), topic, partition, due_key)
+        changed = {pid for pid, p in poison.items() if p.reason and pid not in moved}
+        for record, event, _ in items:
+            p = poison.get(event.profile_id)
+            if p is None or p.profile_id in changed:
+                continue
+            if record.offset <= p.offset:  # applied before the record went bad
+                counts["skipped"] += 1
+                continue
+            self._reject(record, quarantine.DLQ_REASON, quarantine.dead_letter_detail(p), outbox)
+            counts["rejected"] += 1
+        return changed

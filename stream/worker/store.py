@@ -28,6 +28,9 @@ key                                    value
 ``P:learnt:<goal>`` (zset)             ids of the examples learnt (the newest
                                        ``LEARNT_IDS_KEPT``), scored by learning time (ms)
 ``P:models`` (hash)                    goal -> served model version
+``P:quarantine:{<profile_id>}``        a profile record that could not be read, moved aside
+                                       (:mod:`stream.worker.quarantine`)
+``P:quarantined`` (hash)               profile id -> why and when it was quarantined (JSON)
 ``P:seg:<goal>:<bucket>`` (set)        profiles currently in that bucket
 ``P:segf:<goal>:<bucket>:<feature>``   profiles in that bucket whose last score's top factors
 (set)                                  (the ``factors`` of the score message) include

@@ -100,7 +100,7 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
     commands = _subparsers(parser)
     assert set(commands) == {
         "dev", "worker", "generate", "replay", "tail", "profile", "evaluate", "lag",
-        "segment", "demo",
+        "segment", "demo", "quarantine",
     }  # fmt: skip
     for name, sub in {"customer-ai": parser, **commands}.items():
         formatter = sub._get_formatter()
@@ -177,6 +177,7 @@ CONFIG_COMMANDS = {
     "tail": ["--goal", "conversion"],
     "profile": ["p-1"],
     "segment": ["--goal", "conversion"],
+    "quarantine": ["release", "p-1", "--reset"],
     "evaluate": ["{events}", "--out", "out"],
     "demo": [],
 }
@@ -229,6 +230,7 @@ def test_tail_of_an_unknown_goal_fails_at_once_listing_the_goals(tmp_path: Path)
     [
         (["profile", "p-1"], "REDIS_URL"),
         (["segment", "--goal", "conversion"], "REDIS_URL"),
+        (["quarantine"], "REDIS_URL"),
         (["tail"], "KAFKA_BOOTSTRAP_SERVERS"),
         (["replay", "events.jsonl"], "KAFKA_BOOTSTRAP_SERVERS"),
         (["lag"], "KAFKA_BOOTSTRAP_SERVERS"),
@@ -253,7 +255,11 @@ def test_the_servers_of_dev_env_are_used(tmp_path: Path) -> None:
     assert f"cannot reach Redis at {url}" in line
 
 
-@pytest.mark.parametrize("command", [["profile", "p-1"], ["segment", "--goal", "conversion"]])
+@pytest.mark.parametrize(
+    "command",
+    [["profile", "p-1"], ["segment", "--goal", "conversion"], ["quarantine"],
+     ["quarantine", "show", "p-1"], ["quarantine", "release", "p-1", "--restore"]],
+)  # fmt: skip
 def test_unreachable_redis_is_named_with_its_password_redacted(
     tmp_path: Path, command: list[str]
 ) -> None:
