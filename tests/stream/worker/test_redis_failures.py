@@ -1,0 +1,325 @@
+"""Redis failures by kind, start while the servers are down, and health that tells the truth.
+
+Issue 16, items 3, 5 (the eviction check) and 7, on real servers (Tansu, a private
+Valkey, ``customer-ai worker`` subprocesses). The oracle is the backtest, as in
+:mod:`tests.stream.worker.test_faults` (whose helpers these tests use):
+
+- Redis refusing writes (``OOM`` with ``noeviction``, ``READONLY`` after it became a
+  replica) pauses the worker, ``/healthz`` says why, ``customer_ai_redis_errors_total``
+  counts the kind; after recovery no valid event is in the DLQ and the states, scores
+  and learnt examples equal the backtest's;
+- a worker started before the broker, or before Redis, waits and then scores;
+- a Redis whose ``maxmemory-policy`` evicts keys is refused (exit 2, the fix named)
+  unless ``CUSTOMER_AI_ALLOW_EVICTION=1``;
+- ``/healthz`` answers 503 with the reason for a partition that makes no progress and
+  for a broker that does not answer.
+
+Contract: docs/GUARANTEES.md ("Redis failures"), docs/OPERATING.md ("Health", "Redis
+memory and eviction", "Retries").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from models.messages import example_message
+from stream.cli.replay import ensure_topics
+from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
+from tests.harness import REPO, WorkerProcess, consume_all, produce, wait_until
+from tests.stream.worker.test_faults import (
+    CONFIG,
+    EVENTS,
+    PARTITIONS,
+    SEED,
+    SETTINGS,
+    Replayer,
+    broker,
+    build_dataset,
+    figures,
+    log_count,
+    make_examples,
+    stored_states,
+    valkey,
+    verify,
+    wait_applied,
+    wait_lag_drained,
+)
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["broker", "valkey"]  # the fixtures, used by name
+
+#: health and lag readings every second, a partition stalled after 3 s
+FAST_HEALTH = {"CUSTOMER_AI_METRICS_INTERVAL": "1", "CUSTOMER_AI_STALL_SECONDS": "3"}
+
+
+def health(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        status, body = worker.get("/healthz", timeout=5.0)
+    except OSError:
+        return 0, {}
+    return status, orjson.loads(body) if body else {}
+
+
+def wait_reason(worker: WorkerProcess, prefix: str, timeout: float) -> dict[str, Any]:
+    """Wait until ``/healthz`` answers 503 with a reason starting with ``prefix``."""
+    seen: dict[str, Any] = {}
+
+    def found() -> bool:
+        nonlocal seen
+        status, body = health(worker)
+        seen = body
+        return status == 503 and any(r.startswith(prefix) for r in body.get("reasons", []))
+
+    try:
+        wait_until(found, timeout, interval=0.5, what=f"/healthz 503 with {prefix!r}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last body {seen}\n{worker.log_tail()}") from None
+    return seen
+
+
+def redis_errors(worker: WorkerProcess, kind: str) -> float:
+    """``customer_ai_redis_errors_total`` of ``kind``, summed over ``op``."""
+    _, text = worker.get("/metrics")
+    pattern = r'^customer_ai_redis_errors_total\{[^}]*kind="' + kind + r'"[^}]*\} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text.decode(), re.M))
+
+
+def applied(client: redis.Redis) -> int:
+    return sum(s.n_events for s in stored_states(client).values())
+
+
+def dead_letters(bootstrap: str) -> list[dict[str, Any]]:
+    messages = asyncio.run(consume_all(bootstrap, SETTINGS.topic("dlq"), idle=1.5))
+    return [orjson.loads(m.value) for m in messages]
+
+
+def worker_for(bootstrap: str, url: str, log_dir: Path, name: str, **env: str) -> WorkerProcess:
+    return WorkerProcess(bootstrap, url, log_dir, name=name, CUSTOMER_AI_CONFIG=str(CONFIG), **env)
+
+
+# ---- 1, 2. OOM and READONLY: pause, then exactly once -----------------------------------
+
+
+def _oom(client: redis.Redis) -> Callable[[], None]:
+    client.config_set("maxmemory", "1")  # below what is used: every write is refused
+    return lambda: client.config_set("maxmemory", "0")
+
+
+def _readonly(client: redis.Redis) -> Callable[[], None]:
+    # a replica of a master that never answers: it keeps its data, serves reads, and
+    # refuses every write with READONLY (what a client of a failed-over primary sees)
+    client.execute_command("REPLICAOF", "127.0.0.1", str(find_free_port()))
+    return lambda: client.execute_command("REPLICAOF", "NO", "ONE")
+
+
+FAULTS: dict[str, tuple[Callable[[redis.Redis], Callable[[], None]], str]] = {
+    "oom": (_oom, "OOM"),
+    "readonly": (_readonly, "READONLY"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_redis_refusing_writes_pauses_the_worker_then_every_event_applies_once(
+    fault: str, broker: BrokerProcess, valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    inject, code = FAULTS[fault]
+    ds = build_dataset(profiles=220, days=90, seed=SEED + 16)
+    url = valkey.url + "/0"
+    client = redis.Redis.from_url(url)
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    worker = worker_for(broker.bootstrap, url, tmp_path, "worker", **FAST_HEALTH).start()
+    pid = worker.proc.pid if worker.proc else None
+    replay = Replayer(broker.bootstrap, ds.messages, rate=250)
+    try:
+        replay.start()
+        wait_until(lambda: applied(client) > 0, 60, what="the worker to start scoring")
+        assert replay.running, "the replay ended before the fault: slow it down"
+        revert = inject(client)
+        during = wait_reason(worker, f"redis: {code} since", 60)
+        # nothing can be stored while Redis refuses writes; events queue (lag grows)
+        stalled = wait_reason(worker, f"partition {EVENTS}[", 60)
+        before = applied(client)
+        errors = redis_errors(worker, fault)
+        assert errors > 0, "customer_ai_redis_errors_total has no series of the kind"
+        assert applied(client) == before < ds.n_valid
+        revert()
+        replay.finish()
+        drain = wait_applied(client, ds, timeout=240, what=f"after {code}")
+        wait_lag_drained(broker.bootstrap)
+        wait_until(lambda: health(worker)[0] == 200, 60, what="/healthz 200 after recovery")
+        verdict = verify(ds, url, broker.bootstrap)
+        dlq = dead_letters(broker.bootstrap)
+        lines = log_count(worker, "pausing, retrying in")
+        figures(
+            f"redis {code}",
+            events=ds.n_valid,
+            applied_when_paused=before,
+            redis_errors=errors,
+            log_lines=lines,
+            dead_letters=len(dlq),
+            seconds_to_drain_after_replay=round(drain, 1),
+            **verdict.as_dict(),
+        )
+        assert not [d for d in dlq if d["reason"] == "internal_error"], dlq[:3]
+        assert len(dlq) == len(ds.messages) - ds.n_valid  # only the invalid input, if any
+        assert worker.alive and worker.proc is not None and worker.proc.pid == pid
+        assert 1 <= lines < errors, "one log line per kind of failure, not one per retry"
+        assert during["partitions_assigned"] > 0 and stalled["reasons"]
+        verdict.assert_exact()
+    finally:
+        client.close()
+        worker.stop()
+
+
+# ---- 3. started before the broker, before Redis ------------------------------------------
+
+
+def wait_log(worker: WorkerProcess, needle: str, times: int, timeout: float = 90.0) -> None:
+    def seen() -> bool:
+        assert worker.alive, worker.log_tail()
+        return log_count(worker, needle) >= times
+
+    wait_until(seen, timeout, interval=0.3, what=f"{times} x {needle!r} in the worker log")
+
+
+def score_a_few(bootstrap: str, client: redis.Redis, seed: int) -> None:
+    ds = build_dataset(profiles=30, days=20, seed=seed)
+    asyncio.run(produce(bootstrap, EVENTS, [(k, v) for k, v, _ in ds.messages if v]))
+    wait_applied(client, ds, timeout=120, what="after a late start")
+
+
+@pytest.mark.slow
+def test_a_worker_started_before_the_broker_waits_for_it(
+    valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    port = find_free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    client = redis.Redis.from_url(valkey.url + "/0")
+    worker = worker_for(bootstrap, valkey.url + "/0", tmp_path, "worker")
+    worker.start(wait_ready=False)
+    server = BrokerProcess(log_path=tmp_path / "tansu.log")
+    try:
+        # four attempts: the next wait is 4 s, time to create the topic before Faust starts
+        wait_log(worker, f"waiting for the broker at {bootstrap}: attempt ", 4)
+        server.start(port)
+        asyncio.run(ensure_topics(server.bootstrap, {EVENTS: PARTITIONS}, {}))
+        worker.wait_ready(120)
+        score_a_few(server.bootstrap, client, SEED + 17)
+        assert "Traceback" not in worker.log_path.read_text(errors="replace")
+    finally:
+        client.close()
+        worker.stop()
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_started_before_redis_waits_for_it(broker: BrokerProcess, tmp_path: Path) -> None:
+    port = find_free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    worker = worker_for(broker.bootstrap, url, tmp_path, "worker").start(wait_ready=False)
+    server = ValkeyProcess(log_path=tmp_path / "valkey" / "valkey.log")
+    client: redis.Redis | None = None
+    try:
+        wait_log(worker, f"waiting for Redis at {url}: attempt ", 2)
+        server.start(port)
+        worker.wait_ready(120)
+        client = redis.Redis.from_url(url)
+        score_a_few(broker.bootstrap, client, SEED + 18)
+        assert "Traceback" not in worker.log_path.read_text(errors="replace")
+    finally:
+        if client is not None:
+            client.close()
+        worker.stop()
+        server.stop()
+
+
+# ---- 4. an evicting Redis is refused -----------------------------------------------------
+
+
+def test_an_evicting_redis_is_refused_unless_allowed(
+    broker: BrokerProcess, valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    url = valkey.url + "/0"
+    client = redis.Redis.from_url(url)
+    try:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        refused = WorkerProcess(broker.bootstrap, url, tmp_path, CUSTOMER_AI_CONFIG=str(CONFIG))
+        proc = subprocess.run(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            cwd=REPO,
+            env=refused.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "maxmemory-policy allkeys-lru" in proc.stderr
+        assert "CONFIG SET maxmemory-policy noeviction" in proc.stderr
+        assert "CUSTOMER_AI_ALLOW_EVICTION=1" in proc.stderr
+
+        allowed = worker_for(
+            broker.bootstrap, url, tmp_path, "allowed", CUSTOMER_AI_ALLOW_EVICTION="1"
+        )
+        with allowed:
+            assert log_count(allowed, "exactly-once no longer holds") == 1
+        # volatile-* evicts only keys with a TTL, and the worker sets none: accepted
+        client.config_set("maxmemory-policy", "volatile-lru")
+        with worker_for(broker.bootstrap, url, tmp_path, "volatile") as volatile:
+            assert log_count(volatile, "maxmemory-policy") == 0
+    finally:
+        client.close()
+
+
+# ---- 5. /healthz: a partition that makes no progress, a broker that does not answer ------
+
+
+@pytest.mark.slow
+def test_healthz_names_a_stalled_partition_and_an_unreachable_broker(
+    broker: BrokerProcess, valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    url = valkey.url + "/0"
+    client = redis.Redis.from_url(url)
+    worker = worker_for(broker.bootstrap, url, tmp_path, "worker", **FAST_HEALTH).start()
+    training = SETTINGS.topic("training")
+    first, second = make_examples(2, seed=SEED)
+    try:
+        assert health(worker)[0] == 200
+        asyncio.run(produce(broker.bootstrap, training, [(b"0", example_message(first))]))
+        wait_until(
+            lambda: client.hget("cai:trainer:offsets", "0") is not None, 60, what="first example"
+        )
+        time.sleep(3)  # Faust commits the training partition every second
+        # the trained offsets are not a hash any more: every training batch fails (the
+        # trainer pauses on it, it is never dead-lettered), so training[0] stops moving
+        stored = client.hgetall("cai:trainer:offsets")
+        client.delete("cai:trainer:offsets")
+        client.set("cai:trainer:offsets", "not a hash")
+        asyncio.run(produce(broker.bootstrap, training, [(b"1", example_message(second))]))
+        body = wait_reason(worker, f"partition {training}[0]: no progress since", 90)
+        assert body["redis"] is True
+        assert not [r for r in body["reasons"] if r.startswith(f"partition {EVENTS}")]
+        client.delete("cai:trainer:offsets")
+        client.hset("cai:trainer:offsets", mapping=stored)
+        wait_until(lambda: health(worker)[0] == 200, 120, what="/healthz 200 once it moves")
+
+        with broker.paused_for():
+            body = wait_reason(worker, "broker: unreachable since", 60)
+        wait_until(lambda: health(worker)[0] == 200, 120, what="/healthz 200 after the broker")
+        figures("healthz", broker_reasons=body["reasons"])
+    finally:
+        client.close()
+        worker.stop()
