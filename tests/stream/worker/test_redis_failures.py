@@ -21,9 +21,11 @@ memory and eviction", "Retries").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,7 +115,10 @@ def worker_for(bootstrap: str, url: str, log_dir: Path, name: str, **env: str) -
 
 
 def _oom(client: redis.Redis) -> Callable[[], None]:
-    client.config_set("maxmemory", "1")  # below what is used: every write is refused
+    # a little above what is used: Redis fills up while the worker writes (pipelines of
+    # CAS scripts, due entries and the trainer's transactions are refused part way)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used + 64 * 1024))
     return lambda: client.config_set("maxmemory", "0")
 
 
@@ -136,7 +141,7 @@ def test_redis_refusing_writes_pauses_the_worker_then_every_event_applies_once(
     fault: str, broker: BrokerProcess, valkey: ValkeyProcess, tmp_path: Path
 ) -> None:
     inject, code = FAULTS[fault]
-    ds = build_dataset(profiles=220, days=90, seed=SEED + 16)
+    ds = build_dataset(profiles=300, days=120, seed=SEED + 16)
     url = valkey.url + "/0"
     client = redis.Redis.from_url(url)
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
@@ -145,7 +150,7 @@ def test_redis_refusing_writes_pauses_the_worker_then_every_event_applies_once(
     replay = Replayer(broker.bootstrap, ds.messages, rate=250)
     try:
         replay.start()
-        wait_until(lambda: applied(client) > 0, 60, what="the worker to start scoring")
+        wait_until(lambda: applied(client) > ds.n_valid // 4, 120, what="a quarter of the events")
         assert replay.running, "the replay ended before the fault: slow it down"
         revert = inject(client)
         during = wait_reason(worker, f"redis: {code} since", 60)
@@ -169,6 +174,7 @@ def test_redis_refusing_writes_pauses_the_worker_then_every_event_applies_once(
             applied_when_paused=before,
             redis_errors=errors,
             log_lines=lines,
+            partly_applied_writes_redone=log_count(worker, "profile writes fenced"),
             dead_letters=len(dlq),
             seconds_to_drain_after_replay=round(drain, 1),
             **verdict.as_dict(),
@@ -323,3 +329,91 @@ def test_healthz_names_a_stalled_partition_and_an_unreachable_broker(
     finally:
         client.close()
         worker.stop()
+
+
+# ---- every kind is retried in place, counted and reported (store level, real Valkey) -----
+
+
+def _busy(client: redis.Redis) -> Callable[[], None]:
+    client.config_set("busy-reply-threshold", "10")  # ms before others get BUSY
+    blocker = redis.Redis(
+        host=client.connection_pool.connection_kwargs["host"],
+        port=client.connection_pool.connection_kwargs["port"],
+    )
+
+    def loop_forever() -> None:
+        with contextlib.suppress(redis.RedisError):  # ended by SCRIPT KILL
+            blocker.eval("while true do end", 0)
+
+    looping = threading.Thread(target=loop_forever, daemon=True)
+    looping.start()
+    time.sleep(0.2)
+
+    def end() -> None:
+        wait_until(lambda: _script_killed(client), 10, what="SCRIPT KILL")
+        looping.join(10)
+        blocker.close()
+
+    return end
+
+
+def _script_killed(client: redis.Redis) -> bool:
+    try:
+        client.script_kill()
+    except redis.ResponseError as exc:  # NOTBUSY: it ended
+        return "NOTBUSY" in str(exc)
+    return True
+
+
+def _masterdown(client: redis.Redis) -> Callable[[], None]:
+    client.config_set("replica-serve-stale-data", "no")
+    client.execute_command("REPLICAOF", "127.0.0.1", str(find_free_port()))
+
+    def end() -> None:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.config_set("replica-serve-stale-data", "yes")
+
+    return end
+
+
+@pytest.mark.parametrize(
+    ("kind", "inject"), [("busy", _busy), ("masterdown", _masterdown), ("oom", None)]
+)
+async def test_each_kind_is_retried_in_place_and_reported(
+    valkey: ValkeyProcess, kind: str, inject: Callable[[redis.Redis], Callable[[], None]] | None
+) -> None:
+    from stream.ops import metrics
+    from stream.ops.health import HEALTH
+    from stream.worker.store import RedisStore
+
+    client = redis.Redis.from_url(valkey.url + "/0")
+    store = RedisStore(valkey.url + "/0")
+    key = store.watermark_key("t", 0)
+    client.set(key, 42)
+    op = "watermark" if inject else "index"
+    labels = {"op": op, "kind": kind}
+    before = metrics.REGISTRY.get_sample_value("customer_ai_redis_errors_total", labels)
+    try:
+        if inject is None:  # OOM: a write (the batch's store) refused while Redis is full
+            client.config_set("maxmemory", "1")
+            end: Callable[[], None] = lambda: client.config_set("maxmemory", "0")  # noqa: E731
+            call = asyncio.create_task(store.save([], {}, store.due_key("t", 0), key, 43))
+        else:
+            end = inject(client)
+            call = asyncio.create_task(store.watermark(key))
+        for _ in range(200):
+            condition = HEALTH.get("redis")
+            if condition is not None and condition.count >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert not call.done(), "the call gave up instead of waiting"
+        assert condition is not None and condition.kind == kind.upper()
+        await asyncio.to_thread(end)
+        result = await asyncio.wait_for(call, 30)
+        assert result == (42 if inject else set())
+        assert HEALTH.get("redis") is None  # no call retries any more
+        after = metrics.REGISTRY.get_sample_value("customer_ai_redis_errors_total", labels)
+        assert after is not None and after - (before or 0.0) >= 2
+    finally:
+        client.close()
+        await store.close()
