@@ -1,4 +1,12 @@
-"""The store's connection to Redis (or Redis Cluster) and its retry of failed calls."""
+"""The store's connection to Redis (or Redis Cluster) and its retry of failed calls.
+
+A call fails "by kind" (:func:`stream.ops.metrics.redis_error_kind`): connection loss,
+timeouts, and the server's ``LOADING``, ``READONLY``, ``BUSY``, ``OOM`` and
+``MASTERDOWN``. Those are retried in place forever (:data:`REDIS_RETRIES`), counted in
+``customer_ai_redis_errors_total{op,kind}`` and reported to the worker's health
+(:data:`stream.ops.health.HEALTH`, condition ``redis``) while any call retries. Any
+other error (a script bug, ``WRONGTYPE``...) is raised at once to the caller.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from stream.ops.health import HEALTH
 from stream.worker.redis_packing import use_hiredis_packing
 from stream.worker.retry import Failure, RetryPolicy
 
-__all__ = ["REDIS_RETRIES", "RedisUnavailable", "StoreConnection", "redis_failing"]
+__all__ = ["REDIS_RETRIES", "RedisUnavailable", "StoreConnection"]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +62,6 @@ REDIS_RETRIES = RetryPolicy(
 
 #: calls of this process now retrying (the ``redis`` health condition lasts while any does)
 _failing_calls = 0
-
-
-def redis_failing() -> bool:
-    """Whether a Redis call of this process is being retried now."""
-    return _failing_calls > 0
 
 
 class StoreConnection:
