@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,28 @@ import orjson
 import pytest
 import redis
 
+from models.engine import Engine
 from models.messages import example_message
+from models.profile import profile_document
 from stream.cli.replay import ensure_topics
 from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
+from stream.worker.redis_scripts import CAS_BATCH, SCRIPT_CHUNK
+from stream.worker.scorer import BatchScorer, Record
+from stream.worker.store import RedisStore
 from tests.harness import REPO, WorkerProcess, consume_all, produce, wait_until
 from tests.stream.worker.test_faults import (
+    CFG,
     CONFIG,
     EVENTS,
     PARTITIONS,
     SEED,
     SETTINGS,
+    CollectingProducer,
     Replayer,
     broker,
     build_dataset,
+    doc_view,
+    due_index_errors,
     figures,
     log_count,
     make_examples,
@@ -384,7 +394,6 @@ async def test_each_kind_is_retried_in_place_and_reported(
 ) -> None:
     from stream.ops import metrics
     from stream.ops.health import HEALTH
-    from stream.worker.store import RedisStore
 
     client = redis.Redis.from_url(valkey.url + "/0")
     store = RedisStore(valkey.url + "/0")
@@ -417,3 +426,80 @@ async def test_each_kind_is_retried_in_place_and_reported(
     finally:
         client.close()
         await store.close()
+
+
+# ---- a pipeline refused part way: re-sent whole, exactly once (in process, real OOM) ------
+
+
+class FillsUpMidPipeline(RedisStore):
+    """Its first multi-chunk profile write: chunk 1 is applied, then Redis is full (a real
+    ``OOM`` for the rest of the pipeline) until ``maxmemory`` is raised 0.5 s later."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.filled = False
+        self.refill: asyncio.Task[None] | None = None
+
+    async def _run_scripts(self, calls: list[Any], queue: Any = None) -> list[Any]:
+        if not self.filled and len(calls) > 1 and calls[0][0] is CAS_BATCH:
+            self.filled = True
+            await super()._run_scripts(calls[:1])  # chunk 1 applied...
+            await self.redis.config_set("maxmemory", "1")  # ...then Redis is full
+
+            async def raise_maxmemory() -> None:
+                await asyncio.sleep(0.5)
+                await self.redis.config_set("maxmemory", "0")
+
+            self.refill = asyncio.create_task(raise_maxmemory())
+        return await super()._run_scripts(calls, queue)
+
+
+async def test_a_pipeline_refused_part_way_is_re_sent_and_applies_exactly_once(
+    valkey: ValkeyProcess,
+) -> None:
+    """The store's retry re-sends the whole pipeline: chunk 1's writes, applied before the
+    ``OOM``, are refused as fenced and re-done from the stored state (nothing applied or
+    sent twice), the rest apply; states equal the backtest, nothing is dead-lettered."""
+    from stream.ops import metrics
+
+    ds = build_dataset(profiles=450, days=20, seed=SEED + 19)
+    records = [Record(EVENTS, 0, i, k, v, None) for i, (k, v, _) in enumerate(ds.messages)]
+    url = valkey.url + "/0"
+    store = FillsUpMidPipeline(url)
+    producer = CollectingProducer()
+    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    labels = {"op": "store", "kind": "oom"}
+    before = metrics.REGISTRY.get_sample_value("customer_ai_redis_errors_total", labels) or 0.0
+    try:
+        counts = await asyncio.wait_for(scorer.process(records), 120)
+        assert store.filled and store.refill is not None
+        await store.refill
+    finally:
+        await store.close()
+    after = metrics.REGISTRY.get_sample_value("customer_ai_redis_errors_total", labels) or 0.0
+    client = redis.Redis.from_url(url)
+    try:
+        states = stored_states(client)
+    finally:
+        client.close()
+    got = {pid: doc_view(profile_document(scorer.engine, pid, st)) for pid, st in states.items()}
+    mismatched = [pid for pid in ds.docs if got.get(pid) != ds.docs[pid]]
+    topics = Counter(t for t, _, _ in producer.messages)
+    scores = Counter(
+        (d["event_id"], d["goal"])
+        for d in (orjson.loads(v) for t, _, v in producer.messages if t == SETTINGS.topic("scores"))
+    )
+    figures(
+        "pipeline refused part way",
+        profiles=len(ds.docs),
+        oom_errors=after - before,
+        fenced_and_redone=counts["fenced"],
+        mismatches=len(mismatched),
+    )
+    assert after - before >= 1
+    assert counts["fenced"] == SCRIPT_CHUNK  # chunk 1, re-done from the stored state
+    assert counts["events"] == ds.n_valid and counts["rejected"] == 0
+    assert topics[SETTINGS.topic("dlq")] == 0
+    assert set(scores) == ds.scores and max(scores.values()) == 1  # each sent once
+    assert not mismatched and set(got) == set(ds.docs)
+    assert due_index_errors(url) == []
