@@ -493,7 +493,7 @@ def test_render_exposes_the_registry() -> None:
     text = payload.decode()
     assert content_type.startswith("text/plain")
     assert 'customer_ai_scores_total{goal="deploy-test"} 1.0' in text
-    assert 'customer_ai_redis_errors_total{op="deploy-test"} 1.0' in text
+    assert 'customer_ai_redis_errors_total{kind="connection",op="deploy-test"} 1.0' in text
     assert 'customer_ai_end_to_end_latency_seconds_bucket{le="0.25"}' in text
     assert "customer_ai_processing_latency_seconds_count" in text
     assert "process_resident_memory_bytes" in text or "python_info" in text

@@ -25,7 +25,6 @@ configuration error, 1 for a runtime failure (:func:`run`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import logging
 import math
@@ -58,8 +57,6 @@ SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
     "segment": ("redis",),
     "quarantine": ("redis",),
 }
-#: how long ``customer-ai worker`` waits for the broker to answer before it starts Faust
-KAFKA_TIMEOUT_MS = 10_000
 #: commands that use the servers of ``.customer-ai/dev.env`` (``dev up``) if the env names none
 USES_DEV_SERVERS = frozenset({"worker", *SERVERS_NEEDED})
 
@@ -135,15 +132,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # a dependency outside its supported range: one message naming the version to install
     # (DependencyError exits with status 1), before any server is asked
     compat.check_versions()
-    # Faust crashes with a traceback when the broker does not answer at start: ask first.
-    # Redis is not asked: a worker waits for Redis (an outage stalls it, nothing is lost)
-    kafka_log = logging.getLogger("aiokafka")
-    level = kafka_log.level
-    kafka_log.setLevel(logging.CRITICAL)  # the failure is reported in one line
-    try:
-        asyncio.run(kafka_answers(s.bootstrap))
-    finally:
-        kafka_log.setLevel(level)
     if web_port_taken(s.web_host, s.web_port):  # Faust would fail with a traceback later
         raise CliError(
             f"port {s.web_port} on {s.web_host} is in use (another worker?); "
@@ -162,6 +150,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         highlight=False,
         markup=False,
     )
+    # Faust crashes with a traceback when the broker does not answer at start: wait for
+    # it and for Redis first (one line per attempt), and refuse a Redis that evicts keys
+    from stream.worker.startup import StartupError, prepare
+
+    def say(line: str) -> None:
+        console.print(f"customer-ai worker: {line}", soft_wrap=True, highlight=False, markup=False)
+
+    try:
+        warnings = prepare(s, say=say)
+    except StartupError as exc:
+        raise CliError(str(exc), 2) from None
+    for line in warnings:
+        say(f"warning: {line}")
     from stream.worker.app import main as worker_main
 
     sys.argv = [sys.argv[0], "worker"]
@@ -188,29 +189,6 @@ def web_port_taken(host: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
-
-
-async def kafka_answers(bootstrap: str) -> None:
-    """Return once a broker of ``bootstrap`` answered a metadata request.
-
-    Raises
-    ------
-    aiokafka.errors.KafkaConnectionError
-        None of them answered.
-    """
-    from aiokafka.client import AIOKafkaClient
-
-    from stream.worker.security import kafka_security_kwargs
-
-    client = AIOKafkaClient(
-        bootstrap_servers=bootstrap,
-        request_timeout_ms=KAFKA_TIMEOUT_MS,
-        **kafka_security_kwargs(os.environ),
-    )
-    try:
-        await client.bootstrap()
-    finally:
-        await client.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,7 +1,11 @@
 """The worker's lag gauges: a background task that reads lag from the broker.
 
 It keeps the ``customer_ai_consumer_*`` gauges of :mod:`stream.ops.metrics` current
-(also while the worker's own consumer is stalled) and survives broker errors.
+(also while the worker's own consumer is stalled) and survives broker errors. It also
+tells the worker's health (:mod:`stream.ops.health`, ``/healthz``) when the broker does
+not answer (condition ``broker``) and when an assigned partition makes no progress:
+lag > 0 and a committed offset that has not moved for longer than ``stall_seconds``
+(``CUSTOMER_AI_STALL_SECONDS``; condition ``partition <topic>[<n>]``).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stream.ops import metrics
+from stream.ops.health import HEALTH
 from stream.ops.lag import LagReader, LagTracker, PartitionLag
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.security import kafka_security_kwargs
@@ -49,6 +54,12 @@ class LagPoller:
         Upper bound in seconds of one reading; defaults to ``max(10, 2 * interval)``.
     max_backoff : float, optional
         Longest wait between retries after errors.
+    stall_seconds : float, optional
+        An assigned partition with lag > 0 whose committed offset has not moved for
+        longer than this is reported to the health (``None``: not watched).
+    assigned : callable, optional
+        ``assigned()`` gives the ``(topic, partition)`` pairs assigned to this worker
+        now; only those are watched for progress (``None``: every partition read).
 
     Examples
     --------
@@ -71,6 +82,8 @@ class LagPoller:
         security: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         max_backoff: float = 60.0,
+        stall_seconds: float | None = None,
+        assigned: Callable[[], set[tuple[str, int]]] | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -92,6 +105,10 @@ class LagPoller:
         self._task: asyncio.Task[None] | None = None
         self._labels: set[tuple[str, str, str]] = set()
         self._committed_labels: set[tuple[str, str, str]] = set()
+        self.stall_seconds = stall_seconds
+        self._assigned = assigned
+        #: (topic, partition) -> (committed offset, monotonic time it was last seen to move)
+        self._progress: dict[tuple[str, int], tuple[int | None, float]] = {}
 
     @property
     def running(self) -> bool:
@@ -145,8 +162,43 @@ class LagPoller:
             raise
         self.latest = self.tracker.update(reading)
         self.last_success = time.time()
+        if HEALTH.clear("broker") is not None:
+            log.warning("the broker at %s answers again", self.bootstrap)
         self._publish(self.latest)
+        self._watch_progress(self.latest)
         return self.latest
+
+    def _watch_progress(self, reading: Sequence[PartitionLag], now: float | None = None) -> None:
+        """Set or clear the health condition of each assigned partition (see the class)."""
+        if self.stall_seconds is None:
+            return
+        now = time.monotonic() if now is None else now
+        assigned = self._assigned() if self._assigned is not None else None
+        watched: set[tuple[str, int]] = set()
+        for item in reading:
+            key = (item.topic, item.partition)
+            if assigned is not None and key not in assigned:
+                continue
+            watched.add(key)
+            what = f"partition {item.topic}[{item.partition}]"
+            last = self._progress.get(key)
+            if last is None or last[0] != item.committed_offset or item.lag <= 0:
+                self._progress[key] = (item.committed_offset, now)
+                if HEALTH.clear(what) is not None:
+                    log.warning("%s makes progress again", what)
+                continue
+            idle = now - last[1]
+            if idle > self.stall_seconds:
+                detail = (
+                    f"lag {item.lag}, committed offset {item.committed_offset} unchanged "
+                    f"for {idle:.0f}s (CUSTOMER_AI_STALL_SECONDS={self.stall_seconds:g})"
+                )
+                since = time.time() - idle
+                if HEALTH.fail(what, "no progress", detail, since=since, count=False):
+                    log.warning("%s makes no progress: %s", what, detail)
+        for key in set(self._progress) - watched:  # revoked or gone: not ours to report
+            del self._progress[key]
+            HEALTH.clear(f"partition {key[0]}[{key[1]}]")
 
     def _publish(self, reading: Sequence[PartitionLag]) -> None:
         """Set the gauges and drop label sets of partitions no longer reported."""
@@ -185,6 +237,10 @@ class LagPoller:
                 await asyncio.sleep(self.interval)
         finally:
             await self._close_reader()
+            HEALTH.clear("broker")
+            for key in list(self._progress):
+                HEALTH.clear(f"partition {key[0]}[{key[1]}]")
+            self._progress.clear()
 
     def retry_policy(self) -> RetryPolicy:
         """How a failed reading is retried.
@@ -211,5 +267,6 @@ class LagPoller:
         self.errors += 1
         self.consecutive_errors += 1
         metrics.LAG_POLL_ERRORS.inc()
+        HEALTH.fail("broker", "unreachable", f"lag poll failed: {failure.error!r}"[:200])
         level = logging.WARNING if self.consecutive_errors <= 3 else logging.DEBUG
         log.log(level, "lag poll of group %r failed: %r", self.group, failure.error)

@@ -60,6 +60,8 @@ __all__ = [
     "PROFILES_REMOVED",
     "QUARANTINED_PROFILES",
     "REDIS_ERRORS",
+    "REDIS_ERROR_KINDS",
+    "REDIS_EVICTED_KEYS",
     "REDIS_LATENCY",
     "REDIS_LATENCY_BUCKETS",
     "REGISTRY",
@@ -73,6 +75,7 @@ __all__ = [
     "observe_end_to_end",
     "observe_end_to_end_many",
     "observe_processing",
+    "redis_error_kind",
     "redis_timer",
     "render",
 ]
@@ -262,10 +265,35 @@ QUARANTINED_PROFILES = Counter(
 
 # --- Redis ------------------------------------------------------------------------------
 
+REDIS_ERROR_KINDS: tuple[str, ...] = (
+    "connection",
+    "timeout",
+    "loading",
+    "readonly",
+    "busy",
+    "oom",
+    "masterdown",
+)
+"""The ``kind`` label values of ``customer_ai_redis_errors_total`` (see :func:`redis_error_kind`)."""
+
+#: server error codes (the reply's first word) that mean "Redis cannot serve this now"
+_REDIS_ERROR_CODES = {
+    "LOADING": "loading",
+    "READONLY": "readonly",
+    "BUSY": "busy",
+    "OOM": "oom",
+    "MASTERDOWN": "masterdown",
+}
+
 REDIS_ERRORS = Counter(
     "customer_ai_redis_errors_total",
-    "Failed Redis operations, by operation.",
-    ["op"],
+    "Failed Redis operations (each is retried), by operation and kind (REDIS_ERROR_KINDS).",
+    ["op", "kind"],
+    registry=REGISTRY,
+)
+REDIS_EVICTED_KEYS = Gauge(
+    "customer_ai_redis_evicted_keys",
+    "Keys Redis evicted since it started (INFO stats evicted_keys): above 0, profile state was lost.",
     registry=REGISTRY,
 )
 REDIS_LATENCY = Histogram(
@@ -287,6 +315,7 @@ RETRY_STEPS: tuple[str, ...] = (
     "train",
     "lag_poll",
     "lag_poller",
+    "start",
 )
 """The worker's retried steps: each has a ``customer_ai_retries_total`` series from start."""
 
@@ -395,11 +424,53 @@ def redis_timer(op: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
-    except BaseException:
-        REDIS_ERRORS.labels(op=op).inc()
+    except Exception as error:
+        REDIS_ERRORS.labels(op=op, kind=redis_error_kind(error) or "other").inc()
         raise
     finally:
         REDIS_LATENCY.labels(op=op).observe(time.perf_counter() - start)
+
+
+def redis_error_kind(error: BaseException) -> str | None:
+    """The ``kind`` of a Redis failure that is worth waiting for, or ``None``.
+
+    Connection loss and timeouts (redis-py's ``ConnectionError``, ``TimeoutError``,
+    ``OSError``), and the server's answers that mean it cannot serve the call *now*:
+    ``LOADING`` (loading its data set), ``READONLY`` (a replica, e.g. after a failover),
+    ``BUSY`` (a script runs too long), ``OOM`` (``maxmemory`` reached with
+    ``noeviction``) and ``MASTERDOWN`` (a replica that lost its master). Recognised by
+    redis-py's exception classes where it has one, else by the reply's first word (also
+    inside a pipeline or a script: the code stays the reply's first word).
+
+    Examples
+    --------
+    >>> from redis.exceptions import OutOfMemoryError, ResponseError
+    >>> redis_error_kind(OutOfMemoryError("command not allowed", status_code="OOM"))
+    'oom'
+    >>> redis_error_kind(ResponseError("BUSY Redis is busy running a script."))
+    'busy'
+    >>> redis_error_kind(ConnectionRefusedError(111, "refused"))
+    'connection'
+    >>> redis_error_kind(ResponseError("WRONGTYPE Operation against a key")) is None
+    True
+    """
+    from redis.exceptions import BusyLoadingError, ResponseError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(error, (RedisTimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(error, BusyLoadingError):  # a ConnectionError subclass: before those
+        return "loading"
+    if isinstance(error, ResponseError):
+        code = getattr(error, "status_code", None) or ""
+        if code not in _REDIS_ERROR_CODES:
+            text = str(error.args[0]) if error.args else ""
+            code = text.split(" ", 1)[0]
+        return _REDIS_ERROR_CODES.get(code)
+    if isinstance(error, (RedisConnectionError, OSError)):
+        return "connection"
+    return None
 
 
 def metric_names(registry: CollectorRegistry | None = None) -> set[str]:

@@ -1,6 +1,8 @@
 """Read-only HTTP views on the worker (bound to 127.0.0.1 unless configured).
 
-- ``GET /healthz``: 200 once partitions are assigned and Redis answers, else 503;
+- ``GET /healthz``: 200 once partitions are assigned, Redis answers and no condition of
+  :data:`stream.ops.health.HEALTH` lasts (Redis failing, the broker unreachable, an
+  assigned partition making no progress), else 503 with the reasons in the body;
 - ``GET /profiles/{id}``: features, scores, factors, buckets (404 if unknown);
 - ``GET /models``: served versions and live metrics per goal;
 - ``GET /metrics``: Prometheus exposition.
@@ -21,6 +23,7 @@ from models.engine import Engine
 from models.profile import profile_document
 from models.state import ProfileState
 from stream.ops import metrics
+from stream.ops.health import HEALTH
 
 __all__ = ["models_document", "register_views"]
 
@@ -81,9 +84,19 @@ def register_views(
                 redis_ok = bool(await asyncio.wait_for(runtime().store.redis.ping(), timeout=2.0))
             except Exception:  # noqa: BLE001 - any failure means not ready
                 redis_ok = False
-            ready = assigned > 0 and redis_ok
+            reasons = HEALTH.reasons()
+            if not redis_ok and HEALTH.get("redis") is None:
+                reasons.append("redis: no answer to PING within 2s")
+            if assigned == 0:
+                reasons.append("no partition assigned (starting, or rebalancing)")
+            ready = not reasons
             return self.json(
-                {"ready": ready, "partitions_assigned": assigned, "redis": redis_ok},
+                {
+                    "ready": ready,
+                    "partitions_assigned": assigned,
+                    "redis": redis_ok,
+                    "reasons": reasons,
+                },
                 status=200 if ready else 503,
             )
 

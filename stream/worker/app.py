@@ -317,6 +317,8 @@ async def lag_poller() -> None:
             settings.app_id,
             interval=interval,
             security=kafka_security_kwargs(os.environ),
+            stall_seconds=settings.stall_seconds,
+            assigned=_assigned_source_partitions,
         ).run()
 
     def failed(failure: Failure) -> None:  # the poller must outlive any error
@@ -343,6 +345,11 @@ def _current_assignment() -> set[TP]:
         return set()
 
 
+def _assigned_source_partitions() -> set[tuple[str, int]]:
+    """The agents' partitions assigned to this worker (the lag poller watches their progress)."""
+    return {(tp.topic, tp.partition) for tp in _current_assignment() if tp.topic in _SOURCE_TOPICS}
+
+
 def assigned_partitions() -> int:
     """Partitions of the agents' topics assigned to this worker now."""
     return _source_partitions(_current_assignment())
@@ -360,9 +367,12 @@ async def _on_partitions_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -
 
 @app.timer(interval=settings.metrics_interval)
 async def publish_gauges() -> None:
-    """Partitions assigned and the size of every goal's buckets (global, from Redis)."""
+    """Partitions assigned, Redis' evicted keys and every goal's bucket sizes (global)."""
     try:
         metrics.PARTITIONS_ASSIGNED.set(assigned_partitions())
+        evicted = await runtime().store.evicted_keys(timeout=max(1.0, settings.metrics_interval))
+        if evicted is not None:
+            metrics.REDIS_EVICTED_KEYS.set(evicted)
         sizes = await asyncio.wait_for(
             runtime().store.bucket_sizes([g.name for g in config.goals], config.buckets.names),
             timeout=max(1.0, 2 * settings.metrics_interval),

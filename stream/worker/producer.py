@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 from models.messages import OutMessage  # (topic, key, value)
+from stream.ops.health import HEALTH
 from stream.worker.retry import Failure, RetryPolicy
 
 __all__ = ["PRODUCE_RETRIES", "BatchProducer", "OutMessage"]
@@ -138,9 +139,12 @@ class BatchProducer:
             if failed:
                 raise failed[0]
 
+        retried = False
+
         def retrying(failure: Failure) -> None:
-            nonlocal broken
-            broken = True
+            nonlocal broken, retried
+            broken = retried = True
+            HEALTH.fail("producer", "send failing", f"{failure.error!r}"[:200])
             log.warning(
                 "produce failed (%r); retrying %d messages in %.1fs",
                 failure.error,
@@ -149,6 +153,8 @@ class BatchProducer:
             )
 
         await PRODUCE_RETRIES.run(attempt, on_error=retrying)
+        if retried and HEALTH.clear("producer") is not None:
+            log.warning("the output producer sends again")
 
     async def _send_batched(
         self, producer: AIOKafkaProducer, messages: list[OutMessage]

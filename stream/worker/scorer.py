@@ -431,8 +431,9 @@ class BatchScorer:
             counts["fenced"] += len(fenced)
             if fenced:
                 log.warning(
-                    "%s[%d]: %d profile writes fenced (another worker stored newer state); "
-                    "re-doing them from the stored state",
+                    "%s[%d]: %d profile writes fenced (another worker stored newer state, or "
+                    "a Redis call re-sent after a failure had applied them); re-doing them "
+                    "from the stored state",
                     topic,
                     partition,
                     len(fenced),

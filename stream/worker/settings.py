@@ -31,6 +31,13 @@ CUSTOMER_AI_SESSION_TIMEOUT        10                          consumer session 
 CUSTOMER_AI_REBALANCE_TIMEOUT      5                           rebalance timeout (s)
 CUSTOMER_AI_METRICS_INTERVAL       5                           seconds between lag readings
                                                                and bucket-size counts
+CUSTOMER_AI_STALL_SECONDS          120                         an assigned partition with lag
+                                                               whose committed offset has not
+                                                               moved for longer makes
+                                                               ``/healthz`` answer 503
+CUSTOMER_AI_ALLOW_EVICTION         0                           1: start although Redis'
+                                                               ``maxmemory-policy`` evicts keys
+                                                               (exactly-once no longer holds)
 =================================  ==========================  =================================
 
 Kafka SASL/SSL and Redis AUTH/TLS variables are read by :mod:`stream.worker.security`.
@@ -120,6 +127,8 @@ class Settings:
     metrics_interval: float = 5.0
     replication_factor: int = 1
     retention_interval: float = 60.0
+    stall_seconds: float = 120.0
+    allow_eviction: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +175,11 @@ class Settings:
             retention_interval=_number(
                 e, "CUSTOMER_AI_RETENTION_INTERVAL", d.retention_interval, float, 1.0, inf
             ),
+            stall_seconds=_number(
+                e, "CUSTOMER_AI_STALL_SECONDS", d.stall_seconds, float, 0.001, inf
+            ),
+            allow_eviction=e.get("CUSTOMER_AI_ALLOW_EVICTION", "0").strip().lower()
+            in ("1", "true", "yes", "on"),
         )
 
     def topic(self, name: str) -> str:

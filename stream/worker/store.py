@@ -67,6 +67,21 @@ Invariants
   are not sent at all. Not in cluster mode (the profile and the index live in different
   slots): there the due entries are plain ZADD/ZREM.
 
+- Redis being unavailable (connection loss, timeouts, ``LOADING``, ``READONLY``,
+  ``BUSY``, ``OOM``, ``MASTERDOWN``) never fails a batch: every call is retried in place
+  until Redis answers (:data:`~stream.worker.store_connection.REDIS_RETRIES`), so none of
+  these reaches the partition's retry that dead-letters (``internal_error``). A pipeline
+  raises its first error once every reply is read, so a failed call may have been
+  partly applied; re-sending it whole is safe. Each script is atomic (Redis refuses it
+  at its first write, before it changed anything, or runs it whole), and a ``MULTI``
+  with a refused command is discarded whole. In :meth:`RedisStore.save` a CAS chunk that
+  was applied before the failure is refused on the re-send (its version moved): those
+  writes count as fenced, and :meth:`~stream.worker.scorer.BatchScorer._process_partition`
+  re-does them from the stored state, whose applied offsets skip every event of the
+  batch and whose snapshots are already matured at this watermark, so nothing is applied
+  or sent twice. The due entries (guarded by version), ``ZADD``/``ZREM`` and the
+  watermark ``SET`` are idempotent. Reads (:meth:`RedisStore.load`) change nothing.
+
 Scripts are called by ``EVALSHA`` inside the batch's pipeline (no ``SCRIPT EXISTS``
 round trip); a call answered ``NOSCRIPT`` (Redis restarted or its script cache was
 flushed) did not run and is sent again with ``EVAL``, which also caches the script.
@@ -114,7 +129,8 @@ __all__ = [
 class RedisStore(ProfileStore, ModelStore):
     """Profile state, the due index, segments and models on one Redis connection.
 
-    Every public coroutine retries on connection errors until Redis answers again
-    (with capped backoff), so a Redis outage stalls the worker instead of losing
-    or skipping events.
+    Every public coroutine retries while Redis is unavailable (connection loss, timeouts,
+    ``LOADING``, ``READONLY``, ``BUSY``, ``OOM``, ``MASTERDOWN``) until it answers again
+    (with capped backoff), so Redis trouble stalls the worker instead of losing,
+    skipping or dead-lettering events.
     """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -294,19 +295,68 @@ def test_unreachable_kafka_is_named(tmp_path: Path, args: list[str]) -> None:
     assert f"cannot reach Kafka at {bootstrap}" in line
 
 
-def test_a_worker_without_a_broker_says_so_and_exits(tmp_path: Path) -> None:
+def test_a_worker_without_a_broker_waits_and_stops_cleanly(tmp_path: Path) -> None:
+    """It waits (one line per attempt naming the address), and SIGTERM ends the wait: 0."""
     bootstrap = f"127.0.0.1:{find_free_port()}"
-    proc, elapsed = cli(
-        tmp_path,
-        "worker",
-        "--config",
-        str(CONFIG),
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        REDIS_URL=closed_port_url(),
-    )
-    line = one_line_error(proc, 1)
-    assert f"cannot reach Kafka at {bootstrap}" in line
-    assert elapsed < 15
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker", "--config", str(CONFIG)],
+            cwd=tmp_path,
+            env=clean_env(KAFKA_BOOTSTRAP_SERVERS=bootstrap, REDIS_URL=closed_port_url("pw")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waiting = f"waiting for the broker at {bootstrap}: attempt "
+        deadline = time.monotonic() + 60
+        while log.read_text().count(waiting) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert log.read_text().count(waiting) >= 2, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "pw@" not in text, text
+    assert "stopped while waiting" in text
+
+
+def test_a_worker_without_redis_waits_with_the_password_masked(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Once the broker answers it waits for Redis: the URL is shown, its password never."""
+    port = find_free_port()
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker", "--config", str(CONFIG)],
+            cwd=tmp_path,
+            env=clean_env(
+                KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+                REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0",
+            ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        waiting = f"waiting for Redis at redis://:***@127.0.0.1:{port}/0: attempt "
+        deadline = time.monotonic() + 60
+        while log.read_text().count(waiting) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert log.read_text().count(waiting) >= 2, log.read_text()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(30) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "s3cret-pw" not in text, text
 
 
 @pytest.mark.parametrize(

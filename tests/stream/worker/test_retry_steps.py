@@ -188,7 +188,9 @@ async def test_redis_calls_are_retried_until_redis_answers_and_stop_when_cancell
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     before = retries("redis")
     errors_before = (
-        metrics.REGISTRY.get_sample_value("customer_ai_redis_errors_total", {"op": "watermark"})
+        metrics.REGISTRY.get_sample_value(
+            "customer_ai_redis_errors_total", {"op": "watermark", "kind": "connection"}
+        )
         or 0.0
     )
     call = asyncio.create_task(store.watermark("cai:wm:t:0"))
@@ -201,7 +203,7 @@ async def test_redis_calls_are_retried_until_redis_answers_and_stop_when_cancell
             await asyncio.wait_for(call, 2)
         await store.close()
     errors = metrics.REGISTRY.get_sample_value(
-        "customer_ai_redis_errors_total", {"op": "watermark"}
+        "customer_ai_redis_errors_total", {"op": "watermark", "kind": "connection"}
     )
     assert errors is not None and errors - errors_before >= 3
 
