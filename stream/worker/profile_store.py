@@ -366,7 +366,7 @@ class ProfileStore(StoreConnection):
     async def stored_watermarks(self) -> dict[tuple[str, int], int]:
         """Every stored partition watermark: ``(topic, partition) -> ms`` (``customer-ai
         watermarks``). Keys are found by ``SCAN``, so Redis is never blocked."""
-        head = f"{self.prefix}:wm:"
+        head = self.watermark_key("", 0)[: -len(":0")]  # "P:wm:", from the one key builder
 
         async def run() -> dict[tuple[str, int], int]:
             found: dict[tuple[str, int], int] = {}
