@@ -173,10 +173,15 @@ def sample_events(
 
 
 def natural_events(profiles: int, days: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
-    """Every event of the simulated shop, lazily, in event-time order."""
-    from models.synthetic import iter_events
+    """Every event of the simulated shop, lazily, in event-time order.
 
-    for event in iter_events(profiles, days, seed):
+    The period ends today (UTC midnight): the worker refuses events dated more than
+    ``[input] max_future_minutes`` after their record's broker time (the replay's).
+    """
+    from models.synthetic import iter_events
+    from stream.cli.replay import period_ending_today
+
+    for event in iter_events(profiles, days, seed, start=period_ending_today(days)):
         yield _message(event)
 
 

@@ -6,6 +6,11 @@ event-time watermark (newest event time minus the allowed lateness), and model
 versions are published every ``snapshot_every_examples`` examples per goal, as
 the trainer does live. It returns every score, matured example and final state.
 
+A file has no broker time: unlike the stream (:mod:`models.eventtime`), the backtest
+refuses no event by its time (``future_timestamp`` / ``too_old``); it refuses values
+outside ``[[events]] value_min`` / ``value_max`` (``bad_value``) as the stream does,
+through :meth:`~models.engine.Engine.match`.
+
 Examples
 --------
 >>> from models.config import parse_config
