@@ -159,7 +159,10 @@ def sample_events(
     per = max(1, math.ceil(events / profiles)) + 2  # spares for profiles with fewer events
     chosen: list[tuple[int, int, dict[str, Any]]] = []  # (rank within profile, index, event)
     rank: dict[str, int] = {}
-    for index, event in enumerate(iter_events(profiles, days, seed, start=past_start(days))):
+    from stream.cli.replay import period_ending_today
+
+    start = period_ending_today(days)
+    for index, event in enumerate(iter_events(profiles, days, seed, start=start)):
         pid = event["identityMap"]["ECID"][0]["id"]
         r = rank.get(pid, 0)
         if r < per:
@@ -172,23 +175,16 @@ def sample_events(
     return [_message(e) for _, _, e in kept]
 
 
-def past_start(days: int) -> Any:
-    """Midnight UTC ``days + 1`` days ago: a simulated period that ends before now.
-
-    The worker refuses events more than ``[input] max_future_minutes`` ahead of their
-    broker timestamp (the time they are produced), so replayed data must lie in the past.
-    """
-    from datetime import UTC, datetime, timedelta
-
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today - timedelta(days=days + 1)
-
-
 def natural_events(profiles: int, days: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
-    """Every event of the simulated shop, lazily, in event-time order, ending before now."""
-    from models.synthetic import iter_events
+    """Every event of the simulated shop, lazily, in event-time order.
 
-    for event in iter_events(profiles, days, seed, start=past_start(days)):
+    The period ends today (UTC midnight): the worker refuses events dated more than
+    ``[input] max_future_minutes`` after their record's broker time (the replay's).
+    """
+    from models.synthetic import iter_events
+    from stream.cli.replay import period_ending_today
+
+    for event in iter_events(profiles, days, seed, start=period_ending_today(days)):
         yield _message(event)
 
 

@@ -8,6 +8,11 @@ the trainer does live. It returns every score, matured example and final state.
 It keeps every profile: ``[retention]`` (idle profiles removed from Redis by the
 worker's sweep) is not applied here.
 
+A file has no broker time: unlike the stream (:mod:`models.eventtime`), the backtest
+refuses no event by its time (``future_timestamp`` / ``too_old``); it refuses values
+outside ``[[events]] value_min`` / ``value_max`` (``bad_value``) as the stream does,
+through :meth:`~models.engine.Engine.match`.
+
 Examples
 --------
 >>> from models.config import parse_config

@@ -62,6 +62,8 @@ GOAL_TYPES = ("occurs", "does_not_occur")
 #: Most applied event ids a profile remembers (``[dedupe] recent_ids``): the list is scanned
 #: per event and stored in every profile record.
 MAX_RECENT_IDS = 1000
+#: ``[[events]] value_min`` / ``value_max`` lie within +-this (sums stay finite)
+MAX_VALUE_BOUND = 1e15
 RELEASES = ("when_known", "at_window_close")
 
 
@@ -85,6 +87,8 @@ class TrackedEvent:
         Optional dotted path of a numeric value summed per horizon (monetary).
     value_label
         Human label of the value, e.g. ``Spend``.
+    value_min, value_max
+        Bounds of the value: a number outside them is refused (``bad_value``).
     """
 
     name: str
@@ -92,6 +96,8 @@ class TrackedEvent:
     when: Predicate = field(repr=False)
     value_field: str | None = None
     value_label: str = "Value"
+    value_min: float = 0.0
+    value_max: float = 1e12
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,10 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     #: applied event ids remembered per profile to skip duplicates (0: off)
     recent_ids: int = 8
+    #: an event more than this far ahead of its record's broker time is refused (ms)
+    max_future_ms: int = 60 * 60_000
+    #: an event more than this far behind its record's broker time is refused (ms)
+    max_age_ms: int = 1095 * DAY_MS
     source: str = "<string>"
 
     def goal(self, name: str) -> GoalConfig:
@@ -257,6 +267,27 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
+def _value_bounds(spec: dict[str, Any], where: str, value_field: str | None) -> tuple[float, float]:
+    """``value_min`` / ``value_max`` of an ``[[events]]`` table: finite, ordered, sane."""
+    if value_field is None:
+        for key in ("value_min", "value_max"):
+            if key in spec:
+                raise ConfigError(
+                    f'{where}.{key}: bounds a value; set value = "a.field.path" too, or '
+                    f"remove {key}"
+                )
+    low = float(_number(spec, "value_min", where, 0.0, minimum=-MAX_VALUE_BOUND))
+    high = float(_number(spec, "value_max", where, 1e12, minimum=-MAX_VALUE_BOUND))
+    if high > MAX_VALUE_BOUND:
+        raise ConfigError(f"{where}.value_max: must be <= {MAX_VALUE_BOUND:g}, got {high!r}")
+    if low > high:
+        raise ConfigError(
+            f"{where}.value_min: must be <= value_max ({high:g}), got {low!r}; e.g. "
+            "value_min = -1000 to accept refunds"
+        )
+    return low, high
+
+
 def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
     specs = data.get("events", [])
     if not isinstance(specs, list):
@@ -266,7 +297,11 @@ def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
         where = f"events[{i}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: must be a [[events]] table")
-        _check_keys(spec, {"name", "label", "when", "value", "value_label"}, where)
+        _check_keys(
+            spec,
+            {"name", "label", "when", "value", "value_label", "value_min", "value_max"},
+            where,
+        )
         name = _name(spec.get("name"), f"{where}.name")
         if any(e.name == name for e in events):
             raise ConfigError(f"{where}.name: duplicate event name {name!r}; names must be unique")
@@ -282,6 +317,7 @@ def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
         label = spec.get("label", name.replace("_", " ").capitalize())
         if type(label) is not str:
             raise ConfigError(f"{where}.label: must be a string")
+        value_min, value_max = _value_bounds(spec, where, value_field)
         events.append(
             TrackedEvent(
                 name=name,
@@ -289,6 +325,8 @@ def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
                 when=_condition(spec["when"], f"{where}.when"),
                 value_field=value_field,
                 value_label=str(spec.get("value_label", "Value")),
+                value_min=value_min,
+                value_max=value_max,
             )
         )
     return tuple(events)
@@ -531,8 +569,16 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         )
 
     input_t = _table(data, "input")
-    _check_keys(input_t, {"max_event_bytes"}, "input")
+    _check_keys(input_t, {"max_event_bytes", "max_future_minutes", "max_age_days"}, "input")
     max_bytes = _number(input_t, "max_event_bytes", "input", 1_048_576, minimum=1024, integer=True)
+    max_future = _number(input_t, "max_future_minutes", "input", 60, minimum=0)
+    max_age = _number(input_t, "max_age_days", "input", 1095, minimum=0, strict=True)
+    for key, value, most in (
+        ("max_future_minutes", max_future, 525_600),
+        ("max_age_days", max_age, 36_500),
+    ):
+        if value > most:  # past [1970, 2200) any time passes: it would check nothing
+            raise ConfigError(f"input.{key}: must be <= {most}, got {value!r}")
 
     dedupe_t = _table(data, "dedupe")
     _check_keys(dedupe_t, {"recent_ids"}, "dedupe")
@@ -554,6 +600,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         buckets=BucketConfig(tuple(float(t) for t in thresholds), tuple(bucket_names)),
         max_event_bytes=max_bytes,
         recent_ids=recent_ids,
+        max_future_ms=int(max_future * 60_000),
+        max_age_ms=int(max_age * DAY_MS),
         source=source,
     )
 

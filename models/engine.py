@@ -39,7 +39,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 from hashlib import blake2b
 
 from models.config import Config
@@ -54,9 +53,6 @@ from models.rounding import rounded, rounded_list
 from models.state import NEVER, ProfileState, Snapshot
 
 __all__ = ["Engine", "event_hash"]
-
-#: Numeric event values beyond this magnitude are rejected as not a plausible amount.
-MAX_VALUE = 1e12
 
 
 def event_hash(event_id: str) -> str:
@@ -128,7 +124,8 @@ class Engine:
         Raises
         ------
         InvalidEvent
-            ``wrong_type`` if a value field is not a finite number of sane size.
+            ``wrong_type`` if a value field is not a number; ``bad_value`` if it is one
+            outside the tracked event's ``[value_min, value_max]`` (not finite included).
         """
         matched: list[int] = []
         values: list[float] = []
@@ -140,14 +137,17 @@ class Engine:
             if tracked.value_field:
                 raw = get_path(body, tracked.value_field)
                 if raw is not None:
-                    if (
-                        type(raw) not in (int, float)
-                        or abs(raw) > MAX_VALUE  # first: isfinite overflows on huge ints
-                        or not math.isfinite(raw)
-                    ):
+                    if type(raw) not in (int, float):
                         raise InvalidEvent(
-                            "wrong_type",
-                            f"{tracked.value_field} must be a finite number below {MAX_VALUE:g}",
+                            "wrong_type", f"{tracked.value_field} must be a number, got {raw!r:.40}"
+                        )
+                    # a NaN compares false: refused too; a huge int compares exactly
+                    if not tracked.value_min <= raw <= tracked.value_max:
+                        raise InvalidEvent(
+                            "bad_value",
+                            f"{tracked.value_field} = {raw!r:.40} is outside [{tracked.value_min:g}, "
+                            f"{tracked.value_max:g}]; change [[events]] value_min / value_max of "
+                            f"{tracked.name!r} to accept it",
                         )
                     value = float(raw)
             matched.append(i)

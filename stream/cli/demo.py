@@ -181,6 +181,7 @@ def demo_main(
         checked before anything starts.
     """
     from models.synthetic import generate_events, write_jsonl
+    from stream.cli.replay import period_ending_today
     from stream.cli.scores import print_scores
     from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
     from stream.devservers.state import secure_dir
@@ -195,8 +196,13 @@ def demo_main(
     secure_dir(workdir)
     events_path = workdir / "events.jsonl"
     console.rule("customer-ai demo")
+    # the period ends today: replayed records carry the replay's broker time, and the worker
+    # refuses events ahead of it or more than [input] max_age_days behind it
+    start = period_ending_today(days)
     with console.status("generating events with a planted ground truth"):
-        write_jsonl(generate_events(profiles=profiles, days=days, seed=seed), events_path)
+        write_jsonl(
+            generate_events(profiles=profiles, days=days, seed=seed, start=start), events_path
+        )
     console.print(
         f"generated {sum(1 for _ in events_path.open()):,} events for {profiles:,} profiles "
         f"over {days} days -> {events_path}"

@@ -13,6 +13,7 @@ command                        what it does
 ``lag``                        consumer lag read from the broker (``--watch``, ``--json``)
 ``segment``                    profiles of a goal's bucket (optionally by top factor)
 ``quarantine``                 profiles whose record cannot be read; ``show ID``, ``release ID``
+``watermarks [reset]``         each partition's stored watermark; move one that ran ahead back
 ``demo``                       everything end to end on embedded servers, then stop
 =============================  ===============================================================
 
@@ -56,6 +57,7 @@ SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
     "profile": ("redis",),
     "segment": ("redis",),
     "quarantine": ("redis",),
+    "watermarks": ("redis",),
 }
 #: commands that use the servers of ``.customer-ai/dev.env`` (``dev up``) if the env names none
 USES_DEV_SERVERS = frozenset({"worker", *SERVERS_NEEDED})
@@ -113,6 +115,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from stream.cli.quarantine import cmd_quarantine as quarantine_main
 
     return quarantine_main(args)
+
+
+def cmd_watermarks(args: argparse.Namespace) -> int:
+    from stream.cli.watermarks import cmd_watermarks as watermarks
+
+    return watermarks(args)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -219,6 +227,19 @@ def _number(kind: Callable[[str], Any], minimum: float, strict: bool) -> Callabl
     return parse
 
 
+def _start_date(text: str) -> Any:
+    """An ISO-8601 date or time, UTC unless it names a zone."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO-8601 date such as 2026-01-01, got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 #: argparse types: ``--days 0`` or ``--days -5`` is a usage error, not a traceback
 positive_int = _number(int, 0, strict=True)
 non_negative_int = _number(int, 0, strict=False)
@@ -301,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", type=positive_int, default=2000, help="number of profiles")
     p.add_argument("--days", type=positive_int, default=120, help="days of events")
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
+    p.add_argument(
+        "--start",
+        type=_start_date,
+        metavar="DATE",
+        help="first day, ISO-8601 such as 2026-01-01 (default: the period ends today, so that "
+        "a replay's events are neither in the future nor too old for the worker)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the JSONL file to write")
     p.set_defaults(fn=cmd_generate)
 
@@ -400,6 +428,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_option(q)
     p.set_defaults(fn=cmd_quarantine)
+    p = command(
+        "watermarks",
+        "each source partition's stored event-time watermark; reset one that ran ahead",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "reset"],
+        default="show",
+        help="show: list them, flagging one beyond now + [input] max_future_minutes; reset: "
+        "move one back (stop the workers first: docs/OPERATING.md)",
+    )
+    p.add_argument("--topic", help="reset: the source topic, e.g. customer-ai.events")
+    p.add_argument("--partition", type=non_negative_int, help="reset: the partition, e.g. 0")
+    p.add_argument(
+        "--to",
+        metavar="TIME",
+        help="reset: ISO-8601 time to move it back to (default: the newest trusted event "
+        "time of the partition's last records, read from Kafka; now if it cannot be read)",
+    )
+    p.add_argument("--json", action="store_true", help="show: one JSON object per partition")
+    _config_option(p)
+    p.set_defaults(fn=cmd_watermarks)
 
     p = command("demo", "run everything end to end on embedded servers, then stop")
     p.add_argument("--profiles", type=positive_int, default=1500, help="number of profiles")

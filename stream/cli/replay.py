@@ -6,23 +6,36 @@ import argparse
 import asyncio
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from stream.cli.common import CliError, console, load_cli_config, settings_from_env
 
-__all__ = ["cmd_generate", "cmd_replay", "ensure_topics", "replay_file"]
+__all__ = ["cmd_generate", "cmd_replay", "ensure_topics", "period_ending_today", "replay_file"]
+
+
+def period_ending_today(days: int) -> datetime:
+    """The start of a ``days``-day period that ends at today's midnight (UTC).
+
+    ``customer-ai replay`` gives its records the broker time of the replay, and the worker
+    refuses events more than ``[input] max_future_minutes`` ahead of it or ``max_age_days``
+    behind it: generated events must lie in the recent past to be scored.
+    """
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from models.synthetic import generate_events, write_jsonl
 
     started = time.perf_counter()
-    events = generate_events(profiles=args.profiles, days=args.days, seed=args.seed)
+    start = args.start or period_ending_today(args.days)
+    events = generate_events(profiles=args.profiles, days=args.days, seed=args.seed, start=start)
     write_jsonl(events, args.out)
     console.print(
         f"wrote {len(events):,} events for {args.profiles:,} profiles over {args.days} days "
-        f"to {args.out} in {time.perf_counter() - started:.1f}s"
+        f"from {start:%Y-%m-%d} to {args.out} in {time.perf_counter() - started:.1f}s"
     )
     return 0
 

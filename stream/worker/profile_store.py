@@ -428,6 +428,28 @@ class ProfileStore(StoreConnection):
         raw = await self._retry("watermark", lambda: self.redis.get(watermark_key))
         return int(raw) if raw is not None else None
 
+    async def stored_watermarks(self) -> dict[tuple[str, int], int]:
+        """Every stored partition watermark: ``(topic, partition) -> ms`` (``customer-ai
+        watermarks``). Keys are found by ``SCAN``, so Redis is never blocked."""
+        head = self.watermark_key("", 0)[: -len(":0")]  # "P:wm:", from the one key builder
+
+        async def run() -> dict[tuple[str, int], int]:
+            found: dict[tuple[str, int], int] = {}
+            async for raw_key in self.redis.scan_iter(match=f"{head}*", count=1000):
+                key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+                topic, _, partition = key[len(head) :].rpartition(":")
+                raw = await self.redis.get(key)
+                if topic and partition.isdigit() and raw is not None:
+                    found[(topic, int(partition))] = int(raw)
+            return found
+
+        return await self._retry("watermarks", run)
+
+    async def set_watermark(self, topic: str, partition: int, watermark: int) -> None:
+        """Store a partition's watermark (``customer-ai watermarks reset``)."""
+        key = self.watermark_key(topic, partition)
+        await self._retry("set watermark", lambda: self.redis.set(key, watermark))
+
     async def get_profile(self, profile_id: str) -> bytes | None:
         return await self._retry("get", lambda: self.redis.hget(self.profile_key(profile_id), "s"))
 

@@ -54,6 +54,7 @@ import orjson
 
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
+from models.eventtime import check_event_time, reference_time, watermark_ceiling
 from models.messages import OutMessage, encode_outcome, scores_field
 from models.model import LinearModel
 from models.outcome import Outcome
@@ -230,6 +231,10 @@ class BatchScorer:
         by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
         outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
         per_topic: Counter[str] = Counter()
+        # event time you can trust (models/eventtime.py): each event against its record's
+        # broker time, the worker's clock when it has none or a later one
+        now_ms = int(time.time() * 1000)
+        max_future, max_age = self.config.max_future_ms, self.config.max_age_ms
         for record in records:
             per_topic[record.topic] += 1
             try:
@@ -237,6 +242,12 @@ class BatchScorer:
                     record.value,
                     identity_namespace=self.config.identity_namespace,
                     max_bytes=self.config.max_event_bytes,
+                )
+                check_event_time(
+                    event.timestamp_ms,
+                    reference_time(record.timestamp_ms, now_ms),
+                    max_future,
+                    max_age,
                 )
                 matched = self.engine.match(event)
             except InvalidEvent as exc:
@@ -381,6 +392,20 @@ class BatchScorer:
 
         await policy.run(attempt, on_error=failed, give_up=dead_letter)
 
+    def _warn_if_ahead(self, topic: str, partition: int, wm: int | None) -> None:
+        """Log a stored watermark that an older version let run ahead of the clock."""
+        now_ms = int(time.time() * 1000)
+        if wm is not None and wm > watermark_ceiling(now_ms, self.config.max_future_ms):
+            log.warning(
+                "%s[%d]: the stored watermark %s is ahead of now + [input] max_future_minutes: "
+                "an event with a wrong clock moved it (before this version refused such "
+                "events), and label windows close early on this partition; see "
+                'docs/OPERATING.md, "A watermark that ran ahead" (`customer-ai watermarks`)',
+                topic,
+                partition,
+                format_time(wm),
+            )
+
     def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
         metrics.EVENTS_REJECTED.labels(reason=reason).inc()
         outbox.append((self.dlq_topic, record.key, dlq_message(record, reason, detail)))
@@ -405,8 +430,18 @@ class BatchScorer:
         wm = self.watermarks.get((topic, partition))
         if wm is None:
             wm = await self.store.watermark(wm_key)
+            self._warn_if_ahead(topic, partition, wm)
         batch_max_ts = max(e.timestamp_ms for _, e, _ in items)
-        new_wm = batch_max_ts - lateness if wm is None else max(wm, batch_max_ts - lateness)
+        # Invariant: the watermark never advances past the newest broker time of the
+        # partition's records in this batch (the worker's clock where a record has none or
+        # a later one) plus [input] max_future_minutes, whatever an event says. The time
+        # check above already refuses events beyond it; this bound holds even without it.
+        now_ms = int(time.time() * 1000)
+        newest = max(reference_time(r.timestamp_ms, now_ms) for r, _, _ in items)
+        candidate = min(
+            batch_max_ts - lateness, watermark_ceiling(newest, self.config.max_future_ms)
+        )
+        new_wm = candidate if wm is None else max(wm, candidate)
         due_ids = await self.store.due_profiles(due_key, new_wm)
         touched = list(dict.fromkeys([e.profile_id for _, e, _ in items] + due_ids))
         retry_ids: list[str] = touched

@@ -30,6 +30,7 @@ REASONS = {
     "too_deep",
     "missing_field",
     "wrong_type",
+    "bad_value",
     "bad_timestamp",
     "no_identity",
 }
@@ -201,8 +202,9 @@ def test_nesting_at_the_limit_is_accepted() -> None:
     [
         ("priceTotal", b"1e400", "invalid_json"),  # overflows a double
         ("priceTotal", b"-1e999", "invalid_json"),
-        ("priceTotal", b"1e300", "wrong_type"),  # finite but absurd
-        ("priceTotal", b"123456789012345678901234567890", "wrong_type"),
+        ("priceTotal", b"1e300", "bad_value"),  # finite but absurd
+        ("priceTotal", b"123456789012345678901234567890", "bad_value"),
+        ("priceTotal", b"-1e12", "bad_value"),  # below [[events]] value_min (0)
         ("timestamp", b"123456789012345678901234567890", "bad_timestamp"),
         ("timestamp", b"1e300", "bad_timestamp"),
         ("timestamp", b"-1", "bad_timestamp"),
@@ -224,7 +226,7 @@ def test_huge_python_ints_in_dict_input_are_rejected_cleanly() -> None:
     event["commerce"]["order"]["priceTotal"] = 10**400
     with pytest.raises(InvalidEvent) as info:
         ENGINE.match(validate_event(event))
-    assert info.value.reason == "wrong_type"
+    assert info.value.reason == "bad_value"
 
 
 def test_oversized_messages_are_capped() -> None:

@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from models.backtest import run_backtest
 from models.config import load_config
 from models.synthetic import generate_events
-from stream.cli.replay import ensure_topics
+from stream.cli.replay import ensure_topics, period_ending_today
 from tests.harness import (
     CONFIG,
     SCORE_FIELDS,
@@ -172,7 +172,10 @@ def test_worker_scores_every_event_and_goal(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
     config_path = write_test_config(tmp_path, min_examples_per_class=10, snapshot_every_examples=50)
-    events = generate_events(profiles=PROFILES, days=DAYS, seed=SEED)
+    # a year ending today: the worker refuses events dated after the replay's broker time
+    events = generate_events(
+        profiles=PROFILES, days=DAYS, seed=SEED, start=period_ending_today(DAYS)
+    )
     oracle = run_backtest(events, load_config(config_path), keep_scores=True)
     expected = Counter(goal for goal, _, _ in oracle.score_log)
     assert oracle.n_rejected == 0 and expected["churn"] > 0
