@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-from models.config import Config
+from models.config import DAY_MS, Config
 from models.events import Event, InvalidEvent, get_path
 from models.factors import Factor, FactorBasis
 from models.features import Featurizer
@@ -68,6 +68,7 @@ class Engine:
         self.goals = list(config.goals)
         self.windows = {g.name: g.window_ms for g in self.goals}
         self._window_items = list(self.windows.items())
+        self._longest_ms = max(config.horizons_days) * DAY_MS
         self.models: dict[str, LinearModel] = {
             g.name: LinearModel.cold(g.name, self.featurizer.names) for g in self.goals
         }
@@ -84,16 +85,17 @@ class Engine:
         self._needs_feature_dict = any(g.eligibility is not None for g in self.goals)
 
     def set_model(self, model: LinearModel) -> bool:
-        """Serve ``model`` for its goal if it is newer than the current one."""
+        """Serve ``model`` for its goal if it is newer than the current one.
+
+        A model trained on other features (an edited configuration) is projected onto
+        the current ones by name (:meth:`LinearModel.project`): it serves on, never
+        misaligned, until the trainer's new lineage is ready.
+        """
         current = self.models.get(model.goal)
         if current is None or model.version <= current.version:
             return False
         if model.feature_names != self.featurizer.names:
-            raise ValueError(
-                f"model for {model.goal!r} was trained on other features (the tracked events or "
-                "horizons changed); start from fresh state: a new CUSTOMER_AI_KEY_PREFIX or an "
-                "empty Redis database, then replay the events"
-            )
+            model = model.project(self.featurizer.names)
         self.models[model.goal] = model
         return True
 
@@ -154,6 +156,8 @@ class Engine:
                 self._emit_examples(pid, goal.name, done, ts, out)
         fz = self.featurizer
         fz.apply(state, ts, matched_events, values)
+        if state.restarted:  # features a config edit restarted: flagged for one horizon
+            state.prune_restarted(self._longest_ms)
         vector = fz.vector(state)
         transformed: list[float] | None = None  # shared by every goal's model
         feature_dict: dict[str, float] = (

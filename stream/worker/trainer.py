@@ -122,7 +122,15 @@ class TrainerStep:
             raw = await self.store.get_learner(goal)
             if raw is not None:
                 try:
-                    self.trainer.restore(goal, raw)
+                    if not self.trainer.restore(goal, raw):
+                        log.warning(
+                            "learner %s was trained on other features (the configuration's "
+                            "events or horizons changed): a new lineage starts after v%d; "
+                            "the served model keeps serving (projected onto the new "
+                            "features) until the new lineage leaves warm-up",
+                            goal,
+                            self.trainer.learners[goal].version,
+                        )
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("cannot resume learner %s (%s): starting it afresh", goal, exc)
         self.offsets = await self.store.trainer_offsets()
