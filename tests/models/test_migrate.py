@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from models.backtest import load_events
-from models.config import DAY_MS, ConfigError, Config, parse_config
+from models.config import DAY_MS, Config, ConfigError, parse_config
 from models.engine import Engine
 from models.events import Event, InvalidEvent
 from models.layout import FeatureLayout
