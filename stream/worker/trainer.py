@@ -133,6 +133,12 @@ class TrainerStep:
                         )
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("cannot resume learner %s (%s): starting it afresh", goal, exc)
+        # a learner started afresh (new lineage, unreadable or deleted state) numbers its
+        # versions after the one published last: a version is never reused
+        published = await self.store.model_versions()
+        for goal, learner in self.trainer.learners.items():
+            if learner.version < published.get(goal, 0):
+                learner.version = learner.lineage_start = published[goal]
         self.offsets = await self.store.trainer_offsets()
         self.restored = True
         log.info(

@@ -342,3 +342,14 @@ eligibility = { all = [{ field = "tenure_days", op = "gte", value = 1 },
     assert "did you mean 'purchase_count_total'" in message
     assert "purchase_days_since_last" in message  # the known names are listed
     parse_config(text.replace("purchase_count_totl", "purchase_count_total"))
+
+
+@pytest.mark.parametrize(
+    "edited", [SHIPPED, ["purchase", "cart_add"], ["add_to_cart", "purchase", "page_view"]]
+)
+def test_the_layout_names_the_featurizer_s_features(edited: list[str]) -> None:
+    """Migration maps by the names :class:`FeatureLayout` derives: they must be the
+    featurizer's, in its order."""
+    for valued in (("purchase",), ("purchase", "add_to_cart")):
+        engine = Engine(make_config(edited, horizons=(30, 7), valued=valued))
+        assert engine.featurizer.layout.feature_names() == engine.featurizer.names
