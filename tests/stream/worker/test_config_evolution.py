@@ -49,6 +49,7 @@ from tests.stream.worker.test_faults import (
     SETTINGS,
     broker,
     doc_view,
+    figures,
     flush_events,
     stored_states,
     valkey,
@@ -253,6 +254,20 @@ def test_a_config_edit_maps_state_by_name_without_dlq_or_misalignment(
         by_goal.setdefault(m.key.decode(), []).append(orjson.loads(m.value)["version"])
     for goal, seq in by_goal.items():
         assert seq == sorted(set(seq)), f"{goal}: versions reused or going back: {seq}"
+    figures(
+        "config edit",
+        events_before_edit=n_first,
+        events_after_edit=n_all - n_first,
+        profiles=len(want),
+        dead_letters=len(dead),
+        profiles_differing=len(differ),
+        profiles_flagged=len(flagged),
+        versions_before=before,
+        versions_after=after,
+        published_after_edit={
+            g: [v for v in seq if v > before.get(g, 0)] for g, seq in by_goal.items()
+        },
+    )
     log_b = (tmp_path / "worker-b.log").read_text(errors="replace")
     assert "cannot load model" not in log_b
     assert re.search(r"a new lineage starts after v\d+", log_b)
