@@ -38,15 +38,20 @@ from models.backtest import load_events, run_backtest
 from models.config import Config, load_config
 from models.engine import Engine
 from models.events import Event, decode_event
+from models.outcome import Outcome
 from models.profile import profile_document
+from models.state import ProfileState
 from models.synthetic import generate_events
 from stream.devservers import BrokerProcess, ValkeyProcess
+from stream.worker.scorer import BatchScorer, Record
+from stream.worker.store import RedisStore
 from tests.harness import CONFIG as SHIPPED_CONFIG
 from tests.harness import WorkerProcess, consume_all, produce, wait_until
 from tests.stream.worker.test_faults import (
     DOC_FIELDS,
     EVENTS,
     SETTINGS,
+    CollectingProducer,
     broker,
     doc_view,
     figures,
@@ -271,3 +276,79 @@ def test_a_config_edit_maps_state_by_name_without_dlq_or_misalignment(
     log_b = (tmp_path / "worker-b.log").read_text(errors="replace")
     assert "cannot load model" not in log_b
     assert re.search(r"a new lineage starts after v\d+", log_b)
+
+
+def event(i: int, event_type: str, price: float | None = None) -> bytes:
+    body: dict[str, Any] = {
+        "_id": f"e-{i}",
+        "timestamp": 1_767_225_600_000 + i * 3_600_000,
+        "eventType": event_type,
+        "identityMap": {"ECID": [{"id": "p-1", "primary": True}]},
+    }
+    if price is not None:
+        body["commerce"] = {"order": {"priceTotal": price}}
+    return orjson.dumps(body)
+
+
+async def test_format_1_states_read_with_the_legacy_layout_then_migrate(
+    valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    """A state stored by the previous version (format 1, no layout) is read with the
+    layout the first worker of this version registered as ``legacy``; after an edit it
+    is mapped by name from there. Each step equals a replay of the same events."""
+    cfg_a = load_config(SHIPPED_CONFIG)
+    cfg_b = load_config(edited_config(tmp_path / "b.toml"))
+    lines = [
+        event(0, "commerce.productViews"),
+        event(1, "commerce.purchases", 20.0),
+        event(2, "web.webpagedetails.pageViews"),
+        event(3, "commerce.productListAdds"),
+        event(4, "commerce.purchases", 5.0),
+    ]
+    # the previous version's record: format 1 (no layout, no recent ids) after 2 events
+    engine = Engine(cfg_a)
+    state = None
+    for line in lines[:2]:
+        state = engine.process(state, decode_event(line), Outcome())
+    assert state is not None
+    old = orjson.loads(state.to_bytes())
+    old[0] = 1
+    url = valkey.url + "/0"
+    client = redis.Redis.from_url(url)
+    client.hset("cai:p:{p-1}", mapping={"s": orjson.dumps(old[:11]), "v": 1})
+    store = RedisStore(url)
+    try:
+        records = [Record(EVENTS, 0, i, b"p-1", v, None) for i, v in enumerate(lines)]
+        producer = CollectingProducer()
+        scorer_a = BatchScorer(Engine(cfg_a), store, producer, SETTINGS)
+        await scorer_a.process(records[2:4])
+        layouts = client.hgetall("cai:layouts")
+        fp_a = Engine(cfg_a).featurizer.fingerprint
+        assert layouts[b"legacy"] == layouts[fp_a.encode()]
+        stored = ProfileState.from_bytes(client.hget("cai:p:{p-1}", "s"), ["conversion", "churn"])
+        want = None
+        replay_a = Engine(cfg_a)
+        for line in lines[:4]:
+            want = replay_a.process(want, decode_event(line), Outcome())
+        assert want is not None and stored.layout == fp_a
+        assert (stored.counts, stored.decayed, stored.values) == (
+            want.counts,
+            want.decayed,
+            want.values,
+        )
+        # the edited config: mapped by name (purchase, cart_add, page_view, add_to_cart)
+        scorer_b = BatchScorer(Engine(cfg_b), store, producer, SETTINGS)
+        await scorer_b.process(records[4:])
+        got = ProfileState.from_bytes(client.hget("cai:p:{p-1}", "s"), ["conversion", "churn"])
+        assert got.layout == Engine(cfg_b).featurizer.fingerprint
+        assert got.counts == [2, 0, 1, 1] and got.value_totals == [25.0]
+        assert got.restarted == {"cart_add": lines_ts(lines[3])}
+        dead = [m for m in producer.messages if m[0] == SETTINGS.topic("dlq")]
+        assert dead == []
+    finally:
+        await store.close()
+        client.close()
+
+
+def lines_ts(line: bytes) -> int:
+    return decode_event(line).timestamp_ms
