@@ -224,10 +224,21 @@ class LayoutMigrator:
         self.layouts.update(known or {})
         #: bytes found in every state written with the current layout (a cheap pre-check)
         self.marker = f'"{self.fingerprint}"'.encode()
+        #: the same for every known layout
+        self.markers = [f'"{fp}"'.encode() for fp in self.layouts if fp != LEGACY]
 
     def add(self, known: dict[str, FeatureLayout]) -> None:
         """Learn more registry entries."""
         self.layouts.update(known)
+        self.markers = [f'"{fp}"'.encode() for fp in self.layouts if fp != LEGACY]
+
+    def surely_known(self, raw: bytes) -> bool:
+        """True if ``raw`` (a stored state) certainly has a known layout, without parsing it:
+        it names a known fingerprint, or it is a format-1 state and the legacy layout is
+        known. False means: parse it to tell."""
+        if raw.startswith(b"[1,"):
+            return LEGACY in self.layouts
+        return any(m in raw for m in self.markers)
 
     def knows(self, fingerprint: str) -> bool:
         return (fingerprint or LEGACY) in self.layouts

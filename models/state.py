@@ -247,24 +247,24 @@ class ProfileState:
 
     def to_bytes(self) -> bytes:
         """Serialize to compact JSON bytes (``restarted`` appended only when not empty)."""
-        row = [
-            STATE_FORMAT,
-            self.first_ts,
-            self.ref_ts,
-            self.n_events,
-            self.counts,
-            self.last_ts,
-            self.decayed,
-            self.values,
-            self.value_totals,
-            {name: g.to_list() for name, g in self.goals.items()},
-            self.gap_ms,
-            self.layout,
-            self.recent,
-        ]
-        if self.restarted:
-            row.append(self.restarted)
-        return orjson.dumps(row)
+        return orjson.dumps(
+            [
+                STATE_FORMAT,
+                self.first_ts,
+                self.ref_ts,
+                self.n_events,
+                self.counts,
+                self.last_ts,
+                self.decayed,
+                self.values,
+                self.value_totals,
+                {name: g.to_list() for name, g in self.goals.items()},
+                self.gap_ms,
+                self.layout,
+                self.recent,
+            ]
+            + ([self.restarted] if self.restarted else [])
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes, goals: list[str]) -> ProfileState:

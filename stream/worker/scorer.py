@@ -211,7 +211,7 @@ class BatchScorer:
         """Re-read the registry if a state's layout is not known here (another worker's)."""
         marker = self.layouts.marker
         for raw in raws:
-            if raw and marker not in raw:
+            if raw and marker not in raw and not self.layouts.surely_known(raw):
                 try:
                     data = orjson.loads(raw)
                     fingerprint = data[11] if len(data) > 11 else ""
