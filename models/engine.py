@@ -256,10 +256,10 @@ class Engine:
                     best = due
         return best
 
-    @staticmethod
     def _emit_examples(
-        pid: str, goal: str, done: list[tuple[Snapshot, int]], now: int, out: Outcome
+        self, pid: str, goal: str, done: list[tuple[Snapshot, int]], now: int, out: Outcome
     ) -> None:
+        layout = self.featurizer.fingerprint  # snapshots follow it (models/migrate.py)
         for snap, label in done:
             out.examples.append(
                 Example(
@@ -273,5 +273,6 @@ class Engine:
                     snap.features,
                     now,
                     snap.warming_up,
+                    layout,
                 )
             )

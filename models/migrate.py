@@ -45,7 +45,14 @@ from models.layout import FeatureLayout
 from models.rounding import rounded
 from models.state import NEVER, ProfileState
 
-__all__ = ["LEGACY", "LayoutMigrator", "UnknownLayout", "migrate_state", "partial_features"]
+__all__ = [
+    "LEGACY",
+    "FeatureMap",
+    "LayoutMigrator",
+    "UnknownLayout",
+    "migrate_state",
+    "partial_features",
+]
 
 #: The registry field holding the layout assumed for format-1 states (their ``layout`` is ``""``).
 LEGACY = "legacy"
@@ -134,16 +141,11 @@ def migrate_state(state: ProfileState, old: FeatureLayout, new: FeatureLayout) -
             else:
                 values.append(0.0)
                 restarted[f"{e}_value_{h}d"] = since
-    old_names = old.feature_names()
-    position = {n: p for p, n in enumerate(old_names)}
-    new_names = new.feature_names()
-    for gs in state.goals.values():
-        for snap in gs.pending:
-            f = snap.features
-            snap.features = [
-                f[position[n]] if n in position and position[n] < len(f) else _empty(n)
-                for n in new_names
-            ]
+    if any(gs.pending for gs in state.goals.values()):
+        mapping = FeatureMap(old, new)
+        for gs in state.goals.values():
+            for snap in gs.pending:
+                snap.features = mapping(snap.features)
     return ProfileState(
         state.first_ts,
         state.ref_ts,
@@ -159,6 +161,26 @@ def migrate_state(state: ProfileState, old: FeatureLayout, new: FeatureLayout) -
         state.recent,
         restarted,
     )
+
+
+class FeatureMap:
+    """Maps a feature vector of layout ``old`` onto layout ``new`` by name; a feature
+    ``old`` lacks reads its empty value (``MAX_DAYS`` for recency, else 0).
+
+    >>> FeatureMap(FeatureLayout(("a",), (), (7,)), FeatureLayout(("b", "a"), (), (7,)))(
+    ...     [1.0, 2.0, 3.0, 4.0, 5.0])
+    [0.0, 365.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+
+    def __init__(self, old: FeatureLayout, new: FeatureLayout) -> None:
+        position = {n: p for p, n in enumerate(old.feature_names())}
+        self.n_old = len(position)
+        self.plan = [(position.get(n, -1), _empty(n)) for n in new.feature_names()]
+
+    def __call__(self, features: list[float]) -> list[float]:
+        if len(features) != self.n_old:
+            raise ValueError(f"{len(features)} features, the layout has {self.n_old}")
+        return [features[p] if p >= 0 else empty for p, empty in self.plan]
 
 
 def _decay(state: ProfileState, last: int, horizon_days: int) -> float:

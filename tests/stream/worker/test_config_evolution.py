@@ -24,6 +24,7 @@ Contract: docs/DESIGN.md, sections "Changing the configuration" and "Models".
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 from pathlib import Path
@@ -38,13 +39,16 @@ from models.backtest import load_events, run_backtest
 from models.config import Config, load_config
 from models.engine import Engine
 from models.events import Event, decode_event
-from models.outcome import Outcome
+from models.features import Featurizer
+from models.messages import example_message
+from models.outcome import Example, Outcome
 from models.profile import profile_document
 from models.state import ProfileState
 from models.synthetic import generate_events
 from stream.devservers import BrokerProcess, ValkeyProcess
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.store import RedisStore
+from stream.worker.trainer import TrainerStep
 from tests.harness import CONFIG as SHIPPED_CONFIG
 from tests.harness import WorkerProcess, consume_all, produce, wait_until
 from tests.stream.worker.test_faults import (
@@ -57,6 +61,7 @@ from tests.stream.worker.test_faults import (
     figures,
     flush_events,
     stored_states,
+    training_records,
     valkey,
 )
 
@@ -352,3 +357,63 @@ async def test_format_1_states_read_with_the_legacy_layout_then_migrate(
 
 def lines_ts(line: bytes) -> int:
     return decode_event(line).timestamp_ms
+
+
+async def test_the_trainer_maps_examples_of_another_layout_by_name(
+    valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    """Examples made before the edit (or by a worker not restarted yet) carry config A's
+    layout: a trainer with config B learns them with each feature under its own name;
+    one of a layout the registry lacks is dropped, never learnt misaligned."""
+    cfg_a = load_config(SHIPPED_CONFIG)
+    cfg_b = load_config(edited_config(tmp_path / "b.toml"))
+    fz_a, fz_b = Featurizer(cfg_a), Featurizer(cfg_b)
+    url = valkey.url + "/0"
+    store = RedisStore(url)
+    try:
+        await store.register_layout(fz_a.fingerprint, fz_a.layout.to_json())
+        # feature i of layout A is worth i + 1, so each name has its own value
+        features = [float(i + 1) for i in range(len(fz_a.names))]
+        examples = [
+            Example(
+                f"p|conversion|{i}|e",
+                "conversion",
+                "p",
+                i,
+                i % 2,
+                0.5,
+                0,
+                features,
+                i,
+                False,
+                fz_a.fingerprint,
+            )  # fmt: skip
+            for i in range(6)
+        ]
+        examples.append(
+            Example(
+                "q|conversion|0|e",
+                "conversion",
+                "q",
+                0,
+                1,
+                0.5,
+                0,
+                features,
+                0,
+                False,
+                "0123456789ab",
+            )  # fmt: skip
+        )
+        assert orjson.loads(example_message(examples[0]))["layout"] == fz_a.fingerprint
+        step = TrainerStep(cfg_b, store, CollectingProducer(), SETTINGS)
+        assert await step.process(training_records(examples)) == 6
+        assert step.unaligned == 1
+        learner = orjson.loads(await store.get_learner("conversion") or b"{}")
+        means = learner["scaler"]["means"]
+        value_a = dict(zip(fz_a.names, features))
+        for name in fz_b.names:
+            want = value_a.get(name, 365.0 if name.endswith("_days_since_last") else 0.0)
+            assert means.get(name, 0.0) == pytest.approx(math.log1p(want)), name
+    finally:
+        await store.close()
