@@ -127,10 +127,17 @@ def oracle_docs(
     monkeypatch.setattr(backtest_module, "Engine", MaskedEngine)
     result = run_backtest(lines, after)
     monkeypatch.undo()
+    LEARNT.clear()
+    for ex in result.examples:
+        LEARNT.setdefault(ex.goal, set()).add(ex.example_id)
     return {
         pid: doc_view(profile_document(result.engine, pid, state))
         for pid, state in result.states.items()
     }
+
+
+#: goal -> the example ids the last :func:`oracle_docs` backtest learnt
+LEARNT: dict[str, set[str]] = {}
 
 
 def read_docs(redis_url: str, config: Path, ids: list[str]) -> dict[str, dict[str, Any] | None]:
@@ -249,6 +256,14 @@ def test_a_config_edit_maps_state_by_name_without_dlq_or_misalignment(
         assert status == 200, body
         assert doc_view(orjson.loads(body)) == want[pid]
 
+    # training exactly-once across the edit: the examples learnt are the backtest's
+    for goal in (g.name for g in cfg_b.goals):
+        learnt = {i.decode() for i in client.zrange(f"cai:learnt:{goal}", 0, -1)}
+        assert learnt == LEARNT.get(goal, set()), (
+            goal,
+            len(learnt - LEARNT.get(goal, set())),
+            len(LEARNT.get(goal, set()) - learnt),
+        )
     after = versions(client)
     assert all(after.get(g, 0) >= v for g, v in before.items()), (before, after)
     names = Engine(cfg_b).featurizer.names
@@ -272,6 +287,7 @@ def test_a_config_edit_maps_state_by_name_without_dlq_or_misalignment(
         dead_letters=len(dead),
         profiles_differing=len(differ),
         profiles_flagged=len(flagged),
+        examples_learnt={g: len(ids) for g, ids in LEARNT.items()},
         versions_before=before,
         versions_after=after,
         published_after_edit={
