@@ -52,15 +52,14 @@ import orjson
 
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
-from models.layout import FeatureLayout
 from models.messages import OutMessage, encode_outcome, scores_field
-from models.migrate import LayoutMigrator
 from models.model import LinearModel
 from models.outcome import Outcome
 from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker.lanes import Lanes
+from stream.worker.layouts import StateDecoder
 from stream.worker.producer import BatchProducer
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.settings import Settings
@@ -186,67 +185,12 @@ class BatchScorer:
         self.repartition_topic = repartition_topic
         self.watermarks: dict[tuple[str, int], int] = {}
         self._lanes = Lanes()
-        #: maps states written with another feature layout (an edited config) by name
-        self.layouts = LayoutMigrator(engine.featurizer.layout)
-        self._layouts_registered = False
-
-    # ---- feature layouts -------------------------------------------------------------
-    async def load_layouts(self) -> None:
-        """Register this worker's layout in ``P:layouts`` (first call) and read the registry."""
-        if self._layouts_registered:
-            raw = await self.store.layouts()
-        else:
-            current = self.layouts.current
-            raw = await self.store.register_layout(current.fingerprint, current.to_json())
-            self._layouts_registered = True
-        known: dict[str, FeatureLayout] = {}
-        for name, value in raw.items():
-            try:
-                known[name] = FeatureLayout.from_json(value)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("layout registry entry %s is not a layout (%s): ignored", name, exc)
-        self.layouts.add(known)
-
-    async def _learn_layouts(self, raws: list[bytes | None]) -> None:
-        """Re-read the registry if a state's layout is not known here (another worker's)."""
-        marker = self.layouts.marker
-        for raw in raws:
-            if raw and marker not in raw and not self.layouts.surely_known(raw):
-                try:
-                    data = orjson.loads(raw)
-                    fingerprint = data[11] if len(data) > 11 else ""
-                except (orjson.JSONDecodeError, TypeError, IndexError, KeyError):
-                    continue  # unreadable: decoding it will say so
-                if isinstance(fingerprint, str) and not self.layouts.knows(fingerprint):
-                    await self.load_layouts()
-                    return
-
-    def decode_state(self, row: LoadedProfile) -> ProfileState:
-        """A loaded profile's state, mapped onto the current layout if written with another.
-
-        Raises :class:`models.migrate.UnknownLayout` if the registry lacks its layout.
-        """
-        assert row.state is not None
-        state = ProfileState.from_bytes(row.state, self.goal_names)
-        if state.layout == self.layouts.fingerprint:
-            return state
-        old = self.layouts.layout_of(state.layout)
-        state = self.layouts.migrate(state)
-        if old is not None and row.top_factors:  # ``tf`` positions follow the old layout
-            now = self.engine.featurizer.index
-            names = old.feature_names()
-            row.top_factors = {
-                g: tuple(names[now[f]] if f in now and now[f] < len(names) else f for f in fs)
-                for g, fs in row.top_factors.items()
-            }
-        return state
+        #: decodes loaded states, mapping those of another feature layout by name
+        self.layouts = StateDecoder(engine, store)
 
     async def read_state(self, raw: bytes) -> ProfileState:
-        """:meth:`decode_state` of one stored state, for the views."""
-        if not self._layouts_registered:
-            await self.load_layouts()
-        await self._learn_layouts([raw])
-        return self.decode_state(LoadedProfile(raw, "", -1))
+        """A stored state, mapped onto the running layout if written with another."""
+        return await self.layouts.read(raw)
 
     # ---- models ----------------------------------------------------------------------
     async def refresh_models(self) -> list[str]:
@@ -272,8 +216,7 @@ class BatchScorer:
     async def process(self, records: list[Record]) -> dict[str, int]:
         """Process one batch end to end; returns counters for logs and tests."""
         started = time.perf_counter()
-        if not self._layouts_registered:
-            await self.load_layouts()
+        await self.layouts.ensure()
         counts = {
             "events": 0,
             "rejected": 0,
@@ -468,7 +411,7 @@ class BatchScorer:
         while retry_ids:
             attempt += 1
             loaded = await self.store.load(retry_ids, offset_field)
-            await self._learn_layouts([row.state for row in loaded.values()])
+            await self.layouts.learn(row.state for row in loaded.values())
             subset = set(retry_ids)
             fenced = await self._apply(
                 topic,
@@ -514,7 +457,7 @@ class BatchScorer:
         states: dict[str, ProfileState | None] = {}
         for pid in subset:
             row = loaded[pid]
-            states[pid] = self.decode_state(row) if row.state else None
+            states[pid] = self.layouts.decode(row) if row.state else None
         applied_offset = {pid: loaded[pid].offset for pid in subset}
         # each profile's place in the segment index as stored: (bucket, top factors) per goal
         index_before: dict[str, dict[str, SegmentEntry]] = {}

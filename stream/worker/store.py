@@ -26,6 +26,9 @@ key                                    value
 ``P:learnt:<goal>`` (zset)             ids of the examples learnt (the newest
                                        ``LEARNT_IDS_KEPT``), scored by learning time (ms)
 ``P:models`` (hash)                    goal -> served model version
+``P:layouts`` (hash)                   feature layout fingerprint -> layout JSON of every
+                                       configuration a worker started with; ``legacy`` ->
+                                       the layout of format-1 states (no fingerprint)
 ``P:seg:<goal>:<bucket>`` (set)        profiles currently in that bucket
 ``P:segf:<goal>:<bucket>:<feature>``   profiles in that bucket whose last score's top factors
 (set)                                  (the ``factors`` of the score message) include
