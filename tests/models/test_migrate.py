@@ -50,6 +50,15 @@ def make_config(
     valued: tuple[str, ...] = ("purchase",),
 ) -> Config:
     """The shipped goals and labels over ``events`` (in that order) and ``horizons``."""
+    return parse_config(make_config_text(events, horizons, valued))
+
+
+def make_config_text(
+    events: list[str],
+    horizons: tuple[int, ...] = (7, 30, 90),
+    valued: tuple[str, ...] = ("purchase",),
+) -> str:
+    """The text of :func:`make_config`."""
     lines = [f"[features]\nhorizons_days = {list(horizons)}\n"]
     for name in events:
         lines.append(
@@ -83,7 +92,7 @@ max_pending = 4
 min_interval_hours = 48
 """
     )
-    return parse_config("\n".join(lines))
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +362,32 @@ def test_the_layout_names_the_featurizer_s_features(edited: list[str]) -> None:
     for valued in (("purchase",), ("purchase", "add_to_cart")):
         engine = Engine(make_config(edited, horizons=(30, 7), valued=valued))
         assert engine.featurizer.layout.feature_names() == engine.featurizer.names
+
+
+def test_removed_goal_and_new_window_follow_the_documented_rules(events: list[Event]) -> None:
+    """A removed goal's pending snapshots are dropped at the profile's next write; a goal
+    whose window changed closes its pending snapshots at open time + the new window."""
+    cfg = make_config(SHIPPED)
+    engine = Engine(cfg)
+    states: dict[str, ProfileState] = {}
+    replay(engine, events[: len(events) // 2], states, Outcome())
+    pid, state = next((p, s) for p, s in states.items() if s.goals["churn"].pending)
+    raw = state.to_bytes()
+    # churn removed: gone from the state read, and from what is written next
+    only_conversion = ProfileState.from_bytes(raw, ["conversion"])
+    assert list(only_conversion.goals) == ["conversion"]
+    assert "churn" not in orjson.loads(only_conversion.to_bytes())[9]
+    # churn's window 90 -> 10 days: its pending snapshots close at open time + 10 days
+    shorter = parse_config(
+        make_config_text(SHIPPED).replace("window_days = 90", "window_days = 10")
+    )
+    short = Engine(shorter)
+    moved = ProfileState.from_bytes(raw, ["conversion", "churn"])
+    first = moved.goals["churn"].pending[0]
+    assert short.next_due(moved) == min(
+        first.open_ts + 10 * DAY_MS,
+        *(s.open_ts + 30 * DAY_MS for s in moved.goals["conversion"].pending),
+    )
+    out = Outcome()
+    short.expire(pid, moved, first.open_ts + 10 * DAY_MS + 1, out)
+    assert [e.prediction_ts for e in out.examples if e.goal == "churn"][:1] == [first.open_ts]
