@@ -433,3 +433,39 @@ async def test_the_trainer_maps_examples_of_another_layout_by_name(
             assert means.get(name, 0.0) == pytest.approx(math.log1p(want)), name
     finally:
         await store.close()
+
+
+async def test_segment_listing_names_old_top_factor_positions_by_their_layout(
+    valkey: ValkeyProcess, tmp_path: Path
+) -> None:
+    """``customer-ai segment`` after an edit: a profile not written since keeps ``tf``
+    positions of config A's layout; they are named after A's features, not B's."""
+    from stream.ops.segments import read_segment
+
+    cfg_a = load_config(SHIPPED_CONFIG)
+    cfg_b = load_config(edited_config(tmp_path / "b.toml"))
+    fz_a, fz_b = Featurizer(cfg_a), Featurizer(cfg_b)
+    url = valkey.url + "/0"
+    store = RedisStore(url, feature_names=fz_b.names)
+    client = redis.Redis.from_url(url)
+    try:
+        await store.register_layout(fz_a.fingerprint, fz_a.layout.to_json())
+        await store.register_layout(fz_b.fingerprint, fz_b.layout.to_json())
+        state = fz_a.new_state(0)
+        position = fz_a.names.index("purchase_count_total")
+        assert fz_b.names[position] != "purchase_count_total"  # B moved it
+        client.hset(
+            store.profile_key("p-1"),
+            mapping={
+                "s": state.to_bytes(),
+                "v": 1,
+                "scores": orjson.dumps({"conversion": {"probability": 0.9, "bucket": "high"}}),
+                "tf": f"conversion:{position}",
+            },
+        )
+        client.sadd(store.segment_key("conversion", "high"), "p-1")
+        listing = await read_segment(store, "conversion", "high", ["low", "medium", "high"])
+        assert [p["top_factors"] for p in listing.profiles] == [["purchase_count_total"]]
+    finally:
+        await store.close()
+        client.close()
