@@ -29,6 +29,7 @@ models.config.ConfigError: goals[0].event: unknown event 'nope'; define it under
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from models.conditions import ConditionError, Predicate, compile_condition, condition_fields
+from models.layout import FeatureLayout
 
 __all__ = [
     "DAY_MS",
@@ -443,6 +445,47 @@ def _retention(data: dict[str, Any], goals: tuple[GoalConfig, ...]) -> Retention
     return RetentionConfig(days)
 
 
+def _check_eligibility(
+    goals: tuple[GoalConfig, ...], events: tuple[TrackedEvent, ...], horizons: tuple[int, ...]
+) -> None:
+    """Refuse an eligibility condition on a field that is not a profile feature.
+
+    It would read as missing for every profile, so the goal would silently never score.
+
+    >>> cfg = '''
+    ... [[events]]
+    ... name = "purchase"
+    ... when = { field = "eventType", op = "equals", value = "buy" }
+    ... [[goals]]
+    ... name = "g"
+    ... type = "occurs"
+    ... event = "purchase"
+    ... window_days = 7
+    ... eligibility = { field = "purchase_count_totl", op = "gte", value = 1 }
+    ... '''
+    >>> parse_config(cfg)
+    Traceback (most recent call last):
+    ...
+    models.config.ConfigError: goals[0].eligibility: 'purchase_count_totl' is not a profile feature (did you mean 'purchase_count_total'?); known features: ...
+    """
+    layout = FeatureLayout(
+        tuple(e.name for e in events),
+        tuple(e.name for e in events if e.value_field),
+        horizons,
+    )
+    known = layout.feature_names()
+    for i, goal in enumerate(goals):
+        for name in goal.eligibility_fields:
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"goals[{i}].eligibility: {name!r} is not a profile feature{hint}; "
+                f"known features: {', '.join(known)}"
+            )
+
+
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Parse and validate configuration text.
 
@@ -506,6 +549,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         ),
     )
     goals = _goals(data, events, labels)
+    _check_eligibility(goals, events, tuple(horizons))
 
     model_t = _table(data, "model")
     defaults = ModelConfig()

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-from models.config import Config
+from models.config import DAY_MS, Config
 from models.events import Event, InvalidEvent, get_path
 from models.factors import Factor, FactorBasis
 from models.features import Featurizer
@@ -88,6 +88,7 @@ class Engine:
         self.goals = list(config.goals)
         self.windows = {g.name: g.window_ms for g in self.goals}
         self._window_items = list(self.windows.items())
+        self._longest_ms = max(config.horizons_days) * DAY_MS
         self.models: dict[str, LinearModel] = {
             g.name: LinearModel.cold(g.name, self.featurizer.names) for g in self.goals
         }
@@ -105,16 +106,17 @@ class Engine:
         self._recent_ids = config.recent_ids
 
     def set_model(self, model: LinearModel) -> bool:
-        """Serve ``model`` for its goal if it is newer than the current one."""
+        """Serve ``model`` for its goal if it is newer than the current one.
+
+        A model trained on other features (an edited configuration) is projected onto
+        the current ones by name (:meth:`LinearModel.project`): it serves on, never
+        misaligned, until the trainer's new lineage is ready.
+        """
         current = self.models.get(model.goal)
         if current is None or model.version <= current.version:
             return False
         if model.feature_names != self.featurizer.names:
-            raise ValueError(
-                f"model for {model.goal!r} was trained on other features (the tracked events or "
-                "horizons changed); start from fresh state: a new CUSTOMER_AI_KEY_PREFIX or an "
-                "empty Redis database, then replay the events"
-            )
+            model = model.project(self.featurizer.names)
         self.models[model.goal] = model
         return True
 
@@ -197,6 +199,8 @@ class Engine:
                 del recent[: len(recent) - n_recent]
         elif recent:
             state.recent = []  # turned off: the hashes go with the profile's next write
+        if state.restarted:  # features a config edit restarted: flagged for one horizon
+            state.prune_restarted(self._longest_ms)
         vector = fz.vector(state)
         transformed: list[float] | None = None  # shared by every goal's model
         feature_dict: dict[str, float] = (
@@ -295,10 +299,10 @@ class Engine:
                     best = due
         return best
 
-    @staticmethod
     def _emit_examples(
-        pid: str, goal: str, done: list[tuple[Snapshot, int]], now: int, out: Outcome
+        self, pid: str, goal: str, done: list[tuple[Snapshot, int]], now: int, out: Outcome
     ) -> None:
+        layout = self.featurizer.fingerprint  # snapshots follow it (models/migrate.py)
         for snap, label in done:
             out.examples.append(
                 Example(
@@ -312,5 +316,6 @@ class Engine:
                     snap.features,
                     now,
                     snap.warming_up,
+                    layout,
                 )
             )

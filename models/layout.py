@@ -14,6 +14,10 @@ Examples
 12
 >>> FeatureLayout.from_json(layout.to_json()) == layout
 True
+>>> layout.event_features("purchase")
+['purchase_count_7d', 'purchase_count_30d', 'purchase_days_since_last', 'purchase_count_total', 'purchase_value_7d', 'purchase_value_30d']
+>>> layout.feature_names()[-2:]
+['tenure_days', 'days_since_previous_visit']
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["FeatureLayout"]
+__all__ = ["PROFILE_FEATURES", "FeatureLayout"]
+
+#: the features every layout ends with (not tied to a tracked event)
+PROFILE_FEATURES = ("tenure_days", "days_since_previous_visit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +64,16 @@ class FeatureLayout:
     def fingerprint(self) -> str:
         """12 hex digits of the BLAKE2b hash of :meth:`to_json`."""
         return hashlib.blake2b(self.to_json(), digest_size=6).hexdigest()
+
+    def event_features(self, event: str) -> list[str]:
+        """The names of the features of tracked ``event``, in vector order."""
+        names = [f"{event}_count_{h}d" for h in self.horizons]
+        names += [f"{event}_days_since_last", f"{event}_count_total"]
+        if event in self.valued:
+            names += [f"{event}_value_{h}d" for h in self.horizons]
+        return names
+
+    def feature_names(self) -> list[str]:
+        """Every feature name in vector order (:attr:`models.features.Featurizer.names`)."""
+        names = [n for e in self.events for n in self.event_features(e)]
+        return names + list(PROFILE_FEATURES)

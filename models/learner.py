@@ -44,7 +44,7 @@ from river import linear_model, optim, preprocessing
 from river.utils import VectorDict
 
 from models.metrics import RollingMetrics
-from models.model import LinearModel, sigmoid
+from models.model import LinearModel, lineage_id, sigmoid
 
 __all__ = [
     "RIVER_VERIFIED",
@@ -148,6 +148,9 @@ class OnlineLearner:
         self.n_examples = 0
         self.n_positive = 0
         self.version = 0
+        #: the version its predecessor lineage had reached when this one started (0: none);
+        #: a successor does not publish while it warms up (the old model serves on)
+        self.lineage_start = 0
         self.metrics = RollingMetrics(metrics_window)
 
     def _transform(self, features: list[float]) -> dict[str, float]:
@@ -240,7 +243,23 @@ class OnlineLearner:
             n_positive=self.n_positive,
             metrics=self.metrics.summary(),
             created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            lineage=lineage_id(self.feature_names),
         )
+
+    @classmethod
+    def successor(
+        cls, previous: OnlineLearner, feature_names: list[str], **kwargs: Any
+    ) -> OnlineLearner:
+        """A fresh learner on ``feature_names`` (a new lineage) whose versions continue
+        ``previous``'s: its first model is ``previous.version + 1``, never a reused number."""
+        learner = cls(previous.goal, feature_names, **kwargs)
+        learner.version = learner.lineage_start = previous.version
+        return learner
+
+    @property
+    def holding_back(self) -> bool:
+        """A successor lineage still warming up: its models are not published yet."""
+        return self.lineage_start > 0 and self.warming_up
 
     def to_state(self) -> bytes:
         """Persist the whole learner (River internals included) as JSON."""
@@ -250,6 +269,7 @@ class OnlineLearner:
                 "goal": self.goal,
                 "feature_names": self.feature_names,
                 "version": self.version,
+                "lineage_start": self.lineage_start,
                 "n_examples": self.n_examples,
                 "n_positive": self.n_positive,
                 "calibration": [self.calibration_a, self.calibration_b],
@@ -283,6 +303,7 @@ class OnlineLearner:
             raise ValueError("unknown learner state format; the trainer cannot resume from it")
         learner = cls(data["goal"], data["feature_names"], **kwargs)
         learner.version = data["version"]
+        learner.lineage_start = int(data.get("lineage_start", 0))
         learner.n_examples = data["n_examples"]
         learner.n_positive = data["n_positive"]
         learner.calibration_a, learner.calibration_b = data["calibration"]

@@ -93,6 +93,7 @@ def example_message(example: Example) -> bytes:
             "features": example.features,
             "matured_time": example.matured_ts,
             "served_warming_up": example.served_warming_up,
+            "layout": example.layout,
         }
     )
 
@@ -111,6 +112,7 @@ def example_from_message(raw: bytes) -> Example:
         d["features"],
         d["matured_time"],
         bool(d.get("served_warming_up", False)),
+        str(d.get("layout", "")),
     )
 
 

@@ -21,10 +21,14 @@ Examples
 (0.2689, [('b', -1.0), ('a', 0.0)])
 >>> LinearModel.from_json(m.to_json()) == m
 True
+>>> p2 = m.project(["c", "b"])  # "a" dropped, "c" added with no weight
+>>> p2.feature_names, p2.weights, p2.version
+(['c', 'b'], [0.0, -1.0], 3)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import operator
 from dataclasses import asdict, dataclass, field
@@ -33,10 +37,22 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["TOP_FACTORS", "LinearModel", "sigmoid", "transform"]
+__all__ = ["TOP_FACTORS", "LinearModel", "lineage_id", "sigmoid", "transform"]
 
 TOP_FACTORS = 5
 SNAPSHOT_FORMAT = 1
+
+
+def lineage_id(feature_names: list[str]) -> str:
+    """The lineage of a model: 12 hex digits of the hash of its feature names, in order.
+
+    Models (and learners) of one lineage share their features; a changed feature set
+    starts a new lineage, whose versions continue the old one's.
+
+    >>> lineage_id(["a", "b"]) == lineage_id(["a", "b"]) != lineage_id(["b", "a"])
+    True
+    """
+    return hashlib.blake2b(orjson.dumps(list(feature_names)), digest_size=6).hexdigest()
 
 
 def sigmoid(z: float) -> float:
@@ -87,6 +103,8 @@ class LinearModel:
     n_positive: int = 0
     metrics: dict[str, float | None] = field(default_factory=dict)
     created_at: str = ""
+    #: :func:`lineage_id` of the features it was trained on (``""``: written before lineages)
+    lineage: str = ""
 
     @classmethod
     def cold(cls, goal: str, feature_names: list[str], base_rate: float = 0.5) -> LinearModel:
@@ -196,11 +214,42 @@ class LinearModel:
         contributions.sort(key=lambda nc: (-abs(nc[1]), nc[0]))
         return p, contributions[:top]
 
+    def project(self, feature_names: list[str]) -> LinearModel:
+        """This model on ``feature_names``: the features it lacks get weight 0 (mean 0,
+        std 1), those it has that are not in ``feature_names`` are dropped. Its scores
+        then ignore the added features and serve on, by name, never misaligned."""
+        at = {n: i for i, n in enumerate(self.feature_names)}
+        mean, std, weights = [], [], []
+        for name in feature_names:
+            i = at.get(name)
+            mean.append(0.0 if i is None else self.mean[i])
+            std.append(1.0 if i is None else self.std[i])
+            weights.append(0.0 if i is None else self.weights[i])
+        return LinearModel(
+            self.goal,
+            self.version,
+            list(feature_names),
+            mean,
+            std,
+            weights,
+            self.intercept,
+            self.calibration_a,
+            self.calibration_b,
+            self.warming_up,
+            self.base_rate,
+            self.n_examples,
+            self.n_positive,
+            dict(self.metrics),
+            self.created_at,
+            self.lineage,
+        )
+
     def to_json(self) -> bytes:
         """Serialize to JSON bytes (never pickle)."""
         data = asdict(self)
         data["format"] = SNAPSHOT_FORMAT
         data["transform"] = "log1p"
+        data["lineage"] = data.pop("lineage")  # last: the field added after the others
         return orjson.dumps(data)
 
     @classmethod

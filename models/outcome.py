@@ -168,6 +168,7 @@ class Example:
     features: list[float]
     matured_ts: int
     served_warming_up: bool
+    layout: str
 
     def __init__(
         self,
@@ -181,6 +182,7 @@ class Example:
         features: list[float],
         matured_ts: int,
         served_warming_up: bool = False,
+        layout: str = "",
     ) -> None:
         self.example_id = example_id
         self.goal = goal
@@ -192,6 +194,8 @@ class Example:
         self.features = features
         self.matured_ts = matured_ts
         self.served_warming_up = served_warming_up
+        #: fingerprint of the feature layout ``features`` follow (``""``: unknown)
+        self.layout = layout
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.engine import Engine
+from models.migrate import partial_features
 from models.state import ProfileState
 
 __all__ = ["format_time", "profile_document"]
@@ -71,7 +72,10 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
     """Features (as of the profile's newest event), last scores per goal, pending labels.
 
     ``scores`` holds only goals the profile has been scored for; ``factors`` are
-    recomputed with the model served now, on the current features.
+    recomputed with the model served now, on the current features. ``partial_features``
+    (feature -> time) lists the features a configuration edit started or restarted at that
+    time (:mod:`models.migrate`) that the profile has not yet been seen over the longest
+    horizon since: they cover less history than their names say.
     """
     fz = engine.featurizer
     vector = fz.vector(state)
@@ -108,4 +112,7 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
         "features": {n: round(v, 6) for n, v in zip(fz.names, vector)},
         "scores": scores,
         "pending_labels": {name: len(gs.pending) for name, gs in state.goals.items()},
+        "partial_features": {
+            n: format_time(t) for n, t in partial_features(state, fz.layout).items()
+        },
     }

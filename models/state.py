@@ -169,6 +169,12 @@ class ProfileState:
         positional arrays follow (:mod:`models.layout`); ``""``: unknown (format 1).
     recent
         Short hashes of the newest applied event ids, oldest first (duplicate detection).
+    restarted
+        Features (re)started by a configuration edit (:func:`models.migrate.migrate_state`):
+        a feature name, or a tracked event name for all of that event's features -> the
+        profile's event time (ms) at the edit. Empty (and absent from the stored array)
+        unless a migration restarted something; entries are dropped once the profile has
+        been seen over the longest horizon since (:meth:`prune_restarted`).
     """
 
     first_ts: int
@@ -183,6 +189,7 @@ class ProfileState:
     gap_ms: int
     layout: str
     recent: list[str]
+    restarted: dict[str, int]
 
     def __init__(
         self,
@@ -198,6 +205,7 @@ class ProfileState:
         gap_ms: int = NEVER,
         layout: str = "",
         recent: list[str] | None = None,
+        restarted: dict[str, int] | None = None,
     ) -> None:
         self.first_ts = first_ts
         self.ref_ts = ref_ts
@@ -211,6 +219,7 @@ class ProfileState:
         self.gap_ms = gap_ms
         self.layout = layout
         self.recent = [] if recent is None else recent
+        self.restarted = {} if restarted is None else restarted
 
     @classmethod
     def new(
@@ -237,7 +246,7 @@ class ProfileState:
         )
 
     def to_bytes(self) -> bytes:
-        """Serialize to compact JSON bytes."""
+        """Serialize to compact JSON bytes (``restarted`` appended only when not empty)."""
         return orjson.dumps(
             [
                 STATE_FORMAT,
@@ -254,6 +263,7 @@ class ProfileState:
                 self.layout,
                 self.recent,
             ]
+            + ([self.restarted] if self.restarted else [])
         )
 
     @classmethod
@@ -290,7 +300,12 @@ class ProfileState:
             gap_ms=data[10],
             layout=data[11] if len(data) > 11 else "",
             recent=data[12] if len(data) > 12 else [],
+            restarted=data[13] if len(data) > 13 else None,
         )
+
+    def prune_restarted(self, span_ms: int) -> None:
+        """Forget restarts older than ``span_ms`` (the longest horizon) as of ``ref_ts``."""
+        self.restarted = {k: t for k, t in self.restarted.items() if self.ref_ts - t < span_ms}
 
     def next_due(self, windows_ms: dict[str, int]) -> int | None:
         """Earliest window close among pending snapshots, or ``None``."""

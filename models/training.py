@@ -67,12 +67,21 @@ class Trainer:
         self.dedup_capacity = dedup_capacity
         self.duplicates = 0
 
-    def restore(self, goal: str, state: bytes) -> None:
-        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON."""
+    def restore(self, goal: str, state: bytes) -> bool:
+        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON.
+
+        A learner on other features (an edited configuration) is not resumed: a new
+        lineage starts (:meth:`OnlineLearner.successor`), its versions continuing the old
+        one's, its models held back while it warms up. Returns False in that case.
+        """
         learner = OnlineLearner.from_state(state, **self.learner_kwargs)
         if learner.feature_names != self.feature_names:
-            return  # features changed: start that goal afresh
+            self.learners[goal] = OnlineLearner.successor(
+                learner, self.feature_names, **self.learner_kwargs
+            )
+            return False
         self.learners[goal] = learner
+        return True
 
     def learn(self, example: Example) -> bool:
         """Learn ``example`` unless its id was learnt already. Returns True if learnt."""
@@ -100,6 +109,8 @@ class Trainer:
             if n == 0 or (n < warm and not force and self.published_warming.get(g) is False):
                 continue  # too few new examples for any rule below (the common case)
             learner = self.learners[g]
+            if learner.holding_back:
+                continue  # a new lineage warming up: the old model serves until it is ready
             # A young model changes fast: publish every ~10 % growth of its example count
             # (at least every `warm`, at most every `every` examples), and at once when it
             # leaves warm-up, so it serves what it learnt instead of a stale base rate.

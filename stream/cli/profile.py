@@ -43,9 +43,10 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
         Redis did not answer a ping within :data:`stream.cli.common.PING_TIMEOUT`.
     """
     from models.engine import Engine
+    from models.layout import FeatureLayout
+    from models.migrate import LEGACY, LayoutMigrator
     from models.model import LinearModel
     from models.profile import profile_document
-    from models.state import ProfileState
 
     s = settings_from_env()
     cfg = load_cli_config(config_path)
@@ -57,14 +58,17 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
         engine = Engine(cfg)
         for goal in engine.models:
             model = await store.get_model(goal)
-            if model:
-                try:
-                    engine.set_model(LinearModel.from_json(model))
-                except ValueError as exc:  # trained on other features: the message says why
-                    raise CliError(str(exc), 2) from None
-        return profile_document(
-            engine, profile_id, ProfileState.from_bytes(raw, [g.name for g in cfg.goals])
-        )
+            if model:  # one trained on other features is projected onto these by name
+                engine.set_model(LinearModel.from_json(model))
+        known = {k: FeatureLayout.from_json(v) for k, v in (await store.layouts()).items()}
+        # no worker of this version ran yet: format-1 states follow this (unchanged) config
+        known.setdefault(LEGACY, engine.featurizer.layout)
+        migrator = LayoutMigrator(engine.featurizer.layout, known)
+        try:  # a state written with another config's layout is mapped by feature name
+            state = migrator.decode(raw, [g.name for g in cfg.goals])
+        except ValueError as exc:
+            raise CliError(f"profile {profile_id!r}: {exc}", 2) from None
+        return profile_document(engine, profile_id, state)
     finally:
         await store.close()
 

@@ -12,6 +12,10 @@ Each member's probability, percentile and model version come from its profile ha
 happens only with ``CUSTOMER_AI_REDIS_CLUSTER=1``, where the index is written right after
 the state instead of atomically with it.
 
+After a configuration edit (``P:layouts`` holds a layout on other feature names), the
+``tf`` positions of a profile not written since follow its old layout: its state's layout
+is read too (the ``s`` field) and the positions are named after that layout's features.
+
 Listing reads the whole set (``SSCAN`` plus one pipelined ``HMGET`` per 500 members) and
 keeps the ``limit`` most probable profiles; the bucket sizes are ``SCARD`` counts.
 
@@ -31,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from models.layout import FeatureLayout
 from stream.worker.store import RedisStore, decode_top_factors
 
 __all__ = ["SegmentListing", "read_segment"]
@@ -119,14 +124,21 @@ async def read_segment(
     listing = SegmentListing(goal, bucket, factor, sizes, factor_sizes)
     heap: list[_Ranked] = []  # the best ``limit`` so far, worst on top
 
+    other = await _other_layouts(store)
+    fields = ("scores", "tf", "s") if other else ("scores", "tf")
+
     async def check(chunk: list[str]) -> None:
         pipe = store.redis.pipeline(transaction=False)
         for pid in chunk:
-            pipe.hmget(store.profile_key(pid), "scores", "tf")
+            pipe.hmget(store.profile_key(pid), *fields)
         rows = await pipe.execute()
-        for pid, (raw_scores, raw_tf) in zip(chunk, rows):
+        for pid, row in zip(chunk, rows):
+            raw_scores, raw_tf = row[0], row[1]
             score = orjson.loads(raw_scores).get(goal) if raw_scores else None
-            top = decode_top_factors(raw_tf, store.feature_names).get(goal, ())
+            names = store.feature_names
+            if other and row[2]:
+                names = other.get(_state_layout(row[2]), names)
+            top = decode_top_factors(raw_tf, names).get(goal, ())
             if (
                 score is None
                 or score.get("bucket") != bucket
@@ -158,3 +170,27 @@ async def read_segment(
         await check(chunk)
     listing.profiles = [r.row for r in sorted(heap, reverse=True)]
     return listing
+
+
+async def _other_layouts(store: RedisStore) -> dict[str, list[str]]:
+    """Registered layouts (``legacy`` under ``""``) whose feature names differ from the
+    store's: fingerprint -> feature names. Empty when the configuration was never edited."""
+    out: dict[str, list[str]] = {}
+    for name, raw in (await store.layouts()).items():
+        try:
+            names = FeatureLayout.from_json(raw).feature_names()
+        except (ValueError, KeyError, TypeError):
+            continue
+        if names != store.feature_names:
+            out["" if name == "legacy" else name] = names
+    return out
+
+
+def _state_layout(raw: bytes) -> str:
+    """The layout fingerprint of a stored state (``""``: format 1, or unreadable)."""
+    try:
+        data = orjson.loads(raw)
+        fingerprint = data[11] if isinstance(data, list) and len(data) > 11 else ""
+    except orjson.JSONDecodeError:
+        return ""
+    return fingerprint if isinstance(fingerprint, str) else ""

@@ -39,6 +39,8 @@ class _Store(Protocol):
 class _Scorer(Protocol):
     async def refresh_models(self) -> list[str]: ...
 
+    async def read_state(self, raw: bytes) -> ProfileState: ...
+
 
 class WorkerRuntime(Protocol):
     """What the views read of the worker's runtime (:class:`stream.worker.app.Runtime`)."""
@@ -110,7 +112,10 @@ def register_views(
                 if await rt.store.redis.exists(rt.store.quarantine_key(profile_id)):
                     error = f"profile {profile_id!r} is quarantined (customer-ai quarantine)"
                 return self.json({"error": error}, status=404)
-            state = ProfileState.from_bytes(raw, [g.name for g in rt.engine.goals])
+            try:  # written with another config's layout: mapped by feature name
+                state = await rt.scorer.read_state(raw)
+            except ValueError as exc:  # unknown layout or unreadable: say so, in JSON
+                return self.json({"error": f"profile {profile_id!r}: {exc}"}, status=500)
             return self.json(profile_document(rt.engine, profile_id, state))
 
     @app.page("/models")

@@ -226,6 +226,10 @@ async def _load_models(rt: Runtime) -> None:
         await rt.scorer.refresh_models()
     except Exception:  # noqa: BLE001 - the refresh_models timer tries again
         log.exception("initial model load failed")
+    try:  # register this config's feature layout at start (else the first batch does)
+        await rt.scorer.layouts.load()
+    except Exception:  # noqa: BLE001 - the first batch tries again
+        log.exception("registering the feature layout failed")
 
 
 async def _guarded(

@@ -23,6 +23,37 @@ LEARNT_IDS_KEPT = 200_000
 class ModelStore(StoreConnection):
     """The trainer's and the scorers' view of the published models."""
 
+    # ---- feature layouts ------------------------------------------------------------
+    @property
+    def layouts_key(self) -> str:
+        return f"{self.prefix}:layouts"
+
+    async def register_layout(self, fingerprint: str, layout_json: bytes) -> dict[str, bytes]:
+        """Add this worker's feature layout to ``P:layouts``; returns the whole registry.
+
+        When the registry was empty (the first start of a version with layouts), the
+        layout is also stored as ``legacy``: the one format-1 states (no fingerprint)
+        were written with, assuming the upgrade ran with the unchanged configuration.
+        """
+        key = self.layouts_key
+
+        async def run() -> dict[str, bytes]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hlen(key)
+                pipe.hsetnx(key, fingerprint, layout_json)
+                before, _ = await pipe.execute()
+            if before == 0:
+                await self.redis.hsetnx(key, "legacy", layout_json)
+            raw = await self.redis.hgetall(key)
+            return {k.decode(): v for k, v in raw.items()}
+
+        return await self._retry("layouts", run)
+
+    async def layouts(self) -> dict[str, bytes]:
+        """The layout registry ``P:layouts``: fingerprint (or ``legacy``) -> layout JSON."""
+        raw = await self._retry("layouts", lambda: self.redis.hgetall(self.layouts_key))
+        return {k.decode(): v for k, v in raw.items()}
+
     # ---- models --------------------------------------------------------------------
     async def model_versions(self) -> dict[str, int]:
         raw = await self._retry("models", lambda: self.redis.hgetall(f"{self.prefix}:models"))

@@ -63,6 +63,7 @@ from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker import quarantine
 from stream.worker.lanes import Lanes, Place
+from stream.worker.layouts import StateDecoder
 from stream.worker.producer import BatchProducer
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.settings import Settings
@@ -188,6 +189,12 @@ class BatchScorer:
         self.repartition_topic = repartition_topic
         self.watermarks: dict[tuple[str, int], int] = {}
         self._lanes = Lanes()
+        #: decodes loaded states, mapping those of another feature layout by name
+        self.layouts = StateDecoder(engine, store)
+
+    async def read_state(self, raw: bytes) -> ProfileState:
+        """A stored state, mapped onto the running layout if written with another."""
+        return await self.layouts.read(raw)
 
     def lane(self, topic: str, partition: int) -> Place:
         """A place in the partition's lane, after the batches already in it (the
@@ -218,6 +225,7 @@ class BatchScorer:
     async def process(self, records: list[Record]) -> dict[str, int]:
         """Process one batch end to end; returns counters for logs and tests."""
         started = time.perf_counter()
+        await self.layouts.ensure()
         counts = {
             "events": 0,
             "rejected": 0,
@@ -449,6 +457,7 @@ class BatchScorer:
         while retry_ids:
             attempt += 1
             loaded = await self.store.load(retry_ids, offset_field)
+            await self.layouts.learn(row.state for row in loaded.values())
             subset = set(retry_ids)
             fenced = await self._apply(
                 topic,
@@ -494,7 +503,6 @@ class BatchScorer:
         activity_key: str | None = None,
     ) -> set[str]:
         engine = self.engine
-        goals = self.goal_names
         states: dict[str, ProfileState | None] = {}
         poison: dict[str, quarantine.Poisoned] = {}
         for pid in subset:
@@ -502,8 +510,8 @@ class BatchScorer:
             if row.unreadable or row.quarantined:
                 poison[pid] = quarantine.poisoned(pid, row)
                 continue
-            try:
-                states[pid] = ProfileState.from_bytes(row.state, goals) if row.state else None
+            try:  # written with another config's layout: mapped by feature name
+                states[pid] = self.layouts.decode(row) if row.state else None
             except Exception as exc:  # noqa: BLE001 - a record we cannot read costs only itself
                 poison[pid] = quarantine.poisoned(pid, row, exc)
         redo: set[str] = set()

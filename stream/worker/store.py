@@ -31,6 +31,9 @@ key                                    value
 ``P:quarantine:{<profile_id>}``        a profile record that could not be read, moved aside
                                        (:mod:`stream.worker.quarantine`)
 ``P:quarantined`` (hash)               profile id -> why and when it was quarantined (JSON)
+``P:layouts`` (hash)                   feature layout fingerprint -> layout JSON of every
+                                       configuration a worker started with; ``legacy`` ->
+                                       the layout of format-1 states (no fingerprint)
 ``P:seg:<goal>:<bucket>`` (set)        profiles currently in that bucket
 ``P:segf:<goal>:<bucket>:<feature>``   profiles in that bucket whose last score's top factors
 (set)                                  (the ``factors`` of the score message) include

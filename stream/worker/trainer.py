@@ -43,7 +43,10 @@ from functools import partial
 import orjson
 
 from models.config import Config
+from models.features import Featurizer
+from models.layout import FeatureLayout
 from models.messages import example_from_message
+from models.migrate import LEGACY, FeatureMap
 from models.outcome import Example
 from models.training import Trainer
 from stream.ops import metrics
@@ -105,6 +108,11 @@ class TrainerStep:
         self.recovered = 0
         self.reader = reader or RangeReader(settings.bootstrap, kafka_security_kwargs(os.environ))
         self._warned_partitions = False
+        #: the feature layout the learners follow; examples of another one are mapped by name
+        self.layout = Featurizer(config).layout
+        self._maps: dict[str, FeatureMap | None] = {}
+        #: examples dropped because their feature layout is unknown (never learnt misaligned)
+        self.unaligned = 0
 
     @property
     def trained_offset(self) -> int:
@@ -122,9 +130,23 @@ class TrainerStep:
             raw = await self.store.get_learner(goal)
             if raw is not None:
                 try:
-                    self.trainer.restore(goal, raw)
+                    if not self.trainer.restore(goal, raw):
+                        log.warning(
+                            "learner %s was trained on other features (the configuration's "
+                            "events or horizons changed): a new lineage starts after v%d; "
+                            "the served model keeps serving (projected onto the new "
+                            "features) until the new lineage leaves warm-up",
+                            goal,
+                            self.trainer.learners[goal].version,
+                        )
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("cannot resume learner %s (%s): starting it afresh", goal, exc)
+        # a learner started afresh (new lineage, unreadable or deleted state) numbers its
+        # versions after the one published last: a version is never reused
+        published = await self.store.model_versions()
+        for goal, learner in self.trainer.learners.items():
+            if learner.version < published.get(goal, 0):
+                learner.version = learner.lineage_start = published[goal]
         self.offsets = await self.store.trainer_offsets()
         self.restored = True
         log.info(
@@ -250,6 +272,7 @@ class TrainerStep:
                 )
         if new_offsets == self.offsets:
             return 0
+        examples = await self._align(examples)
         learners = self.trainer.learners
         seen = self.trainer.seen
         unknown: dict[str, list[str]] = defaultdict(list)
@@ -296,6 +319,43 @@ class TrainerStep:
             log.info("published %s", ", ".join(f"{g} v{v}" for g, v, _, _ in models))
             await self.producer.send_all(outbox)
         return learnt
+
+    async def _align(self, examples: list[Example]) -> list[Example]:
+        """``examples`` with their features in the learners' layout, mapped by name.
+
+        An example made by a scorer with another configuration (before an edit, or an old
+        worker during a rolling restart) carries that layout's fingerprint; its features
+        are mapped by name (:class:`models.migrate.FeatureMap`). One whose layout the
+        registry lacks is dropped and counted, never learnt misaligned.
+        """
+        current = self.layout.fingerprint
+        if all(ex.layout == current for ex in examples):
+            return examples
+        aligned = []
+        for ex in examples:
+            if ex.layout != current:
+                mapping = await self._feature_map(ex.layout)
+                try:
+                    if mapping is None:
+                        raise ValueError(f"layout {ex.layout!r} is not in the registry")
+                    ex.features = mapping(ex.features)
+                except ValueError as exc:
+                    self.unaligned += 1
+                    log.warning("training example %s dropped: %s", ex.example_id, exc)
+                    continue
+                ex.layout = current
+            aligned.append(ex)
+        return aligned
+
+    async def _feature_map(self, fingerprint: str) -> FeatureMap | None:
+        if fingerprint not in self._maps:
+            known = {k: FeatureLayout.from_json(v) for k, v in (await self.store.layouts()).items()}
+            known.setdefault(LEGACY, self.layout)  # no scorer registered yet: unchanged config
+            old = known.get(fingerprint or LEGACY)
+            if old is None:
+                return None  # asked again next time: another worker may register it
+            self._maps[fingerprint] = FeatureMap(old, self.layout)
+        return self._maps[fingerprint]
 
     async def _fill_gaps(self, records: list[Record]) -> list[Record]:
         """``records`` preceded by those the consumer skipped, read from the broker.
