@@ -41,16 +41,12 @@ profile's forwarded events stay in order).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
-
-import orjson
 
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
@@ -62,6 +58,7 @@ from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker import quarantine
+from stream.worker.dead_letters import DLQ_MAX_ORIGINAL_BYTES, Record, dlq_message
 from stream.worker.lanes import Lanes, Place
 from stream.worker.layouts import StateDecoder
 from stream.worker.producer import BatchProducer
@@ -85,65 +82,6 @@ BATCH_RETRY_DELAY = 0.5
 #: the longest wait between two attempts at a partition's part or a batch
 MAX_RETRY_DELAY = 5.0
 _OUTBOX_LANE = ("outbox",)
-#: A dead-letter message keeps at most this many bytes of the original value (2.5 MiB:
-#: even base64-encoded it stays under the 4 MiB ``max_request_size`` of the producer).
-DLQ_MAX_ORIGINAL_BYTES = 2_621_440
-#: A UTF-8 dead-letter message over this size is re-encoded as base64 (bounded growth).
-DLQ_MAX_MESSAGE_BYTES = 3_670_016
-#: A dead-letter message keeps at most this many characters of the record key.
-DLQ_MAX_KEY_CHARS = 1024
-
-
-@dataclass(slots=True)
-class Record:
-    """One consumed message."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None
-
-
-def dlq_message(record: Record, reason: str, detail: str) -> bytes:
-    """The ``customer-ai.dlq`` message: reason, source coordinates and the original bytes.
-
-    ``original`` is the message value as text (``original_encoding`` ``utf-8``) or, when
-    that is not UTF-8 or would escape to too many bytes, as ``base64``. Values over
-    :data:`DLQ_MAX_ORIGINAL_BYTES` keep only that many leading bytes
-    (``original_truncated``; ``original_bytes`` is always the full size), so a
-    dead-letter copy always fits the output producer's request limit: an oversized input
-    can never wedge the worker in a produce retry loop.
-    """
-    value = record.value or b""
-    kept = value[:DLQ_MAX_ORIGINAL_BYTES]
-    key = record.key.decode("utf-8", "replace")[:DLQ_MAX_KEY_CHARS] if record.key else None
-
-    def encode(original: str, encoding: str) -> bytes:
-        return orjson.dumps(
-            {
-                "reason": reason,
-                "detail": detail,
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "key": key,
-                "timestamp": record.timestamp_ms,
-                "original": original,
-                "original_encoding": encoding,
-                "original_bytes": len(value),
-                "original_truncated": len(kept) < len(value),
-            }
-        )
-
-    try:
-        message = encode(kept.decode("utf-8"), "utf-8")
-        if len(message) <= DLQ_MAX_MESSAGE_BYTES:
-            return message
-    except UnicodeDecodeError:
-        pass
-    return encode(base64.b64encode(kept).decode(), "base64")
 
 
 async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> None:

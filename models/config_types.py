@@ -1,0 +1,194 @@
+"""The validated configuration's types: what :func:`models.config.parse_config` returns.
+
+:mod:`models.config` reads and checks ``customer-ai.toml``; the frozen dataclasses here
+are its result, shared by the engine, the worker and the backtest.
+
+Examples
+--------
+>>> BucketConfig().bucket(80.0)
+'high'
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from models.conditions import Predicate
+
+__all__ = [
+    "DAY_MS",
+    "GOAL_TYPES",
+    "MAX_RECENT_IDS",
+    "MAX_VALUE_BOUND",
+    "MAX_WINDOW_DAYS",
+    "NAME_PATTERN",
+    "RELEASES",
+    "BucketConfig",
+    "Config",
+    "GoalConfig",
+    "LabelConfig",
+    "ModelConfig",
+    "RetentionConfig",
+    "TrackedEvent",
+]
+
+DAY_MS = 86_400_000
+#: Longest goal window (ten years): longer ones are typos, and inf would not be a time.
+MAX_WINDOW_DAYS = 3650
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+GOAL_TYPES = ("occurs", "does_not_occur")
+#: Most applied event ids a profile remembers (``[dedupe] recent_ids``): the list is scanned
+#: per event and stored in every profile record.
+MAX_RECENT_IDS = 1000
+#: ``[[events]] value_min`` / ``value_max`` lie within +-this (sums stay finite)
+MAX_VALUE_BOUND = 1e15
+RELEASES = ("when_known", "at_window_close")
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """An event kind the features count (page views, purchases...).
+
+    Attributes
+    ----------
+    name
+        Feature-name prefix, e.g. ``purchase`` gives ``purchase_count_30d``.
+    label
+        Human label, e.g. ``Purchases``.
+    when
+        Predicate over the decoded event body.
+    value_field
+        Optional dotted path of a numeric value summed per horizon (monetary).
+    value_label
+        Human label of the value, e.g. ``Spend``.
+    value_min, value_max
+        Bounds of the value: a number outside them is refused (``bad_value``).
+    """
+
+    name: str
+    label: str
+    when: Predicate = field(repr=False)
+    value_field: str | None = None
+    value_label: str = "Value"
+    value_min: float = 0.0
+    value_max: float = 1e12
+
+
+@dataclass(frozen=True)
+class GoalConfig:
+    """A goal: ``occurs`` (event happens within the window) or ``does_not_occur``."""
+
+    name: str
+    type: str
+    event: str
+    event_index: int
+    window_ms: int
+    label: str
+    eligibility: Predicate | None = field(default=None, repr=False)
+    #: the profile features (or other fields) the eligibility condition reads
+    eligibility_fields: tuple[str, ...] = ()
+    release: str = "when_known"
+    max_pending: int = 2
+    min_interval_ms: int = DAY_MS
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Delayed-label snapshots.
+
+    Attributes
+    ----------
+    max_pending
+        Snapshots pending per profile and goal, at most.
+    min_interval_ms
+        A profile opens a new snapshot for a goal at most this often (event time).
+    allowed_lateness_ms
+        The watermark trails the newest event time by this much.
+    """
+
+    max_pending: int = 2
+    min_interval_ms: int = DAY_MS
+    allowed_lateness_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Online learning settings, shared by every goal."""
+
+    learning_rate: float = 0.02
+    l2: float = 1e-5
+    min_examples_per_class: int = 30
+    snapshot_every_examples: int = 500
+    snapshot_every_seconds: float = 2.0
+    metrics_window: int = 5000
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """Optional removal of idle profiles (``[retention]``; off by default).
+
+    Attributes
+    ----------
+    days
+        A profile whose newest event is more than this many days (of event time) behind
+        its partition's watermark is removed by the worker's sweep; ``None``: never.
+    """
+
+    days: float | None = None
+
+    @property
+    def ms(self) -> int | None:
+        """``days`` in milliseconds, ``None`` when retention is off.
+
+        >>> RetentionConfig(120).ms, RetentionConfig().ms
+        (10368000000, None)
+        """
+        return None if self.days is None else int(self.days * DAY_MS)
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """Percentile thresholds -> bucket names (``len(names) == len(thresholds) + 1``)."""
+
+    thresholds: tuple[float, ...] = (25.0, 75.0)
+    names: tuple[str, ...] = ("low", "medium", "high")
+
+    def bucket(self, percentile: float) -> str:
+        """Return the bucket name of a percentile.
+
+        >>> BucketConfig().bucket(10), BucketConfig().bucket(25), BucketConfig().bucket(80)
+        ('low', 'medium', 'high')
+        """
+        # thresholds ascend (parse_config checks): the bucket is the number at or below
+        return self.names[bisect_right(self.thresholds, percentile)]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration."""
+
+    events: tuple[TrackedEvent, ...]
+    goals: tuple[GoalConfig, ...]
+    horizons_days: tuple[int, ...] = (7, 30, 90)
+    identity_namespace: str | None = None
+    labels: LabelConfig = LabelConfig()
+    model: ModelConfig = ModelConfig()
+    buckets: BucketConfig = BucketConfig()
+    max_event_bytes: int = 1_048_576
+    retention: RetentionConfig = RetentionConfig()
+    #: applied event ids remembered per profile to skip duplicates (0: off)
+    recent_ids: int = 8
+    #: an event more than this far ahead of its record's broker time is refused (ms)
+    max_future_ms: int = 60 * 60_000
+    #: an event more than this far behind its record's broker time is refused (ms)
+    max_age_ms: int = 1095 * DAY_MS
+    source: str = "<string>"
+
+    def goal(self, name: str) -> GoalConfig:
+        """Return the goal called ``name``."""
+        for goal in self.goals:
+            if goal.name == name:
+                return goal
+        raise KeyError(name)
