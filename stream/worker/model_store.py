@@ -47,23 +47,23 @@ class ModelStore(StoreConnection):
             raw = await self.redis.hgetall(key)
             return {k.decode(): v for k, v in raw.items()}
 
-        return await self._retry("layouts", run)
+        return await self.retry("layouts", run)
 
     async def layouts(self) -> dict[str, bytes]:
         """The layout registry ``P:layouts``: fingerprint (or ``legacy``) -> layout JSON."""
-        raw = await self._retry("layouts", lambda: self.redis.hgetall(self.layouts_key))
+        raw = await self.retry("layouts", lambda: self.redis.hgetall(self.layouts_key))
         return {k.decode(): v for k, v in raw.items()}
 
     # ---- models --------------------------------------------------------------------
     async def model_versions(self) -> dict[str, int]:
-        raw = await self._retry("models", lambda: self.redis.hgetall(f"{self.prefix}:models"))
+        raw = await self.retry("models", lambda: self.redis.hgetall(f"{self.prefix}:models"))
         return {k.decode(): int(v) for k, v in raw.items()}
 
     async def get_model(self, goal: str) -> bytes | None:
-        return await self._retry("models", lambda: self.redis.get(f"{self.prefix}:model:{goal}"))
+        return await self.retry("models", lambda: self.redis.get(f"{self.prefix}:model:{goal}"))
 
     async def get_learner(self, goal: str) -> bytes | None:
-        return await self._retry("models", lambda: self.redis.get(f"{self.prefix}:learner:{goal}"))
+        return await self.retry("models", lambda: self.redis.get(f"{self.prefix}:learner:{goal}"))
 
     def learnt_key(self, goal: str) -> str:
         return f"{self.prefix}:learnt:{goal}"
@@ -74,7 +74,7 @@ class ModelStore(StoreConnection):
 
     async def trainer_offsets(self) -> dict[int, int]:
         """Training partition -> offset of the last record learnt (absent: none yet)."""
-        raw = await self._retry("models", lambda: self.redis.hgetall(self.trainer_offsets_key))
+        raw = await self.retry("models", lambda: self.redis.hgetall(self.trainer_offsets_key))
         return {int(k): int(v) for k, v in raw.items()}
 
     async def trainer_offset(self) -> int:
@@ -93,7 +93,7 @@ class ModelStore(StoreConnection):
                     pipe.zmscore(self.learnt_key(goal), ids)
                 return await pipe.execute()
 
-        rows = await self._retry("learnt", run)
+        rows = await self.retry("learnt", run)
         return {
             i
             for (_, ids), scores in zip(goals, rows)
@@ -161,4 +161,4 @@ class ModelStore(StoreConnection):
                     return False
             return True
 
-        return await self._retry("publish", run_cluster if self.cluster else run)
+        return await self.retry("publish", run_cluster if self.cluster else run)

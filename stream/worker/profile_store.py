@@ -255,7 +255,7 @@ class ProfileStore(StoreConnection):
             ]  # fmt: skip
             return [row for reply in await self._run_scripts(calls) for row in reply]
 
-        rows = await self._retry("load", run)
+        rows = await self.retry("load", run)
         out: dict[str, LoadedProfile] = {}
         for pid, row in zip(profile_ids, rows):
             if not isinstance(row, list):  # 0: quarantined; an error's text: unreadable
@@ -310,7 +310,7 @@ class ProfileStore(StoreConnection):
         moves = {w.profile_id: self.index_moves(w) for w in writes}
         if self.cluster:
             results = (
-                await self._retry("store", lambda: self._cas_cluster(writes)) if writes else []
+                await self.retry("store", lambda: self._cas_cluster(writes)) if writes else []
             )
         else:
             calls: list[ScriptCall] = []
@@ -334,7 +334,7 @@ class ProfileStore(StoreConnection):
             async def run() -> list:
                 return [ok for reply in await self._run_scripts(calls) for ok in reply]
 
-            results = await self._retry("store", run) if calls else []
+            results = await self.retry("store", run) if calls else []
         if len(results) != len(writes):  # the scripts walk KEYS and ARGV by the counts
             raise RuntimeError(f"{len(results)} CAS results for {len(writes)} writes")
         fenced = {w.profile_id for w, ok in zip(writes, results) if not ok}
@@ -389,7 +389,7 @@ class ProfileStore(StoreConnection):
             # entry is still checked against its profile's version when it moves
             await self._run_scripts(due_calls, queue)
 
-        await self._retry("index", run_index)
+        await self.retry("index", run_index)
         return fenced
 
     def write_args(self, w: ProfileWrite) -> list[Any]:
@@ -418,14 +418,14 @@ class ProfileStore(StoreConnection):
 
     async def due_profiles(self, due_key: str, watermark: int, limit: int = 1000) -> list[str]:
         """Profiles whose earliest pending window closed before ``watermark``."""
-        rows = await self._retry(
+        rows = await self.retry(
             "due",
             lambda: self.redis.zrangebyscore(due_key, "-inf", f"({watermark}", start=0, num=limit),
         )
         return [r.decode() for r in rows]
 
     async def watermark(self, watermark_key: str) -> int | None:
-        raw = await self._retry("watermark", lambda: self.redis.get(watermark_key))
+        raw = await self.retry("watermark", lambda: self.redis.get(watermark_key))
         return int(raw) if raw is not None else None
 
     async def stored_watermarks(self) -> dict[tuple[str, int], int]:
@@ -443,15 +443,15 @@ class ProfileStore(StoreConnection):
                     found[(topic, int(partition))] = int(raw)
             return found
 
-        return await self._retry("watermarks", run)
+        return await self.retry("watermarks", run)
 
     async def set_watermark(self, topic: str, partition: int, watermark: int) -> None:
         """Store a partition's watermark (``customer-ai watermarks reset``)."""
         key = self.watermark_key(topic, partition)
-        await self._retry("set watermark", lambda: self.redis.set(key, watermark))
+        await self.retry("set watermark", lambda: self.redis.set(key, watermark))
 
     async def get_profile(self, profile_id: str) -> bytes | None:
-        return await self._retry("get", lambda: self.redis.hget(self.profile_key(profile_id), "s"))
+        return await self.retry("get", lambda: self.redis.hget(self.profile_key(profile_id), "s"))
 
     async def bucket_sizes(
         self, goals: Iterable[str], buckets: Iterable[str], feature: str | None = None
@@ -470,5 +470,5 @@ class ProfileStore(StoreConnection):
                     pipe.scard(key)
                 return await pipe.execute()
 
-        sizes = await self._retry("segments", run) if pairs else []
+        sizes = await self.retry("segments", run) if pairs else []
         return {pair: int(n) for pair, n in zip(pairs, sizes)}

@@ -167,7 +167,7 @@ async def quarantine(
         async def run() -> list[Any]:
             return await store._run_scripts(calls, queue)
 
-    results = await store._retry("quarantine", run)
+    results = await store.retry("quarantine", run)
     moved = {p.profile_id for p, ok in zip(todo, results) if ok}
     for p in todo:
         if p.profile_id in moved:
@@ -187,7 +187,7 @@ async def read_records(store: ProfileStore) -> dict[str, dict[str, Any]]:
         return dict(await store.redis.hgetall(store.quarantined_key()))
 
     out: dict[str, dict[str, Any]] = {}
-    for pid, raw in sorted((await store._retry("quarantined", run)).items()):
+    for pid, raw in sorted((await store.retry("quarantined", run)).items()):
         try:
             record = orjson.loads(raw)
             if not isinstance(record, dict):

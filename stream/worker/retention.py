@@ -185,7 +185,7 @@ class RetentionSweep:
             return result  # nothing applied on this partition yet
         cutoff = min(watermark, now_ms) - self.days_ms
         seen_key = store.activity_key(topic, partition)
-        rows = await store._retry(
+        rows = await store.retry(
             "retention",
             lambda: store.redis.zrangebyscore(
                 seen_key, "-inf", f"({cutoff}", start=0, num=self.limit
@@ -226,7 +226,7 @@ class RetentionSweep:
         self._marks[(topic, partition)] = new_marks
         result.marked, result.repaired = len(new_marks), len(repairs)
         if repairs:
-            await store._retry("retention", lambda: store.redis.zadd(seen_key, repairs))
+            await store.retry("retention", lambda: store.redis.zadd(seen_key, repairs))
         # the tombstones first: a removed profile always has one
         tombstones: list[OutMessage] = [
             (self.scorer.scores_topic, r.profile_id.encode(), None) for r in doomed
@@ -251,7 +251,7 @@ class RetentionSweep:
         """Run the fenced removals; one 0/1 per removal."""
         store = self.store
         if store.cluster:
-            return await store._retry(
+            return await store.retry(
                 "retention", lambda: self._remove_cluster(removals, due_key, seen_key)
             )
         calls: list[ScriptCall] = []
@@ -270,7 +270,7 @@ class RetentionSweep:
         async def run() -> list[int]:
             return [int(ok) for reply in await store._run_scripts(calls) for ok in reply]
 
-        return await store._retry("retention", run)
+        return await store.retry("retention", run)
 
     async def _remove_cluster(
         self, removals: list[_Removal], due_key: str, seen_key: str

@@ -27,6 +27,11 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from stream.redaction import redact_url
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.security import kafka_security_kwargs, redis_connection_kwargs
@@ -37,10 +42,19 @@ __all__ = ["START_RETRIES", "StartupError", "evicts", "eviction_refusal", "prepa
 
 log = logging.getLogger(__name__)
 
-#: waiting for the broker or Redis at start: forever, 0.5 s doubling to 5 s
+#: waiting for the broker or Redis at start: forever, 0.5 s doubling to 5 s, for the
+#: errors of a server that does not answer (yet); any other error (a refused password)
+#: ends the wait with a :class:`StartupError` that names it
 START_RETRIES = RetryPolicy(
-    "start", attempts=None, first_delay=0.5, factor=2.0, max_delay=5.0, retry_on=(Exception,)
+    "start",
+    attempts=None,
+    first_delay=0.5,
+    factor=2.0,
+    max_delay=5.0,
+    retry_on=(OSError, TimeoutError, KafkaError, RedisConnectionError, RedisTimeoutError),
 )
+#: Redis answers, and refuses the credentials: a user's mistake, not a wait
+_REFUSED = (AuthenticationError, AuthorizationError, NoPermissionError)
 #: bound of one attempt (a stalled server must not hang the wait)
 ATTEMPT_TIMEOUT = 5.0
 
@@ -122,6 +136,7 @@ async def check(
         Redis evicts keys and ``CUSTOMER_AI_ALLOW_EVICTION`` is not set.
     """
     security = kafka_security_kwargs(env)
+    redis_kwargs = redis_connection_kwargs({**env, "REDIS_URL": settings.redis_url})
     kafka_log = logging.getLogger("aiokafka")
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # each failed attempt is one line of ours
@@ -135,19 +150,25 @@ async def check(
     finally:
         kafka_log.setLevel(level)
     connection = StoreConnection(
-        **redis_connection_kwargs({**env, "REDIS_URL": settings.redis_url}),
+        **redis_kwargs,
         key_prefix=settings.key_prefix,
         cluster=settings.redis_cluster,
         socket_connect_timeout=ATTEMPT_TIMEOUT,
     )
     url = redact_url(settings.redis_url)
+
+    async def ping() -> None:
+        try:
+            await asyncio.wait_for(connection.redis.ping(), ATTEMPT_TIMEOUT)
+        except _REFUSED as exc:
+            raise StartupError(
+                f"Redis at {url} refused the credentials ({type(exc).__name__}): set the "
+                "password in REDIS_URL (redis://:PASSWORD@host:port/0) or REDIS_PASSWORD, and "
+                "REDIS_USERNAME for an ACL user"
+            ) from None
+
     try:
-        await _wait(
-            "Redis",
-            url,
-            lambda: asyncio.wait_for(connection.redis.ping(), ATTEMPT_TIMEOUT),
-            say,
-        )
+        await _wait("Redis", url, ping, say)
         policies = await asyncio.wait_for(connection.eviction_policies(), ATTEMPT_TIMEOUT)
     finally:
         await connection.close()

@@ -132,7 +132,7 @@ class StoreConnection:
         return policies or None
 
     # ---- retries -------------------------------------------------------------------
-    async def _retry(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def retry(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis call ``fn``, retried per :data:`REDIS_RETRIES` until Redis answers.
 
         The failures retried are those :func:`~stream.ops.metrics.redis_error_kind`

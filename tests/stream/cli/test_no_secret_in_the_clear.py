@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from stream.cli.replay import ensure_topics
 from stream.devservers import BrokerProcess, ValkeyProcess, find_free_port
 from stream.devservers.probes import redis_ping
-from tests.harness import CONFIG, WorkerProcess, wait_until
+from tests.harness import CONFIG, WorkerProcess
 from tests.stream.cli.test_cli_errors import cli, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -213,22 +212,20 @@ def test_the_worker_log_shows_no_password(
 def test_a_worker_refused_by_redis_logs_no_password(
     kafka_broker: BrokerProcess, protected_valkey: ValkeyProcess, tmp_path: Path
 ) -> None:
-    """A wrong password: the worker waits for Redis and says why, without the password."""
+    """A wrong password: the worker stops at start and says why, without the password
+    (a refused password is a mistake to fix, not a server to wait for)."""
     url = f"redis://:{WRONG_SECRET}@127.0.0.1:{protected_valkey.port}/0"
-    worker = WorkerProcess(kafka_broker.bootstrap, url, tmp_path, **KAFKA_SECRETS)
-    worker.start(wait_ready=False)
-    try:
-        wait_until(
-            lambda: (
-                re.search(r"Redis \w+ failed \(", worker.log_path.read_text("utf-8", "replace"))
-                is not None
-            ),
-            timeout=60,
-            what="the worker reporting the refused Redis",
-        )
-    finally:
-        worker.stop()
-    assert_clean(worker.log_path.read_text(errors="replace"))
+    proc, _ = cli(
+        tmp_path,
+        "worker",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
+        REDIS_URL=url,
+        **KAFKA_SECRETS,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "refused the credentials" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert_clean(proc.stdout, proc.stderr)
 
 
 # ------------------------------------------------------------ lag, errors, settings

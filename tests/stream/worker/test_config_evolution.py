@@ -104,14 +104,24 @@ def edited_config(path: Path) -> Path:
     return path
 
 
-class MaskedEngine(Engine):
-    """The oracle's engine: events the edit added match nothing up to ``EDIT_MS``."""
+class MaskedEngine:
+    """The oracle's engine: events the edit added match nothing up to ``EDIT_MS``.
+
+    A wrapper, not a subclass: the compiled core's classes cannot be subclassed by
+    interpreted ones. ``inner`` is the real engine (for ``profile_document``).
+    """
 
     edit_ms = 0
     silent: frozenset[int] = frozenset()
 
+    def __init__(self, config: Config) -> None:
+        self.inner = Engine(config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def match(self, event: Event) -> tuple[list[int], list[float]]:
-        matched, values = super().match(event)
+        matched, values = self.inner.match(event)
         if event.timestamp_ms <= self.edit_ms and self.silent:
             pairs = [(i, v) for i, v in zip(matched, values) if i not in self.silent]
             return [i for i, _ in pairs], [v for _, v in pairs]
@@ -131,7 +141,7 @@ def oracle_docs(
     for ex in result.examples:
         LEARNT.setdefault(ex.goal, set()).add(ex.example_id)
     return {
-        pid: doc_view(profile_document(result.engine, pid, state))
+        pid: doc_view(profile_document(result.engine.inner, pid, state))
         for pid, state in result.states.items()
     }
 
