@@ -527,7 +527,11 @@ def start_workers(
     """Start ``n`` customer-ai workers at the same time and wait until they serve.
 
     Faust keeps its (unused) data directory under ``workdir``, not in the repository.
+    A worker from another source tree (``repo``) reads that tree's ``customer-ai.toml``
+    (an older version refuses configuration keys it does not know).
     """
+    if repo is not None:
+        env = {"CUSTOMER_AI_CONFIG": str(repo / "customer-ai.toml"), **env}
     workers = [
         BenchWorker(
             bootstrap,

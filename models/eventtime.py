@@ -25,21 +25,10 @@ models.events.InvalidEvent: future_timestamp: event time 1970-01-01T02:00:00.000
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from models.events import InvalidEvent
+from models.profile import format_time
 
-__all__ = ["check_event_time", "format_time", "reference_time", "watermark_ceiling"]
-
-
-def format_time(ms: int) -> str:
-    """Epoch ms as ISO-8601 UTC with milliseconds (as :func:`models.profile.format_time`).
-
-    >>> format_time(0), format_time(7_258_118_399_999)
-    ('1970-01-01T00:00:00.000Z', '2199-12-31T23:59:59.999Z')
-    """
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+__all__ = ["check_event_time", "reference_time", "watermark_ceiling"]
 
 
 def reference_time(broker_ms: int | None, now_ms: int) -> int:

@@ -57,7 +57,7 @@ class WatermarkRow:
         return self.ahead_ms > self.max_future_ms
 
     def to_dict(self) -> dict[str, Any]:
-        from models.eventtime import format_time
+        from models.profile import format_time
 
         return {
             "topic": self.topic,
@@ -110,7 +110,7 @@ async def read_watermarks(config_path: str | None = None) -> list[WatermarkRow]:
 def _print_table(rows: list[WatermarkRow], max_future_ms: int, out: TextIO) -> None:
     from rich.table import Table
 
-    from models.eventtime import format_time
+    from models.profile import format_time
 
     console = output_console(out)
     table = Table("topic", "partition", "watermark", "vs now", "status", title="watermarks")
@@ -208,7 +208,7 @@ async def newest_event_time(
 async def _reset(
     topic: str, partition: int, to: str | None, config_path: str | None, out: TextIO
 ) -> int:
-    from models.eventtime import format_time
+    from models.profile import format_time
     from stream.worker.security import redact_url
     from stream.worker.settings import Settings
 

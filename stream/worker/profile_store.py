@@ -309,9 +309,7 @@ class ProfileStore(StoreConnection):
             return set()
         moves = {w.profile_id: self.index_moves(w) for w in writes}
         if self.cluster:
-            results = (
-                await self.retry("store", lambda: self._cas_cluster(writes)) if writes else []
-            )
+            results = await self.retry("store", lambda: self._cas_cluster(writes)) if writes else []
         else:
             calls: list[ScriptCall] = []
             for chunk in _chunks(writes, moves):
