@@ -623,7 +623,12 @@ def seed_models(redis_url: str, key_prefix: str, profiles: int = 1500, days: int
             model = learner.snapshot()
             if model.warming_up:
                 log(f"[yellow]model {goal} is still warming up after the seed backtest[/]")
-            _seeded.append((goal, learner.to_state(), model.to_json(), model.version))
+            # without `lineage` (read by the trainer only): a worker of an older tree
+            # (--ref-repo, --worker-repo) refuses model fields it does not know, and would
+            # serve cold models, without factors: a cheaper, unfair comparison
+            served = orjson.loads(model.to_json())
+            served.pop("lineage", None)
+            _seeded.append((goal, learner.to_state(), orjson.dumps(served), model.version))
         log(
             f"trained seed models on {result.n_events:,} backtest events "
             f"in {time.perf_counter() - started:.1f}s"

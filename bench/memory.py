@@ -91,7 +91,13 @@ def breadth_events(first: int, last: int, start_ms: int) -> Iterator[tuple[bytes
         )
 
 
-def worst_case_bytes(client: redis.Redis, key_prefix: str, ids: list[str], sizes: list[int]) -> int:
+def worst_case_bytes(
+    client: redis.Redis,
+    key_prefix: str,
+    ids: list[str],
+    sizes: list[int],
+    config_path: str | None = None,
+) -> int:
     """``MEMORY USAGE`` of the largest of ``ids`` rewritten with every slot full.
 
     A copy of that profile's hash under a 36-character id, whose state has
@@ -102,7 +108,7 @@ def worst_case_bytes(client: redis.Redis, key_prefix: str, ids: list[str], sizes
     from models.features import Featurizer
     from models.state import ProfileState, Snapshot
 
-    config = load_config(REPO / "customer-ai.toml")
+    config = load_config(config_path or REPO / "customer-ai.toml")
     goals = [g.name for g in config.goals]
     largest = ids[max(range(len(sizes)), key=sizes.__getitem__)]
     fields = client.hgetall(f"{key_prefix}:p:{{{largest}}}")
@@ -121,8 +127,7 @@ def worst_case_bytes(client: redis.Redis, key_prefix: str, ids: list[str], sizes
             )
             for k in range(goal.max_pending)
         ]
-    recent_ids = getattr(config, "recent_ids", 8)
-    state.recent = [f"{k:012x}" for k in range(recent_ids)]
+    state.recent = [f"{k:012x}" for k in range(config.recent_ids)]
     fields[b"s"] = state.to_bytes()
     key = f"{key_prefix}:p:{{{'f' * 8}-0000-4000-8000-{'e' * 12}}}"
     client.hset(key, mapping=fields)
@@ -186,7 +191,14 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         sample = random.Random(args.seed).sample(sorted(ids), min(args.sample, len(ids)))
         sizes = profile_bytes(client, prefix, sample)
         found = [pid_ for pid_ in sample if client.exists(f"{prefix}:p:{{{pid_}}}")]
-        worst = worst_case_bytes(client, prefix, found, profile_bytes(client, prefix, found))
+        worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+        worst = worst_case_bytes(
+            client,
+            prefix,
+            found,
+            profile_bytes(client, prefix, found),
+            worker_env.get("CUSTOMER_AI_CONFIG"),
+        )
         if len(sizes) < len(sample):
             log(f"[yellow]{len(sample) - len(sizes)} sampled profiles have no key[/]")
         qs = statistics.quantiles(sizes, n=100)

@@ -41,6 +41,14 @@ __all__ = ["TOP_FACTORS", "LinearModel", "lineage_id", "sigmoid", "transform"]
 
 TOP_FACTORS = 5
 SNAPSHOT_FORMAT = 1
+#: The fields of :class:`LinearModel`'s JSON it is built from (others are ignored).
+_MODEL_FIELDS = frozenset(
+    (
+        "goal", "version", "feature_names", "mean", "std", "weights", "intercept",
+        "calibration_a", "calibration_b", "warming_up", "base_rate", "n_examples",
+        "n_positive", "metrics", "created_at", "lineage",
+    )
+)  # fmt: skip
 
 
 def lineage_id(feature_names: list[str]) -> str:
@@ -254,9 +262,18 @@ class LinearModel:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> LinearModel:
-        """Load a snapshot written by :meth:`to_json`."""
+        """Load a snapshot written by :meth:`to_json`.
+
+        Fields this version does not know (a newer version's, added at the end of the
+        message: docs/DESIGN.md, "Versioning") are ignored, as every consumer must.
+
+        >>> m = LinearModel.cold("g", ["a"])
+        >>> extra = m.to_json()[:-1] + b',"added_later":1}'
+        >>> LinearModel.from_json(extra).goal
+        'g'
+        """
         data: dict[str, Any] = orjson.loads(raw)
         if data.pop("format", SNAPSHOT_FORMAT) != SNAPSHOT_FORMAT:
             raise ValueError("unknown model snapshot format; upgrade customer-ai")
-        data.pop("transform", None)
-        return cls(**data)
+        known = {k: v for k, v in data.items() if k in _MODEL_FIELDS}
+        return cls(**known)

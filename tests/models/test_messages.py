@@ -86,3 +86,16 @@ def test_examples_are_keyed_by_example_id_and_round_trip() -> None:
     assert outbox == [("t.training", b"p-1|churn|5|e-1", example_message(example))]
     assert encoded.examples_per_label == {("churn", "1"): 1}
     assert example_from_message(example_message(example)) == example
+
+
+def test_a_model_snapshot_reads_every_field_it_writes_and_ignores_newer_ones() -> None:
+    """LinearModel.from_json builds from the fields it knows: all of its own (none
+    forgotten in the list it filters by) and none of a newer version's."""
+    import dataclasses
+
+    from models.model import _MODEL_FIELDS, LinearModel
+
+    assert {f.name for f in dataclasses.fields(LinearModel)} == _MODEL_FIELDS
+    model = LinearModel.cold("conversion", ["a", "b"])
+    newer = orjson.loads(model.to_json()) | {"calibration_c": 0.5}
+    assert LinearModel.from_json(orjson.dumps(newer)).to_json() == model.to_json()
