@@ -52,7 +52,16 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
     cfg = load_cli_config(config_path)
     store = await connect_store(s)
     try:
-        raw = await store.get_profile(profile_id)
+        from redis.exceptions import ResponseError
+
+        try:
+            raw = await store.get_profile(profile_id)
+        except ResponseError as exc:  # WRONGTYPE: the key is not a profile hash
+            raise CliError(
+                f"profile {profile_id!r}: its record cannot be read ({exc}); the worker "
+                "quarantines it at its next event (see `customer-ai quarantine`)",
+                2,
+            ) from None
         if raw is None:
             return None
         engine = Engine(cfg)
@@ -67,7 +76,11 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
         try:  # a state written with another config's layout is mapped by feature name
             state = migrator.decode(raw, [g.name for g in cfg.goals])
         except ValueError as exc:
-            raise CliError(f"profile {profile_id!r}: {exc}", 2) from None
+            raise CliError(
+                f"profile {profile_id!r}: its state cannot be read ({exc}); the worker "
+                "quarantines it at its next event (see `customer-ai quarantine`)",
+                2,
+            ) from None
         return profile_document(engine, profile_id, state)
     finally:
         await store.close()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from faust.web import Request, Response, View
+from redis.exceptions import ResponseError
 
 from models.engine import Engine
 from models.profile import profile_document
@@ -106,7 +107,11 @@ def register_views(
     class Profile(View):
         async def get(self, request: Request, profile_id: str) -> Response:
             rt = runtime()
-            raw = await rt.store.get_profile(profile_id)
+            try:
+                raw = await rt.store.get_profile(profile_id)
+            except ResponseError as exc:  # WRONGTYPE: the key is not a profile hash
+                error = f"profile {profile_id!r}: its record cannot be read ({exc})"
+                return self.json({"error": error}, status=500)
             if raw is None:
                 error = f"profile {profile_id!r} not found"
                 if await rt.store.redis.exists(rt.store.quarantine_key(profile_id)):

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -475,3 +476,23 @@ def test_a_missing_config_says_which_setting_named_it(tmp_path: Path) -> None:
     assert "'nope.toml' not found (named by CUSTOMER_AI_CONFIG)" in one_line_error(proc, 2)
     proc, _ = cli(tmp_path, "evaluate", "x.jsonl", "--out", "o", "--config", str(tmp_path))
     assert "is a directory (named by --config)" in one_line_error(proc, 2)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("write", "why"),
+    [
+        (lambda r: r.set("cai:p:{p-1}", "not a hash"), "its record cannot be read (WRONGTYPE"),
+        (lambda r: r.hset("cai:p:{p-1}", mapping={"s": "garbage", "v": "1"}), "its state cannot"),
+    ],
+    ids=["wrong-type", "garbage-state"],
+)
+def test_an_unreadable_profile_is_one_line_naming_the_quarantine(
+    tmp_path: Path, redis_url: str, redis_client: Any, write: Any, why: str
+) -> None:
+    """A record the worker has not quarantined yet: `customer-ai profile` says what is wrong
+    and where to look, in one line (tests/stream/worker/test_poison.py covers the worker)."""
+    write(redis_client)
+    proc, _ = cli(tmp_path, "profile", "p-1", REDIS_URL=redis_url, CUSTOMER_AI_CONFIG=str(CONFIG))
+    line = one_line_error(proc, 2)
+    assert why in line and "customer-ai quarantine" in line, line
