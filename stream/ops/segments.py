@@ -131,8 +131,13 @@ async def read_segment(
         pipe = store.redis.pipeline(transaction=False)
         for pid in chunk:
             pipe.hmget(store.profile_key(pid), *fields)
-        rows = await pipe.execute()
+        # a member whose key is not a hash (a poison record the worker has not
+        # quarantined yet) answers WRONGTYPE for itself only: counted stale, not listed
+        rows = await pipe.execute(raise_on_error=False)
         for pid, row in zip(chunk, rows):
+            if isinstance(row, Exception):
+                listing.stale += 1
+                continue
             raw_scores, raw_tf = row[0], row[1]
             score = orjson.loads(raw_scores).get(goal) if raw_scores else None
             names = store.feature_names

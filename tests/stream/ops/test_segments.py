@@ -259,6 +259,13 @@ def test_segment_lists_the_most_probable_profiles_with_sizes(
     }
     assert doc["sizes"] == {"low": 1, "medium": 0, "high": 8}
     assert doc["members"] == 8 and doc["stale"] == 1
+    # a member whose key is not a hash (a poison record not quarantined yet): stale too
+    redis_client.sadd("cai:seg:conversion:high", "p-bad")
+    redis_client.set("cai:p:{p-bad}", "not a hash")
+    code, doc = _run("conversion", "high", None, 3, True)
+    assert code == 0 and doc["members"] == 9 and doc["stale"] == 2
+    assert [p["profile_id"] for p in doc["profiles"]] == ["p-7", "p-6", "p-5"]
+    redis_client.srem("cai:seg:conversion:high", "p-bad")
 
     code, doc = _run("conversion", "high", "purchase_count_30d", 0, True)
     assert code == 0
