@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import math
 
+import orjson
+
 from models.config import DAY_MS
 from models.features import MAX_DAYS
 from models.layout import FeatureLayout
@@ -52,10 +54,30 @@ __all__ = [
     "UnknownLayout",
     "migrate_state",
     "partial_features",
+    "stored_layout",
 ]
 
 #: The registry field holding the layout assumed for format-1 states (their ``layout`` is ``""``).
 LEGACY = "legacy"
+
+
+def stored_layout(raw: bytes) -> str:
+    """The layout fingerprint a serialized state names, without building the state.
+
+    ``""`` for a format-1 state (no fingerprint) and for bytes that are not a state
+    array (decoding them says why).
+
+    >>> stored_layout(b'[2,0,0,1,[],[],[],[],[],{},-1,"0123456789ab",[]]')
+    '0123456789ab'
+    >>> stored_layout(b'[1,0,0,1,[],[],[],[],[],{},-1]'), stored_layout(b"garbage")
+    ('', '')
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    fingerprint = data[11] if isinstance(data, list) and len(data) > 11 else ""
+    return fingerprint if isinstance(fingerprint, str) else ""
 
 
 class UnknownLayout(ValueError):

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from models.layout import FeatureLayout
+from models.migrate import stored_layout
 from stream.worker.store import RedisStore, decode_top_factors
 
 __all__ = ["SegmentListing", "read_segment"]
@@ -142,7 +143,7 @@ async def read_segment(
             score = orjson.loads(raw_scores).get(goal) if raw_scores else None
             names = store.feature_names
             if other and row[2]:
-                names = other.get(_state_layout(row[2]), names)
+                names = other.get(stored_layout(row[2]), names)
             top = decode_top_factors(raw_tf, names).get(goal, ())
             if (
                 score is None
@@ -189,13 +190,3 @@ async def _other_layouts(store: RedisStore) -> dict[str, list[str]]:
         if names != store.feature_names:
             out["" if name == "legacy" else name] = names
     return out
-
-
-def _state_layout(raw: bytes) -> str:
-    """The layout fingerprint of a stored state (``""``: format 1, or unreadable)."""
-    try:
-        data = orjson.loads(raw)
-        fingerprint = data[11] if isinstance(data, list) and len(data) > 11 else ""
-    except orjson.JSONDecodeError:
-        return ""
-    return fingerprint if isinstance(fingerprint, str) else ""

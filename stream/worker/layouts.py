@@ -13,11 +13,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from models.engine import Engine
 from models.layout import FeatureLayout
-from models.migrate import LayoutMigrator
+from models.migrate import LayoutMigrator, stored_layout
 from models.state import ProfileState
 from stream.worker.profile_store import LoadedProfile
 
@@ -71,13 +69,9 @@ class StateDecoder:
         migrator = self.migrator
         marker = migrator.marker
         for raw in raws:
+            # unreadable bytes name "": decoding them says why
             if raw and marker not in raw and not migrator.surely_known(raw):
-                try:
-                    data = orjson.loads(raw)
-                    fingerprint = data[11] if len(data) > 11 else ""
-                except (orjson.JSONDecodeError, TypeError, IndexError, KeyError):
-                    continue  # unreadable: decoding it will say so
-                if isinstance(fingerprint, str) and not migrator.knows(fingerprint):
+                if not migrator.knows(stored_layout(raw)):
                     await self.load()
                     return
 
