@@ -292,7 +292,11 @@ class Bench:
 
         def note(record: Any) -> None:
             eid = orjson.loads(record.value)["event_id"]
-            if eid in phase.sent and (eid not in first or record.timestamp < first[eid]):
+            if (
+                eid is not None
+                and eid in phase.sent
+                and (eid not in first or record.timestamp < first[eid])
+            ):
                 first[eid] = record.timestamp
 
         await scan_topic(self.bootstrap, scores_topic, idle=2.0, on_record=note)

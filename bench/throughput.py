@@ -206,7 +206,8 @@ async def scorer(
 
     def note(record: Any) -> None:
         score = orjson.loads(record.value)
-        scored.add(score["event_id"])
+        if score["event_id"] is not None:
+            scored.add(score["event_id"])
         if score["warming_up"]:
             cold[score["goal"]] += 1
 

@@ -139,7 +139,7 @@ def run_backtest(
     progress
         Called with the number of events processed so far, every 10,000 events.
     """
-    engine = Engine(config)
+    engine = Engine(config, every_rescore=False)
     trainer = Trainer(config, engine.featurizer.names)
     result = BacktestResult(engine, trainer, {})
     with _few_collections():
@@ -158,6 +158,7 @@ def _replay(
     config = engine.config
     states = result.states
     due: list[tuple[int, str]] = []
+    planned: dict[str, int] = {}  # profile -> its live entry in ``due``
     out = Outcome()
     lateness = config.labels.allowed_lateness_ms
     watermark = None
@@ -166,12 +167,19 @@ def _replay(
         if watermark is None or wm > watermark:
             watermark = wm
             while due and due[0][0] < watermark:
-                _, pid = heapq.heappop(due)
+                when, pid = heapq.heappop(due)
+                if planned.get(pid) != when:
+                    continue  # superseded by an earlier entry of the profile's
                 state = states[pid]
-                engine.expire(pid, state, watermark, out)
-                nxt = engine.next_due(state)
+                engine.advance(pid, state, watermark, out)
+                nxt = engine.next_due(state, pid)
                 if nxt is not None:
                     heapq.heappush(due, (nxt, pid))
+                    planned[pid] = nxt
+                else:
+                    del planned[pid]
+            if out.scores or out.examples:
+                _consume(out, result, keep_scores)
         try:
             matched = engine.match(event)
         except InvalidEvent as exc:
@@ -179,31 +187,45 @@ def _replay(
             continue
         pid = event.profile_id
         before = states.get(pid)
-        due_before = engine.next_due(before) if before is not None else None
         state = engine.process(before, event, out, matched)
         if out.duplicates:  # skipped, its state unchanged (as in the stream)
             result.n_duplicates += out.duplicates
             out.duplicates = 0
         else:
             states[pid] = state
-            # the heap holds an entry at or before every profile's next window close: push
-            # one when the event opened a window closing earlier (a 30-day goal's snapshot
-            # under a 90-day one's), else that window would close only at the later entry
-            nxt = engine.next_due(state)
-            if nxt is not None and (due_before is None or nxt < due_before):
-                heapq.heappush(due, (nxt, pid))
+            # the heap holds an entry at or before every profile's next due work (window
+            # close or scheduled rescoring), ``planned`` the profile's current one: push one
+            # when the event made work due earlier (a 30-day goal's snapshot under a 90-day
+            # one's); an entry no longer planned is skipped when popped
+            nxt = engine.next_due(state, pid)
+            if nxt is not None:
+                current = planned.get(pid)
+                if current is None or nxt < current:
+                    heapq.heappush(due, (nxt, pid))
+                    planned[pid] = nxt
             result.n_events += 1
         _consume(out, result, keep_scores)
         if progress is not None and n % 10_000 == 0:
             progress(n)
+    # the served scores as the stream serves them at the final watermark: the rescorings
+    # skipped since each profile's last computed one (a file has no wall clock: time
+    # stops at the last event)
+    if watermark is not None:
+        for pid, state in states.items():
+            engine.settle(pid, state, watermark, out)
+            _consume(out, result, keep_scores)
     if progress is not None:
         progress(len(events))
 
 
 def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
-    result.n_scores += len(out.scores)
+    result.n_scores += len(out.scores) + out.rescores_skipped
     if keep_scores:
-        result.score_log.extend((s.goal, s.event_time_ms, s.probability) for s in out.scores)
+        result.score_log.extend(
+            (s.goal, s.event_time_ms, s.probability)
+            for s in out.scores
+            if s.probability is not None
+        )
     if out.examples:  # a new model version is only ever due after learning
         for example in out.examples:
             if result.trainer.learn(example):

@@ -188,10 +188,45 @@ def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
     return tuple(events)
 
 
+def _scoring(data: dict[str, Any]) -> float:
+    """``[scoring] rescore_every_hours``: the default period of scheduled rescoring."""
+    table = _table(data, "scoring")
+    _check_keys(table, {"rescore_every_hours"}, "scoring")
+    return _period_hours(table, "scoring", 24)
+
+
+def _period_hours(table: dict[str, Any], where: str, default: float) -> float:
+    hours = float(_number(table, "rescore_every_hours", where, default, minimum=0))
+    if 0 < hours < 1:
+        raise ConfigError(
+            f"{where}.rescore_every_hours: must be 0 (rescore only at events) or at least 1 "
+            f"hour, got {hours!r}"
+        )
+    return hours
+
+
+def _prior(spec: dict[str, Any], where: str) -> float | None:
+    prior = spec.get("prior")
+    if prior is None:
+        return None
+    if type(prior) not in (int, float) or not 0 < prior < 1:
+        raise ConfigError(
+            f"{where}.prior: must be a probability strictly between 0 and 1 (the share of "
+            f"profiles you expect to reach the goal, e.g. prior = 0.05), got {prior!r}; "
+            "leave it out to serve no probability until the goal has examples"
+        )
+    return float(prior)
+
+
 def _goals(
-    data: dict[str, Any], events: tuple[TrackedEvent, ...], labels: LabelConfig
+    data: dict[str, Any],
+    events: tuple[TrackedEvent, ...],
+    labels: LabelConfig,
+    rescore_every_hours: float = 24.0,
 ) -> tuple[GoalConfig, ...]:
-    """Goals; ``max_pending`` / ``min_interval_hours`` default to the ``[labels]`` values."""
+    """Goals; ``max_pending`` / ``min_interval_hours`` default to the ``[labels]`` values,
+    ``rescore_every_hours`` to ``[scoring]``'s, ``schedule_min_interval_hours`` to the
+    goal's window."""
     specs = data.get("goals", [])
     if not isinstance(specs, list) or not specs:
         raise ConfigError("goals: define at least one goal with a [[goals]] table")
@@ -213,6 +248,9 @@ def _goals(
                 "release",
                 "max_pending",
                 "min_interval_hours",
+                "rescore_every_hours",
+                "schedule_min_interval_hours",
+                "prior",
             },
             where,
         )
@@ -276,6 +314,12 @@ def _goals(
                     )
                     * 3_600_000
                 ),
+                rescore_every_ms=int(_period_hours(spec, where, rescore_every_hours) * 3_600_000),
+                schedule_min_interval_ms=int(
+                    _number(spec, "schedule_min_interval_hours", where, window * 24.0, minimum=0)
+                    * 3_600_000
+                ),
+                prior=_prior(spec, where),
             )
         )
     return tuple(goals)
@@ -365,6 +409,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             "input",
             "retention",
             "dedupe",
+            "scoring",
         },
         "config",
     )
@@ -402,7 +447,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             _number(labels_t, "allowed_lateness_minutes", "labels", 0, minimum=0) * 60_000
         ),
     )
-    goals = _goals(data, events, labels)
+    goals = _goals(data, events, labels, _scoring(data))
     _check_eligibility(goals, events, tuple(horizons))
 
     model_t = _table(data, "model")

@@ -92,6 +92,13 @@ class GoalConfig:
     release: str = "when_known"
     max_pending: int = 2
     min_interval_ms: int = DAY_MS
+    #: a profile is rescored for this goal once per this much event time without an
+    #: event (``[scoring] rescore_every_hours``; 0: only at events)
+    rescore_every_ms: int = 0
+    #: a scheduled rescoring opens a label snapshot at most this often (event time)
+    schedule_min_interval_ms: int = 30 * DAY_MS
+    #: probability served before the goal has any example (``None``: no probability)
+    prior: float | None = None
 
 
 @dataclass(frozen=True)

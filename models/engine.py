@@ -41,16 +41,16 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-from models.config import DAY_MS, Config
+from models.config import DAY_MS, Config, GoalConfig
 from models.events import Event, InvalidEvent, get_path
 from models.factors import Factor, FactorBasis
 from models.features import Featurizer
 from models.labels import example_id, resolve_closed, resolve_goal_event
 from models.model import LinearModel, transform
-from models.outcome import Example, Outcome, Score, SegmentChange
+from models.outcome import EVENT, MODEL, SCHEDULE, Example, Outcome, Score, SegmentChange
 from models.quantiles import PercentileSketch
 from models.rounding import rounded, rounded_list
-from models.state import NEVER, ProfileState, Snapshot
+from models.state import NEVER, GoalState, ProfileState, Snapshot
 
 __all__ = ["Engine", "event_hash"]
 
@@ -81,7 +81,13 @@ class Engine:
         Served model per goal; missing goals start cold (warming up, version 0).
     """
 
-    def __init__(self, config: Config, models: dict[str, LinearModel] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        models: dict[str, LinearModel] | None = None,
+        *,
+        every_rescore: bool = True,
+    ) -> None:
         self.config = config
         self.featurizer = Featurizer(config)
         self._factor_parts = [(n, self.featurizer.labels[n]) for n in self.featurizer.names]
@@ -104,6 +110,25 @@ class Engine:
         self._eligibility_slots = [(name, index[name]) for name in sorted(read) if name in index]
         self._needs_feature_dict = any(g.eligibility is not None for g in self.goals)
         self._recent_ids = config.recent_ids
+        #: the stream computes and emits every scheduled rescoring; the backtest
+        #: (``False``) computes only those that may open a label snapshot, counts the
+        #: others (``Outcome.rescores_skipped``) and brings the served scores up to date
+        #: with :meth:`settle`: the same snapshots, examples and final state, far fewer
+        #: computations
+        self.every_rescore = every_rescore
+        self._scheduled = [g for g in config.goals if g.rescore_every_ms > 0]
+        # eligibility that reads only features constant between events (all-time counts,
+        # the gap between visits): a profile ineligible at its last event stays so until
+        # the next one (the backtest then plans no scheduled snapshot for it)
+        constant = {n for n in self.featurizer.names if n.endswith("_count_total")}
+        constant.add("days_since_previous_visit")
+        self._static_eligibility = {
+            g.name: g.eligibility is not None
+            and bool(g.eligibility_fields)
+            and set(g.eligibility_fields) <= constant
+            for g in config.goals
+        }
+        self._ineligible: set[tuple[str, str]] = set()
 
     def set_model(self, model: LinearModel) -> bool:
         """Serve ``model`` for its goal if it is newer than the current one.
@@ -166,7 +191,8 @@ class Engine:
         """Apply ``event`` to ``state`` (``None``: a new profile) and append results to ``out``.
 
         An event whose id the profile applied among its newest ``recent_ids`` is skipped:
-        ``state`` is returned unchanged and ``out.duplicates`` counts it.
+        ``state`` is returned unchanged and ``out.duplicates`` counts it. Scheduled
+        rescorings due before the event are done first (:meth:`advance`).
         """
         n_recent = self._recent_ids
         id_hash = ""
@@ -180,6 +206,8 @@ class Engine:
         pid = event.profile_id
         if state is None:
             state = self.featurizer.new_state(ts)
+        elif self._scheduled:
+            self._rescore_until(pid, state, ts, out)
         for goal in self.goals:
             gs = state.goals[goal.name]
             if gs.pending:
@@ -201,7 +229,26 @@ class Engine:
             state.recent = []  # turned off: the hashes go with the profile's next write
         if state.restarted:  # features a config edit restarted: flagged for one horizon
             state.prune_restarted(self._longest_ms)
-        vector = fz.vector(state)
+        self._score(pid, state, fz.vector(state), ts, event.event_id, EVENT, self.goals, out)
+        return state
+
+    def _score(
+        self,
+        pid: str,
+        state: ProfileState,
+        vector: list[float],
+        ts: int,
+        event_id: str | None,
+        trigger: str,
+        goals: list[GoalConfig],
+        out: Outcome,
+    ) -> None:
+        """Score ``goals`` on ``vector`` (features as of ``ts``) and open label snapshots.
+
+        ``trigger`` is ``EVENT``, ``SCHEDULE`` (a rescoring due by the schedule: it opens a
+        snapshot at most every ``schedule_min_interval_hours``) or ``MODEL`` (a new model
+        version's refresh of the served score: it opens none and keeps ``scored_ts``).
+        """
         transformed: list[float] | None = None  # shared by every goal's model
         feature_dict: dict[str, float] = (
             {name: vector[i] for name, i in self._eligibility_slots}
@@ -210,13 +257,22 @@ class Engine:
         )
         buckets = self.config.buckets
         snapshot_features: list[float] | None = None  # rounded once, shared by every goal
-        for goal in self.goals:
-            if goal.eligibility is not None and not goal.eligibility(feature_dict):
-                continue
+        lazy = not self.every_rescore
+        for goal in goals:
             gs = state.goals[goal.name]
+            if trigger != MODEL and ts > gs.scored_ts:
+                gs.scored_ts = ts
+            if goal.eligibility is not None and not goal.eligibility(feature_dict):
+                if lazy and trigger == EVENT and self._static_eligibility[goal.name]:
+                    self._ineligible.add((pid, goal.name))
+                continue
+            if lazy and trigger == EVENT and self._static_eligibility[goal.name]:
+                self._ineligible.discard((pid, goal.name))
             model = self.models[goal.name]
+            probability: float | None
             if model.warming_up:
-                probability = model.base_rate
+                # the running base rate once the trainer published one, else the prior
+                probability = model.base_rate if model.version > 0 else goal.prior
                 basis: FactorBasis | None = None
                 factors: list[Factor] | None = []
             else:
@@ -225,8 +281,11 @@ class Engine:
                 probability = model.probability_t(transformed)
                 basis = (model, vector, transformed, self._factor_parts)
                 factors = None
-            percentile = self.sketches[goal.name].add_and_rank(probability)
-            bucket = buckets.bucket(percentile)
+            percentile: float | None = None
+            bucket: str | None = None
+            if probability is not None:
+                percentile = self.sketches[goal.name].add_and_rank(probability)
+                bucket = buckets.bucket(percentile)
             out.scores.append(
                 Score(
                     pid,
@@ -237,12 +296,13 @@ class Engine:
                     model.version,
                     model.warming_up,
                     factors,
-                    event.event_id,
+                    event_id,
                     ts,
                     basis,
+                    trigger,
                 )
             )
-            if bucket != gs.bucket:
+            if bucket is not None and bucket != gs.bucket and probability is not None:
                 out.segment_changes.append(
                     SegmentChange(pid, goal.name, gs.bucket, bucket, probability, ts)
                 )
@@ -252,16 +312,20 @@ class Engine:
                 bucket,
                 model.version,
             )
-            if len(gs.pending) < goal.max_pending and (
-                gs.last_open_ts == NEVER or ts - gs.last_open_ts >= goal.min_interval_ms
-            ):
+            if trigger == MODEL or len(gs.pending) >= goal.max_pending:
+                continue
+            last_open = gs.last_open_ts
+            interval = goal.min_interval_ms
+            if trigger == SCHEDULE and goal.schedule_min_interval_ms > interval:
+                interval = goal.schedule_min_interval_ms
+            if last_open == NEVER or ts - last_open >= interval:
                 if snapshot_features is None:
                     snapshot_features = rounded_list(vector, 4)
                 gs.pending.append(
                     Snapshot(
                         ts,
-                        event.event_id,
-                        rounded(probability, 6),
+                        event_id or "",
+                        None if probability is None else rounded(probability, 6),
                         model.version,
                         snapshot_features,
                         warming_up=model.warming_up,
@@ -270,25 +334,138 @@ class Engine:
                 if len(gs.pending) > 1 and gs.pending[-2].open_ts > ts:
                     gs.pending.sort(key=lambda s: s.open_ts)
                 gs.last_open_ts = ts
-        return state
 
-    def expire(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
-        """Mature snapshots whose window closed before the partition ``watermark``.
+    # ---- time passing -----------------------------------------------------------------
+    def _scored_ts(self, gs: GoalState, state: ProfileState) -> int:
+        """When the goal was last evaluated (a state from before rescoring: its newest event)."""
+        return gs.scored_ts if gs.scored_ts != NEVER else state.ref_ts
 
-        Returns True if the state changed.
+    def _next_rescore(self, pid: str, state: ProfileState, goal: GoalConfig) -> int | None:
+        """The next scheduled rescoring of ``goal`` this engine computes.
+
+        Every one of them (``every_rescore``), or the first at which a label snapshot may
+        open: a free pending slot (windows close strictly before it), the snapshot
+        intervals passed, and not known ineligible until the next event.
         """
+        period = goal.rescore_every_ms
+        gs = state.goals[goal.name]
+        base = self._scored_ts(gs, state)
+        if self.every_rescore:
+            return base + period
+        if (pid, goal.name) in self._ineligible:
+            return None
+        earliest = base + period
+        if gs.last_open_ts != NEVER:
+            interval = max(goal.min_interval_ms, goal.schedule_min_interval_ms)
+            earliest = max(earliest, gs.last_open_ts + interval)
+        pending = gs.pending
+        if len(pending) >= goal.max_pending:  # a slot frees once a window has closed
+            earliest = max(
+                earliest, pending[len(pending) - goal.max_pending].open_ts + goal.window_ms + 1
+            )
+        steps = -(-(earliest - base) // period)  # onto the schedule: base + k * period
+        return base + max(steps, 1) * period
+
+    def _rescore_until(self, pid: str, state: ProfileState, until: int, out: Outcome) -> bool:
+        """Scheduled rescorings strictly before ``until``, in time order, each after the
+        label windows closed before it. Returns True if any was done."""
+        done = False
+        while True:
+            when = None
+            due: list[GoalConfig] = []
+            for goal in self._scheduled:
+                t = self._next_rescore(pid, state, goal)
+                if t is None or t >= until:
+                    continue
+                if when is None or t < when:
+                    when, due = t, [goal]
+                elif t == when:
+                    due.append(goal)
+            if when is None:
+                return done
+            if not self.every_rescore:  # the rescorings skipped to get here: counted only
+                for goal in due:
+                    gs = state.goals[goal.name]
+                    skipped = (when - self._scored_ts(gs, state)) // goal.rescore_every_ms - 1
+                    out.rescores_skipped += skipped
+            self._close_windows(pid, state, when, out)
+            vector = self.featurizer.vector_at(state, when)
+            self._score(pid, state, vector, when, None, SCHEDULE, due, out)
+            done = True
+
+    def _close_windows(self, pid: str, state: ProfileState, now: int, out: Outcome) -> bool:
         changed = False
         for goal in self.goals:
             gs = state.goals[goal.name]
             if gs.pending:
-                gs.pending, done = resolve_closed(gs.pending, watermark, goal.window_ms, goal.type)
+                gs.pending, done = resolve_closed(gs.pending, now, goal.window_ms, goal.type)
                 if done:
                     changed = True
-                    self._emit_examples(profile_id, goal.name, done, watermark, out)
+                    self._emit_examples(pid, goal.name, done, now, out)
         return changed
 
-    def next_due(self, state: ProfileState) -> int | None:
-        """Event time at which the earliest pending window of ``state`` closes."""
+    def advance(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
+        """Let event time pass up to the partition ``watermark`` for an idle profile:
+        scheduled rescorings due before it (each may open a label snapshot) and label
+        windows closed before it. Returns True if the state changed.
+        """
+        changed = bool(self._scheduled) and self._rescore_until(profile_id, state, watermark, out)
+        return self._close_windows(profile_id, state, watermark, out) or changed
+
+    def expire(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
+        """Mature snapshots whose window closed before ``watermark`` (no rescoring).
+
+        Returns True if the state changed.
+        """
+        return self._close_windows(profile_id, state, watermark, out)
+
+    def settle(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:
+        """Bring the served scores to what the stream serves at ``watermark``: the
+        scheduled rescorings :meth:`advance` skipped (``every_rescore`` off), the last of
+        each goal's before ``watermark`` computed (never a snapshot: :meth:`advance`
+        opened every one due). Returns True if the state changed."""
+        changed = self.advance(profile_id, state, watermark, out)
+        if self.every_rescore:
+            return changed
+        for goal in self._scheduled:
+            gs = state.goals[goal.name]
+            base = self._scored_ts(gs, state)
+            period = goal.rescore_every_ms
+            steps = (watermark - 1 - base) // period
+            if steps < 1:
+                continue
+            when = base + steps * period
+            out.rescores_skipped += steps - 1
+            vector = self.featurizer.vector_at(state, when)
+            pending, last_open = len(gs.pending), gs.last_open_ts
+            self._score(profile_id, state, vector, when, None, SCHEDULE, [goal], out)
+            if len(gs.pending) != pending:  # cannot happen after advance(): keep it so
+                raise AssertionError("settle opened a label snapshot")
+            gs.last_open_ts = last_open
+            changed = True
+        return changed
+
+    def refresh(self, profile_id: str, state: ProfileState, goal_name: str, out: Outcome) -> bool:
+        """Re-serve ``goal_name``'s score with the model served now (a new version), on the
+        features as of the goal's last scoring: trigger ``MODEL``, no label snapshot, the
+        schedule unchanged. Returns False (nothing done) if the profile has no score for
+        the goal or was scored by this version already."""
+        gs = state.goals.get(goal_name)
+        model = self.models.get(goal_name)
+        if gs is None or model is None or gs.model_version == model.version:
+            return False
+        if gs.probability is None and gs.scored_ts == NEVER:
+            return False
+        goal = self.config.goal(goal_name)
+        when = self._scored_ts(gs, state)
+        vector = self.featurizer.vector_at(state, when)
+        n = len(out.scores)
+        self._score(profile_id, state, vector, when, None, MODEL, [goal], out)
+        return len(out.scores) > n
+
+    def next_due(self, state: ProfileState, profile_id: str = "") -> int | None:
+        """Event time of the next work due on ``state`` while it is idle: its earliest
+        pending window close, or its next scheduled rescoring (:meth:`advance`)."""
         best = None
         goals = state.goals
         for name, window in self._window_items:
@@ -297,6 +474,10 @@ class Engine:
                 due = gs.pending[0].open_ts + window
                 if best is None or due < best:
                     best = due
+        for goal in self._scheduled:
+            t = self._next_rescore(profile_id, state, goal)
+            if t is not None and (best is None or t < best):
+                best = t
         return best
 
     def _emit_examples(
@@ -317,5 +498,6 @@ class Engine:
                     now,
                     snap.warming_up,
                     layout,
+                    EVENT if snap.event_id else SCHEDULE,
                 )
             )

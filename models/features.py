@@ -212,6 +212,50 @@ class Featurizer:
         )
         return list(self._gather(pool))
 
+    def vector_at(self, state: ProfileState, at: int) -> list[float]:
+        """The feature vector of ``state`` as of time ``at`` (a rescoring moment), unchanged state.
+
+        Decayed counts and sums decay from ``ref_ts`` to ``at``, recencies and tenure are
+        measured from ``at``; all-time counts and the gap between the newest two events
+        stay. ``at`` at or before ``ref_ts`` reads :meth:`vector`.
+
+        >>> from models.config import parse_config
+        >>> cfg = parse_config(open("customer-ai.toml").read())
+        >>> fz = Featurizer(cfg)
+        >>> state = fz.new_state(0)
+        >>> fz.apply(state, 0, [3], [10.0])
+        >>> v = fz.as_dict(fz.vector_at(state, 30 * DAY_MS))
+        >>> round(v["purchase_count_30d"], 3), v["purchase_days_since_last"], v["tenure_days"]
+        (0.368, 30.0, 30.0)
+        """
+        now = state.ref_ts
+        if at <= now:
+            return self.vector(state)
+        dt = at - now
+        factors = [math.exp(-dt / tau) for tau in self.taus_ms]
+        decayed = list(map(operator.mul, state.decayed, factors * self.n_events))
+        values = (
+            list(map(operator.mul, state.values, factors * len(self.valued)))
+            if state.values
+            else []
+        )
+        recency = [
+            MAX_DAYS if last == NEVER else min(MAX_DAYS, (at - last) / DAY_MS)
+            for last in state.last_ts
+        ]
+        gap = state.gap_ms
+        pool = (
+            decayed
+            + recency
+            + [float(c) for c in state.counts]
+            + values
+            + [
+                (at - state.first_ts) / DAY_MS,
+                MAX_DAYS if gap == NEVER else min(MAX_DAYS, gap / DAY_MS),
+            ]
+        )
+        return list(self._gather(pool))
+
     def as_dict(self, vector: list[float]) -> dict[str, float]:
         """Feature name -> value."""
         return dict(zip(self.names, vector))

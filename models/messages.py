@@ -49,8 +49,8 @@ def score_message(score: Score, scored_at: str, event_time: str | None = None) -
         {
             "profile_id": score.profile_id,
             "goal": score.goal,
-            "probability": rounded(score.probability, 6),
-            "percentile": rounded(score.percentile, 1),
+            "probability": None if score.probability is None else rounded(score.probability, 6),
+            "percentile": None if score.percentile is None else rounded(score.percentile, 1),
             "bucket": score.bucket,
             "model_version": score.model_version,
             "warming_up": score.warming_up,
@@ -58,6 +58,7 @@ def score_message(score: Score, scored_at: str, event_time: str | None = None) -
             "event_id": score.event_id,
             "event_time": event_time or format_time(score.event_time_ms),
             "scored_at": scored_at,
+            "trigger": score.trigger,
         }
     )
 
@@ -94,6 +95,7 @@ def example_message(example: Example) -> bytes:
             "matured_time": example.matured_ts,
             "served_warming_up": example.served_warming_up,
             "layout": example.layout,
+            "trigger": example.trigger,
         }
     )
 
@@ -113,6 +115,7 @@ def example_from_message(raw: bytes) -> Example:
         d["matured_time"],
         bool(d.get("served_warming_up", False)),
         str(d.get("layout", "")),
+        str(d.get("trigger", "event")),
     )
 
 

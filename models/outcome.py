@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 
 from models.factors import Factor, FactorBasis, factors_of
 
-__all__ = ["Example", "Outcome", "Score", "SegmentChange"]
+__all__ = ["EVENT", "MODEL", "SCHEDULE", "Example", "Outcome", "Score", "SegmentChange"]
+
+#: what triggered a score: an event of the profile, ...
+EVENT = "event"
+#: ... the schedule (``rescore_every_hours`` of event time passed without an event), ...
+SCHEDULE = "schedule"
+#: ... or a new model version (the refresh of the served scores; opens no snapshot)
+MODEL = "model"
 
 
 _SCORE_FIELDS = (
@@ -42,11 +49,15 @@ _SCORE_FIELDS = (
     "factors",
     "event_id",
     "event_time_ms",
+    "trigger",
 )
 
 
 class Score:
-    """A goal's score for a profile at one event.
+    """A goal's score for a profile at one moment: an event, a scheduled rescoring or a
+    new model version (``trigger``; ``event_id`` is ``None`` unless an event). The
+    probability, percentile and bucket are ``None`` for a goal that has no example yet
+    and no configured ``prior`` (warming up).
 
     ``factors`` are computed on first access (the backtest reads them only for the
     report), from the served model and the features, or for a whole batch at once by
@@ -65,21 +76,23 @@ class Score:
         "event_id",
         "event_time_ms",
         "_basis",
+        "trigger",
     )
 
     def __init__(
         self,
         profile_id: str,
         goal: str,
-        probability: float,
-        percentile: float,
-        bucket: str,
+        probability: float | None,
+        percentile: float | None,
+        bucket: str | None,
         model_version: int,
         warming_up: bool,
         factors: list[Factor] | None,
-        event_id: str,
+        event_id: str | None,
         event_time_ms: int,
         basis: FactorBasis | None = None,
+        trigger: str = EVENT,
     ) -> None:
         self.profile_id = profile_id
         self.goal = goal
@@ -92,6 +105,7 @@ class Score:
         self.event_id = event_id
         self.event_time_ms = event_time_ms
         self._basis = basis
+        self.trigger = trigger
 
     @property
     def factors(self) -> list[Factor]:
@@ -163,12 +177,13 @@ class Example:
     profile_id: str
     prediction_ts: int
     label: int
-    probability: float
+    probability: float | None
     model_version: int
     features: list[float]
     matured_ts: int
     served_warming_up: bool
     layout: str
+    trigger: str
 
     def __init__(
         self,
@@ -177,12 +192,13 @@ class Example:
         profile_id: str,
         prediction_ts: int,
         label: int,
-        probability: float,
+        probability: float | None,
         model_version: int,
         features: list[float],
         matured_ts: int,
         served_warming_up: bool = False,
         layout: str = "",
+        trigger: str = EVENT,
     ) -> None:
         self.example_id = example_id
         self.goal = goal
@@ -196,6 +212,8 @@ class Example:
         self.served_warming_up = served_warming_up
         #: fingerprint of the feature layout ``features`` follow (``""``: unknown)
         self.layout = layout
+        #: what opened the label snapshot: ``EVENT`` or ``SCHEDULE``
+        self.trigger = trigger
 
 
 @dataclass(slots=True)
@@ -210,9 +228,13 @@ class Outcome:
     segment_changes: list[SegmentChange] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
     duplicates: int = 0
+    #: scheduled rescorings the backtest did not compute (they could open no snapshot
+    #: and were superseded: ``Engine(every_rescore=False)``); the stream computes all
+    rescores_skipped: int = 0
 
     def clear(self) -> None:
         self.scores.clear()
         self.segment_changes.clear()
         self.examples.clear()
         self.duplicates = 0
+        self.rescores_skipped = 0

@@ -314,18 +314,21 @@ def build_report(
     closed = closed_window_examples(examples, config, watermark_ms)
     goals: dict[str, Any] = {}
     for goal in config.goals:
-        mine = [e for e in closed if e.goal == goal.name]
+        goal_closed = [e for e in closed if e.goal == goal.name]
+        # an example served no probability (a cold goal without a prior) is not scored
+        mine = [e for e in goal_closed if e.probability is not None]
         mine.sort(key=lambda e: (e.prediction_ts, e.example_id))
-        probs = [e.probability for e in mine]
+        probs = [e.probability for e in mine if e.probability is not None]
         labels = [e.label for e in mine]
         metrics = goal_metrics(probs, labels)
         n_matured = sum(1 for e in examples if e.goal == goal.name)
         metrics["n_matured"] = n_matured
-        metrics["n_open_window"] = n_matured - len(mine)
+        metrics["n_open_window"] = n_matured - len(goal_closed)
+        metrics["n_no_probability"] = len(goal_closed) - len(mine)
         finals = [
             doc["scores"][goal.name]["probability"]
             for doc in profiles
-            if goal.name in doc.get("scores", {})
+            if doc.get("scores", {}).get(goal.name, {}).get("probability") is not None
         ]
         goals[goal.name] = {
             "label": goal.label,

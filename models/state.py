@@ -49,12 +49,14 @@ class Snapshot:
     set once the goal event decided it, for goals that release examples only when
     the window closes. ``warming_up``: the probability served was the base rate of a
     model still warming up (such examples train the model but are left out of the
-    live accuracy metrics, which measure the model's scores).
+    live accuracy metrics, which measure the model's scores). ``event_id`` is ``""``
+    for a snapshot a scheduled rescoring opened (no event); ``probability`` is ``None``
+    when none was served (a goal with no examples yet and no ``prior``).
     """
 
     open_ts: int
     event_id: str
-    probability: float
+    probability: float | None
     model_version: int
     features: list[float]
     label: int | None
@@ -64,7 +66,7 @@ class Snapshot:
         self,
         open_ts: int,
         event_id: str,
-        probability: float,
+        probability: float | None,
         model_version: int,
         features: list[float],
         label: int | None = None,
@@ -88,14 +90,21 @@ class Snapshot:
     def from_list(cls, data: list) -> Snapshot:
         label = None if len(data) < 6 or data[5] is None else int(data[5])
         warming = len(data) > 6 and bool(data[6])
+        probability = None if data[2] is None else float(data[2])
         return cls(
-            int(data[0]), str(data[1]), float(data[2]), int(data[3]), list(data[4]), label, warming
+            int(data[0]), str(data[1]), probability, int(data[3]), list(data[4]), label, warming
         )
 
 
 @dataclass(slots=True, init=False)
 class GoalState:
-    """Per goal: last served score and bucket, last snapshot time, pending snapshots."""
+    """Per goal: last served score and bucket, last snapshot time, pending snapshots.
+
+    ``scored_ts`` is the event time the goal was last evaluated at (scored, or found
+    ineligible): at an event, or at a scheduled rescoring (:mod:`models.engine`); the
+    next scheduled rescoring is one ``rescore_every_hours`` later. ``NEVER`` in a state
+    written before rescoring existed: read as the profile's newest event time.
+    """
 
     probability: float | None
     percentile: float | None
@@ -103,6 +112,7 @@ class GoalState:
     model_version: int
     last_open_ts: int
     pending: list[Snapshot]
+    scored_ts: int
 
     def __init__(
         self,
@@ -112,6 +122,7 @@ class GoalState:
         model_version: int = 0,
         last_open_ts: int = NEVER,
         pending: list[Snapshot] | None = None,
+        scored_ts: int = NEVER,
     ) -> None:
         self.probability = probability
         self.percentile = percentile
@@ -119,6 +130,7 @@ class GoalState:
         self.model_version = model_version
         self.last_open_ts = last_open_ts
         self.pending = [] if pending is None else pending
+        self.scored_ts = scored_ts
 
     def to_list(self) -> list:
         return [
@@ -128,6 +140,7 @@ class GoalState:
             self.model_version,
             self.last_open_ts,
             [s.to_list() for s in self.pending],
+            self.scored_ts,
         ]
 
     @classmethod
@@ -139,6 +152,7 @@ class GoalState:
             int(data[3]),
             int(data[4]),
             [Snapshot.from_list(s) for s in data[5]],
+            int(data[6]) if len(data) > 6 else NEVER,
         )
 
 

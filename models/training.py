@@ -94,8 +94,12 @@ class Trainer:
         self.seen[example.example_id] = None
         if len(self.seen) > self.dedup_capacity:
             self.seen.popitem(last=False)
+        served = example.probability
         learner.learn(
-            example.features, example.label, example.probability, example.served_warming_up
+            example.features,
+            example.label,
+            0.5 if served is None else served,  # None: warming up, not measured
+            example.served_warming_up or served is None,
         )
         self.since_snapshot[example.goal] += 1
         return True

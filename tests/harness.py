@@ -41,6 +41,7 @@ SCORE_FIELDS = (
     "event_id",
     "event_time",
     "scored_at",
+    "trigger",
 )
 #: the fields of a ``customer-ai.segments`` message
 SEGMENT_FIELDS = ("profile_id", "goal", "from", "to", "probability", "event_time")

@@ -488,7 +488,7 @@ class BatchScorer:
         changed_by_expiry: set[str] = set()
         for pid in subset:
             state = states[pid]
-            if state is not None and engine.expire(pid, state, watermark, out):
+            if state is not None and engine.advance(pid, state, watermark, out):
                 changed_by_expiry.add(pid)
         scored_at = format_time(int(time.time() * 1000))
         topics = (self.scores_topic, self.segments_topic, self.training_topic)

@@ -16,9 +16,10 @@ from tests.harness import CONFIG
 
 @pytest.fixture(scope="session")
 def backtest_report() -> dict[str, Any]:
-    """The evaluation report of a backtest on 400 synthetic profiles over 240 days."""
+    """The evaluation report of a backtest on 400 synthetic profiles over 330 days (churn,
+    a 90-day goal, has its first examples served a probability after about 200)."""
     config = load_config(CONFIG)
-    result = run_backtest(generate_events(profiles=400, days=240, seed=5), config)
+    result = run_backtest(generate_events(profiles=400, days=330, seed=5), config)
     profiles = [profile_document(result.engine, p, s) for p, s in result.states.items()]
     newest = max(s.ref_ts for s in result.states.values())
     return build_report(result.examples, config, newest, profiles)

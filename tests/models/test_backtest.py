@@ -14,6 +14,7 @@ from models.config import load_config, parse_config
 from models.engine import Engine
 from models.events import parse_timestamp, validate_event
 from models.outcome import Example, Outcome
+from models.rounding import rounded_list
 from models.synthetic import generate_events
 from tests.harness import CONFIG
 
@@ -74,19 +75,27 @@ def test_example_features_are_those_of_the_prediction_time(events, result) -> No
     by_profile: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in sorted(events, key=lambda e: parse_timestamp(e["timestamp"])):
         by_profile[_pid(e)].append(e)
-    checked = 0
+    checked = {"event": 0, "schedule": 0}
     for ex in result.examples[::25]:
         event_id = ex.example_id.rsplit("|", 1)[1]
         engine = Engine(CFG)  # features do not depend on the model: a cold engine will do
         state = None
         for raw in by_profile[ex.profile_id]:
+            if ex.trigger == "schedule" and parse_timestamp(raw["timestamp"]) >= ex.prediction_ts:
+                break  # a scheduled snapshot: the profile's features as of that moment
             state = engine.process(state, validate_event(raw), Outcome())
             if raw["_id"] == event_id:
                 break
-        assert state is not None and state.ref_ts == ex.prediction_ts
-        assert ex.features == [round(v, 4) for v in engine.featurizer.vector(state)]
-        checked += 1
-    assert checked > 50
+        assert state is not None
+        if ex.trigger == "event":
+            assert state.ref_ts == ex.prediction_ts
+            want = engine.featurizer.vector(state)
+        else:
+            assert event_id == "" and state.ref_ts < ex.prediction_ts
+            want = engine.featurizer.vector_at(state, ex.prediction_ts)
+        assert ex.features == rounded_list(want, 4)
+        checked[ex.trigger] += 1
+    assert checked["event"] > 20 and checked["schedule"] > 5, checked
 
 
 def _rewrite_future(events: list[dict[str, Any]], cutoff: int) -> list[dict[str, Any]]:

@@ -195,6 +195,8 @@ def test_example_carries_served_probability_and_features(kind: str) -> None:
     snapshot = t.state.goals["conversion"].pending[0]
     t.watermark(20)
     (example,) = [e for e in t.examples if e.goal == "conversion"]
-    assert example.probability == snapshot.probability == 0.5  # cold model serves 0.5
+    # a cold goal with no prior serves no probability (never a made-up 0.5)
+    assert example.probability is None and snapshot.probability is None
+    assert example.served_warming_up and example.trigger == "event"
     assert example.features == snapshot.features
     assert example.example_id == "p-1|conversion|0|e-1"

@@ -118,6 +118,6 @@ def test_report_covers_every_goal(backtest_report: dict) -> None:
         for key in ("auc", "logloss", "ece", "base_rate", "n_examples", "n_positive",
                     "lift_top_decile"):  # fmt: skip
             assert key in m
-        assert m["n_examples"] + m["n_open_window"] == m["n_matured"]
+        assert m["n_examples"] + m["n_open_window"] + m["n_no_probability"] == m["n_matured"]
         assert len(data["deciles"]) == 10 and data["calibration"] and data["auc_over_time"]
         assert sum(data["score_histogram"]) == data["n_scored_profiles"] > 0

@@ -187,7 +187,7 @@ def oracle(messages: list[tuple[bytes | None, bytes | None, int | None]], profil
         except InvalidEvent:
             continue
         states[event.profile_id] = engine.process(states.get(event.profile_id), event, out, matched)
-        scores.update((s.event_id, s.goal) for s in out.scores)
+        scores.update((s.event_id, s.goal) for s in out.scores if s.trigger == "event")
         out.clear()
     return Dataset(messages, result.n_events, docs, scores, dict(examples), profiles)
 
@@ -410,8 +410,9 @@ def verify(ds: Dataset, redis_url: str, bootstrap: str, cli_samples: int = 2) ->
         pairs = Counter()
         for m in scores:
             d = orjson.loads(m.value)
-            pairs[(d["event_id"], d["goal"])] += 1
-        verdict.score_messages = len(scores)
+            if d["trigger"] == "event":  # scheduled rescorings carry no event
+                pairs[(d["event_id"], d["goal"])] += 1
+        verdict.score_messages = sum(pairs.values())  # the events' scores
         verdict.missing_scores = len(ds.scores - set(pairs))
         verdict.unexpected_scores = len(set(pairs) - ds.scores)
         verdict.duplicate_scores = sum(n - 1 for n in pairs.values())

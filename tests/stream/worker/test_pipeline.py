@@ -221,7 +221,8 @@ def test_worker_scores_every_event_and_goal(
         )
 
         # --- one score per valid event and eligible goal, with every docs/DESIGN.md field ---
-        scores = [orjson.loads(v) for _, _, v in sorted(raw_scores, key=lambda r: r[:2])]
+        every = [orjson.loads(v) for _, _, v in sorted(raw_scores, key=lambda r: r[:2])]
+        scores = [s for s in every if s["trigger"] == "event"]  # rescorings: tested elsewhere
         pairs = Counter((s["event_id"], s["goal"]) for s in scores)
         assert max(pairs.values()) == 1, [p for p, n in pairs.items() if n > 1][:5]
         assert set(pairs) == expected_pairs
@@ -390,7 +391,11 @@ def test_events_not_keyed_by_profile_are_repartitioned(
             )
         )
         assert worker.alive
-    pairs = Counter((m["event_id"], m["goal"]) for m in (orjson.loads(v) for _, _, v in scores))
+    pairs = Counter(
+        (m["event_id"], m["goal"])
+        for m in (orjson.loads(v) for _, _, v in scores)
+        if m["trigger"] == "event"
+    )
     assert max(pairs.values()) == 1
     keyed = {p for p in pairs if event_profile[p[0]] not in unkeyed or p[1] == "conversion"}
     assert keyed == ordered_pairs
