@@ -1,0 +1,157 @@
+"""Rescoring as time passes (models/engine.py): the stream's every-rescoring engine and the
+backtest's lazy one give the same snapshots, examples and final states; quiet profiles'
+scores follow event time; a cold goal serves no made-up probability."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import pytest
+
+from models.backtest import load_events, run_backtest
+from models.config import DAY_MS, load_config, parse_config
+from models.engine import Engine
+from models.events import Event
+from models.learner import OnlineLearner
+from models.outcome import Outcome
+from models.state import ProfileState
+from models.synthetic import generate_events
+from tests.harness import CONFIG
+
+CFG = load_config(CONFIG)
+
+
+def _replay(engine: Engine, events: list[Event]) -> tuple[dict[str, ProfileState], Outcome, int]:
+    """The backtest's event-time loop over a fixed-model ``engine`` (no training)."""
+    states: dict[str, ProfileState] = {}
+    due: list[tuple[int, str]] = []
+    planned: dict[str, int] = {}
+    out = Outcome()
+    watermark = -1
+    for event in events:
+        if event.timestamp_ms > watermark:
+            watermark = event.timestamp_ms
+            while due and due[0][0] < watermark:
+                when, pid = heapq.heappop(due)
+                if planned.get(pid) != when:
+                    continue
+                engine.advance(pid, states[pid], watermark, out)
+                nxt = engine.next_due(states[pid], pid)
+                if nxt is None:
+                    del planned[pid]
+                else:
+                    heapq.heappush(due, (nxt, pid))
+                    planned[pid] = nxt
+        pid = event.profile_id
+        states[pid] = engine.process(states.get(pid), event, out)
+        nxt = engine.next_due(states[pid], pid)
+        if nxt is not None and (pid not in planned or nxt < planned[pid]):
+            heapq.heappush(due, (nxt, pid))
+            planned[pid] = nxt
+    for pid, state in states.items():
+        engine.settle(pid, state, watermark, out)
+    return states, out, watermark
+
+
+def _comparable(state: ProfileState) -> bytes:
+    """The state, its percentiles and buckets left out (PERCENTILES-BY-HISTORY: ranked by a
+    sketch of the scores a process computed, which differ in number)."""
+    for gs in state.goals.values():
+        gs.percentile = gs.bucket = None
+    return state.to_bytes()
+
+
+@pytest.fixture(scope="module")
+def trained_models() -> dict[str, Any]:
+    """Models a backtest of other generated events trained (fixed during the comparison)."""
+    result = run_backtest(generate_events(profiles=300, days=300, seed=11), CFG)
+    return {goal: model for goal, model in result.engine.models.items()}
+
+
+def test_every_rescoring_and_lazy_rescoring_agree(trained_models: dict[str, Any]) -> None:
+    events = load_events(generate_events(profiles=120, days=200, seed=3), CFG)
+    eager_states, eager, _ = _replay(Engine(CFG, trained_models), events)
+    lazy_states, lazy, _ = _replay(Engine(CFG, trained_models, every_rescore=False), events)
+    eager_examples = {e.example_id: (e.label, e.probability, e.features) for e in eager.examples}
+    lazy_examples = {e.example_id: (e.label, e.probability, e.features) for e in lazy.examples}
+    assert len(eager_examples) == len(eager.examples) and len(lazy_examples) == len(lazy.examples)
+    assert eager_examples == lazy_examples
+    assert {p: _comparable(s) for p, s in eager_states.items()} == {
+        p: _comparable(s) for p, s in lazy_states.items()
+    }
+    scheduled = [s for s in eager.scores if s.trigger == "schedule"]
+    assert scheduled and all(s.event_id is None for s in scheduled)
+    assert any(e.trigger == "schedule" for e in eager.examples)
+    # the lazy engine computed a fraction of the rescorings and counted the rest
+    lazy_scheduled = sum(1 for s in lazy.scores if s.trigger == "schedule")
+    assert lazy_scheduled + lazy.rescores_skipped >= len(scheduled) > 3 * lazy_scheduled
+
+
+def test_scheduled_scores_follow_event_time_one_period_apart(
+    trained_models: dict[str, Any],
+) -> None:
+    events = load_events(generate_events(profiles=40, days=120, seed=5), CFG)
+    _, out, watermark = _replay(Engine(CFG, trained_models), events)
+    by_profile: dict[tuple[str, str], list[Any]] = {}
+    for s in out.scores:
+        by_profile.setdefault((s.profile_id, s.goal), []).append(s)
+    for scores in by_profile.values():
+        times = [s.event_time_ms for s in scores]
+        assert times == sorted(times)
+        for before, after in zip(scores, scores[1:]):
+            if after.trigger == "schedule":
+                assert after.event_time_ms - before.event_time_ms == DAY_MS
+        # no stored score is older than one period at the end
+        assert watermark - times[-1] <= DAY_MS
+
+
+def test_a_quiet_profile_churn_probability_rises(trained_models: dict[str, Any]) -> None:
+    engine = Engine(CFG, trained_models)
+    body = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 30.0}}}
+    out = Outcome()
+    state = engine.process(None, Event("e-1", "p", "x", 0, body), out)
+    state = engine.process(state, Event("e-2", "p", "x", 5 * DAY_MS, body), out)
+    at_last_event = next(s for s in reversed(out.scores) if s.goal == "churn").probability
+    out.clear()
+    engine.advance("p", state, 120 * DAY_MS, out)
+    churn = [s for s in out.scores if s.goal == "churn"]
+    assert len(churn) == 114  # days 6 .. 119
+    assert churn[-1].probability > at_last_event
+    assert state.goals["churn"].scored_ts == 119 * DAY_MS
+
+
+def test_a_cold_goal_serves_its_prior_or_no_probability() -> None:
+    text = (
+        open(CONFIG)
+        .read()
+        .replace('name = "conversion"\n', 'name = "conversion"\nprior = 0.04\n', 1)
+    )
+    engine = Engine(parse_config(text))
+    out = Outcome()
+    ev = Event("e-1", "p", "x", 0, {"eventType": "commerce.purchases"})
+    engine.process(None, ev, out)
+    by_goal = {s.goal: s for s in out.scores}
+    assert by_goal["conversion"].probability == 0.04 and by_goal["conversion"].warming_up
+    assert by_goal["churn"].probability is None and by_goal["churn"].bucket is None
+    assert not any(c.goal == "churn" for c in out.segment_changes)
+    # once the trainer published a warming-up version, its running base rate
+    learner = OnlineLearner("churn", engine.featurizer.names)
+    for y in (0, 1, 1, 1):
+        learner.learn([0.0] * len(engine.featurizer.names), y, 0.5, True)
+    engine.set_model(learner.snapshot())
+    out.clear()
+    engine.process(None, Event("e-2", "q", "x", 0, {"eventType": "commerce.purchases"}), out)
+    churn = next(s for s in out.scores if s.goal == "churn")
+    assert churn.probability == pytest.approx(4 / 6) and churn.warming_up
+
+
+def test_rescoring_config_is_checked() -> None:
+    base = open(CONFIG).read()
+    assert parse_config(base).goals[0].rescore_every_ms == DAY_MS
+    off = parse_config(base + "\n[scoring]\nrescore_every_hours = 0\n")
+    assert all(g.rescore_every_ms == 0 for g in off.goals)
+    with pytest.raises(Exception, match="at least 1"):
+        parse_config(base + "\n[scoring]\nrescore_every_hours = 0.5\n")
+    with pytest.raises(Exception, match="prior"):
+        parse_config(base.replace('name = "churn"\n', 'name = "churn"\nprior = 1.5\n', 1))
