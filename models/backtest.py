@@ -60,7 +60,9 @@ class BacktestResult:
     #: events skipped as duplicates: an ``_id`` among its profile's recent ones
     n_duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    score_log: list[tuple[str, int, float]] = field(default_factory=list)
+    #: ``(goal, event_time_ms, probability, profile_id, trigger)`` per computed score (with
+    #: ``keep_scores``); the scheduled rescorings the backtest skips are not in it
+    score_log: list[tuple[str, int, float | None, str, str]] = field(default_factory=list)
     models: list[LinearModel] = field(default_factory=list)
 
     @property
@@ -135,7 +137,8 @@ def run_backtest(
     config
         The validated configuration.
     keep_scores
-        Keep ``(goal, event_time_ms, probability)`` of every score in ``score_log``.
+        Keep ``(goal, event_time_ms, probability, profile_id, trigger)`` of every score
+        computed in ``score_log``.
     progress
         Called with the number of events processed so far, every 10,000 events.
     """
@@ -222,9 +225,7 @@ def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
     result.n_scores += len(out.scores) + out.rescores_skipped
     if keep_scores:
         result.score_log.extend(
-            (s.goal, s.event_time_ms, s.probability)
-            for s in out.scores
-            if s.probability is not None
+            (s.goal, s.event_time_ms, s.probability, s.profile_id, s.trigger) for s in out.scores
         )
     if out.examples:  # a new model version is only ever due after learning
         for example in out.examples:

@@ -21,7 +21,7 @@ from typing import Any
 
 from models.engine import Engine
 from models.migrate import partial_features
-from models.state import NEVER, ProfileState
+from models.state import ProfileState
 
 __all__ = ["format_time", "profile_document"]
 
@@ -81,8 +81,8 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
     vector = fz.vector(state)
     scores: dict[str, Any] = {}
     for name, gs in state.goals.items():
-        if gs.probability is None and gs.scored_ts == NEVER:
-            continue  # never scored (a cold goal scored with no prior shows, as null)
+        if gs.probability is None:
+            continue  # never scored, or only while cold with no prior (no probability)
         model = engine.models.get(name)
         factors = []
         if model is not None and not model.warming_up:

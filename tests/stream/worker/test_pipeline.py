@@ -177,7 +177,7 @@ def test_worker_scores_every_event_and_goal(
         profiles=PROFILES, days=DAYS, seed=SEED, start=period_ending_today(DAYS)
     )
     oracle = run_backtest(events, load_config(config_path), keep_scores=True)
-    expected = Counter(goal for goal, _, _ in oracle.score_log)
+    expected = Counter(goal for goal, _, _, _, trigger in oracle.score_log if trigger == "event")
     assert oracle.n_rejected == 0 and expected["churn"] > 0
     # Independent check of the oracle: conversion scores every event, churn every event
     # from the profile's first purchase on (eligibility purchase_count_total >= 1).
