@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 from collections import Counter
@@ -39,7 +40,7 @@ from models.config import Config
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event, validate_event
 from models.model import LinearModel
-from models.outcome import Example, Outcome
+from models.outcome import Example, Outcome, Score
 from models.state import ProfileState
 from models.training import Trainer
 
@@ -62,6 +63,8 @@ class BacktestResult:
     rejected: Counter[str] = field(default_factory=Counter)
     score_log: list[tuple[str, int, float]] = field(default_factory=list)
     models: list[LinearModel] = field(default_factory=list)
+    #: the event-time watermark at the end (newest event time minus the allowed lateness)
+    watermark: int | None = None
 
     @property
     def n_rejected(self) -> int:
@@ -125,6 +128,8 @@ def run_backtest(
     *,
     keep_scores: bool = False,
     progress: Callable[[int], None] | None = None,
+    until_ms: int | None = None,
+    on_scores: Callable[[list[Score]], None] | None = None,
 ) -> BacktestResult:
     """Replay ``source`` (JSON lines or dicts) through the core in event-time order.
 
@@ -138,13 +143,20 @@ def run_backtest(
         Keep ``(goal, event_time_ms, probability)`` of every score in ``score_log``.
     progress
         Called with the number of events processed so far, every 10,000 events.
+    until_ms
+        Replay only the events before this time (epoch ms; ``customer-ai backfill --until``).
+    on_scores
+        Called with the scores of each event (before they are dropped), e.g. to keep each
+        profile's newest one.
     """
     engine = Engine(config)
     trainer = Trainer(config, engine.featurizer.names)
     result = BacktestResult(engine, trainer, {})
     with _few_collections():
         events = load_events(source, config, result.rejected)
-        _replay(events, engine, result, keep_scores, progress)
+        if until_ms is not None:
+            events = events[: bisect.bisect_left(events, until_ms, key=_event_time)]
+        _replay(events, engine, result, keep_scores, progress, on_scores)
     return result
 
 
@@ -154,6 +166,7 @@ def _replay(
     result: BacktestResult,
     keep_scores: bool,
     progress: Callable[[int], None] | None,
+    on_scores: Callable[[list[Score]], None] | None = None,
 ) -> None:
     config = engine.config
     states = result.states
@@ -193,11 +206,18 @@ def _replay(
             if nxt is not None and (due_before is None or nxt < due_before):
                 heapq.heappush(due, (nxt, pid))
             result.n_events += 1
+        if on_scores is not None and out.scores:
+            on_scores(out.scores)
         _consume(out, result, keep_scores)
         if progress is not None and n % 10_000 == 0:
             progress(n)
+    result.watermark = watermark
     if progress is not None:
         progress(len(events))
+
+
+def _event_time(event: Event) -> int:
+    return event.timestamp_ms
 
 
 def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
