@@ -238,3 +238,30 @@ def test_backfill_then_live_equals_the_backtest_of_the_whole_file(
     for s in scores:
         if s["goal"] in live_goals:
             assert s["model_version"] >= served[s["goal"]] > 0 and not s["warming_up"], s
+
+
+def test_force_replaces_an_imported_profiles_record_whole(tmp_path: Path, redis_url: str) -> None:
+    """``--force`` over an earlier run: no applied offset of it is left to skip live events,
+    and the due index and watermarks of every partition are written."""
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(
+        b"\n".join(orjson.dumps(e) for e in generate_events(profiles=40, days=60, seed=2))
+    )
+    client = redis.Redis.from_url(redis_url)
+    client.hset("cai:p:{p-1}", mapping={"s": "[]", "v": 7, f"o:{EVENTS}:0": 123})
+    args = [sys.executable, "-m", "stream.cli", "backfill", str(history), "--partitions", "3"]
+    env = cli_env(REDIS_URL=redis_url)
+    refused = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    done = subprocess.run([*args, "--force"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert set(client.hkeys("cai:p:{p-1}")) <= {b"s", b"v", b"scores", b"tf"}
+    assert client.hget("cai:p:{p-1}", "v") == b"1"
+    assert len(client.keys(f"cai:wm:{EVENTS}:*")) == 3
+    pending = [
+        p for p, s in stored_states(client).items() if any(g.pending for g in s.goals.values())
+    ]
+    due = set()
+    for part in range(3):
+        due |= {m.decode() for m in client.zrange(f"cai:due:{EVENTS}:{part}", 0, -1)}
+    assert pending and due == set(pending)

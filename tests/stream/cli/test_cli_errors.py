@@ -536,3 +536,15 @@ def test_backfill_usage_errors(
     )  # fmt: skip
     line = one_line_error(proc, 2)
     assert expected in line, line
+
+
+def test_backfill_names_an_unreachable_redis_without_its_password(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    url = closed_port_url(password="s3cret")
+    proc, _ = cli(
+        tmp_path, "backfill", "events.jsonl", "--partitions", "4", REDIS_URL=url,
+        CUSTOMER_AI_CONFIG=str(CONFIG),
+    )  # fmt: skip
+    line = one_line_error(proc, 1)
+    assert "cannot reach Redis at " + url.replace(":s3cret@", ":***@") in line
+    assert "s3cret" not in proc.stderr + proc.stdout
