@@ -65,6 +65,8 @@ class BacktestResult:
     models: list[LinearModel] = field(default_factory=list)
     #: the event-time watermark at the end (newest event time minus the allowed lateness)
     watermark: int | None = None
+    #: called with every batch of scores before they are dropped (``run_backtest``'s ``on_scores``)
+    on_scores: Callable[[list[Score]], None] | None = field(default=None, repr=False)
 
     @property
     def n_rejected(self) -> int:
@@ -146,17 +148,17 @@ def run_backtest(
     until_ms
         Replay only the events before this time (epoch ms; ``customer-ai backfill --until``).
     on_scores
-        Called with the scores of each event (before they are dropped), e.g. to keep each
-        profile's newest one.
+        Called with every batch of scores the replay computes, before they are dropped
+        (``customer-ai backfill`` keeps each profile's newest score per goal).
     """
     engine = Engine(config)
     trainer = Trainer(config, engine.featurizer.names)
-    result = BacktestResult(engine, trainer, {})
+    result = BacktestResult(engine, trainer, {}, on_scores=on_scores)
     with _few_collections():
         events = load_events(source, config, result.rejected)
         if until_ms is not None:
             events = events[: bisect.bisect_left(events, until_ms, key=_event_time)]
-        _replay(events, engine, result, keep_scores, progress, on_scores)
+        _replay(events, engine, result, keep_scores, progress)
     return result
 
 
@@ -166,7 +168,6 @@ def _replay(
     result: BacktestResult,
     keep_scores: bool,
     progress: Callable[[int], None] | None,
-    on_scores: Callable[[list[Score]], None] | None = None,
 ) -> None:
     config = engine.config
     states = result.states
@@ -206,8 +207,6 @@ def _replay(
             if nxt is not None and (due_before is None or nxt < due_before):
                 heapq.heappush(due, (nxt, pid))
             result.n_events += 1
-        if on_scores is not None and out.scores:
-            on_scores(out.scores)
         _consume(out, result, keep_scores)
         if progress is not None and n % 10_000 == 0:
             progress(n)
@@ -221,6 +220,8 @@ def _event_time(event: Event) -> int:
 
 
 def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
+    if result.on_scores is not None and out.scores:
+        result.on_scores(out.scores)
     result.n_scores += len(out.scores)
     if keep_scores:
         result.score_log.extend((s.goal, s.event_time_ms, s.probability) for s in out.scores)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import os
 import time
 import zlib
@@ -203,6 +204,8 @@ async def write_profiles(
     retained = config.retention.days is not None
     goals = [g.name for g in config.goals]
     pending = 0
+    # the next work due on an idle profile; with scheduled rescoring it depends on the id
+    takes_id = "profile_id" in inspect.signature(engine.next_due).parameters
     ids = list(result.states)
     for lo in range(0, len(ids), CHUNK):
         chunk = ids[lo : lo + CHUNK]
@@ -233,9 +236,10 @@ async def write_profiles(
                 pipe.delete(key)  # with --force: no applied offset of an earlier run left
                 pipe.hset(key, mapping=fields)
                 part = partition_of(pid, partitions)
-                close = engine.next_due(state)
+                close = engine.next_due(state, pid) if takes_id else engine.next_due(state)  # type: ignore[call-arg,unused-ignore]
                 if close is not None:
                     due[part][pid] = close
+                if any(gs.pending for gs in state.goals.values()):
                     pending += 1
                 if retained:
                     seen[part][pid] = state.ref_ts
