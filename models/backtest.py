@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 from collections import Counter
@@ -39,7 +40,7 @@ from models.config import Config
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event, validate_event
 from models.model import LinearModel
-from models.outcome import Example, Outcome
+from models.outcome import Example, Outcome, Score
 from models.state import ProfileState
 from models.training import Trainer
 
@@ -64,6 +65,10 @@ class BacktestResult:
     #: ``keep_scores``); the scheduled rescorings the backtest skips are not in it
     score_log: list[tuple[str, int, float | None, str, str]] = field(default_factory=list)
     models: list[LinearModel] = field(default_factory=list)
+    #: the event-time watermark at the end (newest event time minus the allowed lateness)
+    watermark: int | None = None
+    #: called with every batch of scores before they are dropped (``run_backtest``'s ``on_scores``)
+    on_scores: Callable[[list[Score]], None] | None = field(default=None, repr=False)
 
     @property
     def n_rejected(self) -> int:
@@ -127,6 +132,8 @@ def run_backtest(
     *,
     keep_scores: bool = False,
     progress: Callable[[int], None] | None = None,
+    until_ms: int | None = None,
+    on_scores: Callable[[list[Score]], None] | None = None,
 ) -> BacktestResult:
     """Replay ``source`` (JSON lines or dicts) through the core in event-time order.
 
@@ -141,12 +148,19 @@ def run_backtest(
         computed in ``score_log``.
     progress
         Called with the number of events processed so far, every 10,000 events.
+    until_ms
+        Replay only the events before this time (epoch ms; ``customer-ai backfill --until``).
+    on_scores
+        Called with every batch of scores the replay computes, before they are dropped
+        (``customer-ai backfill`` keeps each profile's newest score per goal).
     """
     engine = Engine(config, every_rescore=False)
     trainer = Trainer(config, engine.featurizer.names)
-    result = BacktestResult(engine, trainer, {})
+    result = BacktestResult(engine, trainer, {}, on_scores=on_scores)
     with _few_collections():
         events = load_events(source, config, result.rejected)
+        if until_ms is not None:
+            events = events[: bisect.bisect_left(events, until_ms, key=_event_time)]
         _replay(events, engine, result, keep_scores, progress)
     return result
 
@@ -217,11 +231,18 @@ def _replay(
         for pid, state in states.items():
             engine.settle(pid, state, watermark, out)
             _consume(out, result, keep_scores)
+    result.watermark = watermark
     if progress is not None:
         progress(len(events))
 
 
+def _event_time(event: Event) -> int:
+    return event.timestamp_ms
+
+
 def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
+    if result.on_scores is not None and out.scores:
+        result.on_scores(out.scores)
     result.n_scores += len(out.scores) + out.rescores_skipped
     if keep_scores:
         result.score_log.extend(

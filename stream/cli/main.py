@@ -10,6 +10,7 @@ command                        what it does
 ``tail``                       follow live scores, readable (or ``--json``)
 ``profile ID``                 a profile's state, features, scores and factors
 ``evaluate EVENTS``            backtest in-process: metrics, examples, profiles, report
+``backfill EVENTS``            import a history into Redis: states, learners, models
 ``lag``                        consumer lag read from the broker (``--watch``, ``--json``)
 ``segment``                    profiles of a goal's bucket (optionally by top factor)
 ``quarantine``                 profiles whose record cannot be read; ``show ID``, ``release ID``
@@ -58,6 +59,7 @@ SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
     "segment": ("redis",),
     "quarantine": ("redis",),
     "watermarks": ("redis",),
+    "backfill": ("redis",),
 }
 #: commands that use the servers of ``.customer-ai/dev.env`` (``dev up``) if the env names none
 USES_DEV_SERVERS = frozenset({"worker", *SERVERS_NEEDED})
@@ -88,6 +90,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream.cli.evaluate import evaluate_main
 
     return evaluate_main(Path(args.events), args.config, Path(args.out))
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from stream.cli.backfill import backfill_main
+
+    return backfill_main(
+        Path(args.events), args.config, args.until, args.partitions, force=args.force
+    )
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
@@ -368,6 +378,26 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the four files")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = command("backfill", "import a history into Redis: profile states, learners, models")
+    p.add_argument("events", help="JSON lines of events (optionally .gz), as evaluate reads")
+    p.add_argument(
+        "--until",
+        metavar="TIME",
+        help="ISO-8601 time: import only the events before it (default: all)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=positive_int,
+        help="partitions of <prefix>.events (default: asked of KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the profiles and models Redis holds already (stop the workers first)",
+    )
+    _config_option(p)
+    p.set_defaults(fn=cmd_backfill)
 
     p = command("lag", "consumer lag read from the broker")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")

@@ -102,7 +102,7 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
     commands = _subparsers(parser)
     assert set(commands) == {
         "dev", "worker", "generate", "replay", "tail", "profile", "evaluate", "lag",
-        "segment", "demo", "quarantine", "watermarks",
+        "segment", "demo", "quarantine", "watermarks", "backfill",
     }  # fmt: skip
     for name, sub in {"customer-ai": parser, **commands}.items():
         formatter = sub._get_formatter()
@@ -181,6 +181,7 @@ CONFIG_COMMANDS = {
     "segment": ["--goal", "conversion"],
     "quarantine": ["release", "p-1", "--reset"],
     "evaluate": ["{events}", "--out", "out"],
+    "backfill": ["{events}", "--partitions", "4"],
     "demo": [],
 }
 
@@ -496,3 +497,54 @@ def test_an_unreadable_profile_is_one_line_naming_the_quarantine(
     proc, _ = cli(tmp_path, "profile", "p-1", REDIS_URL=redis_url, CUSTOMER_AI_CONFIG=str(CONFIG))
     line = one_line_error(proc, 2)
     assert why in line and "customer-ai quarantine" in line, line
+
+
+def test_backfill_refuses_a_redis_holding_this_configs_data_without_force(
+    tmp_path: Path, redis_url: str, redis_client: Any
+) -> None:
+    """An import would overwrite profiles and models: one line naming them and --force."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    redis_client.hset("cai:models", "conversion", 3)
+    redis_client.hset("cai:p:{p-9}", "s", "[]")
+    proc, _ = cli(
+        tmp_path, "backfill", str(events), "--partitions", "4", REDIS_URL=redis_url,
+        CUSTOMER_AI_CONFIG=str(CONFIG),
+    )  # fmt: skip
+    line = one_line_error(proc, 2)
+    assert "already holds profiles (e.g. cai:p:{p-9})" in line, line
+    assert "conversion v3" in line and "--force" in line
+    assert redis_client.hget("cai:p:{p-9}", "s") == b"[]"  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--until", "yesterday", "--partitions", "4"], "--until: 'yesterday' is not an ISO-8601"),
+        ([], "give --partitions N"),
+    ],
+    ids=["bad-until", "no-partition-count"],
+)
+def test_backfill_usage_errors(
+    tmp_path: Path, redis_url: str, args: list[str], expected: str
+) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    proc, _ = cli(
+        tmp_path, "backfill", str(events), *args, REDIS_URL=redis_url,
+        CUSTOMER_AI_CONFIG=str(CONFIG),
+    )  # fmt: skip
+    line = one_line_error(proc, 2)
+    assert expected in line, line
+
+
+def test_backfill_names_an_unreachable_redis_without_its_password(tmp_path: Path) -> None:
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    url = closed_port_url(password="s3cret")
+    proc, _ = cli(
+        tmp_path, "backfill", "events.jsonl", "--partitions", "4", REDIS_URL=url,
+        CUSTOMER_AI_CONFIG=str(CONFIG),
+    )  # fmt: skip
+    line = one_line_error(proc, 1)
+    assert "cannot reach Redis at " + url.replace(":s3cret@", ":***@") in line
+    assert "s3cret" not in proc.stderr + proc.stdout
