@@ -130,7 +130,8 @@ class TrainerStep:
             raw = await self.store.get_learner(goal)
             if raw is not None:
                 try:
-                    if not self.trainer.restore(goal, raw):
+                    sample = await self.store.get_sample(goal)
+                    if not self.trainer.restore(goal, raw, sample):
                         log.warning(
                             "learner %s was trained on other features (the configuration's "
                             "events or horizons changed): a new lineage starts after v%d; "
@@ -141,6 +142,9 @@ class TrainerStep:
                         )
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("cannot resume learner %s (%s): starting it afresh", goal, exc)
+                    self.trainer.samples[goal].reset = True  # its sample goes with it
+            else:
+                self.trainer.samples[goal].reset = True  # a sample left without its learner
         # a learner started afresh (new lineage, unreadable or deleted state) numbers its
         # versions after the one published last: a version is never reused
         published = await self.store.model_versions()
@@ -302,8 +306,9 @@ class TrainerStep:
         if outbox:  # dead letters first: at-least-once, like every output
             await self.producer.send_all(outbox)
             outbox = []
+        samples = {goal: self.trainer.sample_changes(goal) for goal in learners}
         if not await self.store.publish_models(
-            states, new_offsets, learnt_ids, expected=self.offsets
+            states, new_offsets, learnt_ids, expected=self.offsets, samples=samples
         ):
             return None
         self.offsets = new_offsets
