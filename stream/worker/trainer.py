@@ -13,8 +13,9 @@ rebalance repeats a batch), and the trainer learns each id once:
 2. an id learnt before is dropped: the in-memory set of recent ids, else
    ``P:learnt:<goal>`` in Redis (one ``ZMSCORE`` round trip per batch), which
    survives restarts and moves of the training partition;
-3. the batch's learner states, its learnt ids and the new trained offsets are
-   written in one Redis transaction *before* the batch is acknowledged, fenced by
+3. the batch's learner states, the changes of the samples of profiles
+   (``P:sample:<goal>``, the percentile basis: ``models/sample.py``), its learnt ids and
+   the new trained offsets are written in one Redis transaction *before* the batch is acknowledged, fenced by
    a WATCH on the stored offsets: if another trainer (after a rebalance, or this
    one before a crash) moved them since this trainer resumed, nothing is written,
    the learners are resumed from Redis and the batch is re-run from there.
