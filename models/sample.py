@@ -31,10 +31,22 @@ from __future__ import annotations
 
 import heapq
 from hashlib import blake2b
+from typing import TYPE_CHECKING
 
+import numpy as np
 import orjson
 
-__all__ = ["CUT_POINTS", "SAMPLE_PROFILES", "ProfileSample", "cut_points", "profile_hash"]
+if TYPE_CHECKING:
+    from models.model import LinearModel
+
+__all__ = [
+    "CUT_POINTS",
+    "SAMPLE_PROFILES",
+    "ProfileSample",
+    "cut_points",
+    "probabilities",
+    "profile_hash",
+]
 
 #: profiles kept per goal (the sample's size once that many profiles have examples)
 SAMPLE_PROFILES = 2000
@@ -76,6 +88,26 @@ def cut_points(values: list[float], n: int = CUT_POINTS) -> list[float]:
     return out
 
 
+def probabilities(model: LinearModel, vectors: np.ndarray) -> np.ndarray:
+    """``model``'s calibrated probability of every row of ``vectors`` (raw features, shape
+    ``(n, d)``), at once: :meth:`~models.model.LinearModel.probability_t` of each
+    :func:`~models.model.transform`-ed row, up to the last bits of the sums' order.
+
+    >>> from models.model import LinearModel
+    >>> m = LinearModel("g", 1, ["a"], [0.0], [1.0], [1.0], 0.0, warming_up=False)
+    >>> [round(p, 4) for p in probabilities(m, np.array([[0.0], [np.e - 1]])).tolist()]
+    [0.5, 0.7311]
+    """
+    n = vectors.shape[0]
+    if model.warming_up:
+        return np.full(n, model.base_rate)
+    scale = np.array(model.weights, dtype=float) / np.array(model.std, dtype=float)
+    offset = model.intercept - float((scale * np.array(model.mean, dtype=float)).sum())
+    z = (np.log1p(np.maximum(vectors, 0.0)) * scale).sum(axis=1) + offset
+    y = model.calibration_a * z + model.calibration_b
+    return np.exp(-np.logaddexp(0.0, -y))  # sigmoid(y), with no overflow
+
+
 class ProfileSample:
     """The bottom-``capacity`` profiles by :func:`profile_hash`, newest vector each.
 
@@ -90,6 +122,7 @@ class ProfileSample:
         self.dirty: set[str] = set()
         #: the stored copy must be replaced whole (a new lineage: other features)
         self.reset = False
+        self._matrix: np.ndarray | None = None  # vectors() as an array, made on first use
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -107,6 +140,7 @@ class ProfileSample:
                 return False
             self.entries[profile_id] = (h, ts, list(features))
             self.dirty.add(profile_id)
+            self._matrix = None
             return True
         h = profile_hash(profile_id)
         if len(self.entries) >= self.capacity:
@@ -119,7 +153,14 @@ class ProfileSample:
             heapq.heappush(self._heap, (-h, profile_id))
         self.entries[profile_id] = (h, ts, list(features))
         self.dirty.add(profile_id)
+        self._matrix = None
         return True
+
+    def matrix(self) -> np.ndarray:
+        """:meth:`vectors` as an array of shape ``(len(self), d)`` (kept until a change)."""
+        if self._matrix is None:
+            self._matrix = np.array(self.vectors(), dtype=float)
+        return self._matrix
 
     def vectors(self) -> list[list[float]]:
         """The sampled feature vectors, in profile-id order."""

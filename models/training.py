@@ -25,9 +25,9 @@ from typing import Any
 from models.config import Config
 from models.features import Featurizer
 from models.learner import OnlineLearner
-from models.model import LinearModel, transform
+from models.model import LinearModel
 from models.outcome import Example
-from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points
+from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
 
 __all__ = ["Trainer"]
 
@@ -164,8 +164,8 @@ class Trainer:
         self.since_snapshot[goal] = 0
         model = self.learners[goal].snapshot()
         if not model.warming_up:
-            model.quantiles = cut_points(
-                [model.probability_t(transform(v)) for v in self.samples[goal].vectors()]
-            )
+            sample = self.samples[goal]
+            if len(sample):
+                model.quantiles = cut_points(probabilities(model, sample.matrix()).tolist())
         self.published_warming[goal] = model.warming_up
         return model

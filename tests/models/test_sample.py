@@ -193,9 +193,10 @@ def test_buckets_of_the_sampled_profiles_match_the_thresholds(result: BacktestRe
 
 
 @pytest.mark.xfail(
-    reason="a profile's stored score is the one of its last event until profiles are "
-    "rescored as time passes (issue 17 item 1); the sample holds the vectors of matured "
-    "examples, opened at least min_interval apart and a goal window old",
+    reason="the sample holds each profile's newest *matured* example, a goal window (30 or "
+    "90 days) older than its current score, so a drifting population's current scores do "
+    "not rank as the sample's: measured 43 % high (conversion) without rescoring and "
+    "16 % high (conversion), 38 % (churn) with main's rescoring (a58f08a) merged",
     strict=False,
 )
 def test_segment_sizes_of_the_final_states_match_the_thresholds(result: BacktestResult) -> None:
