@@ -1,7 +1,7 @@
 """Build hook: compile the scoring core to C with mypyc, when it can.
 
 The modules in :data:`NATIVE_MODULES` are the per-event path of the worker (decode,
-conditions, features, labels, state, scoring, quantiles). mypyc compiles their typed,
+conditions, features, labels, state, scoring). mypyc compiles their typed,
 pure Python into a C extension that runs the same code about twice as fast; the Python
 sources stay the reference and are what runs whenever the extension is missing, out of
 date or turned off (``models/__init__.py`` decides at import time).
@@ -32,7 +32,6 @@ REQUIRE_NATIVE = os.environ.get("CUSTOMER_AI_REQUIRE_NATIVE", "0") == "1"
 #: compiled together (one shared library): they call each other natively
 NATIVE_MODULES = [
     "rounding",
-    "quantiles",
     "conditions",
     "events",
     "labels",

@@ -48,7 +48,6 @@ from models.features import Featurizer
 from models.labels import example_id, resolve_closed, resolve_goal_event
 from models.model import LinearModel, transform
 from models.outcome import EVENT, MODEL, SCHEDULE, Example, Outcome, Score, SegmentChange
-from models.quantiles import PercentileSketch
 from models.rounding import rounded, rounded_list
 from models.state import NEVER, GoalState, ProfileState, Snapshot
 
@@ -100,7 +99,6 @@ class Engine:
         }
         for model in (models or {}).values():
             self.set_model(model)
-        self.sketches = {g.name: PercentileSketch() for g in self.goals}
         # eligibility conditions see a dict of just the features they read (a profile
         # feature dict minus fields no condition asks for: the same answers, cheaper)
         index = self.featurizer.index
@@ -284,7 +282,7 @@ class Engine:
             percentile: float | None = None
             bucket: str | None = None
             if probability is not None:
-                percentile = self.sketches[goal.name].add_and_rank(probability)
+                percentile = model.percentile(probability)
                 bucket = buckets.bucket(percentile)
             out.scores.append(
                 Score(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ _MODEL_FIELDS = frozenset(
     (
         "goal", "version", "feature_names", "mean", "std", "weights", "intercept",
         "calibration_a", "calibration_b", "warming_up", "base_rate", "n_examples",
-        "n_positive", "metrics", "created_at", "lineage",
+        "n_positive", "metrics", "created_at", "lineage", "quantiles",
     )
 )  # fmt: skip
 
@@ -113,6 +114,9 @@ class LinearModel:
     created_at: str = ""
     #: :func:`lineage_id` of the features it was trained on (``""``: written before lineages)
     lineage: str = ""
+    #: cut points of this version's probabilities over the trainer's sample of profiles
+    #: (:mod:`models.sample`), ascending; empty: no sample (every percentile is 50)
+    quantiles: list[float] = field(default_factory=list)
 
     @classmethod
     def cold(cls, goal: str, feature_names: list[str], base_rate: float = 0.5) -> LinearModel:
@@ -139,6 +143,35 @@ class LinearModel:
             return self.base_rate
         z = self._offset + sum(map(_mul, self._scale, transformed))
         return sigmoid(self.calibration_a * z + self.calibration_b)
+
+    def percentile(self, probability: float) -> float:
+        """The rank of ``probability`` among this version's probabilities over the sample
+        of profiles, in percent: linear between the :attr:`quantiles` cut points, the
+        mid-rank of a run of equal cut points (ties), 0 below the lowest, 100 above the
+        highest, 50 without cut points. A function of (version, probability) alone.
+
+        >>> m = LinearModel.cold("g", ["a"])
+        >>> m.percentile(0.3)
+        50.0
+        >>> m.quantiles = [0.125, 0.25, 0.25, 0.25, 0.75]
+        >>> m.percentile(0.0625), m.percentile(0.1875), m.percentile(0.25), m.percentile(0.5)
+        (0.0, 12.5, 50.0, 87.5)
+        """
+        q = self.quantiles
+        n = len(q)
+        if n < 2:
+            return 50.0
+        lo = bisect_left(q, probability)
+        if lo < n and q[lo] == probability:
+            rank = (lo + bisect_right(q, probability, lo) - 1) * 0.5
+        elif lo == 0:
+            return 0.0
+        elif lo == n:
+            return 100.0
+        else:
+            below = q[lo - 1]
+            rank = lo - 1 + (probability - below) / (q[lo] - below)
+        return 100.0 * rank / (n - 1)
 
     def top_contributions(
         self, transformed: list[float], top: int = TOP_FACTORS
@@ -250,6 +283,7 @@ class LinearModel:
             dict(self.metrics),
             self.created_at,
             self.lineage,
+            list(self.quantiles),
         )
 
     def to_json(self) -> bytes:
@@ -257,7 +291,8 @@ class LinearModel:
         data = asdict(self)
         data["format"] = SNAPSHOT_FORMAT
         data["transform"] = "log1p"
-        data["lineage"] = data.pop("lineage")  # last: the field added after the others
+        data["lineage"] = data.pop("lineage")  # last: the fields added after the others
+        data["quantiles"] = data.pop("quantiles")
         return orjson.dumps(data)
 
     @classmethod

@@ -11,8 +11,8 @@ Which examples are scored
     matured example (the rows of ``examples.csv``) and ``n_open_window`` those left out.
 Buckets
     An example's bucket is its probability's rank among the goal's examples, cut at
-    the configured percentile thresholds (the stream ranks among recent scores the
-    same way).
+    the configured percentile thresholds (served scores are ranked among the goal's
+    profiles under their model version instead: ``LinearModel.percentile``).
 
 :func:`build_report` gathers everything the report shows, as plain JSON-able data;
 :func:`models.report_html.render_html` turns it into one HTML page.

@@ -1,5 +1,7 @@
 """The trainer core: one :class:`~models.learner.OnlineLearner` per goal, exactly-once
-learning by example id, and the cadence at which model versions are published.
+learning by example id, the cadence at which model versions are published, and per goal
+a :class:`~models.sample.ProfileSample` of profiles whose probabilities under each
+published version give its percentile cut points (``LinearModel.quantiles``).
 
 Used by the stream's single-partition trainer agent and by the backtest.
 
@@ -25,6 +27,7 @@ from models.features import Featurizer
 from models.learner import OnlineLearner
 from models.model import LinearModel
 from models.outcome import Example
+from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
 
 __all__ = ["Trainer"]
 
@@ -40,6 +43,8 @@ class Trainer:
         Feature order; defaults to the config's featurizer.
     dedup_capacity
         How many recent example ids are remembered to drop re-deliveries.
+    sample_profiles
+        Profiles kept per goal in :attr:`samples` (:mod:`models.sample`).
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class Trainer:
         config: Config,
         feature_names: list[str] | None = None,
         dedup_capacity: int = 1_000_000,
+        sample_profiles: int = SAMPLE_PROFILES,
     ) -> None:
         self.config = config
         self.feature_names = feature_names or Featurizer(config).names
@@ -61,27 +67,53 @@ class Trainer:
             g.name: OnlineLearner(g.name, self.feature_names, **self.learner_kwargs)
             for g in config.goals
         }
+        self.sample_profiles = sample_profiles
+        #: per goal: the sampled profiles' newest learnt vectors (the percentile basis)
+        self.samples = {g.name: ProfileSample(sample_profiles) for g in config.goals}
         self.since_snapshot = {g.name: 0 for g in config.goals}
         self.published_warming: dict[str, bool] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.dedup_capacity = dedup_capacity
         self.duplicates = 0
 
-    def restore(self, goal: str, state: bytes) -> bool:
-        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON.
+    def restore(
+        self,
+        goal: str,
+        state: bytes,
+        sample: dict[str, bytes] | dict[bytes, bytes] | None = None,
+    ) -> bool:
+        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON, and its
+        profile sample from :meth:`ProfileSample.fields` (``None``: none stored).
 
         A learner on other features (an edited configuration) is not resumed: a new
         lineage starts (:meth:`OnlineLearner.successor`), its versions continuing the old
-        one's, its models held back while it warms up. Returns False in that case.
+        one's, its models held back while it warms up, its sample empty (the stored one
+        follows the old features and is replaced: :meth:`sample_changes`). Returns False
+        in that case. A sample that cannot be read is replaced by an empty one too.
         """
         learner = OnlineLearner.from_state(state, **self.learner_kwargs)
         if learner.feature_names != self.feature_names:
             self.learners[goal] = OnlineLearner.successor(
                 learner, self.feature_names, **self.learner_kwargs
             )
+            self._fresh_sample(goal)
             return False
         self.learners[goal] = learner
+        try:
+            self.samples[goal] = ProfileSample.from_fields(sample or {}, self.sample_profiles)
+        except (ValueError, TypeError):  # unreadable: refilled from the next examples
+            self._fresh_sample(goal)
         return True
+
+    def _fresh_sample(self, goal: str) -> None:
+        """An empty sample for ``goal`` whose stored copy is to be replaced."""
+        self.samples[goal] = ProfileSample(self.sample_profiles)
+        self.samples[goal].reset = True
+
+    def sample_changes(self, goal: str) -> tuple[bool, dict[str, bytes], list[str]]:
+        """What changed in ``goal``'s sample since the last call, to store it:
+        ``(replace the stored sample whole, entries to write, profile ids to delete)``."""
+        return self.samples[goal].changes()
 
     def learn(self, example: Example) -> bool:
         """Learn ``example`` unless its id was learnt already. Returns True if learnt."""
@@ -101,6 +133,7 @@ class Trainer:
             0.5 if served is None else served,  # None: warming up, not measured
             example.served_warming_up or served is None,
         )
+        self.samples[example.goal].add(example.profile_id, example.prediction_ts, example.features)
         self.since_snapshot[example.goal] += 1
         return True
 
@@ -129,8 +162,14 @@ class Trainer:
         return due
 
     def snapshot(self, goal: str) -> LinearModel:
-        """Export a new version of ``goal``'s model."""
+        """Export a new version of ``goal``'s model, with the cut points of its
+        probabilities over the goal's sample of profiles (none while warming up: every
+        profile gets the one base rate, percentile 50)."""
         self.since_snapshot[goal] = 0
         model = self.learners[goal].snapshot()
+        if not model.warming_up:
+            sample = self.samples[goal]
+            if len(sample):
+                model.quantiles = cut_points(probabilities(model, sample.matrix()).tolist())
         self.published_warming[goal] = model.warming_up
         return model

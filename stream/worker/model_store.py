@@ -65,6 +65,14 @@ class ModelStore(StoreConnection):
     async def get_learner(self, goal: str) -> bytes | None:
         return await self.retry("models", lambda: self.redis.get(f"{self.prefix}:learner:{goal}"))
 
+    def sample_key(self, goal: str) -> str:
+        return f"{self.prefix}:sample:{goal}"
+
+    async def get_sample(self, goal: str) -> dict[bytes, bytes]:
+        """The trainer's sample of profiles of ``goal`` (``models/sample.py``): profile id
+        -> JSON ``[prediction time, features]``; empty when none is stored."""
+        return await self.retry("models", lambda: self.redis.hgetall(self.sample_key(goal)))
+
     def learnt_key(self, goal: str) -> str:
         return f"{self.prefix}:learnt:{goal}"
 
@@ -107,13 +115,16 @@ class ModelStore(StoreConnection):
         offsets: dict[int, int],
         learnt: dict[str, list[str]] | None = None,
         expected: dict[int, int] | None = None,
+        samples: dict[str, tuple[bool, dict[str, bytes], list[str]]] | None = None,
     ) -> bool:
         """Atomically store learner states, new serving models, learnt ids and trained offsets.
 
         ``learners`` holds ``(goal, version, serving JSON or None, learner JSON)``;
         a serving model is published (its version made visible) only when given.
         ``learnt`` (goal -> example ids) is added to ``P:learnt:<goal>``, trimmed to the
-        newest :data:`LEARNT_IDS_KEPT`. With ``expected`` (the trained offsets this trainer
+        newest :data:`LEARNT_IDS_KEPT`. ``samples`` (goal -> ``(replace whole, entries to
+        write, profile ids to delete)``, :meth:`models.training.Trainer.sample_changes`)
+        updates ``P:sample:<goal>``. With ``expected`` (the trained offsets this trainer
         resumed from or wrote last) the write is fenced: it happens only if the stored
         offsets still equal ``expected`` (WATCH/MULTI), else nothing is written and False
         is returned; another trainer (after a rebalance) moved on, and this one must
@@ -130,6 +141,14 @@ class ModelStore(StoreConnection):
                 if model_json is not None:
                     pipe.set(f"{self.prefix}:model:{goal}", model_json)
                     pipe.hset(f"{self.prefix}:models", goal, version)
+            for goal, (reset, write, delete) in (samples or {}).items():
+                key = self.sample_key(goal)
+                if reset:
+                    pipe.delete(key)
+                if delete:
+                    pipe.hdel(key, *delete)
+                if write:
+                    pipe.hset(key, mapping=write)
             for goal, ids in (learnt or {}).items():
                 if ids:
                     key = self.learnt_key(goal)

@@ -24,6 +24,8 @@ key                                    value
                                        time of their state (:mod:`stream.worker.retention`)
 ``P:model:<goal>``                     served model snapshot (JSON)
 ``P:learner:<goal>``                   full learner state (JSON), for the trainer to resume
+``P:sample:<goal>`` (hash)             the trainer's sample of profiles (percentile basis):
+                                       profile id -> JSON ``[prediction time, features]``
 ``P:trainer:offsets`` (hash)           training partition -> offset of the last learnt record
 ``P:learnt:<goal>`` (zset)             ids of the examples learnt (the newest
                                        ``LEARNT_IDS_KEPT``), scored by learning time (ms)

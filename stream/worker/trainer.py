@@ -13,8 +13,9 @@ rebalance repeats a batch), and the trainer learns each id once:
 2. an id learnt before is dropped: the in-memory set of recent ids, else
    ``P:learnt:<goal>`` in Redis (one ``ZMSCORE`` round trip per batch), which
    survives restarts and moves of the training partition;
-3. the batch's learner states, its learnt ids and the new trained offsets are
-   written in one Redis transaction *before* the batch is acknowledged, fenced by
+3. the batch's learner states, the changes of the samples of profiles
+   (``P:sample:<goal>``, the percentile basis: ``models/sample.py``), its learnt ids and
+   the new trained offsets are written in one Redis transaction *before* the batch is acknowledged, fenced by
    a WATCH on the stored offsets: if another trainer (after a rebalance, or this
    one before a crash) moved them since this trainer resumed, nothing is written,
    the learners are resumed from Redis and the batch is re-run from there.
@@ -130,7 +131,8 @@ class TrainerStep:
             raw = await self.store.get_learner(goal)
             if raw is not None:
                 try:
-                    if not self.trainer.restore(goal, raw):
+                    sample = await self.store.get_sample(goal)
+                    if not self.trainer.restore(goal, raw, sample):
                         log.warning(
                             "learner %s was trained on other features (the configuration's "
                             "events or horizons changed): a new lineage starts after v%d; "
@@ -141,6 +143,9 @@ class TrainerStep:
                         )
                 except (ValueError, KeyError, TypeError) as exc:
                     log.error("cannot resume learner %s (%s): starting it afresh", goal, exc)
+                    self.trainer.samples[goal].reset = True  # its sample goes with it
+            else:
+                self.trainer.samples[goal].reset = True  # a sample left without its learner
         # a learner started afresh (new lineage, unreadable or deleted state) numbers its
         # versions after the one published last: a version is never reused
         published = await self.store.model_versions()
@@ -302,8 +307,9 @@ class TrainerStep:
         if outbox:  # dead letters first: at-least-once, like every output
             await self.producer.send_all(outbox)
             outbox = []
+        samples = {goal: self.trainer.sample_changes(goal) for goal in learners}
         if not await self.store.publish_models(
-            states, new_offsets, learnt_ids, expected=self.offsets
+            states, new_offsets, learnt_ids, expected=self.offsets, samples=samples
         ):
             return None
         self.offsets = new_offsets

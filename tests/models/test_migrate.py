@@ -144,7 +144,6 @@ def edit_midway(
     states = {pid: migrator.decode(s.to_bytes(), goals) for pid, s in states.items()}
     AT_EDIT.clear()
     AT_EDIT.update({pid: dict(s.restarted) for pid, s in states.items()})
-    new.sketches = old.sketches  # percentiles carry over, as in one long replay
     out = Outcome()
     replay(new, events[cut:], states, out)
     # the oracle: the edited config from the start, what the edit added starting at the edit

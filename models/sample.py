@@ -1,0 +1,212 @@
+"""A deterministic sample of profiles, and the percentile cut points of a model over it.
+
+A score's percentile is its rank among the current scores of the goal's *profiles*
+(not score events), as a function of the model version and the probability alone. The
+trainer keeps, per goal, a :class:`ProfileSample`: the ``capacity`` profiles whose id
+has the smallest BLAKE2b hash (a bottom-k sketch: the same profiles whatever the order
+the examples arrive in, and in every process: Python's ``hash`` of a string is salted),
+each with the newest feature vector its learnt examples carried. When a model version is
+published, :func:`cut_points` of its probabilities over the sample go with it
+(``LinearModel.quantiles``) and :meth:`models.model.LinearModel.percentile` ranks any
+probability among them.
+
+Once the sample is full, a profile enters only with a hash below the largest kept one,
+which then leaves; the largest kept hash only ever decreases, so a profile in the sample
+was in it since its first example and holds the newest of all its examples' vectors.
+
+Examples
+--------
+>>> sample = ProfileSample(capacity=2)
+>>> for pid, ts in [("a", 1), ("b", 1), ("c", 1), ("a", 5), ("a", 3)]:
+...     _ = sample.add(pid, ts, [float(ts)])
+>>> sorted(sample.entries) == sorted(sorted("abc", key=profile_hash)[:2])
+True
+>>> sample.add("a", 4, [4.0]), sample.entries["a"][1:] if "a" in sample.entries else None
+(False, (5, [5.0]))
+>>> cut_points([0.1, 0.2, 0.3, 0.4, 0.5], 5)
+[0.1, 0.2, 0.3, 0.4, 0.5]
+"""
+
+from __future__ import annotations
+
+import heapq
+from hashlib import blake2b
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+if TYPE_CHECKING:
+    from models.model import LinearModel
+
+__all__ = [
+    "CUT_POINTS",
+    "SAMPLE_PROFILES",
+    "ProfileSample",
+    "cut_points",
+    "probabilities",
+    "profile_hash",
+]
+
+#: profiles kept per goal (the sample's size once that many profiles have examples)
+SAMPLE_PROFILES = 2000
+#: cut points published with a model: quantiles at 0, 0.5, 1, ..., 100 %
+CUT_POINTS = 201
+
+
+def profile_hash(profile_id: str) -> int:
+    """64 bits of BLAKE2b of the profile id: the same in every process and replay.
+
+    >>> profile_hash("p-1")
+    9103581961592979310
+    """
+    return int.from_bytes(blake2b(profile_id.encode(), digest_size=8).digest(), "big")
+
+
+def cut_points(values: list[float], n: int = CUT_POINTS) -> list[float]:
+    """``n`` quantiles of ``values`` at fractions ``0, 1/(n-1), ..., 1``, linearly
+    interpolated between order statistics (numpy's default ``linear`` method), rounded to
+    6 significant digits (a monotone rounding: the cut points stay sorted). Empty for no
+    values.
+
+    >>> cut_points([3.0, 1.0, 2.0], 5)
+    [1.0, 1.5, 2.0, 2.5, 3.0]
+    >>> cut_points([], 5)
+    []
+    """
+    if not values:
+        return []
+    s = sorted(values)
+    last = len(s) - 1
+    out = []
+    for i in range(n):
+        pos = last * i / (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, last)
+        v = s[lo] + (s[hi] - s[lo]) * (pos - lo)
+        out.append(float(f"{v:.6g}"))
+    return out
+
+
+def probabilities(model: LinearModel, vectors: np.ndarray) -> np.ndarray:
+    """``model``'s calibrated probability of every row of ``vectors`` (raw features, shape
+    ``(n, d)``), at once: :meth:`~models.model.LinearModel.probability_t` of each
+    :func:`~models.model.transform`-ed row, up to the last bits of the sums' order.
+
+    >>> from models.model import LinearModel
+    >>> m = LinearModel("g", 1, ["a"], [0.0], [1.0], [1.0], 0.0, warming_up=False)
+    >>> [round(p, 4) for p in probabilities(m, np.array([[0.0], [np.e - 1]])).tolist()]
+    [0.5, 0.7311]
+    """
+    n = vectors.shape[0]
+    if model.warming_up:
+        return np.full(n, model.base_rate)
+    scale = np.array(model.weights, dtype=float) / np.array(model.std, dtype=float)
+    offset = model.intercept - float((scale * np.array(model.mean, dtype=float)).sum())
+    z = (np.log1p(np.maximum(vectors, 0.0)) * scale).sum(axis=1) + offset
+    y = model.calibration_a * z + model.calibration_b
+    return np.exp(-np.logaddexp(0.0, -y))  # sigmoid(y), with no overflow
+
+
+class ProfileSample:
+    """The bottom-``capacity`` profiles by :func:`profile_hash`, newest vector each.
+
+    ``entries`` maps a profile id to ``(hash, prediction time, features)``. ``dirty``
+    holds the ids added, updated or evicted since :meth:`changes` was last called.
+    """
+
+    def __init__(self, capacity: int = SAMPLE_PROFILES) -> None:
+        self.capacity = capacity
+        self.entries: dict[str, tuple[int, int, list[float]]] = {}
+        self._heap: list[tuple[int, str]] = []  # (-hash, id): the largest hash on top
+        self.dirty: set[str] = set()
+        #: the stored copy must be replaced whole (a new lineage: other features)
+        self.reset = False
+        self._matrix: np.ndarray | None = None  # vectors() as an array, made on first use
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, profile_id: str, ts: int, features: list[float]) -> bool:
+        """Record an example's vector; True if the sample changed.
+
+        A profile's vector is replaced by one of a newer ``ts`` (ties: the larger vector,
+        so the result does not depend on the order of arrival).
+        """
+        entry = self.entries.get(profile_id)
+        if entry is not None:
+            h, old_ts, old = entry
+            if ts < old_ts or (ts == old_ts and features <= old):
+                return False
+            self.entries[profile_id] = (h, ts, list(features))
+            self.dirty.add(profile_id)
+            self._matrix = None
+            return True
+        h = profile_hash(profile_id)
+        if len(self.entries) >= self.capacity:
+            if not self._heap or h >= -self._heap[0][0]:
+                return False
+            _, evicted = heapq.heapreplace(self._heap, (-h, profile_id))
+            del self.entries[evicted]
+            self.dirty.add(evicted)
+        else:
+            heapq.heappush(self._heap, (-h, profile_id))
+        self.entries[profile_id] = (h, ts, list(features))
+        self.dirty.add(profile_id)
+        self._matrix = None
+        return True
+
+    def matrix(self) -> np.ndarray:
+        """:meth:`vectors` as an array of shape ``(len(self), d)`` (kept until a change)."""
+        if self._matrix is None:
+            self._matrix = np.array(self.vectors(), dtype=float)
+        return self._matrix
+
+    def vectors(self) -> list[list[float]]:
+        """The sampled feature vectors, in profile-id order."""
+        return [self.entries[pid][2] for pid in sorted(self.entries)]
+
+    def field(self, profile_id: str) -> bytes:
+        """The stored form of one entry: JSON ``[prediction time, features]``."""
+        _, ts, features = self.entries[profile_id]
+        return orjson.dumps([ts, features])
+
+    def fields(self) -> dict[str, bytes]:
+        """Every entry in its stored form (profile id -> :meth:`field`)."""
+        return {pid: self.field(pid) for pid in self.entries}
+
+    def changes(self) -> tuple[bool, dict[str, bytes], list[str]]:
+        """``(reset, entries to write, ids to delete)`` since the last call; clears them."""
+        write = {pid: self.field(pid) for pid in sorted(self.dirty) if pid in self.entries}
+        delete = sorted(pid for pid in self.dirty if pid not in self.entries)
+        reset, self.reset = self.reset, False
+        self.dirty = set()
+        return reset, write, delete
+
+    @classmethod
+    def from_fields(
+        cls, fields: dict[str, bytes] | dict[bytes, bytes], capacity: int = SAMPLE_PROFILES
+    ) -> ProfileSample:
+        """The sample stored as :meth:`fields` (a Redis hash's keys may be bytes).
+
+        Beyond ``capacity`` (a smaller capacity than when stored) the largest hashes are
+        dropped and marked for deletion.
+
+        >>> s = ProfileSample()
+        >>> _ = s.add("p", 7, [1.0, 0.25])
+        >>> ProfileSample.from_fields({b"p": s.field("p")}).entries == s.entries
+        True
+        """
+        sample = cls(capacity)
+        items = []
+        for key, raw in fields.items():
+            pid = key.decode() if isinstance(key, bytes) else key
+            ts, features = orjson.loads(raw)
+            items.append((profile_hash(pid), pid, int(ts), [float(x) for x in features]))
+        items.sort()
+        for h, pid, ts, features in items[:capacity]:
+            sample.entries[pid] = (h, ts, features)
+        sample.dirty = {pid for _, pid, _, _ in items[capacity:]}
+        sample._heap = [(-h, pid) for pid, (h, _, _) in sample.entries.items()]
+        heapq.heapify(sample._heap)
+        return sample

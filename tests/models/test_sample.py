@@ -1,0 +1,215 @@
+"""Percentiles over profiles, the same everywhere (issue 17 item 5).
+
+The trainer's sample of profiles (``models/sample.py``) does not depend on the order the
+examples arrive in and survives a restart; a score's percentile is a function of the
+model version and the probability alone (``LinearModel.percentile``); on a backtest the
+buckets split the profiles as the thresholds say.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from models.backtest import BacktestResult, run_backtest
+from models.config import load_config
+from models.engine import Engine
+from models.events import Event
+from models.model import LinearModel, transform
+from models.outcome import Example, Outcome
+from models.sample import ProfileSample, cut_points, profile_hash
+from models.synthetic import generate_events
+from models.training import Trainer
+from tests.harness import CONFIG
+
+CFG = load_config(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def result() -> BacktestResult:
+    return run_backtest(generate_events(profiles=1500, days=300, seed=7), CFG)
+
+
+def _examples(n: int, profiles: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    d = 3
+    out = []
+    for i in range(n):
+        pid = f"p-{rng.randrange(profiles)}"
+        ts = rng.randrange(1_000) * 1000
+        features = [round(rng.random() * 10, 4) for _ in range(d)]
+        out.append(
+            Example(f"{pid}|g|{ts}|e{i}", "g", pid, ts, rng.random() < 0.3, 0.3, 0, features, ts)
+        )
+    return out
+
+
+def test_sample_is_the_bottom_k_profiles_with_their_newest_vector_whatever_the_order() -> None:
+    examples = _examples(3000, 400, seed=1)
+    newest: dict[str, Example] = {}
+    for ex in examples:
+        old = newest.get(ex.profile_id)
+        if old is None or (ex.prediction_ts, ex.features) > (old.prediction_ts, old.features):
+            newest[ex.profile_id] = ex
+    want = sorted(newest, key=profile_hash)[:50]
+    samples = []
+    for seed in range(3):
+        shuffled = list(examples)
+        random.Random(seed).shuffle(shuffled)
+        sample = ProfileSample(capacity=50)
+        for ex in shuffled:
+            sample.add(ex.profile_id, ex.prediction_ts, ex.features)
+        samples.append(sample.fields())
+        assert sorted(sample.entries) == sorted(want)
+        assert all(
+            sample.entries[p][1:] == (newest[p].prediction_ts, newest[p].features) for p in want
+        )
+    assert samples[0] == samples[1] == samples[2]
+
+
+def test_restored_sample_continues_identically_and_stores_only_its_changes() -> None:
+    examples = _examples(2000, 300, seed=2)
+    one = ProfileSample(capacity=40)
+    stored: dict[str, bytes] = {}
+    two = None
+    for i, ex in enumerate(examples):
+        if i == 1000:  # a restart: resume from what was stored
+            two = ProfileSample.from_fields({k.encode(): v for k, v in stored.items()}, 40)
+        for sample in (one, two) if two is not None else (one,):
+            sample.add(ex.profile_id, ex.prediction_ts, ex.features)
+        active = two if two is not None else one
+        reset, write, delete = active.changes()
+        assert not reset
+        assert len(write) + len(delete) <= 2  # one added, at most one evicted
+        stored.update(write)
+        for pid in delete:
+            del stored[pid]
+    assert two is not None
+    assert two.fields() == one.fields() == stored
+    assert ProfileSample.from_fields(stored, 10).entries == {
+        p: e for p, e in one.entries.items() if p in sorted(one.entries, key=profile_hash)[:10]
+    }
+
+
+def _model(quantiles: list[float]) -> LinearModel:
+    return LinearModel(
+        "g", 1, ["a"], [0.0], [1.0], [1.0], 0.0, warming_up=False, quantiles=quantiles
+    )
+
+
+def test_percentile_ranks_among_the_cut_points_with_mid_ranks_for_ties() -> None:
+    values = [i / 1000 for i in range(1000)]
+    m = _model(cut_points(values))
+    assert len(m.quantiles) == 201 and m.quantiles == sorted(m.quantiles)
+    for p in (0.0005, 0.1, 0.25, 0.5, 0.7505, 0.99):
+        assert m.percentile(p) == pytest.approx(100 * p, abs=0.2)
+    assert m.percentile(-1.0) == 0.0 and m.percentile(2.0) == 100.0
+    # 60 % of the profiles share one probability: they all get its mid-rank
+    tied = _model(cut_points([0.1] * 600 + [0.2 + i / 1000 for i in range(400)]))
+    assert tied.percentile(0.1) == pytest.approx(30.0, abs=0.3)
+    assert tied.percentile(0.05) == 0.0
+    assert _model([]).percentile(0.3) == 50.0  # no sample (warming up): the middle
+    # the cut points travel with the model
+    assert LinearModel.from_json(m.to_json()).quantiles == m.quantiles
+    assert list(orjson.loads(m.to_json()))[-1] == "quantiles"
+
+
+def test_published_versions_carry_cut_points_over_the_sample(result: BacktestResult) -> None:
+    live = [m for m in result.models if not m.warming_up]
+    assert live and all(len(m.quantiles) == 201 for m in live)
+    assert all(m.quantiles == [] for m in result.models if m.warming_up)
+    trainer = result.trainer
+    for sample in trainer.samples.values():
+        assert 0 < len(sample) <= trainer.sample_profiles
+    # a restarted trainer (learner states + sample fields) publishes the same cut points
+    again = Trainer(CFG, trainer.feature_names)
+    for goal, learner in trainer.learners.items():
+        assert again.restore(goal, learner.to_state(), trainer.samples[goal].fields())
+    for goal in trainer.learners:
+        a, b = trainer.snapshot(goal), again.snapshot(goal)
+        assert a.version == b.version and a.quantiles == b.quantiles
+
+
+def test_two_engines_from_the_same_models_rank_alike_with_no_memory(
+    result: BacktestResult,
+) -> None:
+    models = {m.goal: m for m in result.models}  # the newest of each goal
+    one, two = Engine(CFG, dict(models)), Engine(CFG, dict(models))
+    model = one.models["conversion"]
+    probabilities = [i / 97 for i in range(98)]
+    first = [model.percentile(p) for p in probabilities]
+    assert [model.percentile(p) for p in reversed(probabilities)] == first[::-1]
+    assert [two.models["conversion"].percentile(p) for p in probabilities] == first
+    events = [
+        Event(
+            f"e-{i}",
+            f"p-{i % 7}",
+            "commerce.purchases",
+            86_400_000 * i,
+            {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 20.0 + i}}},
+        )
+        for i in range(30)
+    ]
+    scores: list[list[Any]] = []
+    for engine, order in ((one, events), (two, events[::-1])):
+        out = Outcome()
+        for ev in order:  # each event on a profile of its own: its score depends on it alone
+            engine.process(
+                None, Event(ev.event_id, ev.event_id, ev.event_type, ev.timestamp_ms, ev.body), out
+            )
+        scores.append(
+            sorted(
+                (s.profile_id, s.goal, s.probability, s.percentile, s.bucket) for s in out.scores
+            )
+        )
+    assert scores[0] == scores[1]
+
+
+def _shares(buckets: list[str | None]) -> dict[str, float]:
+    counts = Counter(buckets)
+    return {name: 100 * counts[name] / len(buckets) for name in CFG.buckets.names}
+
+
+def test_buckets_of_the_sampled_profiles_match_the_thresholds(result: BacktestResult) -> None:
+    """What the cut points promise: ranked by the newest published version, the newest
+    learnt vector of each profile falls in the buckets as the thresholds say."""
+    for goal, sample in result.trainer.samples.items():
+        model = result.trainer.snapshot(goal)
+        if model.warming_up:
+            continue
+        vectors = sample.vectors()
+        shares = _shares(
+            [
+                CFG.buckets.bucket(model.percentile(model.probability_t(transform(v))))
+                for v in vectors
+            ]
+        )
+        assert shares["high"] == pytest.approx(25, abs=2), (goal, shares)
+        assert shares["low"] == pytest.approx(25, abs=2), (goal, shares)
+
+
+@pytest.mark.xfail(
+    reason="the sample holds each profile's newest *matured* example, a goal window (30 or "
+    "90 days) older than its current score, so a drifting population's current scores do "
+    "not rank as the sample's: on this fixture 35 % high (conversion) and 18 % "
+    "(churn) without rescoring, 16 % and 38 % with main's rescoring (a58f08a) merged",
+    strict=False,
+)
+def test_segment_sizes_of_the_final_states_match_the_thresholds(result: BacktestResult) -> None:
+    """``customer-ai segment``'s view: the stored bucket of every profile last scored by a
+    live model; with the default thresholds [25, 75] about a quarter is "high"."""
+    live = {(m.goal, m.version) for m in result.models if not m.warming_up}
+    for goal in result.trainer.learners:
+        buckets = [
+            st.goals[goal].bucket
+            for st in result.states.values()
+            if (goal, st.goals[goal].model_version) in live and st.goals[goal].bucket
+        ]
+        assert len(buckets) > 50, goal
+        shares = _shares(buckets)
+        assert shares["high"] == pytest.approx(25, abs=8), (goal, shares)
+        assert shares["low"] == pytest.approx(25, abs=8), (goal, shares)
