@@ -256,6 +256,35 @@ class Featurizer:
         )
         return list(self._gather(pool))
 
+    def aging(self) -> tuple[list[float], list[float], list[float]]:
+        """How each feature of a vector changes as time passes with no event (what
+        :meth:`vector_at` does to a state), per feature in :attr:`names` order:
+        ``(decay horizon in days (0: none), 1 for a recency capped at MAX_DAYS,
+        1 for a tenure)``. The trainer ages its profile sample with it
+        (:mod:`models.sample`).
+
+        >>> from models.config import parse_config
+        >>> fz = Featurizer(parse_config(open("customer-ai.toml").read()))
+        >>> horizon, recency, tenure = fz.aging()
+        >>> n = fz.index
+        >>> horizon[n["purchase_value_30d"]], recency[n["purchase_days_since_last"]], tenure[n["tenure_days"]]
+        (30.0, 1.0, 1.0)
+        >>> horizon[n["purchase_count_total"]] + recency[n["days_since_previous_visit"]]
+        0.0
+        """
+        horizon = [0.0] * len(self.names)
+        recency = [0.0] * len(self.names)
+        tenure = [0.0] * len(self.names)
+        for i, name in enumerate(self.names):
+            for h in self.horizons:
+                if name.endswith(f"_count_{h}d") or name.endswith(f"_value_{h}d"):
+                    horizon[i] = float(h)
+            if name.endswith("_days_since_last"):
+                recency[i] = 1.0
+            elif name == "tenure_days":
+                tenure[i] = 1.0
+        return horizon, recency, tenure
+
     def as_dict(self, vector: list[float]) -> dict[str, float]:
         """Feature name -> value."""
         return dict(zip(self.names, vector))

@@ -162,6 +162,30 @@ class ProfileSample:
             self._matrix = np.array(self.vectors(), dtype=float)
         return self._matrix
 
+    def matrix_at(
+        self, now: int, aging: tuple[list[float], list[float], list[float]]
+    ) -> np.ndarray:
+        """The sampled vectors as of event time ``now``: each aged from its prediction
+        time by ``aging`` (:meth:`~models.features.Featurizer.aging`: decayed counts and
+        sums decay, recencies and tenure grow), as the stream's scheduled rescorings see
+        a profile that sent no event since. A vector newer than ``now`` is kept as is.
+
+        >>> s = ProfileSample()
+        >>> _ = s.add("p", 0, [2.0, 10.0, 3.0])
+        >>> day = 86_400_000
+        >>> s.matrix_at(30 * day, ([30.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0])).round(3).tolist()
+        [[0.736, 40.0, 3.0]]
+        """
+        matrix = self.matrix()
+        if not len(self.entries):
+            return matrix
+        horizon, recency, tenure = (np.array(a, dtype=float) for a in aging)
+        times = np.array([self.entries[pid][1] for pid in sorted(self.entries)], dtype=float)
+        days = np.maximum(now - times, 0.0)[:, None] / 86_400_000.0
+        decayed = np.where(horizon > 0, np.exp(-days / np.where(horizon > 0, horizon, 1.0)), 1.0)
+        aged = matrix * decayed + days * (recency + tenure)
+        return np.where(recency > 0, np.minimum(aged, 365.0), aged)
+
     def vectors(self) -> list[list[float]]:
         """The sampled feature vectors, in profile-id order."""
         return [self.entries[pid][2] for pid in sorted(self.entries)]
