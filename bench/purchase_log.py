@@ -35,8 +35,10 @@ DAY_MS = 86_400_000
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -78,7 +80,9 @@ def generate_purchase_log(
                         "timestamp": _iso(t),
                         "eventType": "commerce.purchases",
                         "identityMap": {"ECID": [{"id": pid, "primary": True}]},
-                        "commerce": {"order": {"priceTotal": round(rng.lognormvariate(3.5, 0.8), 2)}},
+                        "commerce": {
+                            "order": {"priceTotal": round(rng.lognormvariate(3.5, 0.8), 2)}
+                        },
                     },
                 )
             )

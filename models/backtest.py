@@ -44,7 +44,7 @@ from models.outcome import Example, Outcome, Score
 from models.state import ProfileState
 from models.training import Trainer
 
-__all__ = ["BacktestResult", "load_events", "run_backtest"]
+__all__ = ["EXAMPLE_COLUMNS", "BacktestResult", "example_row", "load_events", "run_backtest"]
 
 
 @dataclass
@@ -259,8 +259,25 @@ def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
     out.clear()
 
 
+#: the columns of ``examples.csv`` (and keys of :func:`example_row`) before the features
+EXAMPLE_COLUMNS = [
+    "goal",
+    "profile_id",
+    "prediction_time",
+    "label",
+    "probability",
+    "model_version",
+    "warming_up",
+    "trigger",
+]
+
+
 def example_row(example: Example, feature_names: list[str]) -> dict[str, Any]:
-    """A flat dict for CSV/JSON: goal, profile_id, prediction_time, label, probability, features."""
+    """A flat dict for CSV/JSON: :data:`EXAMPLE_COLUMNS`, then one key per feature.
+
+    ``warming_up`` is 1 when a warm-up model (base rate or prior) served the probability,
+    ``trigger`` what opened the label snapshot (``event`` or ``schedule``).
+    """
     from models.profile import format_time
 
     row: dict[str, Any] = {
@@ -269,6 +286,9 @@ def example_row(example: Example, feature_names: list[str]) -> dict[str, Any]:
         "prediction_time": format_time(example.prediction_ts),
         "label": example.label,
         "probability": example.probability,
+        "model_version": example.model_version,
+        "warming_up": 1 if example.served_warming_up else 0,
+        "trigger": getattr(example, "trigger", "event"),
     }
     row.update(zip(feature_names, example.features))
     return row

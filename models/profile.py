@@ -7,7 +7,8 @@ Examples
 >>> from models.engine import Engine
 >>> from models.outcome import Outcome
 >>> from models.events import Event
->>> engine = Engine(parse_config(open("customer-ai.toml").read()))
+>>> text = open("customer-ai.toml").read().replace("window_days = 30", "window_days = 30" + chr(10) + "prior = 0.05")
+>>> engine = Engine(parse_config(text))
 >>> ev = Event("e-1", "p-1", "commerce.productViews", 0, {"eventType": "commerce.productViews"})
 >>> doc = profile_document(engine, "p-1", engine.process(None, ev, Outcome()))
 >>> doc["features"]["product_view_count_total"], sorted(doc["scores"])

@@ -36,7 +36,10 @@ from typing import Any
 
 from models.config import Config
 from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.model import LinearModel
 from models.outcome import Example
+from models.profile import format_time
+from models.quality import grouped_quality, is_live, month_of, quality_figures, running_base_rates
 
 __all__ = [
     "auc_over_time",
@@ -48,6 +51,7 @@ __all__ = [
     "goal_metrics",
     "histogram",
     "top_factors_by_bucket",
+    "version_history",
 ]
 
 
@@ -300,17 +304,67 @@ def top_factors_by_bucket(
     return out
 
 
+def version_history(models: Iterable[LinearModel], goal: str) -> list[dict[str, Any]]:
+    """The versions of ``goal`` published in a backtest: version, created time, counts.
+
+    ``created_at`` is the wall-clock time the backtest published it.
+    """
+    return [
+        {
+            "version": m.version,
+            "created_at": m.created_at,
+            "n_examples": m.n_examples,
+            "n_positive": m.n_positive,
+            "warming_up": m.warming_up,
+        }
+        for m in models
+        if m.goal == goal
+    ]
+
+
+def _quality(mine: Sequence[Example], rates: Sequence[float]) -> dict[str, Any]:
+    """``all``, ``live``, ``months`` and ``versions`` figures of one goal's examples."""
+    probs = [e.probability for e in mine]
+    labels = [e.label for e in mine]
+    live = [is_live(e) for e in mine]
+    keep = [i for i, flag in enumerate(live) if flag]
+    months = grouped_quality([month_of(e.prediction_ts) for e in mine], probs, labels, rates, live)
+    versions = grouped_quality([e.model_version for e in mine], probs, labels, rates, live)
+    first_served: dict[int, int] = {}
+    for e in mine:  # sorted by prediction time: the first is the earliest
+        first_served.setdefault(e.model_version, e.prediction_ts)
+    return {
+        "all": quality_figures(probs, labels, rates),
+        "live": quality_figures(
+            [probs[i] for i in keep], [labels[i] for i in keep], [rates[i] for i in keep]
+        ),
+        "months": [{"month": k, **row} for k, row in sorted(months.items())],
+        "versions": [
+            {"version": k, "first_served": format_time(first_served[k]), **row}
+            for k, row in sorted(versions.items())
+        ],
+    }
+
+
 def build_report(
     examples: Sequence[Example],
     config: Config,
     watermark_ms: int,
     profiles: Sequence[dict[str, Any]],
+    *,
+    models: Sequence[LinearModel] = (),
+    promotions: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, per goal, as plain JSON-able data.
 
     ``examples`` are all matured examples; metrics use those whose window closed
-    before ``watermark_ms``. ``profiles`` are the final profile documents.
+    before ``watermark_ms``, and the running base rate (:mod:`models.quality`) counts
+    every matured example. ``profiles`` are the final profile documents. A goal's
+    ``history`` lists the trainer's ``promotions`` (its decisions, when it keeps them:
+    rows with a ``goal`` key are filtered by it) or else the published ``models``.
     """
+    rates = running_base_rates(examples)
+    rate_of = {id(e): r for e, r in zip(examples, rates)}
     closed = closed_window_examples(examples, config, watermark_ms)
     goals: dict[str, Any] = {}
     for goal in config.goals:
@@ -325,11 +379,19 @@ def build_report(
         metrics["n_matured"] = n_matured
         metrics["n_open_window"] = n_matured - len(goal_closed)
         metrics["n_no_probability"] = len(goal_closed) - len(mine)
+        metrics.update(_quality(mine, [rate_of[id(e)] for e in mine]))
         finals = [
             doc["scores"][goal.name]["probability"]
             for doc in profiles
             if doc.get("scores", {}).get(goal.name, {}).get("probability") is not None
         ]
+        if promotions is not None:
+            history = {
+                "kind": "promotions",
+                "rows": [dict(p) for p in promotions if p.get("goal", goal.name) == goal.name],
+            }
+        else:
+            history = {"kind": "versions", "rows": version_history(models, goal.name)}
         goals[goal.name] = {
             "label": goal.label,
             "type": goal.type,
@@ -342,5 +404,6 @@ def build_report(
             "buckets": bucket_table(probs, labels, config.buckets.thresholds, config.buckets.names),
             "top_factors": top_factors_by_bucket(profiles, goal.name),
             "auc_over_time": auc_over_time([e.prediction_ts for e in mine], probs, labels),
+            "history": history,
         }
     return {"goals": goals, "bucket_names": list(config.buckets.names)}

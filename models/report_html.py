@@ -1,9 +1,11 @@
 """The evaluation report as one self-contained HTML page: inline CSS and SVG charts.
 
 :func:`render_html` turns what :func:`models.report.build_report` gathered into a page
-with, per goal, the metrics, the score distribution, lift by decile, cumulative gains,
-calibration, expected against actual rate per bucket, AUC over time and the top factors
-per bucket. No script and no external asset: the page opens offline and can be mailed.
+with, per goal, the metrics (every example and those served by a live model, beside the
+running base rate's), the score distribution, lift by decile, cumulative gains,
+calibration, expected against actual rate per bucket, quality over time (log loss by
+month against the base rate's, AUC by month), the promotion history (or the published
+versions) with what each version served, and the top factors per bucket. No script and no external asset: the page opens offline and can be mailed.
 
 Examples
 --------
@@ -36,7 +38,8 @@ th{background:#f5f7fa}td.l,th.l{text-align:left}svg text{font-size:11px;fill:#48
 .bar{fill:#2f80ed}.bar.alt{fill:#f2994a}.line{fill:none;stroke:#2f80ed;stroke-width:2}
 .line.alt{stroke:#f2994a}.point{fill:#2f80ed}.point.alt{fill:#f2994a}
 .legend{fill:#2f80ed;font-weight:600}.legend.alt{fill:#f2994a}
-.pos{color:#c0392b}.neg{color:#1e7b34}
+.pos{color:#c0392b}.neg{color:#1e7b34}.mark{fill:none;stroke:#c0392b;stroke-width:2}
+tr.worse td{background:#fdecea}
 """
 
 
@@ -150,6 +153,7 @@ def _line_chart(
     y_range: tuple[float, float],
     diagonal: bool = False,
     x_ticks: Sequence[tuple[float, str]] = (),
+    marks: Sequence[tuple[float, float]] = (),
 ) -> str:
     frame = _Frame(*x_range, *y_range)
     body = _axes(frame, x_label, y_label, _ticks(y_range[1]))
@@ -176,12 +180,150 @@ def _line_chart(
             f'<text x="{_W - _PAD_R - 4}" y="{_PAD_T + 12 + 13 * k}" text-anchor="end" '
             f'class="legend{cls}">{_esc(name)}</text>'
         )
+    for x, y in marks:
+        body.append(f'<circle class="mark" cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="6"/>')
     return _svg(chart, body, title)
 
 
 def _card(title: str, inner: str, note: str = "") -> str:
     note_html = f'<div class="muted">{_esc(note)}</div>' if note else ""
     return f'<div class="card"><h3>{_esc(title)}</h3>{inner}{note_html}</div>'
+
+
+_QUALITY = ["n", "positives", "auc", "logloss", "base_rate_logloss", "ece"]
+
+
+def _quality_table(m: dict[str, Any]) -> str:
+    """Served figures of every example and of those a live model served, beside the base rate's."""
+    rows = "".join(
+        f"<tr><td class='l'>{which}</td>"
+        + "".join(f"<td>{_fmt(m[which].get(k))}</td>" for k in _QUALITY)
+        + "</tr>"
+        for which in ("all", "live")
+        if which in m
+    )
+    if not rows:
+        return ""
+    return (
+        "<table class='quality'><tr><th class='l'>examples</th>"
+        + "".join(f"<th>{k}</th>" for k in _QUALITY)
+        + f"</tr>{rows}</table><div class='muted'>live: served by a model out of warm-up; "
+        "base_rate_logloss: the log loss of the running base rate (the rate among the "
+        "goal's examples matured before each one).</div>"
+    )
+
+
+def _month_ticks(months: Sequence[dict[str, Any]]) -> list[tuple[float, str]]:
+    step = max(1, math.ceil(len(months) / 8))
+    return [(i, r["month"]) for i, r in enumerate(months) if i % step == 0]
+
+
+def _quality_cards(name: str, m: dict[str, Any]) -> list[str]:
+    """Log loss by month against the base rate's, AUC by month and the monthly table."""
+    months = m.get("months", [])
+    if not months:
+        return []
+    x_range = (-0.5, len(months) - 0.5)
+    served = [(i, r["logloss"]) for i, r in enumerate(months)]
+    base = [(i, r["base_rate_logloss"]) for i, r in enumerate(months)]
+    worse = [(i, r["logloss"]) for i, r in enumerate(months) if r["worse_than_base_rate"]]
+    top = max([v for _, v in served + base] + [0.01]) * 1.1
+    table_rows = "".join(
+        f"<tr class='{'worse' if r['worse_than_base_rate'] else ''}'>"
+        f"<td class='l'>{_esc(r['month'])}</td>"
+        + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in [*_QUALITY, "n_live"])
+        + f"<td>{'worse' if r['worse_than_base_rate'] else ''}</td></tr>"
+        for r in months
+    )
+    cards = [
+        _card(
+            "Quality over time: log loss by month",
+            _line_chart(
+                "logloss-by-month",
+                [("served", served), ("base rate", base)],
+                "month of prediction",
+                "log loss",
+                f"{name}: log loss by month",
+                x_range,
+                (0.0, top),
+                x_ticks=_month_ticks(months),
+                marks=worse,
+            )
+            + "<table class='months'><tr><th class='l'>month</th>"
+            + "".join(f"<th>{k}</th>" for k in [*_QUALITY, "n_live"])
+            + f"<th></th></tr>{table_rows}</table>",
+            "Log loss of the served probabilities against the running base rate's, per UTC "
+            "month of prediction time; circled and shaded: months where the served "
+            "probabilities did worse.",
+        )
+    ]
+    aucs = [(i, r["auc"]) for i, r in enumerate(months) if r["auc"] is not None]
+    if aucs:
+        lo = min(a for _, a in aucs)
+        cards.append(
+            _card(
+                "AUC by month",
+                _line_chart(
+                    "auc-over-time",
+                    [("AUC", aucs)],
+                    "month of prediction",
+                    "ROC AUC",
+                    f"{name}: AUC by month",
+                    x_range,
+                    (0.0, 1.0),
+                    x_ticks=_month_ticks(months),
+                ),
+                f"Served probabilities, per UTC month of prediction time (lowest: {lo:.2f}; "
+                "months with one class have none).",
+            )
+        )
+    return cards
+
+
+_HISTORY_ROWS = 60
+
+
+def _cell(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and (key == "time" or key.endswith(("_ms", "_ts"))):
+        return format_time(value)
+    return _fmt(value)
+
+
+def _history_card(history: dict[str, Any] | None, versions: Sequence[dict[str, Any]]) -> str:
+    """The promotion decisions (or the published versions) and what each version served."""
+    history = history or {"kind": "versions", "rows": []}
+    rows = list(history["rows"])
+    served = {v["version"]: v for v in versions}
+    if history["kind"] == "versions":
+        title = "Published versions"
+        note = (
+            "Each version the backtest published (created: wall-clock time of the replay), "
+            "and what it served: examples, AUC and log loss against the base rate's."
+        )
+        for r in rows:
+            v = served.get(r["version"], {})
+            r.update(
+                {f"served_{k}": v.get(k) for k in ("n", "auc", "logloss", "base_rate_logloss")}
+            )
+    else:
+        title = "Promotion history"
+        note = "Each candidate version and the trainer's decision: promoted or refused."
+    shown = rows[-_HISTORY_ROWS:]
+    if len(rows) > len(shown):
+        note += f" The latest {len(shown)} of {len(rows)}."
+    if not shown:
+        return _card(title, "<div class='muted'>none</div>", note)
+    keys: list[str] = []
+    for r in shown:
+        keys.extend(k for k in r if k not in keys and k != "goal")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(_cell(k, r.get(k)))}</td>" for k in keys) + "</tr>"
+        for r in shown
+    )
+    head = "".join(f"<th>{_esc(k)}</th>" for k in keys)
+    return _card(title, f"<table class='history'><tr>{head}</tr>{body}</table>", note)
 
 
 def _goal_section(name: str, data: dict[str, Any], bucket_names: Sequence[str]) -> str:
@@ -200,6 +342,7 @@ def _goal_section(name: str, data: dict[str, Any], bucket_names: Sequence[str]) 
         + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in keys + counts)
         + "</tr></table>"
     )
+    parts.append(_quality_table(m))
     cards = []
     hist = data["score_histogram"]
     cards.append(
@@ -299,29 +442,8 @@ def _goal_section(name: str, data: dict[str, Any], bucket_names: Sequence[str]) 
             "Buckets by the rank of the served probability among the goal's examples.",
         )
     )
-    over_time = [r for r in data["auc_over_time"] if r["auc"] is not None]
-    if over_time:
-        t0 = over_time[0]["start_ms"]
-        t1 = max(over_time[-1]["start_ms"], t0 + 1)
-        x_ticks = [(over_time[0]["start_ms"], format_time(over_time[0]["start_ms"])[:10])]
-        x_ticks.append((over_time[-1]["start_ms"], format_time(over_time[-1]["start_ms"])[:10]))
-        lo = min(0.5, min(r["auc"] for r in over_time))
-        cards.append(
-            _card(
-                "AUC over time",
-                _line_chart(
-                    "auc-over-time",
-                    [("AUC", [(r["start_ms"], r["auc"]) for r in over_time])],
-                    "prediction time",
-                    "ROC AUC",
-                    f"{name}: AUC over time",
-                    (t0, t1),
-                    (0.0, 1.0),
-                    x_ticks=x_ticks,
-                ),
-                f"Served probabilities, per period of prediction time (lowest: {lo:.2f}).",
-            )
-        )
+    cards.extend(_quality_cards(name, m))
+    cards.append(_history_card(data.get("history"), m.get("versions", [])))
     factor_html = []
     for bucket in bucket_names:
         rows = data["top_factors"].get(bucket, [])

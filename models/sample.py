@@ -162,6 +162,10 @@ class ProfileSample:
             self._matrix = np.array(self.vectors(), dtype=float)
         return self._matrix
 
+    def newest(self) -> int:
+        """The newest prediction time in the sample (0 when empty)."""
+        return max((ts for _, ts, _ in self.entries.values()), default=0)
+
     def matrix_at(
         self, now: int, aging: tuple[list[float], list[float], list[float]]
     ) -> np.ndarray:

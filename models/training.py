@@ -70,8 +70,6 @@ class Trainer:
         self.sample_profiles = sample_profiles
         #: per goal: the sampled profiles' newest learnt vectors (the percentile basis)
         self.samples = {g.name: ProfileSample(sample_profiles) for g in config.goals}
-        #: the newest maturation time learnt (event time): the sample is aged to it
-        self.clock = 0
         self._aging = Featurizer(config).aging()
         self.since_snapshot = {g.name: 0 for g in config.goals}
         self.published_warming: dict[str, bool] = {}
@@ -137,8 +135,6 @@ class Trainer:
             example.served_warming_up or served is None,
         )
         self.samples[example.goal].add(example.profile_id, example.prediction_ts, example.features)
-        if example.matured_ts > self.clock:
-            self.clock = example.matured_ts
         self.since_snapshot[example.goal] += 1
         return True
 
@@ -175,9 +171,12 @@ class Trainer:
         if not model.warming_up:
             sample = self.samples[goal]
             if len(sample):
-                # the sampled profiles as of the newest maturation: each aged from its
-                # example's prediction time, as rescoring serves a quiet profile
-                vectors = sample.matrix_at(self.clock, self._aging)
+                # the sampled profiles as of the goal's newest maturation (its newest
+                # prediction time + the window: a function of the sample, the same after a
+                # restart), each aged from its example's prediction time as rescoring
+                # serves a quiet profile
+                now = sample.newest() + self.config.goal(goal).window_ms
+                vectors = sample.matrix_at(now, self._aging)
                 model.quantiles = cut_points(probabilities(model, vectors).tolist())
         self.published_warming[goal] = model.warming_up
         return model

@@ -5,9 +5,12 @@ bar, runs :func:`models.backtest.run_backtest` (the stream's own core, in-proces
 event-time order, no Kafka) and writes
 
 - ``DIR/metrics.json``: per goal ``auc, logloss, ece, base_rate, n_examples, n_positive,
-  lift_top_decile`` (and ``mean_probability, n_matured, n_open_window``);
+  lift_top_decile`` (and ``mean_probability, n_matured, n_open_window``), then ``all`` and
+  ``live`` (served by a live model) figures against the running base rate, and the same
+  per month (``months``) and per model version (``versions``), see :mod:`models.quality`;
 - ``DIR/examples.csv``: one row per matured example, ``goal, profile_id,
-  prediction_time, label, probability`` then one column per feature;
+  prediction_time, label, probability, model_version, warming_up, trigger`` then one
+  column per feature;
 - ``DIR/profiles.jsonl``: one :func:`models.profile.profile_document` per profile (the
   schema of ``customer-ai profile ID --json``);
 - ``DIR/report.html``: the self-contained visual report (:mod:`models.report_html`).
@@ -26,18 +29,16 @@ import orjson
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from models.backtest import BacktestResult, run_backtest
+from models.backtest import EXAMPLE_COLUMNS, BacktestResult, run_backtest
 from models.config import Config, load_config
 from models.profile import format_time, profile_document
 from models.report import build_report
 from models.report_html import render_html
 from stream.cli.common import CliError, output_console
 
-__all__ = ["evaluate_main", "write_outputs"]
+__all__ = ["evaluate_main", "print_summary", "write_outputs"]
 
 console = output_console(stderr=True)
-
-EXAMPLE_COLUMNS = ["goal", "profile_id", "prediction_time", "label", "probability"]
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -71,8 +72,17 @@ def write_outputs(
         writer.writerow(EXAMPLE_COLUMNS + names)
         for e in result.examples:
             writer.writerow(
-                [e.goal, e.profile_id, format_time(e.prediction_ts), e.label, e.probability]
-                + e.features
+                [
+                    e.goal,
+                    e.profile_id,
+                    format_time(e.prediction_ts),
+                    e.label,
+                    e.probability,
+                    e.model_version,
+                    1 if e.served_warming_up else 0,
+                    getattr(e, "trigger", "event"),
+                    *e.features,
+                ]
             )
     profiles = [profile_document(engine, pid, state) for pid, state in result.states.items()]
     with (out_dir / "profiles.jsonl").open("wb") as fh:
@@ -80,12 +90,68 @@ def write_outputs(
             fh.write(orjson.dumps(doc) + b"\n")
     newest = max((s.ref_ts for s in result.states.values()), default=0)
     watermark = newest - config.labels.allowed_lateness_ms
-    report = build_report(result.examples, config, watermark, profiles)
+    report = build_report(
+        result.examples,
+        config,
+        watermark,
+        profiles,
+        models=result.models,
+        promotions=getattr(result.trainer, "promotions", None),
+    )
     report["summary"] = dict(summary or {})
     metrics = {goal: data["metrics"] for goal, data in report["goals"].items()}
     (out_dir / "metrics.json").write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
     (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
     return metrics
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_summary(metrics: dict[str, dict]) -> None:
+    """Per goal the live figures beside the running base rate's, then the months it lost."""
+    table = Table(
+        "goal",
+        "examples",
+        "live",
+        "live auc",
+        "live logloss",
+        "base rate logloss",
+        "live ece",
+        "all auc",
+        "all logloss",
+        "base rate logloss (all)",
+        "lift@10%",
+        title="served probabilities (live: not warming up) against the running base rate",
+    )
+    for goal, m in metrics.items():
+        live, every = m["live"], m["all"]
+        table.add_row(
+            goal,
+            str(every["n"]),
+            str(live["n"]),
+            *(_figure(live[k]) for k in ("auc", "logloss", "base_rate_logloss", "ece")),
+            *(_figure(every[k]) for k in ("auc", "logloss", "base_rate_logloss")),
+            _figure(m["lift_top_decile"]),
+        )
+    console.print(table)
+    for goal, m in metrics.items():
+        worse = [r for r in m["months"] if r["worse_than_base_rate"]]
+        if worse:
+            months = ", ".join(
+                f"{r['month']} ({r['logloss']:.3f} vs {r['base_rate_logloss']:.3f}, n={r['n']})"
+                for r in worse
+            )
+            console.print(
+                f"[yellow]{goal}[/]: served log loss worse than the base rate's in "
+                f"{len(worse)} of {len(m['months'])} months: {months}"
+            )
+        elif m["months"]:
+            console.print(
+                f"{goal}: served log loss no worse than the base rate's in every one of "
+                f"{len(m['months'])} months"
+            )
 
 
 def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> int:
@@ -138,18 +204,7 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
         "source": events_path.name,
     }
     metrics = write_outputs(result, config, out_dir, summary)
-    table = Table("goal", "auc", "logloss", "ece", "base rate", "lift@10%", "examples", "positive")
-    for goal, m in metrics.items():
-        table.add_row(
-            goal,
-            *(
-                "-" if m[k] is None else f"{m[k]:.3f}"
-                for k in ("auc", "logloss", "ece", "base_rate", "lift_top_decile")
-            ),
-            str(m["n_examples"]),
-            str(m["n_positive"]),
-        )
-    console.print(table)
+    print_summary(metrics)
     if result.rejected:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items()))
         console.print(f"[yellow]rejected events[/] ({reasons})")

@@ -22,4 +22,4 @@ def backtest_report() -> dict[str, Any]:
     result = run_backtest(generate_events(profiles=400, days=330, seed=5), config)
     profiles = [profile_document(result.engine, p, s) for p, s in result.states.items()]
     newest = max(s.ref_ts for s in result.states.values())
-    return build_report(result.examples, config, newest, profiles)
+    return build_report(result.examples, config, newest, profiles, models=result.models)

@@ -12,6 +12,7 @@ from models.outcome import Example
 from models.report import (
     auc_over_time,
     bucket_table,
+    build_report,
     calibration_curve,
     closed_window_examples,
     decile_table,
@@ -121,3 +122,84 @@ def test_report_covers_every_goal(backtest_report: dict) -> None:
         assert m["n_examples"] + m["n_open_window"] + m["n_no_probability"] == m["n_matured"]
         assert len(data["deciles"]) == 10 and data["calibration"] and data["auc_over_time"]
         assert sum(data["score_histogram"]) == data["n_scored_profiles"] > 0
+
+
+def test_all_live_and_monthly_figures_of_a_hand_made_history() -> None:
+    """Three months of conversion examples (March holds negatives only): the report's
+    figures equal a direct computation, with the running base rate as defined."""
+    march = 1740787200000  # 2025-03-01T00:00:00Z
+    jan, feb = march - 59 * DAY_MS, march - 28 * DAY_MS
+    rows = [  # prediction time, label, served probability, model version, warming up
+        (jan + 1, 1, 0.5, 0, True),
+        (jan + 2 * DAY_MS, 0, 0.5, 0, True),
+        (jan + 9 * DAY_MS, 1, 0.7, 1, False),
+        (feb + 3 * DAY_MS, 0, 0.2, 1, False),
+        (feb + 5 * DAY_MS, 1, 0.6, 2, False),
+        (feb + 6 * DAY_MS, 0, 0.9, 2, False),
+        (march + DAY_MS, 0, 0.1, 2, False),
+        (march + 2 * DAY_MS, 0, 0.3, 2, False),
+    ]
+    examples = [
+        Example(f"e{i}", "conversion", f"p{i}", t, y, p, v, [], t + (8 - i) * DAY_MS, w)
+        for i, (t, y, p, v, w) in enumerate(rows)
+    ]
+    examples.append(  # matured, its window still open: counts in the running base rate only
+        Example("late", "conversion", "q", march + 20 * DAY_MS, 1, 0.4, 2, [], march)
+    )
+    watermark = march + 10 * DAY_MS + CFG.goal("conversion").window_ms
+    report = build_report(examples, CFG, watermark, [])
+    m = report["goals"]["conversion"]["metrics"]
+    assert m["n_examples"] == 8 and m["n_open_window"] == 1
+
+    # running base rate: (positives + 1) / (n + 2) over the examples matured before
+    ordered = sorted(examples, key=lambda e: e.matured_ts)
+    rate: dict[str, float] = {}
+    for k, e in enumerate(ordered):
+        before = ordered[:k]
+        rate[e.example_id] = (sum(b.label for b in before) + 1) / (len(before) + 2)
+    assert [rate[e.example_id] for e in ordered][:2] == [0.5, pytest.approx(2 / 3)]
+
+    def direct(chosen: list[Example]) -> dict:
+        p, y = [e.probability for e in chosen], [e.label for e in chosen]
+        r = [rate[e.example_id] for e in chosen]
+        return {
+            "n": len(chosen),
+            "positives": sum(y),
+            "auc": roc_auc(p, y),
+            "logloss": log_loss(p, y),
+            "base_rate_logloss": log_loss(r, y),
+            "ece": expected_calibration_error(p, y),
+        }
+
+    def same(got: dict, want: dict) -> None:
+        for key, value in want.items():
+            if value is None:
+                assert got[key] is None, key
+            else:
+                assert got[key] == pytest.approx(value, abs=1e-4), key
+
+    closed = examples[:8]
+    same(m["all"], direct(closed))
+    same(m["live"], direct([e for e in closed if not e.served_warming_up]))
+    assert m["live"]["n"] == 6
+    assert [r["month"] for r in m["months"]] == ["2025-01", "2025-02", "2025-03"]
+    for row, chosen in zip(m["months"], [closed[:3], closed[3:6], closed[6:]]):
+        same(row, direct(chosen))
+        assert row["n_live"] == sum(1 for e in chosen if not e.served_warming_up)
+        assert row["worse_than_base_rate"] == (row["logloss"] > row["base_rate_logloss"])
+    assert m["months"][2]["auc"] is None and m["months"][2]["positives"] == 0
+    assert [v["version"] for v in m["versions"]] == [0, 1, 2]
+    for row, chosen in zip(m["versions"], [closed[:2], closed[2:4], closed[4:]]):
+        same(row, direct(chosen))
+    assert m["versions"][1]["first_served"].startswith("2025-01-10")
+    assert report["goals"]["conversion"]["history"] == {"kind": "versions", "rows": []}
+
+
+def test_history_lists_promotions_when_the_trainer_keeps_them() -> None:
+    promotions = [
+        {"goal": "conversion", "version": 3, "promoted": True},
+        {"goal": "churn", "version": 1, "promoted": False},
+    ]
+    report = build_report([], CFG, 0, [], promotions=promotions)
+    history = report["goals"]["conversion"]["history"]
+    assert history == {"kind": "promotions", "rows": [promotions[0]]}

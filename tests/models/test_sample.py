@@ -19,6 +19,7 @@ from models.backtest import BacktestResult, run_backtest
 from models.config import load_config
 from models.engine import Engine
 from models.events import Event
+from models.features import Featurizer
 from models.model import LinearModel, transform
 from models.outcome import Example, Outcome
 from models.sample import ProfileSample, cut_points, profile_hash
@@ -176,12 +177,14 @@ def _shares(buckets: list[str | None]) -> dict[str, float]:
 
 def test_buckets_of_the_sampled_profiles_match_the_thresholds(result: BacktestResult) -> None:
     """What the cut points promise: ranked by the newest published version, the newest
-    learnt vector of each profile falls in the buckets as the thresholds say."""
+    learnt vector of each profile, aged to the goal's newest maturation, falls in the
+    buckets as the thresholds say."""
     for goal, sample in result.trainer.samples.items():
         model = result.trainer.snapshot(goal)
         if model.warming_up:
             continue
-        vectors = sample.vectors()
+        now = sample.newest() + CFG.goal(goal).window_ms
+        vectors = sample.matrix_at(now, Featurizer(CFG).aging()).tolist()
         shares = _shares(
             [
                 CFG.buckets.bucket(model.percentile(model.probability_t(transform(v))))

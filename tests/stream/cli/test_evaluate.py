@@ -24,7 +24,10 @@ from models.synthetic import generate_events, write_jsonl
 from tests.harness import CONFIG, REPO
 
 CFG = load_config(CONFIG)
-FIRST_COLUMNS = ["goal", "profile_id", "prediction_time", "label", "probability"]
+FIRST_COLUMNS = [
+    "goal", "profile_id", "prediction_time", "label", "probability", "model_version",
+    "warming_up", "trigger",
+]  # fmt: skip
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -40,7 +43,8 @@ CHROMIUM_FLAGS = [
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("evaluate")
     events = root / "events.jsonl"
-    write_jsonl(generate_events(profiles=400, days=240, seed=3), events)
+    # 330 days: churn (90 days) has examples served a probability after about 200
+    write_jsonl(generate_events(profiles=400, days=330, seed=3), events)
     out = root / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "stream.cli", "evaluate", str(events), "--config", str(CONFIG),
@@ -78,11 +82,38 @@ def test_examples_csv_rows_match_the_backtest(evaluated: tuple[Path, Path]) -> N
         when = datetime.fromisoformat(row[2].replace("Z", "+00:00"))
         assert round(when.timestamp() * 1000) == ex.prediction_ts
         assert row[3] in ("0", "1") and int(row[3]) == ex.label
-        assert float(row[4]) == ex.probability and 0.0 <= ex.probability <= 1.0
-        assert [float(v) for v in row[5:]] == ex.features
+        if ex.probability is None:  # served none: a cold goal without a prior
+            assert row[4] == "" and ex.served_warming_up
+        else:
+            assert float(row[4]) == ex.probability and 0.0 <= ex.probability <= 1.0
+        assert int(row[5]) == ex.model_version
+        assert row[6] == ("1" if ex.served_warming_up else "0")
+        assert row[7] == getattr(ex, "trigger", "event") and row[7] in ("event", "schedule")
+        assert [float(v) for v in row[8:]] == ex.features
+    assert {r[6] for r in body} == {"0", "1"}  # warm-up and live models both served
     metrics = orjson.loads((out / "metrics.json").read_bytes())
     for goal, m in metrics.items():
         assert m["n_matured"] == sum(1 for r in body if r[0] == goal)
+
+
+def test_metrics_have_all_live_and_monthly_figures(evaluated: tuple[Path, Path]) -> None:
+    _, out = evaluated
+    metrics = orjson.loads((out / "metrics.json").read_bytes())
+    keys = {"n", "positives", "auc", "logloss", "base_rate_logloss", "ece"}
+    for goal, m in metrics.items():
+        assert keys <= set(m["all"]) and keys <= set(m["live"]), goal
+        assert m["all"]["n"] == m["n_examples"] and m["all"]["logloss"] == m["logloss"]
+        assert 0 <= m["live"]["n"] <= m["all"]["n"]
+        months = m["months"]
+        assert [r["month"] for r in months] == sorted({r["month"] for r in months})
+        assert sum(r["n"] for r in months) == m["n_examples"]
+        assert sum(r["n_live"] for r in months) == m["live"]["n"]
+        assert sum(r["positives"] for r in months) == m["n_positive"]
+        assert sum(r["n"] for r in m["versions"]) == m["n_examples"]
+        for r in months:
+            assert keys | {"month", "n_live", "worse_than_base_rate"} <= set(r)
+    # conversion leaves warm-up within the history; churn (90-day window) may not
+    assert 0 < metrics["conversion"]["live"]["n"] < metrics["conversion"]["all"]["n"]
 
 
 def test_profiles_jsonl_has_the_profile_command_schema(evaluated: tuple[Path, Path]) -> None:
@@ -116,14 +147,20 @@ def _run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess
 def test_report_renders_charts_in_chromium(evaluated: tuple[Path, Path], tmp_path: Path) -> None:
     _, out = evaluated
     url = (out / "report.html").resolve().as_uri()
-    proc = _run_chromium(["--dump-dom", url], tmp_path / "profile-dom")
+    proc = _run_chromium(
+        ["--enable-logging=stderr", "--v=0", "--dump-dom", url], tmp_path / "profile-dom"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the page logs nothing to the console (no error, no blocked or missing resource)
+    assert ":CONSOLE" not in proc.stderr, proc.stderr[-2000:]
     dom = proc.stdout
     charts = re.findall(r'<svg class="chart" data-chart="([a-z-]+)".*?</svg>', dom, re.S)
     for goal in ("conversion", "churn"):
         assert f'id="goal-{goal}"' in dom
-    for chart in ("score-distribution", "lift", "gains", "calibration", "buckets", "auc-over-time"):
+    for chart in ("score-distribution", "lift", "gains", "calibration", "buckets", "auc-over-time",
+                  "logloss-by-month"):  # fmt: skip
         assert charts.count(chart) >= 1, chart
+    assert dom.count('<table class="months">') == dom.count('<table class="quality">') == 2
     for svg in re.findall(r'<svg class="chart".*?</svg>', dom, re.S):
         points = re.findall(r'class="(?:bar|point)[^"]*" data-(?:value|x)="([-+0-9.e]+)"', svg)
         assert points and all(math.isfinite(float(v)) for v in points)

@@ -1,0 +1,144 @@
+"""Served quality against the running base rate: overall, for live models, by month and version.
+
+Every matured example carries the probability *served* at prediction time. These
+figures compare it with what the simplest model would have served, the **running base
+rate**: for each example, in matured order, the rate ``(n_pos + 1) / (n + 2)`` of the
+examples of its goal that matured before it (the prequential base rate that a model
+must beat to be worth serving).
+
+:func:`running_base_rates`
+    The running base rate of each example of a list (any goals, any order).
+:func:`quality_figures`
+    AUC, log loss, the base rate's log loss, calibration error and counts.
+:func:`grouped_quality`
+    The same figures per group (a month, a model version), in one pass over the examples
+    and one sort per group: O(n log n) in all.
+:func:`month_of`
+    The UTC calendar month (``YYYY-MM``) of an epoch-milliseconds time.
+
+Examples
+--------
+>>> from models.outcome import Example
+>>> ex = [Example(f"e{i}", "g", "p", 0, y, 0.5, 1, [], i) for i, y in enumerate([1, 0, 0])]
+>>> running_base_rates(ex)
+[0.5, 0.6667, 0.5]
+>>> f = quality_figures([0.9, 0.2, 0.1], [1, 0, 0], running_base_rates(ex))
+>>> f["auc"], f["n"], f["positives"], f["logloss"] < f["base_rate_logloss"]
+(1.0, 3, 1, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.outcome import Example
+from models.profile import format_time
+
+__all__ = ["grouped_quality", "is_live", "month_of", "quality_figures", "running_base_rates"]
+
+K = TypeVar("K", str, int)
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def month_of(ts_ms: int) -> str:
+    """The UTC calendar month of an epoch-milliseconds time.
+
+    >>> month_of(0), month_of(1772359200123)
+    ('1970-01', '2026-03')
+    """
+    return format_time(ts_ms)[:7]
+
+
+def is_live(example: Example) -> bool:
+    """Whether the example was served by a live model (not a warm-up base rate or prior)."""
+    return not example.served_warming_up
+
+
+def running_base_rates(examples: Sequence[Example], digits: int = 4) -> list[float]:
+    """Per example (in input order), the base rate of its goal's examples matured before it.
+
+    Matured order is ``matured_ts`` (a stable sort: ties keep input order, the order
+    the trainer learnt them). The rate is ``(n_pos + 1) / (n + 2)``: 0.5 before any
+    example. Rounded to ``digits`` only in the returned list.
+
+    >>> from models.outcome import Example
+    >>> ex = [Example("b", "g", "p", 0, 0, 0.5, 1, [], 20),
+    ...       Example("a", "g", "p", 0, 1, 0.5, 1, [], 10),
+    ...       Example("c", "h", "p", 0, 1, 0.5, 1, [], 15)]
+    >>> running_base_rates(ex)
+    [0.6667, 0.5, 0.5]
+    """
+    order = sorted(range(len(examples)), key=lambda i: examples[i].matured_ts)
+    seen: dict[str, list[int]] = {}
+    rates = [0.0] * len(examples)
+    for i in order:
+        e = examples[i]
+        counts = seen.get(e.goal)
+        if counts is None:
+            counts = seen[e.goal] = [0, 0]
+        rates[i] = round((counts[0] + 1) / (counts[1] + 2), digits)
+        counts[0] += 1 if e.label else 0
+        counts[1] += 1
+    return rates
+
+
+def quality_figures(
+    probabilities: Sequence[float], labels: Sequence[int], base_rates: Sequence[float]
+) -> dict[str, Any]:
+    """AUC (None with one class), log loss, the base rate's log loss, ECE, n and positives.
+
+    ``base_rates`` are the running base rates of the same examples
+    (:func:`running_base_rates`). Figures are None for no examples.
+
+    >>> quality_figures([], [], [])["logloss"] is None
+    True
+    """
+    return {
+        "n": len(labels),
+        "positives": sum(1 for y in labels if y),
+        "auc": _round(roc_auc(probabilities, labels)),
+        "logloss": _round(log_loss(probabilities, labels)),
+        "base_rate_logloss": _round(log_loss(base_rates, labels)),
+        "ece": _round(expected_calibration_error(probabilities, labels)),
+    }
+
+
+def grouped_quality(
+    keys: Sequence[K],
+    probabilities: Sequence[float],
+    labels: Sequence[int],
+    base_rates: Sequence[float],
+    live: Sequence[bool] | None = None,
+) -> dict[K, dict[str, Any]]:
+    """:func:`quality_figures` per key (in order of first appearance), plus ``n_live``.
+
+    ``worse_than_base_rate`` says whether the served log loss exceeds the base rate's.
+
+    >>> g = grouped_quality(["a", "b", "a"], [0.9, 0.5, 0.1], [1, 1, 0], [0.5, 0.5, 0.5])
+    >>> g["a"]["auc"], g["a"]["n"], g["b"]["auc"], g["b"]["worse_than_base_rate"]
+    (1.0, 2, None, False)
+    """
+    members: dict[K, list[int]] = {}
+    for i, key in enumerate(keys):
+        idx = members.get(key)
+        if idx is None:
+            members[key] = [i]
+        else:
+            idx.append(i)
+    out: dict[K, dict[str, Any]] = {}
+    for key, idx in members.items():
+        p = [probabilities[i] for i in idx]
+        y = [labels[i] for i in idx]
+        row = quality_figures(p, y, [base_rates[i] for i in idx])
+        row["worse_than_base_rate"] = bool(
+            row["logloss"] is not None and row["logloss"] > row["base_rate_logloss"]
+        )
+        if live is not None:
+            row["n_live"] = sum(1 for i in idx if live[i])
+        out[key] = row
+    return out
