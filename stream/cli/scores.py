@@ -17,15 +17,30 @@ __all__ = ["cmd_tail", "format_score", "print_scores", "tail_scores"]
 
 
 def format_score(msg: dict[str, Any]) -> str:
-    """One readable line for a score message."""
+    """One readable line for a score message.
+
+    A scheduled rescoring or a new model's refresh is marked ``(schedule)`` / ``(model)``;
+    a goal with no probability yet (no example, no prior) shows ``p=-``.
+
+    >>> print(format_score({"event_time": "2026-03-01T10:00:00.000Z", "profile_id": "p-1",
+    ...     "goal": "churn", "probability": None, "percentile": None, "bucket": None,
+    ...     "model_version": 0, "warming_up": True, "factors": [], "trigger": "schedule"}))
+    2026-03-01T10:00:00         p-1  churn       p=-     pct=    - -      v0 (schedule) [warming up]
+    """
     warm = " [warming up]" if msg.get("warming_up") else ""
+    trigger = msg.get("trigger", "event")
+    why = "" if trigger == "event" else f" ({trigger})"
     factors = "  ".join(
         f"{f['contribution']:+.2f} {f['label']}={f['value']:g}" for f in msg.get("factors", [])[:3]
     )
+    p, pct = msg["probability"], msg["percentile"]
+    shown_p = "-    " if p is None else f"{p:.3f}"
+    shown_pct = "    -" if pct is None else f"{pct:5.1f}"
+    bucket = msg["bucket"] or "-"
     return (
-        f"{msg['event_time'][:19]}  {msg['profile_id']:>10}  {msg['goal']:<11} p={msg['probability']:.3f} "
-        f"pct={msg['percentile']:5.1f} {msg['bucket']:<6} v{msg['model_version']}{warm}  {factors}"
-    )
+        f"{msg['event_time'][:19]}  {msg['profile_id']:>10}  {msg['goal']:<11} p={shown_p} "
+        f"pct={shown_pct} {bucket:<6} v{msg['model_version']}{why}{warm}  {factors}"
+    ).rstrip()
 
 
 async def tail_scores(
