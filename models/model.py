@@ -46,7 +46,7 @@ _MODEL_FIELDS = frozenset(
     (
         "goal", "version", "feature_names", "mean", "std", "weights", "intercept",
         "calibration_a", "calibration_b", "warming_up", "base_rate", "n_examples",
-        "n_positive", "metrics", "created_at", "lineage",
+        "n_positive", "metrics", "created_at", "lineage", "status",
     )
 )  # fmt: skip
 
@@ -113,6 +113,9 @@ class LinearModel:
     created_at: str = ""
     #: :func:`lineage_id` of the features it was trained on (``""``: written before lineages)
     lineage: str = ""
+    #: the goal's status when published: ``warming_up``, ``live`` or ``poor``
+    #: (:mod:`models.training`; ``""``: written before statuses)
+    status: str = ""
 
     @classmethod
     def cold(cls, goal: str, feature_names: list[str], base_rate: float = 0.5) -> LinearModel:
@@ -250,6 +253,7 @@ class LinearModel:
             dict(self.metrics),
             self.created_at,
             self.lineage,
+            self.status,
         )
 
     def to_json(self) -> bytes:
@@ -257,7 +261,8 @@ class LinearModel:
         data = asdict(self)
         data["format"] = SNAPSHOT_FORMAT
         data["transform"] = "log1p"
-        data["lineage"] = data.pop("lineage")  # last: the field added after the others
+        data["lineage"] = data.pop("lineage")  # last: the fields added after the others
+        data["status"] = data.pop("status")
         return orjson.dumps(data)
 
     @classmethod

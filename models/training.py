@@ -1,7 +1,18 @@
 """The trainer core: one :class:`~models.learner.OnlineLearner` per goal, exactly-once
-learning by example id, and the cadence at which model versions are published.
+learning by example id, the cadence at which model versions are published, and their
+promotion by quality (champion/challenger).
 
 Used by the stream's single-partition trainer agent and by the backtest.
+
+Promotion: every matured example is first tested (prequentially) by three models: the
+*candidate* (the learner as it is, before learning the example), the *serving* model (the
+version published last) and the running *base rate*. Their log losses over the last
+``[model] promotion_window`` examples decide: when a version is due, the candidate is
+published only if its mean log loss is no worse than the serving model's and better than
+the base rate's; otherwise the serving version stays (no version number is consumed) and
+the refusal is recorded in :attr:`Trainer.promotions`. Until a goal has a promoted model it
+is ``warming_up`` (base-rate versions are published so the served rate follows the data);
+then ``live``, or ``poor`` while the live AUC is below ``[model] min_auc``.
 
 Examples
 --------
@@ -13,20 +24,104 @@ Examples
 ...              [0.0] * len(trainer.feature_names), 1)
 >>> trainer.learn(ex), trainer.learn(ex)
 (True, False)
+>>> trainer.status("conversion")
+'warming_up'
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections import OrderedDict, deque
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from models.config import Config
 from models.features import Featurizer
 from models.learner import OnlineLearner
-from models.model import LinearModel
+from models.model import LinearModel, transform
 from models.outcome import Example
 
-__all__ = ["Trainer"]
+__all__ = ["PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
+
+#: promotion decisions kept in :attr:`Trainer.promotions` (the newest)
+PROMOTIONS_KEPT = 1000
+_EPS = 1e-7
+
+
+def log_loss(p: float, y: int) -> float:
+    """The log loss of probability ``p`` for label ``y`` (``p`` clipped to [1e-7, 1 - 1e-7]).
+
+    >>> round(log_loss(0.5, 1), 4), round(log_loss(0.9, 0), 4)
+    (0.6931, 2.3026)
+    """
+    p = _EPS if p < _EPS else 1.0 - _EPS if p > 1.0 - _EPS else p
+    return -math.log(p if y else 1.0 - p)
+
+
+class Promotion:
+    """One goal's promotion state: the serving model and the rolling log-loss windows.
+
+    ``sums`` are the running sums of the windows (candidate, serving, base rate); they are
+    recomputed from the windows on restore, so a resumed trainer decides exactly as before.
+
+    >>> pr = Promotion(3)
+    >>> for c, s, b in [(0.1, 0.2, 0.3)] * 5:
+    ...     pr.add(c, s, b)
+    >>> [round(m, 3) for m in pr.means()], len(pr.window)
+    ([0.1, 0.2, 0.3], 3)
+    >>> Promotion.from_dict(pr.to_dict(), 3).means() == pr.means()
+    True
+    """
+
+    def __init__(self, size: int, serving: LinearModel | None = None) -> None:
+        self.window: deque[tuple[float, float, float]] = deque(maxlen=size)
+        self.sums = [0.0, 0.0, 0.0]
+        #: the version published last (None: nothing published yet)
+        self.serving = serving
+        #: True once a model (not a base rate) was promoted for the goal
+        self.promoted = serving is not None and not serving.warming_up
+
+    def add(self, candidate: float, serving: float, base: float) -> None:
+        """Add one example's three log losses to the window."""
+        w, sums = self.window, self.sums
+        if len(w) == w.maxlen:
+            old = w[0]
+            sums[0] -= old[0]
+            sums[1] -= old[1]
+            sums[2] -= old[2]
+        w.append((candidate, serving, base))
+        sums[0] += candidate
+        sums[1] += serving
+        sums[2] += base
+
+    def means(self) -> tuple[float, float, float]:
+        """Mean log loss of the candidate, the serving model and the base rate."""
+        n = len(self.window)
+        if not n:
+            return (math.nan, math.nan, math.nan)
+        # recomputed exactly (running sums drift): called once per due version
+        c = math.fsum(x[0] for x in self.window) / n
+        s = math.fsum(x[1] for x in self.window) / n
+        b = math.fsum(x[2] for x in self.window) / n
+        return (c, s, b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": [list(x) for x in self.window],
+            "serving": None if self.serving is None else orjson.loads(self.serving.to_json()),
+            "promoted": self.promoted,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], size: int) -> Promotion:
+        serving = data.get("serving")
+        pr = cls(size, None if serving is None else LinearModel.from_json(orjson.dumps(serving)))
+        pr.promoted = bool(data.get("promoted", pr.promoted))
+        for c, s, b in data.get("window", []):
+            pr.add(c, s, b)
+        return pr
 
 
 class Trainer:
@@ -62,26 +157,66 @@ class Trainer:
             for g in config.goals
         }
         self.since_snapshot = {g.name: 0 for g in config.goals}
+        #: per goal: the serving model and the rolling log-loss windows of the promotion
+        self.promotion = {g.name: Promotion(m.promotion_window) for g in config.goals}
+        #: the newest :data:`PROMOTIONS_KEPT` decisions, oldest first: ``goal``,
+        #: ``version`` (promoted, or the serving one kept), ``time``, ``n_examples``,
+        #: ``candidate_logloss``, ``serving_logloss``, ``base_rate_logloss``, ``window``,
+        #: ``promoted``
+        self.promotions: list[dict[str, Any]] = []
         self.published_warming: dict[str, bool] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.dedup_capacity = dedup_capacity
         self.duplicates = 0
 
-    def restore(self, goal: str, state: bytes) -> bool:
-        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON.
+    def restore(self, goal: str, state: bytes, serving: LinearModel | None = None) -> bool:
+        """Resume a goal's learner and promotion from :meth:`state` JSON.
 
         A learner on other features (an edited configuration) is not resumed: a new
         lineage starts (:meth:`OnlineLearner.successor`), its versions continuing the old
-        one's, its models held back while it warms up. Returns False in that case.
+        one's, its models held back while it warms up, then promoted only if they beat the
+        serving model (projected onto the new features). Returns False in that case.
+        ``serving`` (the model in the store) is used when the state has no promotion part
+        (written by an older version).
         """
         learner = OnlineLearner.from_state(state, **self.learner_kwargs)
+        raw = orjson.loads(state).get("promotion")
+        size = self.config.model.promotion_window
+        promotion = Promotion.from_dict(raw, size) if raw else Promotion(size, serving)
+        if promotion.serving is not None and promotion.serving.feature_names != self.feature_names:
+            promotion.serving = promotion.serving.project(self.feature_names)
+        self.promotion[goal] = promotion
+        if raw:
+            self.since_snapshot[goal] = int(raw.get("since_snapshot", 0))
+            if raw.get("published_warming") is not None:
+                self.published_warming[goal] = bool(raw["published_warming"])
         if learner.feature_names != self.feature_names:
             self.learners[goal] = OnlineLearner.successor(
                 learner, self.feature_names, **self.learner_kwargs
             )
+            promotion.window.clear()  # the old lineage's candidate losses
+            promotion.sums = [0.0, 0.0, 0.0]
             return False
         self.learners[goal] = learner
         return True
+
+    def state(self, goal: str) -> bytes:
+        """``goal``'s learner state (:meth:`OnlineLearner.to_state`) with its promotion
+        state (key ``promotion``): what :meth:`restore` resumes exactly from."""
+        raw = self.learners[goal].to_state()
+        promotion = self.promotion[goal].to_dict()
+        # the publication cadence too, so a resumed trainer publishes when this one would
+        promotion["since_snapshot"] = self.since_snapshot[goal]
+        promotion["published_warming"] = self.published_warming.get(goal)
+        return raw[:-1] + b',"promotion":' + orjson.dumps(promotion) + b"}"
+
+    def status(self, goal: str) -> str:
+        """``warming_up`` (no promoted model yet), ``live``, or ``poor`` (live AUC over the
+        metrics window below ``[model] min_auc``)."""
+        if not self.promotion[goal].promoted:
+            return "warming_up"
+        auc = self.learners[goal].metrics.summary().get("auc")
+        return "poor" if auc is not None and auc < self.config.model.min_auc else "live"
 
     def learn(self, example: Example) -> bool:
         """Learn ``example`` unless its id was learnt already. Returns True if learnt."""
@@ -94,8 +229,19 @@ class Trainer:
         self.seen[example.example_id] = None
         if len(self.seen) > self.dedup_capacity:
             self.seen.popitem(last=False)
-        learner.learn(
+        # prequential test of the three contenders, before the example is learnt
+        y = 1 if example.label else 0
+        base = learner.base_rate
+        serving = self.promotion[example.goal].serving
+        if serving is None or serving.warming_up:
+            p_serving = base if serving is None else serving.base_rate
+        else:
+            p_serving = serving.probability_t(transform(example.features))
+        candidate = learner.learn(
             example.features, example.label, example.probability, example.served_warming_up
+        )
+        self.promotion[example.goal].add(
+            log_loss(candidate, y), log_loss(p_serving, y), log_loss(base, y)
         )
         self.since_snapshot[example.goal] += 1
         return True
@@ -124,9 +270,52 @@ class Trainer:
                 due.append(g)
         return due
 
-    def snapshot(self, goal: str) -> LinearModel:
-        """Export a new version of ``goal``'s model."""
+    def snapshot(self, goal: str) -> LinearModel | None:
+        """A new version of ``goal``'s model to publish, or None if it is refused.
+
+        A learner still warming up publishes its base rate. Otherwise the candidate is
+        promoted only if its mean log loss over the promotion window is no worse than the
+        serving model's and better than the base rate's; a refused candidate publishes
+        nothing (its version number is not consumed) unless the goal has no promoted
+        model yet, which then publishes a base-rate version (``warming_up``) so the served
+        rate follows the data. Every decision is appended to :attr:`promotions`.
+        """
         self.since_snapshot[goal] = 0
-        model = self.learners[goal].snapshot()
-        self.published_warming[goal] = model.warming_up
+        learner = self.learners[goal]
+        promotion = self.promotion[goal]
+        if learner.warming_up:
+            model = learner.snapshot()
+            model.status = "warming_up"
+            promotion.serving = model
+            self.published_warming[goal] = True
+            return model
+        cand, serv, base = promotion.means()
+        promoted = cand <= serv and cand < base
+        decision = {
+            "goal": goal,
+            "version": learner.version + 1 if promoted else learner.version,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "n_examples": learner.n_examples,
+            "candidate_logloss": cand,
+            "serving_logloss": serv,
+            "base_rate_logloss": base,
+            "window": len(promotion.window),
+            "promoted": promoted,
+        }
+        self.promotions.append(decision)
+        if len(self.promotions) > PROMOTIONS_KEPT:
+            del self.promotions[0]
+        self.published_warming[goal] = False  # no immediate re-try: the cadence decides
+        if promoted:
+            promotion.promoted = True
+            model = learner.snapshot()
+            model.status = self.status(goal)
+        elif not promotion.promoted:
+            model = learner.snapshot()  # the running base rate, served while warming up
+            model.warming_up = True
+            model.status = "warming_up"
+            decision["version"] = model.version
+        else:
+            return None
+        promotion.serving = model
         return model

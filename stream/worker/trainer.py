@@ -47,6 +47,7 @@ from models.features import Featurizer
 from models.layout import FeatureLayout
 from models.messages import example_from_message
 from models.migrate import LEGACY, FeatureMap
+from models.model import LinearModel
 from models.outcome import Example
 from models.training import Trainer
 from stream.ops import metrics
@@ -130,7 +131,9 @@ class TrainerStep:
             raw = await self.store.get_learner(goal)
             if raw is not None:
                 try:
-                    if not self.trainer.restore(goal, raw):
+                    serving_json = await self.store.get_model(goal)
+                    serving = LinearModel.from_json(serving_json) if serving_json else None
+                    if not self.trainer.restore(goal, raw, serving):
                         log.warning(
                             "learner %s was trained on other features (the configuration's "
                             "events or horizons changed): a new lineage starts after v%d; "
@@ -294,9 +297,16 @@ class TrainerStep:
         models = []
         for goal in publish:
             model = self.trainer.snapshot(goal)
+            if model is None:  # refused: the serving version stays (trainer.promotions)
+                continue
             models.append((goal, model.version, model.to_json(), model.metrics))
         states = [
-            (goal, lr.version, next((m for g, _, m, _ in models if g == goal), None), lr.to_state())
+            (
+                goal,
+                lr.version,
+                next((m for g, _, m, _ in models if g == goal), None),
+                self.trainer.state(goal),
+            )
             for goal, lr in learners.items()
         ]
         if outbox:  # dead letters first: at-least-once, like every output
