@@ -43,11 +43,14 @@ from models.learner import OnlineLearner
 from models.model import LinearModel, transform
 from models.outcome import Example
 
-__all__ = ["PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
+__all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
 
 #: promotion decisions kept in :attr:`Trainer.promotions` (the newest)
 PROMOTIONS_KEPT = 1000
 _EPS = 1e-7
+#: a candidate whose mean log loss exceeds the serving model's by at most this many
+#: standard errors of their paired difference is "no worse" (the difference is noise)
+NOISE_SE = 2.0
 
 
 def log_loss(p: float, y: int) -> float:
@@ -106,6 +109,17 @@ class Promotion:
         s = math.fsum(x[1] for x in self.window) / n
         b = math.fsum(x[2] for x in self.window) / n
         return (c, s, b)
+
+    def difference_se(self) -> float:
+        """Standard error of the mean paired difference (candidate - serving) of the log
+        losses over the window (0.0 with fewer than 2 examples)."""
+        n = len(self.window)
+        if n < 2:
+            return 0.0
+        d = [c - s for c, s, _ in self.window]
+        mean = math.fsum(d) / n
+        var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
+        return math.sqrt(var / n)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -290,7 +304,10 @@ class Trainer:
             self.published_warming[goal] = True
             return model
         cand, serv, base = promotion.means()
-        promoted = cand <= serv and cand < base
+        se = promotion.difference_se()
+        # "no worse" within the noise of the window: two models that predict alike differ
+        # by chance; only a candidate worse by more than NOISE_SE standard errors is refused
+        promoted = cand - serv <= NOISE_SE * se and cand < base
         decision = {
             "goal": goal,
             "version": learner.version + 1 if promoted else learner.version,
@@ -299,6 +316,7 @@ class Trainer:
             "candidate_logloss": cand,
             "serving_logloss": serv,
             "base_rate_logloss": base,
+            "difference_se": se,
             "window": len(promotion.window),
             "promoted": promoted,
         }

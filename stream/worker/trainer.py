@@ -299,7 +299,7 @@ class TrainerStep:
             model = self.trainer.snapshot(goal)
             if model is None:  # refused: the serving version stays (trainer.promotions)
                 continue
-            models.append((goal, model.version, model.to_json(), model.metrics))
+            models.append((goal, model.version, model.to_json(), model))
         states = [
             (
                 goal,
@@ -323,8 +323,8 @@ class TrainerStep:
         learnt = sum(len(ids) for ids in learnt_ids.values())
         if models:
             self.last_publish = time.monotonic()
-            for goal, version, model_json, live in models:
-                self._gauges(goal, version, live)
+            for goal, version, model_json, model in models:
+                metrics.observe_model(goal, version, model.metrics, model.status)
                 outbox.append((self.settings.topic("models"), goal.encode(), model_json))
             log.info("published %s", ", ".join(f"{g} v{v}" for g, v, _, _ in models))
             await self.producer.send_all(outbox)
@@ -399,15 +399,3 @@ class TrainerStep:
             metrics.TRAINING_RECORDS_RECOVERED.inc(len(got))
             missing.extend(got)
         return missing + records if missing else records
-
-    @staticmethod
-    def _gauges(goal: str, version: int, live: dict) -> None:
-        metrics.MODEL_VERSION.labels(goal=goal).set(version)
-        for gauge, key in (
-            (metrics.LIVE_AUC, "auc"),
-            (metrics.LIVE_LOGLOSS, "logloss"),
-            (metrics.LIVE_BASE_RATE, "base_rate"),
-            (metrics.LIVE_ECE, "ece"),
-        ):
-            if live.get(key) is not None:
-                gauge.labels(goal=goal).set(live[key])
