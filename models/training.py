@@ -85,6 +85,8 @@ class Promotion:
         self.serving = serving
         #: True once a model (not a base rate) was promoted for the goal
         self.promoted = serving is not None and not serving.warming_up
+        #: the last promotion decision (an entry of :attr:`Trainer.promotions`), if any
+        self.last: dict[str, Any] | None = None
 
     def add(self, candidate: float, serving: float, base: float) -> None:
         """Add one example's three log losses to the window."""
@@ -126,6 +128,7 @@ class Promotion:
             "window": [list(x) for x in self.window],
             "serving": None if self.serving is None else orjson.loads(self.serving.to_json()),
             "promoted": self.promoted,
+            "last": self.last,
         }
 
     @classmethod
@@ -133,6 +136,7 @@ class Promotion:
         serving = data.get("serving")
         pr = cls(size, None if serving is None else LinearModel.from_json(orjson.dumps(serving)))
         pr.promoted = bool(data.get("promoted", pr.promoted))
+        pr.last = data.get("last")
         for c, s, b in data.get("window", []):
             pr.add(c, s, b)
         return pr
@@ -321,6 +325,7 @@ class Trainer:
             "promoted": promoted,
         }
         self.promotions.append(decision)
+        promotion.last = decision
         if len(self.promotions) > PROMOTIONS_KEPT:
             del self.promotions[0]
         self.published_warming[goal] = False  # no immediate re-try: the cadence decides
