@@ -178,10 +178,13 @@ class Trainer:
         #: per goal: the serving model and the rolling log-loss windows of the promotion
         self.promotion = {g.name: Promotion(m.promotion_window) for g in config.goals}
         #: the newest :data:`PROMOTIONS_KEPT` decisions, oldest first: ``goal``,
-        #: ``version`` (promoted, or the serving one kept), ``time``, ``n_examples``,
-        #: ``candidate_logloss``, ``serving_logloss``, ``base_rate_logloss``, ``window``,
-        #: ``promoted``
+        #: ``version`` (promoted, or the serving one kept), ``time`` (wall clock),
+        #: ``matured_ms`` (event time of the newest example learnt), ``n_examples``,
+        #: ``candidate_logloss``, ``serving_logloss``, ``base_rate_logloss``,
+        #: ``difference_se``, ``window``, ``promoted``
         self.promotions: list[dict[str, Any]] = []
+        #: per goal: event time (ms) the newest learnt example matured at
+        self.matured_ms = {g.name: 0 for g in config.goals}
         self.published_warming: dict[str, bool] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.dedup_capacity = dedup_capacity
@@ -262,6 +265,7 @@ class Trainer:
             log_loss(candidate, y), log_loss(p_serving, y), log_loss(base, y)
         )
         self.since_snapshot[example.goal] += 1
+        self.matured_ms[example.goal] = example.matured_ts
         return True
 
     def due(self, force: bool = False) -> list[str]:
@@ -316,6 +320,7 @@ class Trainer:
             "goal": goal,
             "version": learner.version + 1 if promoted else learner.version,
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "matured_ms": self.matured_ms[goal],
             "n_examples": learner.n_examples,
             "candidate_logloss": cand,
             "serving_logloss": serv,

@@ -5,7 +5,9 @@ bar, runs :func:`models.backtest.run_backtest` (the stream's own core, in-proces
 event-time order, no Kafka) and writes
 
 - ``DIR/metrics.json``: per goal ``auc, logloss, ece, base_rate, n_examples, n_positive,
-  lift_top_decile`` (and ``mean_probability, n_matured, n_open_window``);
+  lift_top_decile`` (and ``mean_probability, n_matured, n_open_window``), the goal's final
+  ``status`` (``warming_up``, ``live`` or ``poor``) and ``promotions``: every promotion
+  decision of the trainer (:attr:`models.training.Trainer.promotions`);
 - ``DIR/examples.csv``: one row per matured example, ``goal, profile_id,
   prediction_time, label, probability`` then one column per feature;
 - ``DIR/profiles.jsonl``: one :func:`models.profile.profile_document` per profile (the
@@ -83,6 +85,13 @@ def write_outputs(
     report = build_report(result.examples, config, watermark, profiles)
     report["summary"] = dict(summary or {})
     metrics = {goal: data["metrics"] for goal, data in report["goals"].items()}
+    for goal, data in metrics.items():  # the final status and every promotion decision
+        data["status"] = result.trainer.status(goal)
+        data["promotions"] = [
+            {k: v for k, v in p.items() if k != "goal"}
+            for p in result.trainer.promotions
+            if p["goal"] == goal
+        ]
     (out_dir / "metrics.json").write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
     (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
     return metrics

@@ -132,7 +132,9 @@ def test_promotion_state_round_trips_and_resumes_exactly() -> None:
 
 def _timeless(state: bytes) -> dict:
     data = orjson.loads(state)
-    data["promotion"]["serving"]["created_at"] = ""  # wall-clock time of the snapshot
+    data["promotion"]["serving"]["created_at"] = ""  # wall-clock times
+    if data["promotion"]["last"]:
+        data["promotion"]["last"]["time"] = ""
     return data
 
 
