@@ -28,7 +28,9 @@ dead-lettered nor counted as rejected events (``docs/OPERATING.md``, "Retries").
 
 Serving models are published (a new version in Redis and on ``customer-ai.models``)
 every ``snapshot_every_examples`` examples or ``snapshot_every_seconds``, whichever
-comes first; scoring workers pick them up while they run. A ``models`` message lost
+comes first, if promoted (:mod:`models.training`: a candidate worse than the serving
+version on the recent examples is refused and the serving version stays; the decision is
+kept in the learner state's ``promotion`` part); scoring workers pick them up while they run. A ``models`` message lost
 in a crash is not re-sent: the version is in Redis, the next one goes out anyway.
 """
 
