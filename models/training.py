@@ -190,7 +190,7 @@ class Trainer:
         self.dedup_capacity = dedup_capacity
         self.duplicates = 0
 
-    def restore(self, goal: str, state: bytes, serving: LinearModel | None = None) -> bool:
+    def restore(self, goal: str, state: bytes, *, serving: LinearModel | None = None) -> bool:
         """Resume a goal's learner and promotion from :meth:`state` JSON.
 
         A learner on other features (an edited configuration) is not resumed: a new

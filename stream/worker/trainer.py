@@ -135,7 +135,7 @@ class TrainerStep:
                 try:
                     serving_json = await self.store.get_model(goal)
                     serving = LinearModel.from_json(serving_json) if serving_json else None
-                    if not self.trainer.restore(goal, raw, serving):
+                    if not self.trainer.restore(goal, raw, serving=serving):
                         log.warning(
                             "learner %s was trained on other features (the configuration's "
                             "events or horizons changed): a new lineage starts after v%d; "

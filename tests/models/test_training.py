@@ -144,6 +144,6 @@ def test_a_state_without_promotion_resumes_with_the_stored_serving_model() -> No
     serving = trainer.promotion[GOAL].serving
     old_state = trainer.learners[GOAL].to_state()  # written before promotion existed
     resumed = Trainer(_config())
-    resumed.restore(GOAL, old_state, serving)
+    resumed.restore(GOAL, old_state, serving=serving)
     assert resumed.promotion[GOAL].serving is serving
     assert resumed.status(GOAL) == trainer.status(GOAL)
