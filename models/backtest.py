@@ -254,6 +254,8 @@ def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
                 result.examples.append(example)
         for goal in result.trainer.due():
             model = result.trainer.snapshot(goal)
+            if model is None:  # refused: the serving version stays
+                continue
             result.engine.set_model(model)
             result.models.append(model)
     out.clear()

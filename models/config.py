@@ -81,6 +81,13 @@ def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _model_min_auc(table: dict[str, Any], default: float) -> float:
+    value = float(_number(table, "min_auc", "model", default, minimum=0))
+    if value > 1:
+        raise ConfigError("model.min_auc: must be a number between 0 and 1, e.g. 0.65")
+    return value
+
+
 def _number(
     table: dict[str, Any],
     key: str,
@@ -485,6 +492,15 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         metrics_window=_number(
             model_t, "metrics_window", "model", defaults.metrics_window, minimum=10, integer=True
         ),
+        promotion_window=_number(
+            model_t,
+            "promotion_window",
+            "model",
+            defaults.promotion_window,
+            minimum=10,
+            integer=True,
+        ),
+        min_auc=_model_min_auc(model_t, defaults.min_auc),
     )
 
     buckets_t = _table(data, "buckets")

@@ -130,6 +130,11 @@ class ModelConfig:
     snapshot_every_examples: int = 500
     snapshot_every_seconds: float = 2.0
     metrics_window: int = 5000
+    #: matured examples over which a candidate version's log loss is compared with the
+    #: serving version's and the running base rate's before it is promoted
+    promotion_window: int = 1000
+    #: a live goal whose AUC over ``metrics_window`` is below this is ``poor``
+    min_auc: float = 0.65
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ Examples
 >>> for _ in range(3000):
 ...     x = rng.random() * 10
 ...     y = int(rng.random() < (0.8 if x > 5 else 0.1))
-...     learner.learn([x, rng.random()], y, served_probability=0.5)
+...     _ = learner.learn([x, rng.random()], y, served_probability=0.5)
 >>> model = learner.snapshot()
 >>> model.warming_up, model.predict([9.0, 0.5])[0] > 0.6 > 0.3 > model.predict([1.0, 0.5])[0]
 (False, True)
@@ -177,25 +177,33 @@ class OnlineLearner:
         label: int,
         served_probability: float,
         served_warming_up: bool = False,
-    ) -> None:
+    ) -> float:
         """Test on the served probability, then learn one matured example.
 
         Examples served while the model was warming up (a base rate, not a model
         score) train the model but do not enter the live accuracy metrics.
+
+        Returns the probability this learner's own model (a :meth:`snapshot` taken just
+        before) gave the example: the candidate's prequential test, at no extra cost.
         """
         y = 1 if label else 0
         if not served_warming_up:
             self.metrics.update(served_probability, y)
         x = self._transform(features)
+        candidate = self.base_rate
         if self.n_examples:
             # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.
             z = self._logit(self.scaler.transform_one(x))
-            error = sigmoid(self.calibration_a * z + self.calibration_b) - y
+            p = sigmoid(self.calibration_a * z + self.calibration_b)
+            if not self.warming_up:
+                candidate = p
+            error = p - y
             self._calibrate((error * z, error))
         self.scaler.learn_one(x)
         self.classifier.learn_one(self.scaler.transform_one(x), bool(y))
         self.n_examples += 1
         self.n_positive += y
+        return candidate
 
     def _calibrate(self, grads: tuple[float, float]) -> None:
         """One Adam step of the Platt parameters ``(a, b)``."""

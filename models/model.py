@@ -47,7 +47,7 @@ _MODEL_FIELDS = frozenset(
     (
         "goal", "version", "feature_names", "mean", "std", "weights", "intercept",
         "calibration_a", "calibration_b", "warming_up", "base_rate", "n_examples",
-        "n_positive", "metrics", "created_at", "lineage", "quantiles",
+        "n_positive", "metrics", "created_at", "lineage", "quantiles", "status",
     )
 )  # fmt: skip
 
@@ -117,6 +117,9 @@ class LinearModel:
     #: cut points of this version's probabilities over the trainer's sample of profiles
     #: (:mod:`models.sample`), ascending; empty: no sample (every percentile is 50)
     quantiles: list[float] = field(default_factory=list)
+    #: the goal's status when published: ``warming_up``, ``live`` or ``poor``
+    #: (:mod:`models.training`; ``""``: written before statuses)
+    status: str = ""
 
     @classmethod
     def cold(cls, goal: str, feature_names: list[str], base_rate: float = 0.5) -> LinearModel:
@@ -284,6 +287,7 @@ class LinearModel:
             self.created_at,
             self.lineage,
             list(self.quantiles),
+            self.status,
         )
 
     def to_json(self) -> bytes:
@@ -293,6 +297,7 @@ class LinearModel:
         data["transform"] = "log1p"
         data["lineage"] = data.pop("lineage")  # last: the fields added after the others
         data["quantiles"] = data.pop("quantiles")
+        data["status"] = data.pop("status")
         return orjson.dumps(data)
 
     @classmethod

@@ -323,8 +323,9 @@ def version_history(models: Iterable[LinearModel], goal: str) -> list[dict[str, 
 
 
 def _quality(mine: Sequence[Example], rates: Sequence[float]) -> dict[str, Any]:
-    """``all``, ``live``, ``months`` and ``versions`` figures of one goal's examples."""
-    probs = [e.probability for e in mine]
+    """``all``, ``live``, ``months`` and ``versions`` figures of one goal's examples
+    (each served a probability)."""
+    probs = [e.probability for e in mine if e.probability is not None]
     labels = [e.label for e in mine]
     live = [is_live(e) for e in mine]
     keep = [i for i, flag in enumerate(live) if flag]

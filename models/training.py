@@ -1,9 +1,20 @@
 """The trainer core: one :class:`~models.learner.OnlineLearner` per goal, exactly-once
-learning by example id, the cadence at which model versions are published, and per goal
-a :class:`~models.sample.ProfileSample` of profiles whose probabilities under each
+learning by example id, the cadence at which model versions are published, their
+promotion by quality (champion/challenger), and per goal a
+:class:`~models.sample.ProfileSample` of profiles whose probabilities under each
 published version give its percentile cut points (``LinearModel.quantiles``).
 
 Used by the stream's single-partition trainer agent and by the backtest.
+
+Promotion: every matured example is first tested (prequentially) by three models: the
+*candidate* (the learner as it is, before learning the example), the *serving* model (the
+version published last) and the running *base rate*. Their log losses over the last
+``[model] promotion_window`` examples decide: when a version is due, the candidate is
+published only if its mean log loss is no worse than the serving model's and better than
+the base rate's; otherwise the serving version stays (no version number is consumed) and
+the refusal is recorded in :attr:`Trainer.promotions`. Until a goal has a promoted model it
+is ``warming_up`` (base-rate versions are published so the served rate follows the data);
+then ``live``, or ``poor`` while the live AUC is below ``[model] min_auc``.
 
 Examples
 --------
@@ -15,21 +26,123 @@ Examples
 ...              [0.0] * len(trainer.feature_names), 1)
 >>> trainer.learn(ex), trainer.learn(ex)
 (True, False)
+>>> trainer.status("conversion")
+'warming_up'
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections import OrderedDict, deque
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from models.config import Config
 from models.features import Featurizer
 from models.learner import OnlineLearner
-from models.model import LinearModel
+from models.model import LinearModel, transform
 from models.outcome import Example
 from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
 
-__all__ = ["Trainer"]
+__all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
+
+#: promotion decisions kept in :attr:`Trainer.promotions` (the newest)
+PROMOTIONS_KEPT = 1000
+_EPS = 1e-7
+#: a candidate whose mean log loss exceeds the serving model's by at most this many
+#: standard errors of their paired difference is "no worse" (the difference is noise)
+NOISE_SE = 2.0
+
+
+def log_loss(p: float, y: int) -> float:
+    """The log loss of probability ``p`` for label ``y`` (``p`` clipped to [1e-7, 1 - 1e-7]).
+
+    >>> round(log_loss(0.5, 1), 4), round(log_loss(0.9, 0), 4)
+    (0.6931, 2.3026)
+    """
+    p = _EPS if p < _EPS else 1.0 - _EPS if p > 1.0 - _EPS else p
+    return -math.log(p if y else 1.0 - p)
+
+
+class Promotion:
+    """One goal's promotion state: the serving model and the rolling log-loss windows.
+
+    ``sums`` are the running sums of the windows (candidate, serving, base rate); they are
+    recomputed from the windows on restore, so a resumed trainer decides exactly as before.
+
+    >>> pr = Promotion(3)
+    >>> for c, s, b in [(0.1, 0.2, 0.3)] * 5:
+    ...     pr.add(c, s, b)
+    >>> [round(m, 3) for m in pr.means()], len(pr.window)
+    ([0.1, 0.2, 0.3], 3)
+    >>> Promotion.from_dict(pr.to_dict(), 3).means() == pr.means()
+    True
+    """
+
+    def __init__(self, size: int, serving: LinearModel | None = None) -> None:
+        self.window: deque[tuple[float, float, float]] = deque(maxlen=size)
+        self.sums = [0.0, 0.0, 0.0]
+        #: the version published last (None: nothing published yet)
+        self.serving = serving
+        #: True once a model (not a base rate) was promoted for the goal
+        self.promoted = serving is not None and not serving.warming_up
+        #: the last promotion decision (an entry of :attr:`Trainer.promotions`), if any
+        self.last: dict[str, Any] | None = None
+
+    def add(self, candidate: float, serving: float, base: float) -> None:
+        """Add one example's three log losses to the window."""
+        w, sums = self.window, self.sums
+        if len(w) == w.maxlen:
+            old = w[0]
+            sums[0] -= old[0]
+            sums[1] -= old[1]
+            sums[2] -= old[2]
+        w.append((candidate, serving, base))
+        sums[0] += candidate
+        sums[1] += serving
+        sums[2] += base
+
+    def means(self) -> tuple[float, float, float]:
+        """Mean log loss of the candidate, the serving model and the base rate."""
+        n = len(self.window)
+        if not n:
+            return (math.nan, math.nan, math.nan)
+        # recomputed exactly (running sums drift): called once per due version
+        c = math.fsum(x[0] for x in self.window) / n
+        s = math.fsum(x[1] for x in self.window) / n
+        b = math.fsum(x[2] for x in self.window) / n
+        return (c, s, b)
+
+    def difference_se(self) -> float:
+        """Standard error of the mean paired difference (candidate - serving) of the log
+        losses over the window (0.0 with fewer than 2 examples)."""
+        n = len(self.window)
+        if n < 2:
+            return 0.0
+        d = [c - s for c, s, _ in self.window]
+        mean = math.fsum(d) / n
+        var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
+        return math.sqrt(var / n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": [list(x) for x in self.window],
+            "serving": None if self.serving is None else orjson.loads(self.serving.to_json()),
+            "promoted": self.promoted,
+            "last": self.last,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], size: int) -> Promotion:
+        serving = data.get("serving")
+        pr = cls(size, None if serving is None else LinearModel.from_json(orjson.dumps(serving)))
+        pr.promoted = bool(data.get("promoted", pr.promoted))
+        pr.last = data.get("last")
+        for c, s, b in data.get("window", []):
+            pr.add(c, s, b)
+        return pr
 
 
 class Trainer:
@@ -72,6 +185,16 @@ class Trainer:
         self.samples = {g.name: ProfileSample(sample_profiles) for g in config.goals}
         self._aging = Featurizer(config).aging()
         self.since_snapshot = {g.name: 0 for g in config.goals}
+        #: per goal: the serving model and the rolling log-loss windows of the promotion
+        self.promotion = {g.name: Promotion(m.promotion_window) for g in config.goals}
+        #: the newest :data:`PROMOTIONS_KEPT` decisions, oldest first: ``goal``,
+        #: ``version`` (promoted, or the serving one kept), ``time`` (wall clock),
+        #: ``matured_ms`` (event time of the newest example learnt), ``n_examples``,
+        #: ``candidate_logloss``, ``serving_logloss``, ``base_rate_logloss``,
+        #: ``difference_se``, ``window``, ``promoted``
+        self.promotions: list[dict[str, Any]] = []
+        #: per goal: event time (ms) the newest learnt example matured at
+        self.matured_ms = {g.name: 0 for g in config.goals}
         self.published_warming: dict[str, bool] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.dedup_capacity = dedup_capacity
@@ -82,22 +205,39 @@ class Trainer:
         goal: str,
         state: bytes,
         sample: dict[str, bytes] | dict[bytes, bytes] | None = None,
+        *,
+        serving: LinearModel | None = None,
     ) -> bool:
-        """Resume a goal's learner from :meth:`OnlineLearner.to_state` JSON, and its
-        profile sample from :meth:`ProfileSample.fields` (``None``: none stored).
+        """Resume a goal's learner and promotion from :meth:`state` JSON, and its profile
+        sample from :meth:`ProfileSample.fields` (``None``: none stored).
 
         A learner on other features (an edited configuration) is not resumed: a new
         lineage starts (:meth:`OnlineLearner.successor`), its versions continuing the old
-        one's, its models held back while it warms up, its sample empty (the stored one
+        one's, its models held back while it warms up, then promoted only if they beat the
+        serving model (projected onto the new features), its sample empty (the stored one
         follows the old features and is replaced: :meth:`sample_changes`). Returns False
         in that case. A sample that cannot be read is replaced by an empty one too.
+        ``serving`` (the model in the store) is used when the state has no promotion part
+        (written by an older version).
         """
         learner = OnlineLearner.from_state(state, **self.learner_kwargs)
+        raw = orjson.loads(state).get("promotion")
+        size = self.config.model.promotion_window
+        promotion = Promotion.from_dict(raw, size) if raw else Promotion(size, serving)
+        if promotion.serving is not None and promotion.serving.feature_names != self.feature_names:
+            promotion.serving = promotion.serving.project(self.feature_names)
+        self.promotion[goal] = promotion
+        if raw:
+            self.since_snapshot[goal] = int(raw.get("since_snapshot", 0))
+            if raw.get("published_warming") is not None:
+                self.published_warming[goal] = bool(raw["published_warming"])
         if learner.feature_names != self.feature_names:
             self.learners[goal] = OnlineLearner.successor(
                 learner, self.feature_names, **self.learner_kwargs
             )
             self._fresh_sample(goal)
+            promotion.window.clear()  # the old lineage's candidate losses
+            promotion.sums = [0.0, 0.0, 0.0]
             return False
         self.learners[goal] = learner
         try:
@@ -116,6 +256,24 @@ class Trainer:
         ``(replace the stored sample whole, entries to write, profile ids to delete)``."""
         return self.samples[goal].changes()
 
+    def state(self, goal: str) -> bytes:
+        """``goal``'s learner state (:meth:`OnlineLearner.to_state`) with its promotion
+        state (key ``promotion``): what :meth:`restore` resumes exactly from."""
+        raw = self.learners[goal].to_state()
+        promotion = self.promotion[goal].to_dict()
+        # the publication cadence too, so a resumed trainer publishes when this one would
+        promotion["since_snapshot"] = self.since_snapshot[goal]
+        promotion["published_warming"] = self.published_warming.get(goal)
+        return raw[:-1] + b',"promotion":' + orjson.dumps(promotion) + b"}"
+
+    def status(self, goal: str) -> str:
+        """``warming_up`` (no promoted model yet), ``live``, or ``poor`` (live AUC over the
+        metrics window below ``[model] min_auc``)."""
+        if not self.promotion[goal].promoted:
+            return "warming_up"
+        auc = self.learners[goal].metrics.summary().get("auc")
+        return "poor" if auc is not None and auc < self.config.model.min_auc else "live"
+
     def learn(self, example: Example) -> bool:
         """Learn ``example`` unless its id was learnt already. Returns True if learnt."""
         learner = self.learners.get(example.goal)
@@ -127,15 +285,27 @@ class Trainer:
         self.seen[example.example_id] = None
         if len(self.seen) > self.dedup_capacity:
             self.seen.popitem(last=False)
+        # prequential test of the three contenders, before the example is learnt
+        y = 1 if example.label else 0
+        base = learner.base_rate
+        serving = self.promotion[example.goal].serving
+        if serving is None or serving.warming_up:
+            p_serving = base if serving is None else serving.base_rate
+        else:
+            p_serving = serving.probability_t(transform(example.features))
         served = example.probability
-        learner.learn(
+        candidate = learner.learn(
             example.features,
             example.label,
             0.5 if served is None else served,  # None: warming up, not measured
             example.served_warming_up or served is None,
         )
+        self.promotion[example.goal].add(
+            log_loss(candidate, y), log_loss(p_serving, y), log_loss(base, y)
+        )
         self.samples[example.goal].add(example.profile_id, example.prediction_ts, example.features)
         self.since_snapshot[example.goal] += 1
+        self.matured_ms[example.goal] = example.matured_ts
         return True
 
     def due(self, force: bool = False) -> list[str]:
@@ -162,13 +332,52 @@ class Trainer:
                 due.append(g)
         return due
 
-    def snapshot(self, goal: str) -> LinearModel:
-        """Export a new version of ``goal``'s model, with the cut points of its
-        probabilities over the goal's sample of profiles (none while warming up: every
-        profile gets the one base rate, percentile 50)."""
+    def snapshot(self, goal: str) -> LinearModel | None:
+        """A new version of ``goal``'s model to publish, or None if it is refused.
+
+        A learner still warming up publishes its base rate. Otherwise the candidate is
+        promoted only if its mean log loss over the promotion window is no worse than the
+        serving model's and better than the base rate's; a refused candidate publishes
+        nothing (its version number is not consumed) unless the goal has no promoted
+        model yet, which then publishes a base-rate version (``warming_up``) so the served
+        rate follows the data. Every decision is appended to :attr:`promotions`.
+        """
         self.since_snapshot[goal] = 0
-        model = self.learners[goal].snapshot()
-        if not model.warming_up:
+        learner = self.learners[goal]
+        promotion = self.promotion[goal]
+        if learner.warming_up:
+            model = learner.snapshot()
+            model.status = "warming_up"
+            promotion.serving = model
+            self.published_warming[goal] = True
+            return model
+        cand, serv, base = promotion.means()
+        se = promotion.difference_se()
+        # "no worse" within the noise of the window: two models that predict alike differ
+        # by chance; only a candidate worse by more than NOISE_SE standard errors is refused
+        promoted = cand - serv <= NOISE_SE * se and cand < base
+        decision = {
+            "goal": goal,
+            "version": learner.version + 1 if promoted else learner.version,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "matured_ms": self.matured_ms[goal],
+            "n_examples": learner.n_examples,
+            "candidate_logloss": cand,
+            "serving_logloss": serv,
+            "base_rate_logloss": base,
+            "difference_se": se,
+            "window": len(promotion.window),
+            "promoted": promoted,
+        }
+        self.promotions.append(decision)
+        promotion.last = decision
+        if len(self.promotions) > PROMOTIONS_KEPT:
+            del self.promotions[0]
+        self.published_warming[goal] = False  # no immediate re-try: the cadence decides
+        if promoted:
+            promotion.promoted = True
+            model = learner.snapshot()
+            model.status = self.status(goal)
             sample = self.samples[goal]
             if len(sample):
                 # the sampled profiles as of the goal's newest maturation (its newest
@@ -178,5 +387,12 @@ class Trainer:
                 now = sample.newest() + self.config.goal(goal).window_ms
                 vectors = sample.matrix_at(now, self._aging)
                 model.quantiles = cut_points(probabilities(model, vectors).tolist())
-        self.published_warming[goal] = model.warming_up
+        elif not promotion.promoted:
+            model = learner.snapshot()  # the running base rate, served while warming up
+            model.warming_up = True
+            model.status = "warming_up"
+            decision["version"] = model.version
+        else:
+            return None
+        promotion.serving = model
         return model

@@ -181,7 +181,9 @@ def final_models(result: BacktestResult) -> dict[str, LinearModel]:
     one (as the trainer's ``snapshot_every_seconds`` timer publishes), else the last one."""
     trainer = result.trainer
     for goal in trainer.due(force=True):
-        result.models.append(trainer.snapshot(goal))
+        model = trainer.snapshot(goal)
+        if model is not None:  # refused: the serving version stays
+            result.models.append(model)
     served: dict[str, LinearModel] = {}
     for model in result.models:
         served[model.goal] = model
@@ -263,7 +265,8 @@ async def write_profiles(
 async def write_models(
     store: RedisStore, result: BacktestResult, served: dict[str, LinearModel]
 ) -> None:
-    """Learner states, served models and their versions, and the learnt example ids."""
+    """Learner states (with their promotion state), profile samples, served models and
+    their versions, and the learnt example ids."""
     prefix = store.prefix
     now = int(time.time() * 1000)
     learnt: dict[str, list[str]] = defaultdict(list)
@@ -272,7 +275,12 @@ async def write_models(
     async with store.redis.pipeline(transaction=False) as pipe:
         for goal, learner in result.trainer.learners.items():
             if learner.n_examples:
-                pipe.set(f"{prefix}:learner:{goal}", learner.to_state())
+                # with its promotion state, as the trainer writes it
+                pipe.set(f"{prefix}:learner:{goal}", result.trainer.state(goal))
+            sample = result.trainer.samples[goal].fields()  # the percentile basis
+            pipe.delete(store.sample_key(goal))
+            if sample:
+                pipe.hset(store.sample_key(goal), mapping=sample)
             model = served.get(goal)
             if model is not None:
                 pipe.set(f"{prefix}:model:{goal}", model.to_json())

@@ -8,6 +8,9 @@ event-time order, no Kafka) and writes
   lift_top_decile`` (and ``mean_probability, n_matured, n_open_window``), then ``all`` and
   ``live`` (served by a live model) figures against the running base rate, and the same
   per month (``months``) and per model version (``versions``), see :mod:`models.quality`;
+  the goal's final
+  ``status`` (``warming_up``, ``live`` or ``poor``) and ``promotions``: every promotion
+  decision of the trainer (:attr:`models.training.Trainer.promotions`);
 - ``DIR/examples.csv``: one row per matured example, ``goal, profile_id,
   prediction_time, label, probability, model_version, warming_up, trigger`` then one
   column per feature;
@@ -100,6 +103,13 @@ def write_outputs(
     )
     report["summary"] = dict(summary or {})
     metrics = {goal: data["metrics"] for goal, data in report["goals"].items()}
+    for goal, data in metrics.items():  # the final status and every promotion decision
+        data["status"] = result.trainer.status(goal)
+        data["promotions"] = [
+            {k: v for k, v in p.items() if k != "goal"}
+            for p in result.trainer.promotions
+            if p["goal"] == goal
+        ]
     (out_dir / "metrics.json").write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
     (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
     return metrics

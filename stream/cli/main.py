@@ -13,6 +13,7 @@ command                        what it does
 ``backfill EVENTS``            import a history into Redis: states, learners, models
 ``lag``                        consumer lag read from the broker (``--watch``, ``--json``)
 ``segment``                    profiles of a goal's bucket (optionally by top factor)
+``models``                     per goal: served version, status, live metrics, last promotion
 ``quarantine``                 profiles whose record cannot be read; ``show ID``, ``release ID``
 ``watermarks [reset]``         each partition's stored watermark; move one that ran ahead back
 ``demo``                       everything end to end on embedded servers, then stop
@@ -57,6 +58,7 @@ SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
     "lag": ("kafka",),
     "profile": ("redis",),
     "segment": ("redis",),
+    "models": ("redis",),
     "quarantine": ("redis",),
     "watermarks": ("redis",),
     "backfill": ("redis",),
@@ -119,6 +121,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return segment_main(
         args.goal, args.bucket, args.factor, args.limit, args.json, config_path=args.config
     )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from stream.cli.models import models_main
+
+    return models_main(args.json, config_path=args.config)
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -424,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the listing as JSON")
     _config_option(p)
     p.set_defaults(fn=cmd_segment)
+
+    p = command("models", "per goal: served version, status, live metrics, last promotion")
+    p.add_argument("--json", action="store_true", help="print the models as one JSON object")
+    _config_option(p)
+    p.set_defaults(fn=cmd_models)
 
     p = command("quarantine", "profiles whose stored record cannot be read (default: list them)")
     p.add_argument("--json", action="store_true", help="list them as JSON lines")

@@ -24,6 +24,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -54,6 +55,8 @@ __all__ = [
     "LIVE_BASE_RATE",
     "LIVE_ECE",
     "LIVE_LOGLOSS",
+    "MODEL_STATUS",
+    "MODEL_STATUSES",
     "MODEL_VERSION",
     "PARTITIONS_ASSIGNED",
     "PROCESSING_LATENCY",
@@ -71,7 +74,9 @@ __all__ = [
     "SEGMENT_CHANGES",
     "TRAINING_EXAMPLES",
     "TRAINING_RECORDS_RECOVERED",
+    "init_model_series",
     "metric_names",
+    "observe_model",
     "observe_end_to_end",
     "observe_end_to_end_many",
     "observe_processing",
@@ -250,6 +255,47 @@ LIVE_ECE = Gauge(
     ["goal"],
     registry=REGISTRY,
 )
+MODEL_STATUS = Gauge(
+    "customer_ai_model_status",
+    "1 for the goal's current status (warming_up: no promoted model yet; live; poor: live "
+    "AUC below [model] min_auc), 0 for the others; NaN until a model is known.",
+    ["goal", "status"],
+    registry=REGISTRY,
+)
+#: the values of the ``status`` label of :data:`MODEL_STATUS`
+MODEL_STATUSES = ("warming_up", "live", "poor")
+_LIVE_GAUGES = (
+    (LIVE_AUC, "auc"),
+    (LIVE_LOGLOSS, "logloss"),
+    (LIVE_BASE_RATE, "base_rate"),
+    (LIVE_ECE, "ece"),
+)
+
+
+def init_model_series(goals: Sequence[str]) -> None:
+    """Create every goal's model series (version, live metrics, status) as NaN, so they
+    exist in /metrics from the worker's start, before any model is known."""
+    nan = float("nan")
+    for goal in goals:
+        MODEL_VERSION.labels(goal=goal).set(nan)
+        for gauge, _ in _LIVE_GAUGES:
+            gauge.labels(goal=goal).set(nan)
+        for status in MODEL_STATUSES:
+            MODEL_STATUS.labels(goal=goal, status=status).set(nan)
+
+
+def observe_model(goal: str, version: int, live: dict[str, Any], status: str) -> None:
+    """Set ``goal``'s model series from a model version, its live metrics and status
+    (``""``: a model written before statuses, its status is left as it was)."""
+    MODEL_VERSION.labels(goal=goal).set(version)
+    for gauge, key in _LIVE_GAUGES:
+        value = live.get(key)
+        gauge.labels(goal=goal).set(float("nan") if value is None else value)
+    if status in MODEL_STATUSES:
+        for s in MODEL_STATUSES:
+            MODEL_STATUS.labels(goal=goal, status=s).set(1.0 if s == status else 0.0)
+
+
 BUCKET_SIZE = Gauge(
     "customer_ai_bucket_size",
     "Profiles currently in each score bucket, per goal (SCARD of the segment sets: every worker reports the global size, so aggregate with max, not sum).",

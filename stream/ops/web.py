@@ -4,7 +4,7 @@
   :data:`stream.ops.health.HEALTH` lasts (Redis failing, the broker unreachable, an
   assigned partition making no progress), else 503 with the reasons in the body;
 - ``GET /profiles/{id}``: features, scores, factors, buckets (404 if unknown);
-- ``GET /models``: served versions and live metrics per goal;
+- ``GET /models``: per goal: served version, status, live metrics, last promotion decision;
 - ``GET /metrics``: Prometheus exposition.
 
 The worker's entry point (:func:`stream.worker.app.main`) calls :func:`register_views`
@@ -25,6 +25,7 @@ from models.profile import profile_document
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.ops.health import HEALTH
+from stream.ops.models_view import model_summary, read_last_decisions
 
 __all__ = ["models_document", "register_views"]
 
@@ -33,6 +34,8 @@ class _Store(Protocol):
     redis: Any
 
     async def get_profile(self, profile_id: str) -> bytes | None: ...
+
+    async def get_learner(self, goal: str) -> bytes | None: ...
 
     def quarantine_key(self, profile_id: str) -> str: ...
 
@@ -56,20 +59,13 @@ class WorkerRuntime(Protocol):
     def scorer(self) -> _Scorer: ...
 
 
-def models_document(engine: Engine) -> dict[str, Any]:
-    """Served model version, warm-up and live metrics per goal."""
-    return {
-        goal: {
-            "version": m.version,
-            "warming_up": m.warming_up,
-            "n_examples": m.n_examples,
-            "n_positive": m.n_positive,
-            "base_rate": m.base_rate,
-            "live": m.metrics,
-            "created_at": m.created_at,
-        }
-        for goal, m in engine.models.items()
-    }
+def models_document(
+    engine: Engine, last: dict[str, dict[str, Any] | None] | None = None
+) -> dict[str, Any]:
+    """Per goal: served version, status, examples, live metrics, last promotion decision
+    (:func:`stream.ops.models_view.model_summary`)."""
+    last = last or {}
+    return {goal: model_summary(m, last.get(goal)) for goal, m in engine.models.items()}
 
 
 def register_views(
@@ -126,8 +122,10 @@ def register_views(
     @app.page("/models")
     class Models(View):
         async def get(self, request: Request) -> Response:
-            await runtime().scorer.refresh_models()
-            return self.json(models_document(runtime().engine))
+            rt = runtime()
+            await rt.scorer.refresh_models()
+            last = await read_last_decisions(rt.store, list(rt.engine.models))
+            return self.json(models_document(rt.engine, last))
 
     @app.page("/metrics")
     class Metrics(View):

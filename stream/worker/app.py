@@ -80,6 +80,8 @@ COLLECTOR = BetweenBatchesCollector()
 
 settings = Settings.from_env()
 config = load_config(settings.config_path)
+# every goal's model series (version, live metrics, status) exist from start, NaN until known
+metrics.init_model_series([g.name for g in config.goals])
 
 
 app = faust.App(

@@ -152,9 +152,10 @@ class BatchScorer:
             if raw is None:
                 continue
             try:
-                if self.engine.set_model(LinearModel.from_json(raw)):
+                model = LinearModel.from_json(raw)
+                if self.engine.set_model(model):
                     updated.append(goal)
-                    metrics.MODEL_VERSION.labels(goal=goal).set(version)
+                    metrics.observe_model(goal, version, model.metrics, model.status)
             except (ValueError, TypeError, KeyError) as exc:
                 log.error("cannot load model %s v%s: %s", goal, version, exc)
         return updated

@@ -29,7 +29,9 @@ dead-lettered nor counted as rejected events (``docs/OPERATING.md``, "Retries").
 
 Serving models are published (a new version in Redis and on ``customer-ai.models``)
 every ``snapshot_every_examples`` examples or ``snapshot_every_seconds``, whichever
-comes first; scoring workers pick them up while they run. A ``models`` message lost
+comes first, if promoted (:mod:`models.training`: a candidate worse than the serving
+version on the recent examples is refused and the serving version stays; the decision is
+kept in the learner state's ``promotion`` part); scoring workers pick them up while they run. A ``models`` message lost
 in a crash is not re-sent: the version is in Redis, the next one goes out anyway.
 """
 
@@ -48,6 +50,7 @@ from models.features import Featurizer
 from models.layout import FeatureLayout
 from models.messages import example_from_message
 from models.migrate import LEGACY, FeatureMap
+from models.model import LinearModel
 from models.outcome import Example
 from models.training import Trainer
 from stream.ops import metrics
@@ -132,7 +135,9 @@ class TrainerStep:
             if raw is not None:
                 try:
                     sample = await self.store.get_sample(goal)
-                    if not self.trainer.restore(goal, raw, sample):
+                    serving_json = await self.store.get_model(goal)
+                    serving = LinearModel.from_json(serving_json) if serving_json else None
+                    if not self.trainer.restore(goal, raw, sample, serving=serving):
                         log.warning(
                             "learner %s was trained on other features (the configuration's "
                             "events or horizons changed): a new lineage starts after v%d; "
@@ -299,9 +304,16 @@ class TrainerStep:
         models = []
         for goal in publish:
             model = self.trainer.snapshot(goal)
-            models.append((goal, model.version, model.to_json(), model.metrics))
+            if model is None:  # refused: the serving version stays (trainer.promotions)
+                continue
+            models.append((goal, model.version, model.to_json(), model))
         states = [
-            (goal, lr.version, next((m for g, _, m, _ in models if g == goal), None), lr.to_state())
+            (
+                goal,
+                lr.version,
+                next((m for g, _, m, _ in models if g == goal), None),
+                self.trainer.state(goal),
+            )
             for goal, lr in learners.items()
         ]
         if outbox:  # dead letters first: at-least-once, like every output
@@ -319,8 +331,8 @@ class TrainerStep:
         learnt = sum(len(ids) for ids in learnt_ids.values())
         if models:
             self.last_publish = time.monotonic()
-            for goal, version, model_json, live in models:
-                self._gauges(goal, version, live)
+            for goal, version, model_json, model in models:
+                metrics.observe_model(goal, version, model.metrics, model.status)
                 outbox.append((self.settings.topic("models"), goal.encode(), model_json))
             log.info("published %s", ", ".join(f"{g} v{v}" for g, v, _, _ in models))
             await self.producer.send_all(outbox)
@@ -395,15 +407,3 @@ class TrainerStep:
             metrics.TRAINING_RECORDS_RECOVERED.inc(len(got))
             missing.extend(got)
         return missing + records if missing else records
-
-    @staticmethod
-    def _gauges(goal: str, version: int, live: dict) -> None:
-        metrics.MODEL_VERSION.labels(goal=goal).set(version)
-        for gauge, key in (
-            (metrics.LIVE_AUC, "auc"),
-            (metrics.LIVE_LOGLOSS, "logloss"),
-            (metrics.LIVE_BASE_RATE, "base_rate"),
-            (metrics.LIVE_ECE, "ece"),
-        ):
-            if live.get(key) is not None:
-                gauge.labels(goal=goal).set(live[key])

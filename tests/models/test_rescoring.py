@@ -57,8 +57,10 @@ def _replay(engine: Engine, events: list[Event]) -> tuple[dict[str, ProfileState
 @pytest.fixture(scope="module")
 def trained_models() -> dict[str, Any]:
     """Models a backtest of other generated events trained (fixed during the comparison)."""
-    result = run_backtest(generate_events(profiles=300, days=300, seed=11), CFG)
-    return {goal: model for goal, model in result.engine.models.items()}
+    result = run_backtest(generate_events(profiles=400, days=360, seed=11), CFG)
+    models = dict(result.engine.models)
+    assert all(m.status == "live" for m in models.values()), models
+    return models
 
 
 def test_every_rescoring_and_lazy_rescoring_agree(trained_models: dict[str, Any]) -> None:
@@ -103,15 +105,19 @@ def test_a_quiet_profile_churn_probability_rises(trained_models: dict[str, Any])
     engine = Engine(CFG, trained_models)
     body = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 30.0}}}
     out = Outcome()
-    state = engine.process(None, Event("e-1", "p", "x", 0, body), out)
-    state = engine.process(state, Event("e-2", "p", "x", 5 * DAY_MS, body), out)
+    view = {"eventType": "web.webpagedetails.pageViews"}
+    state = None
+    for day in range(21):  # an active buyer: a visit a day, a purchase a week
+        kind = body if day % 7 == 5 else view
+        state = engine.process(state, Event(f"e-{day}", "p", "x", day * DAY_MS, kind), out)
+    assert state is not None
     at_last_event = next(s for s in reversed(out.scores) if s.goal == "churn").probability
     out.clear()
-    engine.advance("p", state, 120 * DAY_MS, out)
+    engine.advance("p", state, 140 * DAY_MS, out)
     churn = [s for s in out.scores if s.goal == "churn"]
-    assert len(churn) == 114  # days 6 .. 119
-    assert churn[-1].probability > at_last_event
-    assert state.goals["churn"].scored_ts == 119 * DAY_MS
+    assert len(churn) == 119  # days 21 .. 139
+    assert at_last_event is not None and churn[-1].probability > at_last_event
+    assert state.goals["churn"].scored_ts == 139 * DAY_MS
 
 
 def test_a_cold_goal_serves_its_prior_or_no_probability() -> None:
@@ -142,9 +148,9 @@ def test_a_cold_goal_serves_its_prior_or_no_probability() -> None:
 def test_rescoring_config_is_checked() -> None:
     base = open(CONFIG).read()
     assert parse_config(base).goals[0].rescore_every_ms == DAY_MS
-    off = parse_config(base + "\n[scoring]\nrescore_every_hours = 0\n")
+    off = parse_config(base.replace("rescore_every_hours = 24", "rescore_every_hours = 0"))
     assert all(g.rescore_every_ms == 0 for g in off.goals)
     with pytest.raises(Exception, match="at least 1"):
-        parse_config(base + "\n[scoring]\nrescore_every_hours = 0.5\n")
+        parse_config(base.replace("rescore_every_hours = 24", "rescore_every_hours = 0.5"))
     with pytest.raises(Exception, match="prior"):
         parse_config(base.replace('name = "churn"\n', 'name = "churn"\nprior = 1.5\n', 1))

@@ -102,7 +102,7 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
     commands = _subparsers(parser)
     assert set(commands) == {
         "dev", "worker", "generate", "replay", "tail", "profile", "evaluate", "lag",
-        "segment", "demo", "quarantine", "watermarks", "backfill",
+        "segment", "models", "demo", "quarantine", "watermarks", "backfill",
     }  # fmt: skip
     for name, sub in {"customer-ai": parser, **commands}.items():
         formatter = sub._get_formatter()
@@ -179,6 +179,7 @@ CONFIG_COMMANDS = {
     "tail": ["--goal", "conversion"],
     "profile": ["p-1"],
     "segment": ["--goal", "conversion"],
+    "models": [],
     "quarantine": ["release", "p-1", "--reset"],
     "evaluate": ["{events}", "--out", "out"],
     "backfill": ["{events}", "--partitions", "4"],
@@ -233,6 +234,7 @@ def test_tail_of_an_unknown_goal_fails_at_once_listing_the_goals(tmp_path: Path)
     [
         (["profile", "p-1"], "REDIS_URL"),
         (["segment", "--goal", "conversion"], "REDIS_URL"),
+        (["models"], "REDIS_URL"),
         (["quarantine"], "REDIS_URL"),
         (["tail"], "KAFKA_BOOTSTRAP_SERVERS"),
         (["replay", "events.jsonl"], "KAFKA_BOOTSTRAP_SERVERS"),
@@ -260,7 +262,7 @@ def test_the_servers_of_dev_env_are_used(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["profile", "p-1"], ["segment", "--goal", "conversion"], ["quarantine"],
+    [["profile", "p-1"], ["segment", "--goal", "conversion"], ["models"], ["quarantine"],
      ["quarantine", "show", "p-1"], ["quarantine", "release", "p-1", "--restore"]],
 )  # fmt: skip
 def test_unreachable_redis_is_named_with_its_password_redacted(

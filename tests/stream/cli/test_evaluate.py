@@ -65,6 +65,12 @@ def test_writes_metrics_per_goal(evaluated: tuple[Path, Path]) -> None:
             assert key in m, (goal, key)
         assert m["n_examples"] > 0 and 0 < m["n_positive"] < m["n_examples"]
         assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["ece"] <= 1.0 and m["logloss"] > 0
+        assert m["status"] in ("warming_up", "live", "poor")
+        for decision in m["promotions"]:
+            assert {"version", "n_examples", "candidate_logloss", "serving_logloss",
+                    "base_rate_logloss", "promoted"} <= set(decision)  # fmt: skip
+        if m["status"] != "warming_up":
+            assert any(d["promoted"] for d in m["promotions"])
 
 
 def test_examples_csv_rows_match_the_backtest(evaluated: tuple[Path, Path]) -> None:

@@ -118,6 +118,9 @@ class OpsRun:
     stalled_lag: float = 0.0
     final: Scrape | None = None  # after everything drained
     timings: dict[str, float] = field(default_factory=dict)
+    #: /metrics and ``customer-ai models --json`` once ready, before any event
+    metrics_at_start: str = ""
+    models_cli_at_start: subprocess.CompletedProcess[str] | None = None
     topics: dict[str, list[Message]] = field(default_factory=dict)
 
     def scrape(self) -> tuple[Samples, set[str], str]:
@@ -260,6 +263,8 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsRun]:
                     break
                 time.sleep(0.1)
             run.timings["worker ready"] = time.monotonic() - started
+            run.metrics_at_start = run.scrape()[2]
+            run.models_cli_at_start = run.cli("models", "--json")
 
             # phase A: a burst, scraped throughout
             stop = threading.Event()
@@ -559,6 +564,56 @@ def test_models_view_has_versions_and_live_metrics(ops: OpsRun) -> None:
     assert {"auc", "logloss", "base_rate"} <= set(conversion["live"])
     samples, _, _ = ops.scrape()
     assert total(samples, "customer_ai_model_version", goal="conversion") == conversion["version"]
+
+
+MODEL_SERIES = (
+    "customer_ai_model_version",
+    "customer_ai_live_auc",
+    "customer_ai_live_logloss",
+    "customer_ai_live_base_rate",
+    "customer_ai_live_ece",
+)
+
+
+def test_model_series_exist_from_start_as_nan_until_a_model_is_known(ops: OpsRun) -> None:
+    samples, _ = parse_metrics(ops.metrics_at_start)
+    for name in MODEL_SERIES:
+        values = {lab["goal"]: v for lab, v in samples.get(name, [])}
+        assert set(values) == {"conversion", "churn"}, name
+        assert all(v != v for v in values.values()), (name, values)  # NaN
+    status = {(lab["goal"], lab["status"]) for lab, _ in samples["customer_ai_model_status"]}
+    assert status == {
+        (g, s) for g in ("conversion", "churn") for s in ("warming_up", "live", "poor")
+    }
+    cli = ops.models_cli_at_start
+    assert cli is not None and cli.returncode == 0, cli
+    doc = orjson.loads(cli.stdout)
+    assert set(doc) == {"conversion", "churn"}
+    assert all(row["version"] == 0 and row["status"] == "warming_up" for row in doc.values())
+
+
+def test_status_in_models_view_cli_and_metrics(ops: OpsRun) -> None:
+    status, body = ops.worker.get("/models")
+    assert status == 200
+    view = orjson.loads(body)
+    cli = ops.cli("models", "--json")
+    assert cli.returncode == 0, cli.stderr
+    doc = orjson.loads(cli.stdout)
+    samples, _, _ = ops.scrape()
+    for goal in ("conversion", "churn"):
+        assert view[goal]["status"] in ("warming_up", "live", "poor")
+        assert doc[goal]["version"] == view[goal]["version"]
+        assert doc[goal]["status"] == view[goal]["status"]
+        assert {"auc", "logloss", "base_rate_logloss", "ece"} <= set(doc[goal]["live"])
+        assert "last_promotion" in doc[goal]
+        current = {lab["status"]: v for lab, v in samples["customer_ai_model_status"]
+                   if lab["goal"] == goal}  # fmt: skip
+        if view[goal]["version"] > 0:
+            assert current[view[goal]["status"]] == 1.0, current
+    conversion = doc["conversion"]
+    assert conversion["status"] in ("live", "poor") and conversion["last_promotion"]
+    table = ops.cli("models")
+    assert table.returncode == 0 and "conversion" in table.stdout and "status" in table.stdout
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])

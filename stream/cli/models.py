@@ -1,0 +1,110 @@
+"""``customer-ai models [--json]``: per goal, the served version, its status, live metrics
+and the trainer's last promotion decision, read from Redis.
+
+The rows are :func:`stream.ops.models_view.model_summary`, the same as ``GET /models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any, TextIO
+
+import orjson
+
+from models.model import LinearModel
+from stream.cli.common import CliError, connect_store, load_cli_config, output_console
+from stream.ops.models_view import last_decision, model_summary
+
+__all__ = ["models_main"]
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _decision(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "-"
+    verb = "promoted" if last.get("promoted") else "refused"
+    version = last.get("version")
+    return (
+        f"{verb} v{version} at {last.get('n_examples', 0):,} examples (log loss "
+        f"{_number(last.get('candidate_logloss'))} vs serving "
+        f"{_number(last.get('serving_logloss'))}, base rate "
+        f"{_number(last.get('base_rate_logloss'))})"
+    )
+
+
+def _print_table(document: dict[str, dict[str, Any]], out: TextIO) -> None:
+    from rich.table import Table
+
+    table = Table(title="Models")
+    table.add_column("goal")
+    for name in ("version", "status", "examples", "AUC", "log loss", "base-rate log loss", "ECE"):
+        table.add_column(name, justify="right")
+    table.add_column("last promotion decision", overflow="fold")
+    for goal, row in document.items():
+        live = row["live"]
+        table.add_row(
+            goal,
+            f"v{row['version']}",
+            row["status"],
+            f"{row['n_examples']:,}",
+            _number(live.get("auc")),
+            _number(live.get("logloss")),
+            _number(live.get("base_rate_logloss")),
+            _number(live.get("ece")),
+            _decision(row["last_promotion"]),
+        )
+    output_console(out).print(table)
+
+
+def models_main(
+    as_json: bool = False, *, out: TextIO | None = None, config_path: str | None = None
+) -> int:
+    """``customer-ai models [--json]``.
+
+    Connection and configuration come from the environment, as for ``customer-ai
+    segment``. Every configured goal has a row (version 0, ``warming_up``, before its
+    first model).
+
+    Returns
+    -------
+    int
+        0; 1 when Redis cannot be reached within 5 s.
+    """
+    from stream.worker.settings import Settings
+
+    out = out or sys.stdout
+    settings = Settings.from_env()
+    config = load_cli_config(config_path)
+    goals = [g.name for g in config.goals]
+
+    async def run() -> dict[str, dict[str, Any]]:
+        store = await connect_store(settings)
+        try:
+            document = {}
+            for goal in goals:
+                raw = await store.get_model(goal)
+                model = None
+                if raw is not None:
+                    try:
+                        model = LinearModel.from_json(raw)
+                    except (ValueError, TypeError, KeyError) as exc:
+                        raise CliError(f"the model of {goal!r} cannot be read: {exc}") from None
+                document[goal] = model_summary(model, last_decision(await store.get_learner(goal)))
+            return document
+        finally:
+            await store.close()
+
+    try:
+        document = asyncio.run(run())
+    except CliError as exc:
+        print(f"customer-ai models: {exc.message}", file=sys.stderr)
+        return exc.status
+    if as_json:
+        out.write(orjson.dumps(document).decode() + "\n")
+    else:
+        _print_table(document, out)
+    return 0

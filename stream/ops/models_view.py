@@ -1,0 +1,76 @@
+"""One goal's model as ``GET /models`` and ``customer-ai models`` show it.
+
+A row per configured goal: the served version, its status (``warming_up``, ``live``,
+``poor``: docs/DESIGN.md, "Promotion"), examples learnt, live metrics with the log loss of
+the window's base rate beside the model's, and the trainer's last promotion decision
+(read from the promotion part of ``P:learner:<goal>``).
+
+>>> from models.model import LinearModel
+>>> row = model_summary(LinearModel.cold("g", ["a"]), None)
+>>> row["version"], row["status"], row["live"]["base_rate_logloss"]
+(0, 'warming_up', None)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import orjson
+
+from models.model import LinearModel
+
+__all__ = ["base_rate_logloss", "last_decision", "model_summary", "read_last_decisions"]
+
+
+class _Store(Protocol):
+    async def get_learner(self, goal: str) -> bytes | None: ...
+
+
+def base_rate_logloss(rate: float | None) -> float | None:
+    """The log loss of always predicting ``rate`` on examples whose positive rate it is.
+
+    >>> round(base_rate_logloss(0.5), 4), base_rate_logloss(None)
+    (0.6931, None)
+    """
+    if rate is None or not 0.0 < rate < 1.0:
+        return None if rate is None else 0.0
+    return -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
+
+
+def model_summary(model: LinearModel | None, last: dict[str, Any] | None) -> dict[str, Any]:
+    """The row of one goal (``model`` None: nothing published or loaded yet)."""
+    if model is None:
+        model = LinearModel.cold("", [])
+    status = model.status or ("warming_up" if model.warming_up else "live")
+    live: dict[str, Any] = {"auc": None, "logloss": None, "ece": None, "base_rate": None}
+    live.update(model.metrics or {})
+    live["base_rate_logloss"] = base_rate_logloss(live["base_rate"])
+    return {
+        "version": model.version,
+        "status": status,
+        "warming_up": model.warming_up,
+        "n_examples": model.n_examples,
+        "n_positive": model.n_positive,
+        "base_rate": model.base_rate,
+        "live": live,
+        "created_at": model.created_at,
+        "last_promotion": last,
+    }
+
+
+def last_decision(learner_state: bytes | None) -> dict[str, Any] | None:
+    """The last promotion decision kept in a learner state (None: none, or unreadable)."""
+    if not learner_state:
+        return None
+    try:
+        promotion = orjson.loads(learner_state).get("promotion") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    last = promotion.get("last")
+    return last if isinstance(last, dict) else None
+
+
+async def read_last_decisions(store: _Store, goals: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Each goal's last promotion decision, from ``P:learner:<goal>``."""
+    return {goal: last_decision(await store.get_learner(goal)) for goal in goals}
