@@ -53,6 +53,7 @@ from models.engine import Engine
 from models.events import InvalidEvent, decode_event
 from models.features import Featurizer
 from models.messages import example_message
+from models.model import LinearModel
 from models.outcome import Example, Outcome
 from models.profile import profile_document
 from models.state import ProfileState
@@ -344,6 +345,7 @@ class Verdict:
     duplicate_examples_emitted: int = 0
     learnt: int = 0
     learnt_mismatches: list[str] = field(default_factory=list)
+    percentile_mismatches: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -356,6 +358,7 @@ class Verdict:
             "duplicate_examples_emitted": self.duplicate_examples_emitted,
             "examples_learnt": self.learnt,
             "learnt_mismatches": len(self.learnt_mismatches),
+            "percentile_mismatches": len(self.percentile_mismatches),
         }
 
     def assert_exact(self) -> None:
@@ -365,6 +368,39 @@ class Verdict:
         assert self.missing_scores == 0, f"{self.missing_scores} (event, goal) pairs not scored"
         assert self.unexpected_scores == 0, f"{self.unexpected_scores} unexpected scores"
         assert not self.learnt_mismatches, self.learnt_mismatches
+        assert not self.percentile_mismatches, (
+            f"{len(self.percentile_mismatches)} scores: {self.percentile_mismatches[:3]}"
+        )
+
+
+def percentile_mismatches(scores: list[dict[str, Any]], published: list[Any]) -> list[str]:
+    """Scores whose percentile or bucket is not the one their model version gives their
+    probability (whichever worker served it, before or after a restart), per the versions
+    published on the models topic (version 0: the cold model, 50)."""
+    models: dict[tuple[str, int], LinearModel] = {}
+    for m in published:
+        model = LinearModel.from_json(m.value)
+        models[(model.goal, model.version)] = model
+    bad: list[str] = []
+    for d in scores:
+        if d["probability"] is None:
+            continue
+        key = (d["goal"], d["model_version"], d["probability"])
+        model = models.get(key[:2]) or (
+            LinearModel.cold(d["goal"], []) if d["model_version"] == 0 else None
+        )
+        if model is None:
+            bad.append(f"{key}: version not published")
+            continue
+        # the message rounds the probability (6 places) after ranking it, and the
+        # percentile (1 place): any probability that rounds to it may have been ranked
+        p = d["probability"]
+        lo, hi = model.percentile(p - 5e-7), model.percentile(p + 5e-7)
+        if not lo - 0.05 - 1e-9 <= d["percentile"] <= hi + 0.05 + 1e-9:
+            bad.append(f"{key}: percentile {d['percentile']}, the version gives {lo:.2f}-{hi:.2f}")
+        elif CFG.buckets.bucket(lo) == CFG.buckets.bucket(hi) != d["bucket"]:
+            bad.append(f"{key}: bucket {d['bucket']}, the version gives {CFG.buckets.bucket(lo)}")
+    return bad
 
 
 def verify(ds: Dataset, redis_url: str, bootstrap: str, cli_samples: int = 2) -> Verdict:
@@ -413,6 +449,10 @@ def verify(ds: Dataset, redis_url: str, bootstrap: str, cli_samples: int = 2) ->
             if d["trigger"] == "event":  # scheduled rescorings carry no event
                 pairs[(d["event_id"], d["goal"])] += 1
         verdict.score_messages = sum(pairs.values())  # the events' scores
+        verdict.percentile_mismatches = percentile_mismatches(
+            [orjson.loads(m.value) for m in scores],
+            asyncio.run(consume_all(bootstrap, SETTINGS.topic("models"), idle=1.5)),
+        )
         verdict.missing_scores = len(ds.scores - set(pairs))
         verdict.unexpected_scores = len(set(pairs) - ds.scores)
         verdict.duplicate_scores = sum(n - 1 for n in pairs.values())
