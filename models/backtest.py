@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -252,8 +253,11 @@ def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
         for example in out.examples:
             if result.trainer.learn(example):
                 result.examples.append(example)
-        for goal in result.trainer.due():
-            model = result.trainer.snapshot(goal)
+        trainer = result.trainer
+        for goal in trainer.due():
+            # the sampled profiles ranked as they are now (the stream's trainer reads them
+            # from the profile store)
+            model = trainer.snapshot(goal, partial(trainer.current_vectors, goal, result.states))
             if model is None:  # refused: the serving version stays
                 continue
             result.engine.set_model(model)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ from models.learner import OnlineLearner
 from models.model import LinearModel, transform
 from models.outcome import Example
 from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
+from models.state import ProfileState
 
 __all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
 
@@ -183,7 +185,8 @@ class Trainer:
         self.sample_profiles = sample_profiles
         #: per goal: the sampled profiles' newest learnt vectors (the percentile basis)
         self.samples = {g.name: ProfileSample(sample_profiles) for g in config.goals}
-        self._aging = Featurizer(config).aging()
+        self._featurizer = Featurizer(config)
+        self._aging = self._featurizer.aging()
         self.since_snapshot = {g.name: 0 for g in config.goals}
         #: per goal: the serving model and the rolling log-loss windows of the promotion
         self.promotion = {g.name: Promotion(m.promotion_window) for g in config.goals}
@@ -332,7 +335,35 @@ class Trainer:
                 due.append(g)
         return due
 
-    def snapshot(self, goal: str) -> LinearModel | None:
+    def sample_clock(self, goal: str) -> int:
+        """The event time the percentile sample is ranked at: the goal's newest maturation
+        (its sample's newest prediction time + the window)."""
+        return self.samples[goal].newest() + self.config.goal(goal).window_ms
+
+    def sampled(self, goal: str) -> list[str]:
+        """The ids of the profiles in ``goal``'s percentile sample."""
+        return sorted(self.samples[goal].entries)
+
+    def current_vectors(
+        self, goal: str, states: Mapping[str, ProfileState | None]
+    ) -> dict[str, list[float]]:
+        """The sampled profiles' features as of :meth:`sample_clock` from their current
+        ``states`` (the profile store's, or the backtest's): what :meth:`snapshot` ranks
+        instead of their last learnt example, a window or more old. A state missing or of
+        another (or an unknown) feature layout is left out (its example's aged vector is
+        used)."""
+        at = self.sample_clock(goal)
+        fz = self._featurizer
+        out: dict[str, list[float]] = {}
+        for pid in self.samples[goal].entries:
+            state = states.get(pid)
+            if state is not None and state.layout == fz.fingerprint:
+                out[pid] = fz.vector_at(state, at)
+        return out
+
+    def snapshot(
+        self, goal: str, current: Callable[[], Mapping[str, list[float]]] | None = None
+    ) -> LinearModel | None:
         """A new version of ``goal``'s model to publish, or None if it is refused.
 
         A learner still warming up publishes its base rate. Otherwise the candidate is
@@ -341,6 +372,11 @@ class Trainer:
         nothing (its version number is not consumed) unless the goal has no promoted
         model yet, which then publishes a base-rate version (``warming_up``) so the served
         rate follows the data. Every decision is appended to :attr:`promotions`.
+
+        A promoted version carries the cut points of its probabilities over the sampled
+        profiles: what ``current()`` returns (:meth:`current_vectors`; called only for a
+        promoted version) where given, else each profile's newest learnt vector aged to
+        :meth:`sample_clock`.
         """
         self.since_snapshot[goal] = 0
         learner = self.learners[goal]
@@ -384,8 +420,13 @@ class Trainer:
                 # prediction time + the window: a function of the sample, the same after a
                 # restart), each aged from its example's prediction time as rescoring
                 # serves a quiet profile
-                now = sample.newest() + self.config.goal(goal).window_ms
-                vectors = sample.matrix_at(now, self._aging)
+                vectors = sample.matrix_at(self.sample_clock(goal), self._aging)
+                fresh = current() if current is not None else {}
+                if fresh:
+                    for row, pid in enumerate(sorted(sample.entries)):
+                        vector = fresh.get(pid)
+                        if vector is not None:
+                            vectors[row] = vector
                 model.quantiles = cut_points(probabilities(model, vectors).tolist())
         elif not promotion.promoted:
             model = learner.snapshot()  # the running base rate, served while warming up

@@ -52,6 +52,7 @@ from models.messages import example_from_message
 from models.migrate import LEGACY, FeatureMap
 from models.model import LinearModel
 from models.outcome import Example
+from models.state import ProfileState
 from models.training import Trainer
 from stream.ops import metrics
 from stream.worker.producer import BatchProducer, OutMessage
@@ -65,6 +66,8 @@ from stream.worker.store import RedisStore
 __all__ = ["TrainerStep"]
 
 log = logging.getLogger(__name__)
+#: the applied-offset field the sampled profiles' load asks for (none: it is not used)
+SAMPLE_OFFSET_FIELD = "o:-"
 
 #: Fenced re-runs of one batch before giving up on it (it is retried by the caller).
 MAX_FENCED_RETRIES = 20
@@ -301,9 +304,12 @@ class TrainerStep:
                 duplicates += 1
         force = time.monotonic() - self.last_publish >= self.config.model.snapshot_every_seconds
         publish = self.trainer.due(force=force)
+        current = await self._sampled_states(publish)
         models = []
         for goal in publish:
-            model = self.trainer.snapshot(goal)
+            model = self.trainer.snapshot(
+                goal, partial(self.trainer.current_vectors, goal, current)
+            )
             if model is None:  # refused: the serving version stays (trainer.promotions)
                 continue
             models.append((goal, model.version, model.to_json(), model))
@@ -337,6 +343,25 @@ class TrainerStep:
             log.info("published %s", ", ".join(f"{g} v{v}" for g, v, _, _ in models))
             await self.producer.send_all(outbox)
         return learnt
+
+    async def _sampled_states(self, goals: list[str]) -> dict[str, ProfileState | None]:
+        """The stored states of the profiles in ``goals``' percentile samples: a version's
+        cut points rank them as they are now, not as their last learnt example (a window
+        old) had them. A state that cannot be read is left out (its example's vector is
+        used)."""
+        ids = sorted({pid for goal in goals for pid in self.trainer.sampled(goal)})
+        if not ids:
+            return {}
+        names = [g.name for g in self.config.goals]
+        states: dict[str, ProfileState | None] = {}
+        for pid, row in (await self.store.load(ids, SAMPLE_OFFSET_FIELD)).items():
+            if row.state is None or row.unreadable:
+                continue
+            try:
+                states[pid] = ProfileState.from_bytes(row.state, names)
+            except Exception:  # noqa: BLE001 - the scorer quarantines it; rank the example
+                log.debug("sampled profile %s: state not readable", pid)
+        return states
 
     async def _align(self, examples: list[Example]) -> list[Example]:
         """``examples`` with their features in the learners' layout, mapped by name.
