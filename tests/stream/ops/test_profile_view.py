@@ -5,9 +5,9 @@ factors of the version that served it (each with its importance); a warm-up scor
 no factors, even once a trained model is served.
 
 Scheduled rescoring is off (``rescore_every_hours = 0``) and conversion has a ``prior``,
-so a profile keeps the score of its last event, with a probability: profiles last seen while the goal was warming up keep a warm-up score, and
-profiles last seen under an early trained version keep that version's score while the
-trainer publishes newer ones. Those are the profiles the view used to get wrong
+so a profile keeps the score of its last event, with a probability: profiles last seen
+while the goal was warming up keep a warm-up score, and profiles last seen under an early
+trained version keep that version's score while the trainer publishes newer ones. Those are the profiles the view used to get wrong
 (factors recomputed with the model served now, beside the stored score of another).
 """
 
