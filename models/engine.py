@@ -284,32 +284,27 @@ class Engine:
             if probability is not None:
                 percentile = model.percentile(probability)
                 bucket = buckets.bucket(percentile)
-            out.scores.append(
-                Score(
-                    pid,
-                    goal.name,
-                    probability,
-                    percentile,
-                    bucket,
-                    model.version,
-                    model.warming_up,
-                    factors,
-                    event_id,
-                    ts,
-                    basis,
-                    trigger,
-                )
-            )
-            if bucket is not None and bucket != gs.bucket and probability is not None:
-                out.segment_changes.append(
-                    SegmentChange(pid, goal.name, gs.bucket, bucket, probability, ts)
-                )
-            gs.probability, gs.percentile, gs.bucket, gs.model_version = (
+            score = Score(
+                pid,
+                goal.name,
                 probability,
                 percentile,
                 bucket,
                 model.version,
+                model.warming_up,
+                factors,
+                event_id,
+                ts,
+                basis,
+                trigger,
             )
+            out.scores.append(score)
+            if bucket is not None and bucket != gs.bucket and probability is not None:
+                out.segment_changes.append(
+                    SegmentChange(pid, goal.name, gs.bucket, bucket, probability, ts)
+                )
+            # the served score, factors included (read from it when the state is written)
+            gs.serve(score, self.featurizer.index)
             if trigger == MODEL or len(gs.pending) >= goal.max_pending:
                 continue
             if trigger == SCHEDULE and ts - state.ref_ts >= goal.window_ms:

@@ -1,7 +1,11 @@
 """The factors of a score: the features that pushed a profile's probability up or down.
 
 A factor is ``weight * standardized value`` of one feature in the served linear model
-(:meth:`~models.model.LinearModel.top_contributions`), the top ones by magnitude. They
+(:meth:`~models.model.LinearModel.top_contributions`), the top ones by magnitude: what
+the feature adds to the model's log-odds ``z`` *before calibration*, relative to the
+average profile (a profile whose every transformed feature is the model's mean has
+contribution 0 from each). Its :func:`importance` (``low`` / ``medium`` / ``high``) is
+a fixed function of the contribution's magnitude. They
 are computed from a :data:`FactorBasis` (the model, the feature vector, its
 :func:`~models.model.transform` and the features' names and labels) only when asked
 for: one score at a time by :func:`factors_of` (what
@@ -17,6 +21,8 @@ Examples
 >>> [(f["feature"], f["contribution"]) for f in factors_of(model, x, transform(x),
 ...                                                         [("a", "Visits"), ("b", "Carts")])]
 [('b', -2.7726), ('a', 0.6931)]
+>>> [importance(c) for c in (-2.7726, 0.6931, 0.2231, -0.2230)]
+['high', 'high', 'medium', 'low']
 """
 
 from __future__ import annotations
@@ -26,7 +32,22 @@ from typing import TypedDict
 from models.model import LinearModel
 from models.rounding import rounded
 
-__all__ = ["Factor", "FactorBasis", "factor_list", "factors_of"]
+__all__ = [
+    "HIGH_IMPORTANCE",
+    "MEDIUM_IMPORTANCE",
+    "Factor",
+    "FactorBasis",
+    "factor_list",
+    "factors_of",
+    "importance",
+]
+
+#: ``|contribution|`` from which a factor's importance is ``high``: ln 2 to 4 decimals,
+#: the feature at least doubles (or halves) the model's odds against the average profile
+HIGH_IMPORTANCE = 0.6931
+#: ``|contribution|`` from which it is ``medium``: ln 1.25 to 4 decimals, the odds at
+#: least 1.25 times (or 1 / 1.25 times) the average profile's; below it ``low``
+MEDIUM_IMPORTANCE = 0.2231
 
 
 class Factor(TypedDict):
@@ -40,6 +61,22 @@ class Factor(TypedDict):
     label: str
     value: float
     contribution: float
+    importance: str
+
+
+def importance(contribution: float) -> str:
+    """``high``, ``medium`` or ``low``: ``|contribution|`` (log-odds, as written: 4
+    decimals) against :data:`HIGH_IMPORTANCE` and :data:`MEDIUM_IMPORTANCE`.
+
+    A fixed scale, not a rank among the profile's factors: a profile whose features are
+    all close to the average has only ``low`` factors.
+    """
+    magnitude = abs(contribution)
+    if magnitude >= HIGH_IMPORTANCE:
+        return "high"
+    if magnitude >= MEDIUM_IMPORTANCE:
+        return "medium"
+    return "low"
 
 
 #: What a score's factors are computed from, when they are asked for: the served model,
@@ -71,6 +108,7 @@ def factor_list(
             "label": parts[i][1],
             "value": rounded(vector[i], 4),
             "contribution": c,
+            "importance": importance(c),
         }
         for i, c in zip(positions, contributions)
     ]

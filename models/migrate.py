@@ -168,6 +168,14 @@ def migrate_state(state: ProfileState, old: FeatureLayout, new: FeatureLayout) -
         for gs in state.goals.values():
             for snap in gs.pending:
                 snap.features = mapping(snap.features)
+    if any(gs.factor_rows() for gs in state.goals.values()):  # served factors: by name too
+        old_names = old.feature_names()
+        position = {n: p for p, n in enumerate(new.feature_names())}
+        for gs in state.goals.values():
+            for row in gs.factor_rows():
+                key = row[0]
+                name = old_names[key] if isinstance(key, int) and key < len(old_names) else key
+                row[0] = position.get(name, name)
     return ProfileState(
         state.first_ts,
         state.ref_ts,

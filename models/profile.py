@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.engine import Engine
+from models.factors import Factor, importance
 from models.migrate import partial_features
-from models.state import ProfileState
+from models.state import GoalState, ProfileState
 
-__all__ = ["format_time", "profile_document"]
+__all__ = ["format_time", "profile_document", "served_factors"]
 
 
 _DAY_MS = 86_400_000
@@ -72,38 +73,33 @@ def format_time(ms: int) -> str:
 def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> dict[str, Any]:
     """Features (as of the profile's newest event), last scores per goal, pending labels.
 
-    ``scores`` holds only goals the profile has been scored for; ``factors`` are
-    recomputed with the model served now, on the current features. ``partial_features``
-    (feature -> time) lists the features a configuration edit started or restarted at that
-    time (:mod:`models.migrate`) that the profile has not yet been seen over the longest
-    horizon since: they cover less history than their names say.
+    ``scores`` holds only goals the profile has been served a probability for. Each is
+    the goal's last served score as the state holds it: ``probability``, ``percentile``,
+    ``bucket``, ``model_version``, ``warming_up`` and ``factors`` all from that one
+    scoring (the model version that served it, on the features it saw), never
+    recomputed with the model served now. A warm-up score has no factors; so has a score
+    stored by a version that did not keep factors in the state, until the goal is scored
+    again. Each factor gets its label (from the configuration; the feature's name if it
+    is no longer configured) and its :func:`~models.factors.importance`.
+    ``partial_features`` (feature -> time) lists the features a configuration edit
+    started or restarted at that time (:mod:`models.migrate`) that the profile has not
+    yet been seen over the longest horizon since: they cover less history than their
+    names say.
     """
     fz = engine.featurizer
     vector = fz.vector(state)
+    names, labels = fz.names, fz.labels
     scores: dict[str, Any] = {}
     for name, gs in state.goals.items():
         if gs.probability is None:
             continue  # never scored, or only while cold with no prior (no probability)
-        model = engine.models.get(name)
-        factors = []
-        if model is not None and not model.warming_up:
-            _, contributions = model.predict(vector)
-            index = {n: i for i, n in enumerate(fz.names)}
-            factors = [
-                {
-                    "feature": f,
-                    "label": fz.labels[f],
-                    "value": round(vector[index[f]], 4),
-                    "contribution": round(c, 4),
-                }
-                for f, c in contributions
-            ]
         scores[name] = {
             "probability": gs.probability,
             "percentile": gs.percentile,
             "bucket": gs.bucket,
             "model_version": gs.model_version,
-            "factors": factors,
+            "warming_up": gs.warming_up,
+            "factors": served_factors(gs, names, labels),
         }
     return {
         "profile_id": profile_id,
@@ -117,3 +113,29 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
             n: format_time(t) for n, t in partial_features(state, fz.layout).items()
         },
     }
+
+
+def served_factors(gs: GoalState, names: list[str], labels: dict[str, str]) -> list[Factor]:
+    """The factors of a goal's last served score, as the score message wrote them.
+
+    ``names`` are the features of the state's layout (the state's factors name a feature
+    by its position in them, or by name when the layout lost it), ``labels`` their labels.
+
+    >>> gs = GoalState(0.3, 80.0, "high", 4, factors=[[1, 2.0, -0.9], ["gone", 1.0, 0.25]])
+    >>> [(f["feature"], f["label"], f["contribution"], f["importance"])
+    ...  for f in served_factors(gs, ["a", "b"], {"a": "A", "b": "B"})]
+    [('b', 'B', -0.9, 'high'), ('gone', 'gone', 0.25, 'medium')]
+    """
+    factors: list[Factor] = []
+    for key, value, contribution in gs.factor_rows():
+        feature = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
+        factors.append(
+            {
+                "feature": feature,
+                "label": labels.get(feature, feature),
+                "value": value,
+                "contribution": contribution,
+                "importance": importance(contribution),
+            }
+        )
+    return factors

@@ -2,7 +2,7 @@
 
 The state is small and bounded: per tracked event a total count, the time of the
 last occurrence and exponentially time-decayed counts (and value sums) for each
-horizon; per goal the last score and bucket, and at most ``max_pending`` open
+horizon; per goal the last served score (with its factors), and at most ``max_pending`` open
 label snapshots. It is serialized as one compact JSON array (a few hundred bytes),
 never pickle.
 
@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -96,14 +97,27 @@ class Snapshot:
         )
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, eq=False)
 class GoalState:
-    """Per goal: last served score and bucket, last snapshot time, pending snapshots.
+    """Per goal: the last served score, last snapshot time, pending snapshots.
+
+    The last served score is ``probability``, ``percentile``, ``bucket``,
+    ``model_version``, ``warming_up`` and its ``factors``, all from one scoring: the
+    profile view shows them together (:func:`models.profile.profile_document`), never
+    factors of another model version. ``factors`` are ``[feature, value, contribution]``
+    rows, in the score message's order and rounding (4 decimals); ``feature`` is the
+    feature's position in the state's layout (its name if the layout has no such feature
+    any more, :func:`models.migrate.migrate_state`); empty for a warm-up score. The engine
+    hands the goal the :class:`~models.outcome.Score` it served (:meth:`serve`); its
+    factors are read from it only when the state is written or viewed
+    (:meth:`factor_rows`), so a replay computes them for the last score only.
 
     ``scored_ts`` is the event time the goal was last evaluated at (scored, or found
     ineligible): at an event, or at a scheduled rescoring (:mod:`models.engine`); the
     next scheduled rescoring is one ``rescore_every_hours`` later. ``NEVER`` in a state
     written before rescoring existed: read as the profile's newest event time.
+
+    Two goal states are equal when they serialize alike (:meth:`to_list`).
     """
 
     probability: float | None
@@ -113,6 +127,12 @@ class GoalState:
     last_open_ts: int
     pending: list[Snapshot]
     scored_ts: int
+    warming_up: bool
+    factors: list[list[Any]]
+    #: the served score whose factors are not read yet (a ``Score``), else None
+    _served: Any
+    #: feature name -> position, for the factors of ``_served``
+    _index: dict[str, int] | None
 
     def __init__(
         self,
@@ -123,6 +143,8 @@ class GoalState:
         last_open_ts: int = NEVER,
         pending: list[Snapshot] | None = None,
         scored_ts: int = NEVER,
+        warming_up: bool = False,
+        factors: list[list[Any]] | None = None,
     ) -> None:
         self.probability = probability
         self.percentile = percentile
@@ -131,9 +153,39 @@ class GoalState:
         self.last_open_ts = last_open_ts
         self.pending = [] if pending is None else pending
         self.scored_ts = scored_ts
+        self.warming_up = warming_up
+        self.factors = [] if factors is None else factors
+        self._served = None
+        self._index = None
+
+    def serve(self, score: Any, index: dict[str, int]) -> None:
+        """Remember ``score`` (a :class:`~models.outcome.Score`) as the goal's served one;
+        ``index`` gives the position of each feature in the state's layout."""
+        self.probability = score.probability
+        self.percentile = score.percentile
+        self.bucket = score.bucket
+        self.model_version = score.model_version
+        self.warming_up = score.warming_up
+        self.factors = []
+        if score.warming_up:
+            self._served = self._index = None
+        else:
+            self._served, self._index = score, index
+
+    def factor_rows(self) -> list[list[Any]]:
+        """The served score's factors as ``[position, value, contribution]`` rows."""
+        served = self._served
+        if served is not None:
+            index = self._index or {}
+            self.factors = [
+                [index.get(f["feature"], f["feature"]), f["value"], f["contribution"]]
+                for f in served.factors
+            ]
+            self._served = self._index = None
+        return self.factors
 
     def to_list(self) -> list:
-        return [
+        row = [
             self.probability,
             self.percentile,
             self.bucket,
@@ -142,9 +194,17 @@ class GoalState:
             [s.to_list() for s in self.pending],
             self.scored_ts,
         ]
+        if self.warming_up:
+            row.append(0)  # a warm-up score: no factors
+        else:
+            factors = self.factor_rows()
+            if factors:
+                row.append(factors)
+        return row
 
     @classmethod
     def from_list(cls, data: list) -> GoalState:
+        served = data[7] if len(data) > 7 else None
         return cls(
             data[0],
             data[1],
@@ -153,7 +213,16 @@ class GoalState:
             int(data[4]),
             [Snapshot.from_list(s) for s in data[5]],
             int(data[6]) if len(data) > 6 else NEVER,
+            served == 0,
+            served if isinstance(served, list) else None,
         )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GoalState):
+            return NotImplemented
+        return self.to_list() == other.to_list()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
 
 @dataclass(slots=True, init=False)

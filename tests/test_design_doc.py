@@ -161,7 +161,7 @@ def _check_message(title: str, encoded: dict) -> list[str]:
 def test_score_fields_are_the_encoders_and_the_harness() -> None:
     from models.outcome import Score
 
-    factor = Factor(feature="f", label="F", value=1.0, contribution=0.5)
+    factor = Factor(feature="f", label="F", value=1.0, contribution=0.5, importance="medium")
     score = Score("p", "g", 0.5, 50.0, "medium", 1, False, [factor], "e", 0)
     names = _check_message("Scores", json.loads(score_message(score, "now")))
     assert top_level(names) == list(SCORE_FIELDS)

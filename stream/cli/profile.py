@@ -22,7 +22,8 @@ __all__ = ["cmd_profile", "load_profile"]
 
 
 async def load_profile(profile_id: str, config_path: str | None = None) -> dict[str, Any] | None:
-    """The profile document from Redis, factors computed with the served models.
+    """The profile document from Redis: each goal's last served score, factors included,
+    as the state holds it (no model is read: nothing is recomputed).
 
     Parameters
     ----------
@@ -45,7 +46,6 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
     from models.engine import Engine
     from models.layout import FeatureLayout
     from models.migrate import LEGACY, LayoutMigrator
-    from models.model import LinearModel
     from models.profile import profile_document
 
     s = settings_from_env()
@@ -65,10 +65,6 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
         if raw is None:
             return None
         engine = Engine(cfg)
-        for goal in engine.models:
-            model = await store.get_model(goal)
-            if model:  # one trained on other features is projected onto these by name
-                engine.set_model(LinearModel.from_json(model))
         known = {k: FeatureLayout.from_json(v) for k, v in (await store.layouts()).items()}
         # no worker of this version ran yet: format-1 states follow this (unchanged) config
         known.setdefault(LEGACY, engine.featurizer.layout)

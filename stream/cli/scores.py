@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 
 from stream.cli.common import check_goal, load_cli_config, settings_from_env
 
@@ -113,14 +114,30 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def print_scores(out: Console, doc: dict[str, Any]) -> None:
-    """A profile document's score per goal, with its signed factors, one per line."""
+    """A profile document's score per goal, with its signed factors and their importance,
+    one per line: everything from the goal's last served score (one model version).
+
+    >>> from rich.console import Console
+    >>> doc = {"scores": {"churn": {"probability": 0.71, "percentile": 93.5, "bucket": "high",
+    ...     "model_version": 27, "warming_up": False, "factors": [{"feature": "f",
+    ...     "label": "Days since last visit", "value": 41.0, "contribution": 0.8123,
+    ...     "importance": "high"}]}, "conversion": {"probability": 0.02, "percentile": 50.0,
+    ...     "bucket": "medium", "model_version": 3, "warming_up": True, "factors": []}}}
+    >>> print_scores(Console(width=100), doc)
+    churn: p=0.710  percentile 93.5  bucket high  model v27
+        +0.812  high    Days since last visit = 41
+    conversion: p=0.020  percentile 50.0  bucket medium  model v3  [warming up: no factors]
+    """
     for goal, score in doc["scores"].items():
         p, pct = score["probability"], score["percentile"]
         shown = "no probability yet" if p is None else f"p={p:.3f}  percentile {pct:.1f}"
-        warm = "  \\[warming up]" if score.get("warming_up") else ""
+        warm = "  [warming up: no factors]" if score.get("warming_up") else ""
         out.print(
             f"[bold]{goal}[/]: {shown}  bucket [bold]{score['bucket'] or '-'}[/]  "
-            f"model v{score['model_version']}{warm}"
+            f"model v{score['model_version']}{escape(warm)}"
         )
         for f in score["factors"]:
-            out.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")
+            out.print(
+                f"    {f['contribution']:+.3f}  {f['importance']:<6}  "
+                f"{escape(f['label'])} = {f['value']:g}"
+            )

@@ -3,7 +3,9 @@
 - ``GET /healthz``: 200 once partitions are assigned, Redis answers and no condition of
   :data:`stream.ops.health.HEALTH` lasts (Redis failing, the broker unreachable, an
   assigned partition making no progress), else 503 with the reasons in the body;
-- ``GET /profiles/{id}``: features, scores, factors, buckets (404 if unknown);
+- ``GET /profiles/{id}``: features and, per goal, the last served score whole (probability,
+  percentile, bucket, version, factors with their importance: :func:`models.profile.profile_document`;
+  404 if unknown);
 - ``GET /models``: per goal: served version, status, live metrics, last promotion decision;
 - ``GET /metrics``: Prometheus exposition.
 

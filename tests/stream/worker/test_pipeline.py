@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.backtest import run_backtest
 from models.config import load_config
+from models.factors import importance
 from models.synthetic import generate_events
 from stream.cli.replay import ensure_topics, period_ending_today
 from tests.harness import (
@@ -175,11 +176,12 @@ def check_score_message(msg: dict[str, Any]) -> None:
     factors = msg["factors"]
     assert len(factors) <= 5
     for f in factors:
-        assert set(f) == {"feature", "label", "value", "contribution"}, f
+        assert set(f) == {"feature", "label", "value", "contribution", "importance"}, f
         assert isinstance(f["feature"], str) and f["feature"]
         assert isinstance(f["label"], str) and f["label"]
         assert isinstance(f["value"], (int, float))
         assert isinstance(f["contribution"], (int, float))
+        assert f["importance"] == importance(f["contribution"]), f
     magnitudes = [abs(f["contribution"]) for f in factors]
     assert magnitudes == sorted(magnitudes, reverse=True), factors
     if msg["warming_up"]:
@@ -311,6 +313,9 @@ def test_worker_scores_every_event_and_goal(
                         assert view["percentile"] == pytest.approx(want["percentile"], abs=0.051)
                     assert view["bucket"] == want["bucket"]
                     assert view["model_version"] == want["model_version"]
+                # the view's factors are the served score's (its version), not recomputed
+                assert doc["scores"][goal]["warming_up"] == want["warming_up"]
+                assert doc["scores"][goal]["factors"] == want["factors"]
                 # the bucket sets a profile system reads
                 for bucket in ("low", "medium", "high"):
                     member = redis_client.sismember(f"cai:seg:{goal}:{bucket}", pid)
