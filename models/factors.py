@@ -1,10 +1,10 @@
 """The factors of a score: the features that pushed a profile's probability up or down.
 
-A factor is ``weight * standardized value`` of one feature in the served linear model
-(:meth:`~models.model.LinearModel.top_contributions`), the top ones by magnitude. They
-are computed from a :data:`FactorBasis` (the model, the feature vector, its
-:func:`~models.model.transform` and the features' names and labels) only when asked
-for: one score at a time by :func:`factors_of` (what
+A factor is ``weight * standardized value`` (clipped at ``clip_sd``) of one feature in
+the served linear model (:meth:`~models.model.LinearModel.top_contributions`), the top
+ones by magnitude. They are computed from a :data:`FactorBasis` (the model, the feature
+vector, its :func:`~models.model.transform` and the features' names and labels) only when
+asked for: one score at a time by :func:`factors_of` (what
 :attr:`models.outcome.Score.factors` calls), or a batch at once by
 :func:`models.explain.explain_scores`, which gives the same doubles.
 
