@@ -176,8 +176,6 @@ class LinearModel:
         k = self.clip_sd
         self._lo = [m - k * s for m, s in zip(self.mean, self.std)]
         self._hi = [m + k * s for m, s in zip(self.mean, self.std)]
-        self._neg_k = [-k] * len(self.mean)
-        self._pos_k = [k] * len(self.mean)
         # feature positions in name order: a stable sort of them by |contribution| breaks
         # ties by name
         names = self.feature_names
@@ -189,7 +187,9 @@ class LinearModel:
         """Calibrated probability from already :func:`transform`-ed features (no factors)."""
         if self.warming_up:
             return clamp_probability(self.base_rate)
-        clipped = map(min, map(max, transformed, self._lo), self._hi)
+        clipped = [
+            h if x > h else lo if x < lo else x for x, lo, h in zip(transformed, self._lo, self._hi)
+        ]
         z = self._offset + sum(map(_mul, self._scale, clipped))
         return clamp_probability(sigmoid(self.calibration_a * z + self.calibration_b))
 
@@ -233,8 +233,12 @@ class LinearModel:
         """
         if self.warming_up:
             return []
-        standardized = map(_truediv, map(_sub, transformed, self.mean), self.std)
-        clipped = map(min, map(max, standardized, self._neg_k), self._pos_k)
+        k = self.clip_sd
+        nk = -k
+        clipped = [
+            k if v > k else nk if v < nk else v
+            for v in map(_truediv, map(_sub, transformed, self.mean), self.std)
+        ]
         contributions = list(map(_mul, self.weights, clipped))
         magnitude = list(map(abs, contributions))
         order = sorted(self._by_name, key=magnitude.__getitem__, reverse=True)
