@@ -7,7 +7,8 @@ the ROC AUC of the batch model with the AUC of the probabilities the online mode
 actually *served* on the same rows (prequential: each was served before its label was
 known). ``ece`` is the expected calibration error of those served probabilities.
 
-Only examples whose window had closed by the end of the replay are compared: near the
+Examples served no probability (a cold goal without a ``prior`` serves null) are left
+out. Only examples whose window had closed by the end of the replay are compared: near the
 end, an ``occurs`` goal's positives mature early (the goal event arrived) while its
 negatives are still pending, so including them would bias the labels of the last rows
 towards one class (see :func:`models.report.closed_window_examples`).
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     newest = max(s.ref_ts for s in result.states.values())
     watermark = newest - config.labels.allowed_lateness_ms
     for example in closed_window_examples(result.examples, config, watermark):
-        by_goal[example.goal].append(example)
+        if example.probability is not None:  # served no probability (no prior): not compared
+            by_goal[example.goal].append(example)
     report = {goal: compare_goal(examples) for goal, examples in by_goal.items()}
     print(json.dumps(report))
     return 0

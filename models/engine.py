@@ -46,7 +46,7 @@ from models.events import Event, InvalidEvent, get_path
 from models.factors import Factor, FactorBasis
 from models.features import Featurizer
 from models.labels import example_id, resolve_closed, resolve_goal_event
-from models.model import LinearModel, transform
+from models.model import LinearModel, clamp_probability, transform
 from models.outcome import EVENT, MODEL, SCHEDULE, Example, Outcome, Score, SegmentChange
 from models.rounding import rounded, rounded_list
 from models.state import NEVER, GoalState, ProfileState, Snapshot
@@ -271,6 +271,8 @@ class Engine:
             if model.warming_up:
                 # the running base rate once the trainer published one, else the prior
                 probability = model.base_rate if model.version > 0 else goal.prior
+                if probability is not None:
+                    probability = clamp_probability(probability)
                 basis: FactorBasis | None = None
                 factors: list[Factor] | None = []
             else:

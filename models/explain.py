@@ -26,7 +26,7 @@ def explain_scores(scores: Sequence[Score]) -> None:
     """Compute the factors of many scores at once, as :attr:`Score.factors` would.
 
     The scores of one model are explained together: their transformed vectors form
-    one matrix, the contributions ``w * (x' - mean) / std`` and their order (by
+    one matrix, the contributions ``w * clip((x' - mean) / std)`` and their order (by
     ``|contribution|``, ties by feature name) are computed by numpy, element by
     element with the same IEEE operations as :meth:`~models.model.LinearModel.top_contributions`,
     so every factor is the same double the one-by-one path gives. Scores whose factors

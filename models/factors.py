@@ -1,12 +1,12 @@
 """The factors of a score: the features that pushed a profile's probability up or down.
 
-A factor is ``weight * standardized value`` of one feature in the served linear model
-(:meth:`~models.model.LinearModel.top_contributions`), the top ones by magnitude: what
-the feature adds to the model's log-odds ``z`` *before calibration*, relative to the
-average profile (a profile whose every transformed feature is the model's mean has
-contribution 0 from each). Its :func:`importance` (``low`` / ``medium`` / ``high``) is
-a fixed function of the contribution's magnitude. They
-are computed from a :data:`FactorBasis` (the model, the feature vector, its
+A factor is ``weight * standardized value`` (clipped at ``clip_sd``) of one feature in
+the served linear model (:meth:`~models.model.LinearModel.top_contributions`), the top
+ones by magnitude: what the feature adds to the model's log-odds ``z`` *before
+calibration*, relative to the average profile (a profile whose every transformed feature
+is the model's mean has contribution 0 from each). Its :func:`importance` (``low`` /
+``medium`` / ``high``) is a fixed function of the contribution's magnitude. They are
+computed from a :data:`FactorBasis` (the model, the feature vector, its
 :func:`~models.model.transform` and the features' names and labels) only when asked
 for: one score at a time by :func:`factors_of` (what
 :attr:`models.outcome.Score.factors` calls), or a batch at once by

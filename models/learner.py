@@ -1,7 +1,22 @@
 """Online learning of one goal: River scaling + logistic regression, calibrated.
 
-The River pipeline is ``log1p`` -> ``preprocessing.StandardScaler`` ->
-``linear_model.LogisticRegression`` (SGD, L2). On top of its logit ``z`` an online
+The River pipeline is ``log1p`` -> ``preprocessing.StandardScaler`` -> clip at
+``±CLIP_SD`` -> ``linear_model.LogisticRegression`` (L2) whose weights take AdaGrad
+steps (``optim.AdaGrad``: per coordinate, ``learning_rate / sqrt(sum of its squared
+gradients)``). Learning cannot blow up:
+
+- the standardised inputs are clipped to ``[-CLIP_SD, CLIP_SD]``
+  (:data:`models.model.CLIP_SD`), in learning as in serving: a scaler fitted while a
+  feature barely varied (purchases in the first weeks) cannot put one value 40 sd out;
+- each weight's step is at most about ``learning_rate`` and shrinks as that weight's
+  gradients accumulate, whatever the scale of its feature (a rare feature is not
+  pushed further by its rare, large gradients than a common one);
+- the Platt slope ``a`` never goes below :data:`MIN_CALIBRATION_SLOPE` (a
+  negative slope would rank the profiles upside down);
+- every probability it gives (and its snapshot serves) is clamped to
+  ``[P_MIN, P_MAX]`` (:func:`models.model.clamp_probability`).
+
+On top of the logit ``z`` an online
 Platt layer ``sigmoid(a * z + b)`` keeps the probability calibrated as the model
 and the data drift. The Platt layer takes Adam steps (per-parameter normalized,
 bias-corrected), so it moves by about ``calibration_rate`` per example whatever the
@@ -44,9 +59,10 @@ from river import linear_model, optim, preprocessing
 from river.utils import VectorDict
 
 from models.metrics import RollingMetrics
-from models.model import LinearModel, lineage_id, sigmoid
+from models.model import CLIP_SD, LinearModel, clamp_probability, lineage_id, sigmoid
 
 __all__ = [
+    "MIN_CALIBRATION_SLOPE",
     "RIVER_VERIFIED",
     "OnlineLearner",
     "RiverIncompatible",
@@ -58,6 +74,10 @@ LEARNER_FORMAT = 1
 #: the river release :func:`restore_weights` was verified with (the one
 #: ``stream/worker/compat.py`` records and ``requirements.lock`` pins)
 RIVER_VERIFIED = "0.26.1"
+#: the Platt slope ``a`` is kept at or above this: positive, so calibration never
+#: reverses the model's ranking; small, so a model with little signal still serves
+#: close to the base rate
+MIN_CALIBRATION_SLOPE = 0.05
 
 
 class RiverIncompatible(RuntimeError):
@@ -109,7 +129,8 @@ class OnlineLearner:
     feature_names
         Feature order of the vectors passed to :meth:`learn`.
     learning_rate, l2
-        SGD step size and L2 penalty of the logistic regression.
+        AdaGrad step size (of the weights; plain SGD of the intercept) and L2 penalty of
+        the logistic regression.
     min_examples_per_class
         The model serves a base rate until it has this many examples of each class.
     metrics_window
@@ -137,7 +158,7 @@ class OnlineLearner:
         self.calibration_rate = calibration_rate
         self.scaler = preprocessing.StandardScaler()
         self.classifier = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), l2=l2, intercept_lr=learning_rate
+            optimizer=optim.AdaGrad(learning_rate), l2=l2, intercept_lr=learning_rate
         )
         self.calibration_a = 1.0
         self.calibration_b = 0.0
@@ -156,6 +177,13 @@ class OnlineLearner:
     def _transform(self, features: list[float]) -> dict[str, float]:
         return {n: math.log1p(x if x > 0.0 else 0.0) for n, x in zip(self.feature_names, features)}
 
+    def _scaled(self, x: dict[str, float]) -> dict[str, float]:
+        """The scaler's standardised ``x``, clipped to ``[-CLIP_SD, CLIP_SD]``."""
+        k = CLIP_SD
+        return {
+            n: -k if v < -k else k if v > k else v for n, v in self.scaler.transform_one(x).items()
+        }
+
     def _logit(self, scaled: dict[str, float]) -> float:
         weights = self.classifier.weights  # a copy: taken once, not per feature
         return self.classifier.intercept + sum(weights.get(k, 0.0) * v for k, v in scaled.items())
@@ -168,8 +196,8 @@ class OnlineLearner:
 
     @property
     def base_rate(self) -> float:
-        """Running positive rate (Laplace-smoothed)."""
-        return (self.n_positive + 1) / (self.n_examples + 2)
+        """Running positive rate (Laplace-smoothed), clamped to ``[P_MIN, P_MAX]``."""
+        return clamp_probability((self.n_positive + 1) / (self.n_examples + 2))
 
     def learn(
         self,
@@ -193,20 +221,21 @@ class OnlineLearner:
         candidate = self.base_rate
         if self.n_examples:
             # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.
-            z = self._logit(self.scaler.transform_one(x))
+            z = self._logit(self._scaled(x))
             p = sigmoid(self.calibration_a * z + self.calibration_b)
             if not self.warming_up:
-                candidate = p
+                candidate = clamp_probability(p)
             error = p - y
             self._calibrate((error * z, error))
         self.scaler.learn_one(x)
-        self.classifier.learn_one(self.scaler.transform_one(x), bool(y))
+        self.classifier.learn_one(self._scaled(x), bool(y))
         self.n_examples += 1
         self.n_positive += y
         return candidate
 
     def _calibrate(self, grads: tuple[float, float]) -> None:
-        """One Adam step of the Platt parameters ``(a, b)``."""
+        """One Adam step of the Platt parameters ``(a, b)``; ``a`` is then kept at or above
+        :data:`MIN_CALIBRATION_SLOPE` (a projected step)."""
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         self._calibration_t += 1
         t = self._calibration_t
@@ -218,7 +247,7 @@ class OnlineLearner:
             m_hat = m[k] / (1 - beta1**t)
             v_hat = v[k] / (1 - beta2**t)
             steps.append(self.calibration_rate * m_hat / (math.sqrt(v_hat) + eps))
-        self.calibration_a -= steps[0]
+        self.calibration_a = max(self.calibration_a - steps[0], MIN_CALIBRATION_SLOPE)
         self.calibration_b -= steps[1]
 
     def snapshot(self, version: int | None = None) -> LinearModel:
@@ -294,6 +323,7 @@ class OnlineLearner:
                 "weights": self.classifier.weights,
                 "intercept": self.classifier.intercept,
                 "n_iterations": self.classifier.optimizer.n_iterations,
+                "optimizer": {"name": "AdaGrad", "g2": dict(self.classifier.optimizer.g2)},
                 "metrics": {
                     "scores": list(self.metrics.scores),
                     "labels": list(self.metrics.labels),
@@ -314,7 +344,8 @@ class OnlineLearner:
         learner.lineage_start = int(data.get("lineage_start", 0))
         learner.n_examples = data["n_examples"]
         learner.n_positive = data["n_positive"]
-        learner.calibration_a, learner.calibration_b = data["calibration"]
+        a, learner.calibration_b = data["calibration"]
+        learner.calibration_a = max(a, MIN_CALIBRATION_SLOPE)  # a state of before the floor
         adam = data.get("calibration_adam")  # absent in states written before Adam
         if adam:
             learner._calibration_m = list(adam["m"])
@@ -326,6 +357,9 @@ class OnlineLearner:
         restore_weights(learner.classifier, data["weights"])
         learner.classifier.intercept = data["intercept"]
         learner.classifier.optimizer.n_iterations = data["n_iterations"]
+        optimizer = data.get("optimizer")  # absent in states written by SGD learners
+        if optimizer and optimizer.get("name") == "AdaGrad":
+            learner.classifier.optimizer.g2 = defaultdict(float, optimizer["g2"])
         metrics = data["metrics"]
         learner.metrics.scores.extend(metrics["scores"])
         learner.metrics.labels.extend(metrics["labels"])

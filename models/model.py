@@ -2,9 +2,13 @@
 
 Scoring needs no River at all: the snapshot holds the per-feature transform
 (``log1p``), the scaler's means and standard deviations, the weights and
-intercept, and a Platt calibration ``p = sigmoid(a * z + b)``. Factors are the
-exact per-profile contributions of the linear model, ``w_i * (x'_i - mean_i) / std_i``,
-signed, top 5 by absolute value.
+intercept, and a Platt calibration ``p = sigmoid(a * z + b)``. Each standardised
+input ``v_i = (x'_i - mean_i) / std_i`` is clipped to ``[-clip_sd, clip_sd]``
+(:data:`CLIP_SD`, as the learner clips it), so one feature far outside what the model
+learnt from moves the logit by at most ``|w_i| * clip_sd``; the served probability is
+clamped to ``[P_MIN, P_MAX]`` (:func:`clamp_probability`). Factors are the exact
+per-profile contributions of the linear model, ``w_i * v_i`` (clipped), signed, top 5
+by absolute value.
 
 Until the goal has ``min_examples_per_class`` examples of each class the model is
 *warming up*: the probability is the running base rate and there are no factors.
@@ -21,6 +25,9 @@ Examples
 (0.2689, [('b', -1.0), ('a', 0.0)])
 >>> LinearModel.from_json(m.to_json()) == m
 True
+>>> p, factors = m.predict([1e9, 0.0])  # "a" is 20.7 sd out: clipped at 4 sd
+>>> p, [(f, round(c, 3)) for f, c in factors]  # sigmoid(8) = 0.99966: clamped
+(0.999, [('a', 8.0), ('b', -0.0)])
 >>> p2 = m.project(["c", "b"])  # "a" dropped, "c" added with no weight
 >>> p2.feature_names, p2.weights, p2.version
 (['c', 'b'], [0.0, -1.0], 3)
@@ -38,16 +45,36 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["TOP_FACTORS", "LinearModel", "lineage_id", "sigmoid", "transform"]
+__all__ = [
+    "CLIP_SD",
+    "P_MAX",
+    "P_MIN",
+    "TOP_FACTORS",
+    "LinearModel",
+    "clamp_probability",
+    "lineage_id",
+    "sigmoid",
+    "transform",
+]
 
 TOP_FACTORS = 5
+#: Standardised inputs ``(x' - mean) / std`` are clipped to ``[-CLIP_SD, CLIP_SD]`` in
+#: learning (:class:`models.learner.OnlineLearner`) and in serving: a value the scaler
+#: has rarely seen (a first purchase when purchases barely varied yet) counts as at most
+#: 4 standard deviations, not 40, so it cannot saturate a score or its learning step.
+CLIP_SD = 4.0
+#: No probability is served (or ranked for percentiles) below ``P_MIN`` or above
+#: ``P_MAX``: a score of 0 or 1 is never a calibrated belief, and it costs an unbounded
+#: log loss when wrong.
+P_MIN = 0.001
+P_MAX = 0.999
 SNAPSHOT_FORMAT = 1
 #: The fields of :class:`LinearModel`'s JSON it is built from (others are ignored).
 _MODEL_FIELDS = frozenset(
     (
         "goal", "version", "feature_names", "mean", "std", "weights", "intercept",
         "calibration_a", "calibration_b", "warming_up", "base_rate", "n_examples",
-        "n_positive", "metrics", "created_at", "lineage", "quantiles", "status",
+        "n_positive", "metrics", "created_at", "lineage", "quantiles", "status", "clip_sd",
     )
 )  # fmt: skip
 
@@ -74,6 +101,15 @@ def sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def clamp_probability(p: float) -> float:
+    """``p`` clamped to ``[P_MIN, P_MAX]``: what is served of a probability.
+
+    >>> clamp_probability(0.0), clamp_probability(0.5), clamp_probability(1.0)
+    (0.001, 0.5, 0.999)
+    """
+    return P_MIN if p < P_MIN else P_MAX if p > P_MAX else p
 
 
 _log1p = math.log1p
@@ -120,6 +156,8 @@ class LinearModel:
     #: the goal's status when published: ``warming_up``, ``live`` or ``poor``
     #: (:mod:`models.training`; ``""``: written before statuses)
     status: str = ""
+    #: standardised inputs are clipped to ``[-clip_sd, clip_sd]`` (:data:`CLIP_SD`)
+    clip_sd: float = CLIP_SD
 
     @classmethod
     def cold(cls, goal: str, feature_names: list[str], base_rate: float = 0.5) -> LinearModel:
@@ -130,9 +168,14 @@ class LinearModel:
         )
 
     def __post_init__(self) -> None:
-        # Fused serving form: z = c0 + sum(a_i * x'_i), a_i = w_i / s_i, c0 = b - sum(a_i * m_i).
+        # Fused serving form: z = c0 + sum(a_i * clip(x'_i)), a_i = w_i / s_i,
+        # c0 = b - sum(a_i * m_i); clipping x'_i to [m_i - k s_i, m_i + k s_i] clips its
+        # standardised value to [-k, k].
         self._scale = [w / s for w, s in zip(self.weights, self.std)]
         self._offset = self.intercept - sum(map(_mul, self._scale, self.mean))
+        k = self.clip_sd
+        self._lo = [m - k * s for m, s in zip(self.mean, self.std)]
+        self._hi = [m + k * s for m, s in zip(self.mean, self.std)]
         # feature positions in name order: a stable sort of them by |contribution| breaks
         # ties by name
         names = self.feature_names
@@ -143,9 +186,12 @@ class LinearModel:
     def probability_t(self, transformed: list[float]) -> float:
         """Calibrated probability from already :func:`transform`-ed features (no factors)."""
         if self.warming_up:
-            return self.base_rate
-        z = self._offset + sum(map(_mul, self._scale, transformed))
-        return sigmoid(self.calibration_a * z + self.calibration_b)
+            return clamp_probability(self.base_rate)
+        clipped = [
+            h if x > h else lo if x < lo else x for x, lo, h in zip(transformed, self._lo, self._hi)
+        ]
+        z = self._offset + sum(map(_mul, self._scale, clipped))
+        return clamp_probability(sigmoid(self.calibration_a * z + self.calibration_b))
 
     def percentile(self, probability: float) -> float:
         """The rank of ``probability`` among this version's probabilities over the sample
@@ -179,7 +225,7 @@ class LinearModel:
     def top_contributions(
         self, transformed: list[float], top: int = TOP_FACTORS
     ) -> list[tuple[int, float]]:
-        """Top signed factors ``w_i * (x'_i - mean_i) / std_i`` from already
+        """Top signed factors ``w_i * clip((x'_i - mean_i) / std_i)`` from already
         :func:`transform`-ed features, as ``(feature position, contribution)`` pairs.
 
         Sorted by ``|contribution|`` descending, ties by feature name; empty while
@@ -187,9 +233,13 @@ class LinearModel:
         """
         if self.warming_up:
             return []
-        contributions = list(
-            map(_mul, self.weights, map(_truediv, map(_sub, transformed, self.mean), self.std))
-        )
+        k = self.clip_sd
+        nk = -k
+        clipped = [
+            k if v > k else nk if v < nk else v
+            for v in map(_truediv, map(_sub, transformed, self.mean), self.std)
+        ]
+        contributions = list(map(_mul, self.weights, clipped))
         magnitude = list(map(abs, contributions))
         order = sorted(self._by_name, key=magnitude.__getitem__, reverse=True)
         return [(i, contributions[i]) for i in order[:top]]
@@ -207,7 +257,8 @@ class LinearModel:
         if self.warming_up:
             return np.empty((n, 0), dtype=np.intp), np.empty((n, 0))
         weights, mean, std, by_name = self._arrays()
-        contributions = weights * ((transformed - mean) / std)
+        k = self.clip_sd
+        contributions = weights * np.clip((transformed - mean) / std, -k, k)
         # a stable sort of the name-ordered columns by descending magnitude: ties by name
         order = np.argsort(-np.abs(contributions[:, by_name]), axis=1, kind="stable")[:, :top]
         positions = by_name[order]
@@ -225,11 +276,13 @@ class LinearModel:
         return arrays
 
     def standardized(self, features: list[float]) -> list[float]:
-        """``(log1p(x) - mean) / std`` per feature."""
-        return [
-            (math.log1p(x if x > 0.0 else 0.0) - m) / s
-            for x, m, s in zip(features, self.mean, self.std)
-        ]
+        """``(log1p(x) - mean) / std`` per feature, clipped to ``[-clip_sd, clip_sd]``."""
+        k = self.clip_sd
+        out = []
+        for x, m, s in zip(features, self.mean, self.std):
+            v = (math.log1p(x if x > 0.0 else 0.0) - m) / s
+            out.append(-k if v < -k else k if v > k else v)
+        return out
 
     def logit(self, features: list[float]) -> float:
         """The uncalibrated linear score ``z``."""
@@ -247,14 +300,14 @@ class LinearModel:
         (ties by name); empty while warming up.
         """
         if self.warming_up:
-            return self.base_rate, []
+            return clamp_probability(self.base_rate), []
         z = self.intercept
         contributions: list[tuple[str, float]] = []
         for name, w, v in zip(self.feature_names, self.weights, self.standardized(features)):
             c = w * v
             z += c
             contributions.append((name, c))
-        p = sigmoid(self.calibration_a * z + self.calibration_b)
+        p = clamp_probability(sigmoid(self.calibration_a * z + self.calibration_b))
         contributions.sort(key=lambda nc: (-abs(nc[1]), nc[0]))
         return p, contributions[:top]
 
@@ -288,6 +341,7 @@ class LinearModel:
             self.lineage,
             list(self.quantiles),
             self.status,
+            self.clip_sd,
         )
 
     def to_json(self) -> bytes:
@@ -298,6 +352,7 @@ class LinearModel:
         data["lineage"] = data.pop("lineage")  # last: the fields added after the others
         data["quantiles"] = data.pop("quantiles")
         data["status"] = data.pop("status")
+        data["clip_sd"] = data.pop("clip_sd")
         return orjson.dumps(data)
 
     @classmethod

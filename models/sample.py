@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
+from models.model import P_MAX, P_MIN, clamp_probability
+
 if TYPE_CHECKING:
     from models.model import LinearModel
 
@@ -91,7 +93,8 @@ def cut_points(values: list[float], n: int = CUT_POINTS) -> list[float]:
 def probabilities(model: LinearModel, vectors: np.ndarray) -> np.ndarray:
     """``model``'s calibrated probability of every row of ``vectors`` (raw features, shape
     ``(n, d)``), at once: :meth:`~models.model.LinearModel.probability_t` of each
-    :func:`~models.model.transform`-ed row, up to the last bits of the sums' order.
+    :func:`~models.model.transform`-ed row (standardised inputs clipped, probabilities
+    clamped to ``[P_MIN, P_MAX]`` alike), up to the last bits of the sums' order.
 
     >>> from models.model import LinearModel
     >>> m = LinearModel("g", 1, ["a"], [0.0], [1.0], [1.0], 0.0, warming_up=False)
@@ -100,12 +103,17 @@ def probabilities(model: LinearModel, vectors: np.ndarray) -> np.ndarray:
     """
     n = vectors.shape[0]
     if model.warming_up:
-        return np.full(n, model.base_rate)
-    scale = np.array(model.weights, dtype=float) / np.array(model.std, dtype=float)
-    offset = model.intercept - float((scale * np.array(model.mean, dtype=float)).sum())
-    z = (np.log1p(np.maximum(vectors, 0.0)) * scale).sum(axis=1) + offset
+        return np.full(n, clamp_probability(model.base_rate))
+    mean = np.array(model.mean, dtype=float)
+    std = np.array(model.std, dtype=float)
+    scale = np.array(model.weights, dtype=float) / std
+    offset = model.intercept - float((scale * mean).sum())
+    k = model.clip_sd  # standardised inputs clipped to [-k, k], as the model scores
+    transformed = np.clip(np.log1p(np.maximum(vectors, 0.0)), mean - k * std, mean + k * std)
+    z = (transformed * scale).sum(axis=1) + offset
     y = model.calibration_a * z + model.calibration_b
-    return np.exp(-np.logaddexp(0.0, -y))  # sigmoid(y), with no overflow
+    p = np.exp(-np.logaddexp(0.0, -y))  # sigmoid(y), with no overflow
+    return np.clip(p, P_MIN, P_MAX)
 
 
 class ProfileSample:

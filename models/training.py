@@ -43,7 +43,7 @@ import orjson
 from models.config import Config
 from models.features import Featurizer
 from models.learner import OnlineLearner
-from models.model import LinearModel, transform
+from models.model import LinearModel, clamp_probability, transform
 from models.outcome import Example
 from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
 from models.state import ProfileState
@@ -293,7 +293,7 @@ class Trainer:
         base = learner.base_rate
         serving = self.promotion[example.goal].serving
         if serving is None or serving.warming_up:
-            p_serving = base if serving is None else serving.base_rate
+            p_serving = base if serving is None else clamp_probability(serving.base_rate)
         else:
             p_serving = serving.probability_t(transform(example.features))
         served = example.probability

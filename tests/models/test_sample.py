@@ -115,7 +115,7 @@ def test_percentile_ranks_among_the_cut_points_with_mid_ranks_for_ties() -> None
     assert _model([]).percentile(0.3) == 50.0  # no sample (warming up): the middle
     # the cut points travel with the model
     assert LinearModel.from_json(m.to_json()).quantiles == m.quantiles
-    assert list(orjson.loads(m.to_json()))[-2:] == ["quantiles", "status"]
+    assert list(orjson.loads(m.to_json()))[-3:] == ["quantiles", "status", "clip_sd"]
 
 
 def test_published_versions_carry_cut_points_over_the_sample(result: BacktestResult) -> None:
