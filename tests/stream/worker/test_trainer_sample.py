@@ -1,6 +1,6 @@
 """The trainer's sample of profiles (the percentile basis) persists in ``P:sample:<goal>``
 with its learners, so a restarted trainer publishes the cut points an uninterrupted one
-would (issue 17 item 5)."""
+would; a published version ranks the sampled profiles' stored states (issue 17 item 5)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from dataclasses import replace
 import redis
 
 from models.config import load_config
-from models.outcome import Example
+from models.engine import Engine
+from models.events import validate_event
+from models.features import Featurizer
+from models.model import LinearModel
+from models.outcome import Example, Outcome
+from models.sample import cut_points, probabilities
+from models.state import ProfileState
 from models.training import Trainer
 from stream.worker.settings import Settings
 from stream.worker.store import RedisStore
@@ -21,6 +27,7 @@ from tests.stream.worker.test_retry_steps import CollectingProducer
 
 CFG = load_config(CONFIG)
 GOALS = [g.name for g in CFG.goals]
+DAY = 86_400_000
 
 
 def stored_samples(url: str) -> dict[str, dict[str, bytes]]:
@@ -88,3 +95,59 @@ async def test_a_learner_started_afresh_replaces_the_stored_sample(redis_url: st
     assert stored["conversion"] == again.trainer.samples["conversion"].fields()
     assert len(stored["conversion"]) == 1  # the lost learner's profiles left with it
     assert len(stored["churn"]) == 51
+
+
+async def test_published_cut_points_rank_the_sampled_profiles_stored_states(
+    redis_url: str,
+) -> None:
+    """A version's cut points rank the sampled profiles as the profile store holds them at
+    publication (their current features), not as their last learnt example had them; a
+    profile without a stored state keeps its example's vector."""
+    examples = informative_examples(600, seed=5)
+    engine = Engine(CFG)
+    client = redis.Redis.from_url(redis_url)
+    stored: dict[str, ProfileState] = {}
+    try:
+        for i in range(0, 600, 3):  # a third of the profiles have a state: heavy buyers
+            pid = f"p-{i}"
+            state = None
+            for k in range(12):
+                body = {
+                    "_id": f"{pid}-{k}",
+                    "timestamp": DAY * (1 + k),
+                    "eventType": "commerce.purchases",
+                    "identityMap": {"ECID": [{"id": pid, "primary": True}]},
+                    "commerce": {"order": {"priceTotal": 50.0}},
+                }
+                state = engine.process(state, validate_event(body), Outcome())
+            assert state is not None
+            stored[pid] = state
+            client.hset(f"cai:p:{{{pid}}}", mapping={"s": state.to_bytes(), "v": "1"})
+        store = RedisStore(redis_url)
+        producer = CollectingProducer()
+        try:
+            step = TrainerStep(CFG, store, producer, Settings())
+            assert await step.process(training_records(examples)) == 600
+        finally:
+            await store.close()
+    finally:
+        client.close()
+    published = [LinearModel.from_json(v) for t, _, v in producer.messages if t.endswith(".models")]
+    trainer = step.trainer
+    for goal in GOALS:
+        model = next(m for m in reversed(published) if m.goal == goal)
+        assert not model.warming_up and len(model.quantiles) == 201, goal
+        sample = trainer.samples[goal]
+        clock = trainer.sample_clock(goal)
+        current = {pid: s for pid, s in stored.items() if pid in sample.entries}
+        assert current, goal
+        # what the version ranks: the stored states' features where there is one
+        vectors = sample.matrix_at(clock, Featurizer(CFG).aging())
+        fz = Featurizer(CFG)
+        for row, pid in enumerate(sorted(sample.entries)):
+            if pid in current:
+                vectors[row] = fz.vector_at(current[pid], clock)
+        assert model.quantiles == cut_points(probabilities(model, vectors).tolist()), goal
+        # ... which the examples' vectors alone would not give
+        aged = sample.matrix_at(clock, Featurizer(CFG).aging())
+        assert model.quantiles != cut_points(probabilities(model, aged).tolist()), goal
