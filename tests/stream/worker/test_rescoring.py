@@ -21,6 +21,7 @@ Contract: docs/DESIGN.md, sections "Rescoring as time passes", "Scores" and "Con
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -55,12 +56,16 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 
 
-def config_text(rescore_hours: int = 1, extra: str = "") -> str:
+def config_text(rescore_hours: int = 1, refresh_per_second: float = 200) -> str:
+    """The shipped configuration, rescoring every ``rescore_hours`` of event time."""
     text = SHIPPED_CONFIG.read_text()
-    assert "\nrescore_every_hours = 24\n" in text
-    return text.replace(
-        "\nrescore_every_hours = 24\n", f"\nrescore_every_hours = {rescore_hours}\n{extra}"
-    )
+    for key, value in (
+        ("rescore_every_hours", rescore_hours),
+        ("refresh_per_second", refresh_per_second),
+    ):
+        text, n = re.subn(rf"(?m)^{key} = \S+$", f"{key} = {value}", text)
+        assert n == 1, key
+    return text
 
 
 CFG = parse_config(config_text())
@@ -70,9 +75,9 @@ GOALS = [g.name for g in CFG.goals]
 # ---- configuration -------------------------------------------------------------------------
 def test_refresh_per_second_defaults_and_is_checked() -> None:
     assert CFG.refresh_per_second == 200
-    assert parse_config(config_text(extra="refresh_per_second = 5\n")).refresh_per_second == 5
+    assert parse_config(config_text(refresh_per_second=5)).refresh_per_second == 5
     with pytest.raises(ConfigError, match=r"scoring.refresh_per_second: must be > 0"):
-        parse_config(config_text(extra="refresh_per_second = 0\n"))
+        parse_config(config_text(refresh_per_second=0))
 
 
 def test_the_clock_interval_comes_from_the_environment() -> None:
