@@ -29,7 +29,11 @@ stalls), ``customer_ai_partitions_assigned`` follows Faust's rebalance signals, 
 ``publish_gauges`` timer counts every goal's bucket sets (``customer_ai_bucket_size``, the
 global sizes: aggregate them over workers with ``max``, not ``sum``). With ``[retention]
 days`` set, the ``retention_sweep`` timer removes idle profiles
-(:mod:`stream.worker.retention`).
+(:mod:`stream.worker.retention`). The ``partition_clock`` timer moves a quiet partition's
+event time on with the wall clock and does the rescorings due
+(:meth:`~stream.worker.scorer.BatchScorer.tick`), and the ``model_refresh_sweep`` task
+re-serves every profile's score after a new model version (:mod:`stream.worker.rescoring`);
+both in the partition's lane, like the retention sweep.
 
 Every batch is processed inside a guard: an exception never escapes into Faust
 (which would ack the events). Failures are retried per :mod:`stream.worker.retry` (the
