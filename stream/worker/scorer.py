@@ -513,9 +513,10 @@ class BatchScorer:
         The newest event time seen plus the wall time elapsed since the partition's last
         batch, less ``[labels] allowed_lateness_minutes``, at most the newest broker time
         plus the same elapsed time plus ``[input] max_future_minutes``
-        (:func:`~models.eventtime.watermark_ceiling`). ``None`` until a batch of the
-        partition was processed by this scorer, or while its last batch is less than
-        ``quiet_after`` seconds old.
+        (:func:`~models.eventtime.watermark_ceiling`). ``None`` until this scorer saw a
+        batch or a :meth:`tick` of the partition (a first tick starts the clock at the
+        stored watermark), or while the last batch is less than ``quiet_after`` seconds
+        old.
         """
         last = self._arrivals.get((topic, partition))
         if last is None:
@@ -543,6 +544,15 @@ class BatchScorer:
         async def job() -> dict[str, int]:
             counts = dict.fromkeys(_COUNTERS, 0)
             wm = await self._watermark(topic, partition)
+            if wm is not None and (topic, partition) not in self._arrivals:
+                # no batch since this worker started or was assigned the partition: its
+                # clock runs from the stored watermark, from now (the pause before is
+                # unknown; only ever the shorter for it)
+                lateness = self.config.labels.allowed_lateness_ms
+                now_ms = int(time.time() * 1000)
+                self._arrivals[(topic, partition)] = Arrival(
+                    wm + lateness, now_ms, self.monotonic()
+                )
             clock = self.clock_watermark(topic, partition, quiet_after)
             if clock is not None and (wm is None or clock > wm):
                 wm = clock

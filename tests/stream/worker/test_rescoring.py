@@ -6,6 +6,7 @@ On a real Tansu broker and a private Valkey (``CUSTOMER_AI_TEST_PRIVATE_REDIS=1`
   plus the wall time since its last batch) passes a profile's due time, the profile gets
   its scheduled rescoring (``trigger == "schedule"``), produced and stored as a batch's;
 - a paused replay of old history moves on only by the length of the pause, never to today;
+  a restarted worker's clock runs from the stored watermark;
 - a new model version re-serves every profile's score (``trigger == "model"``, the new
   version, ``event_id`` null) without opening a label snapshot or producing a training
   example, a newer version mid-sweep restarting the sweep for it; the backlog gauge ends
@@ -226,6 +227,15 @@ async def test_a_paused_replay_of_old_history_moves_on_by_the_pause_only(
     # the replay resumes: its events move the watermark on from there
     await scorer.process([events("quiet", last + DAY)])
     assert int(redis_client.get(f"cai:wm:{EVENTS}:0")) == last + DAY
+
+    # a restarted worker has not seen the last event arrive: its clock runs from the
+    # stored watermark, from its first tick on
+    restarted, clock = scorer_with_clock(store, producer)
+    await restarted.tick(EVENTS, 0)
+    assert int(redis_client.get(f"cai:wm:{EVENTS}:0")) == last + DAY
+    clock.now += 1800.0
+    await restarted.tick(EVENTS, 0)
+    assert int(redis_client.get(f"cai:wm:{EVENTS}:0")) == last + DAY + HOUR // 2
 
 
 # ---- the refresh sweep ---------------------------------------------------------------------
