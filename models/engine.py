@@ -312,6 +312,8 @@ class Engine:
             )
             if trigger == MODEL or len(gs.pending) >= goal.max_pending:
                 continue
+            if trigger == SCHEDULE and ts - state.ref_ts >= goal.window_ms:
+                continue  # quiet for a whole window: no more snapshots until the next event
             last_open = gs.last_open_ts
             interval = goal.min_interval_ms
             if trigger == SCHEDULE and goal.schedule_min_interval_ms > interval:
@@ -362,7 +364,9 @@ class Engine:
                 earliest, pending[len(pending) - goal.max_pending].open_ts + goal.window_ms + 1
             )
         steps = -(-(earliest - base) // period)  # onto the schedule: base + k * period
-        return base + max(steps, 1) * period
+        when = base + max(steps, 1) * period
+        # a snapshot opens only within one goal window of the newest event
+        return when if when - state.ref_ts < goal.window_ms else None
 
     def _rescore_until(self, pid: str, state: ProfileState, until: int, out: Outcome) -> bool:
         """Scheduled rescorings strictly before ``until``, in time order, each after the

@@ -19,9 +19,10 @@ Examples
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Sequence
+
+import numpy as np
 
 __all__ = ["RollingMetrics", "expected_calibration_error", "log_loss", "roc_auc"]
 
@@ -32,36 +33,38 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     """Exact ROC AUC (probability a random positive outranks a random negative; ties count half).
 
     Returns ``None`` when one class is absent.
+
+    >>> roc_auc([0.5, 0.5, 0.5], [0, 1, 0])
+    0.5
     """
-    n_pos = sum(1 for y in labels if y)
-    n_neg = len(labels) - n_pos
+    y = np.asarray(labels, dtype=bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    order = sorted(range(len(scores)), key=scores.__getitem__)
-    rank_sum = 0.0
-    i = 0
-    n = len(order)
-    while i < n:
-        j = i
-        while j + 1 < n and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        avg_rank = (i + j) / 2 + 1
-        for k in range(i, j + 1):
-            if labels[order[k]]:
-                rank_sum += avg_rank
-        i = j + 1
+    p = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(p, kind="mergesort")
+    sorted_p = p[order]
+    # average 1-based rank of each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
+    ends = np.r_[starts[1:], len(sorted_p)]
+    run_rank = (starts + ends + 1) / 2.0
+    ranks = np.repeat(run_rank, ends - starts)
+    rank_sum = float(ranks[y[order]].sum())
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def log_loss(scores: Sequence[float], labels: Sequence[int]) -> float | None:
-    """Mean binary cross-entropy, or ``None`` for no examples."""
-    if not scores:
+    """Mean binary cross-entropy, or ``None`` for no examples.
+
+    >>> round(log_loss([0.5, 0.9], [1, 0]), 6)
+    1.497866
+    """
+    if not len(scores):
         return None
-    total = 0.0
-    for p, y in zip(scores, labels):
-        p = min(max(p, _EPS), 1 - _EPS)
-        total -= math.log(p) if y else math.log(1 - p)
-    return total / len(scores)
+    p = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1 - _EPS)
+    y = np.asarray(labels, dtype=bool)
+    return float(-np.where(y, np.log(p), np.log1p(-p)).sum() / len(p))
 
 
 def expected_calibration_error(
@@ -72,17 +75,14 @@ def expected_calibration_error(
     >>> round(expected_calibration_error([0.2, 0.2, 0.8, 0.8], [0, 1, 1, 1]), 6)
     0.25
     """
-    if not scores:
+    if not len(scores):
         return None
-    sum_p = [0.0] * bins
-    sum_y = [0.0] * bins
-    count = [0] * bins
-    for p, y in zip(scores, labels):
-        b = min(int(p * bins), bins - 1)
-        sum_p[b] += p
-        sum_y[b] += y
-        count[b] += 1
-    return sum(abs(sp - sy) for sp, sy in zip(sum_p, sum_y)) / len(scores)
+    p = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    sum_p = np.bincount(b, weights=p, minlength=bins)
+    sum_y = np.bincount(b, weights=y, minlength=bins)
+    return float(np.abs(sum_p - sum_y).sum() / len(p))
 
 
 class RollingMetrics:
@@ -94,6 +94,7 @@ class RollingMetrics:
         self.labels: deque[int] = deque(maxlen=window)
         self.n_total = 0
         self.n_positive_total = 0
+        self._summary: dict[str, float | None] | None = None  # until the next update
 
     def update(self, probability: float, label: int) -> None:
         """Record a matured example with the probability that was served."""
@@ -101,9 +102,16 @@ class RollingMetrics:
         self.labels.append(1 if label else 0)
         self.n_total += 1
         self.n_positive_total += 1 if label else 0
+        self._summary = None
 
     def summary(self) -> dict[str, float | None]:
-        """AUC, log loss, ECE and base rate over the window, and counts."""
+        """AUC, log loss, ECE and base rate over the window, and counts (computed once per
+        update: a new dict each call)."""
+        if self._summary is None:
+            self._summary = self._compute()
+        return dict(self._summary)
+
+    def _compute(self) -> dict[str, float | None]:
         scores, labels = list(self.scores), list(self.labels)
         n = len(scores)
         return {

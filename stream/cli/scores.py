@@ -115,9 +115,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def print_scores(out: Console, doc: dict[str, Any]) -> None:
     """A profile document's score per goal, with its signed factors, one per line."""
     for goal, score in doc["scores"].items():
+        p, pct = score["probability"], score["percentile"]
+        shown = "no probability yet" if p is None else f"p={p:.3f}  percentile {pct:.1f}"
+        warm = "  \\[warming up]" if score.get("warming_up") else ""
         out.print(
-            f"[bold]{goal}[/]: p={score['probability']:.3f}  percentile {score['percentile']:.1f}  "
-            f"bucket [bold]{score['bucket']}[/]  model v{score['model_version']}"
+            f"[bold]{goal}[/]: {shown}  bucket [bold]{score['bucket'] or '-'}[/]  "
+            f"model v{score['model_version']}{warm}"
         )
         for f in score["factors"]:
             out.print(f"    {f['contribution']:+.3f}  {f['label']} = {f['value']:g}")

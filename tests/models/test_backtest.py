@@ -76,7 +76,8 @@ def test_example_features_are_those_of_the_prediction_time(events, result) -> No
     for e in sorted(events, key=lambda e: parse_timestamp(e["timestamp"])):
         by_profile[_pid(e)].append(e)
     checked = {"event": 0, "schedule": 0}
-    for ex in result.examples[::25]:
+    scheduled = [ex for ex in result.examples if ex.trigger == "schedule"]
+    for ex in result.examples[::25] + scheduled[::3]:
         event_id = ex.example_id.rsplit("|", 1)[1]
         engine = Engine(CFG)  # features do not depend on the model: a cold engine will do
         state = None

@@ -182,7 +182,7 @@ def test_buckets_of_the_sampled_profiles_match_the_thresholds(result: BacktestRe
     learnt vector of each profile, aged to the goal's newest maturation, falls in the
     buckets as the thresholds say."""
     for goal, sample in result.trainer.samples.items():
-        model = result.trainer.snapshot(goal)
+        model = result.engine.models[goal]  # the newest promoted version
         if model.warming_up:
             continue
         now = sample.newest() + CFG.goal(goal).window_ms

@@ -69,7 +69,7 @@ def test_the_demo_piped_shows_warm_up_and_whole_tables(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:] + out[-3000:]
     assert "Traceback" not in proc.stderr + out
     # score lines of goals still warming up carry the marker
-    assert re.search(r"p-\d+\s+(conversion|churn)\s+p=\S+ pct=.* v\d+ \[warming up\]", out), out
+    assert re.search(r"p-\d+\s+(conversion|churn)\s+p=\S+\s+pct=.* v\d+ \[warming up\]", out), out
     # the models table is not cut to 80 columns: its header and rows are whole lines
     assert _one_line_with(out, *MODELS_HEADER), out
     for goal in ("conversion", "churn"):

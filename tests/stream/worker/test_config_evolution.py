@@ -115,8 +115,8 @@ class MaskedEngine:
     edit_ms = 0
     silent: frozenset[int] = frozenset()
 
-    def __init__(self, config: Config) -> None:
-        self.inner = Engine(config)
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        self.inner = Engine(config, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -55,8 +55,19 @@ EVENTS = SETTINGS.topic("events")
 SCORES = SETTINGS.topic("scores")
 DAY = 86_400_000
 START = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
-CFG_OFF = parse_config(SHIPPED_CONFIG.read_text())
-CFG = parse_config(SHIPPED_CONFIG.read_text() + "\n[retention]\ndays = 100\n")
+
+
+def with_priors(text: str) -> str:
+    """The shipped configuration with a ``prior`` per goal: cold goals serve a probability,
+    so the profiles of these tests are in a bucket (segment) from their first event."""
+    for goal, prior in (("conversion", 0.1), ("churn", 0.3)):
+        text = text.replace(f'name = "{goal}"\n', f'name = "{goal}"\nprior = {prior}\n', 1)
+    return text
+
+
+RETAINED = with_priors(SHIPPED_CONFIG.read_text()) + "\n[retention]\ndays = 100\n"
+CFG_OFF = parse_config(with_priors(SHIPPED_CONFIG.read_text()))
+CFG = parse_config(RETAINED)
 GOALS = [g.name for g in CFG.goals]
 
 
@@ -324,7 +335,7 @@ async def test_a_worker_sweeps_on_its_timer(
     kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     config = tmp_path / "customer-ai.toml"
-    config.write_text(SHIPPED_CONFIG.read_text() + "\n[retention]\ndays = 100\n")
+    config.write_text(RETAINED)
     await ensure_topics(kafka_bootstrap, {EVENTS: 4}, {})
     events = Events()
     records = history(events)
