@@ -195,11 +195,13 @@ def _events(data: dict[str, Any]) -> tuple[TrackedEvent, ...]:
     return tuple(events)
 
 
-def _scoring(data: dict[str, Any]) -> float:
-    """``[scoring] rescore_every_hours``: the default period of scheduled rescoring."""
+def _scoring(data: dict[str, Any]) -> tuple[float, float]:
+    """``[scoring]``: the default period of scheduled rescoring (``rescore_every_hours``)
+    and the pace of a new model version's refresh sweep (``refresh_per_second``)."""
     table = _table(data, "scoring")
-    _check_keys(table, {"rescore_every_hours"}, "scoring")
-    return _period_hours(table, "scoring", 24)
+    _check_keys(table, {"rescore_every_hours", "refresh_per_second"}, "scoring")
+    pace = float(_number(table, "refresh_per_second", "scoring", 200, minimum=0, strict=True))
+    return _period_hours(table, "scoring", 24), pace
 
 
 def _period_hours(table: dict[str, Any], where: str, default: float) -> float:
@@ -454,7 +456,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             _number(labels_t, "allowed_lateness_minutes", "labels", 0, minimum=0) * 60_000
         ),
     )
-    goals = _goals(data, events, labels, _scoring(data))
+    rescore_every_hours, refresh_per_second = _scoring(data)
+    goals = _goals(data, events, labels, rescore_every_hours)
     _check_eligibility(goals, events, tuple(horizons))
 
     model_t = _table(data, "model")
@@ -559,6 +562,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         buckets=BucketConfig(tuple(float(t) for t in thresholds), tuple(bucket_names)),
         max_event_bytes=max_bytes,
         recent_ids=recent_ids,
+        refresh_per_second=refresh_per_second,
         max_future_ms=int(max_future * 60_000),
         max_age_ms=int(max_age * DAY_MS),
         source=source,

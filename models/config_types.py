@@ -196,6 +196,9 @@ class Config:
     max_future_ms: int = 60 * 60_000
     #: an event more than this far behind its record's broker time is refused (ms)
     max_age_ms: int = 1095 * DAY_MS
+    #: profiles a worker refreshes per second after a new model version (``[scoring]
+    #: refresh_per_second``)
+    refresh_per_second: float = 200.0
     source: str = "<string>"
 
     def goal(self, name: str) -> GoalConfig:

@@ -68,6 +68,9 @@ __all__ = [
     "REDIS_LATENCY",
     "REDIS_LATENCY_BUCKETS",
     "REGISTRY",
+    "RESCORES",
+    "RESCORE_BACKLOG",
+    "RESCORE_TRIGGERS",
     "RETRIES",
     "RETRY_STEPS",
     "SCORES",
@@ -149,6 +152,23 @@ DUPLICATE_EVENTS = Counter(
 SCORES = Counter(
     "customer_ai_scores_total",
     "Score messages produced to customer-ai.scores, by goal.",
+    ["goal"],
+    registry=REGISTRY,
+)
+RESCORES = Counter(
+    "customer_ai_rescores_total",
+    "Score messages produced, by trigger: event, schedule (scheduled rescoring as event time "
+    "passes) or model (a new model version's refresh sweep).",
+    ["trigger"],
+    registry=REGISTRY,
+)
+RESCORE_TRIGGERS = ("event", "schedule", "model")
+for _trigger in RESCORE_TRIGGERS:  # every series exists from start
+    RESCORES.labels(trigger=_trigger)
+RESCORE_BACKLOG = Gauge(
+    "customer_ai_rescore_backlog",
+    "Profiles of this worker's partitions still to refresh after a new model version, per "
+    "goal (an estimate from the due index; 0 once the sweep is done).",
     ["goal"],
     registry=REGISTRY,
 )
@@ -274,7 +294,8 @@ _LIVE_GAUGES = (
 
 def init_model_series(goals: Sequence[str]) -> None:
     """Create every goal's model series (version, live metrics, status) as NaN, so they
-    exist in /metrics from the worker's start, before any model is known."""
+    exist in /metrics from the worker's start, before any model is known; and its refresh
+    backlog (``customer_ai_rescore_backlog``) as 0."""
     nan = float("nan")
     for goal in goals:
         MODEL_VERSION.labels(goal=goal).set(nan)
@@ -282,6 +303,7 @@ def init_model_series(goals: Sequence[str]) -> None:
             gauge.labels(goal=goal).set(nan)
         for status in MODEL_STATUSES:
             MODEL_STATUS.labels(goal=goal, status=status).set(nan)
+        RESCORE_BACKLOG.labels(goal=goal).set(0)
 
 
 def observe_model(goal: str, version: int, live: dict[str, Any], status: str) -> None:

@@ -29,7 +29,11 @@ stalls), ``customer_ai_partitions_assigned`` follows Faust's rebalance signals, 
 ``publish_gauges`` timer counts every goal's bucket sets (``customer_ai_bucket_size``, the
 global sizes: aggregate them over workers with ``max``, not ``sum``). With ``[retention]
 days`` set, the ``retention_sweep`` timer removes idle profiles
-(:mod:`stream.worker.retention`).
+(:mod:`stream.worker.retention`). The ``partition_clock`` timer moves a quiet partition's
+event time on with the wall clock and does the rescorings due
+(:meth:`~stream.worker.scorer.BatchScorer.tick`), and the ``model_refresh_sweep`` task
+re-serves every profile's score after a new model version (:mod:`stream.worker.rescoring`);
+both in the partition's lane, like the retention sweep.
 
 Every batch is processed inside a guard: an exception never escapes into Faust
 (which would ack the events). Failures are retried per :mod:`stream.worker.retry` (the
@@ -60,6 +64,7 @@ from stream.worker import compat, handover
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
 from stream.worker.producer import BatchProducer
+from stream.worker.rescoring import ModelRefresh
 from stream.worker.retention import RetentionSweep
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.scorer import BatchScorer, Record
@@ -171,11 +176,22 @@ class Runtime:
         self.repartitioned_scorer = BatchScorer(self.engine, self.store, self.producer, settings)
         self.trainer = TrainerStep(config, self.store, self.producer, settings)
         self.lock = asyncio.Lock()
-        #: source topic -> the retention sweep of its scorer's partitions
-        self.sweeps = {
-            events_topic.get_topic_name(): RetentionSweep(self.scorer),
-            repartition_topic.get_topic_name(): RetentionSweep(self.repartitioned_scorer),
+        #: source topic -> its scorer
+        self.scorers = {
+            events_topic.get_topic_name(): self.scorer,
+            repartition_topic.get_topic_name(): self.repartitioned_scorer,
         }
+        #: source topic -> the retention sweep of its scorer's partitions
+        self.sweeps = {topic: RetentionSweep(s) for topic, s in self.scorers.items()}
+        #: the refresh sweeps after a new model version (stream.worker.rescoring)
+        self.refresher = ModelRefresh(
+            self.scorers, _assigned_source_partitions, config.refresh_per_second
+        )
+
+    def models_updated(self, goals: list[str]) -> None:
+        """Start the refresh sweep of each goal whose served model version changed."""
+        for goal in goals:
+            self.refresher.start(goal, self.engine.models[goal].version)
 
 
 _runtime: Runtime | None = None
@@ -224,8 +240,8 @@ def _note_first_batch(records: list[Record]) -> None:
 
 async def _load_models(rt: Runtime) -> None:
     """Serve the published models from the first event on, not after the first refresh."""
-    try:
-        await rt.scorer.refresh_models()
+    try:  # profiles a sweep interrupted by a restart (or left old) are refreshed too
+        rt.models_updated(await rt.scorer.refresh_models())
     except Exception:  # noqa: BLE001 - the refresh_models timer tries again
         log.exception("initial model load failed")
     try:  # register this config's feature layout at start (else the first batch does)
@@ -369,6 +385,12 @@ async def _on_partitions_assigned(sender: Any, assigned: set[TP], **kwargs: Any)
 @app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def _on_partitions_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
     metrics.PARTITIONS_ASSIGNED.set(_source_partitions(_current_assignment() - set(revoked)))
+    if _runtime is None:
+        return
+    for tp in revoked:  # its next owner moves its clock on; this worker forgets it
+        scorer = _runtime.scorers.get(tp.topic)
+        if scorer is not None:
+            scorer.forget(tp.topic, tp.partition)
 
 
 @app.timer(interval=settings.metrics_interval)
@@ -406,6 +428,31 @@ async def retention_sweep() -> None:
             log.exception("retention sweep of %s[%d] failed", tp.topic, tp.partition)
 
 
+@app.timer(interval=settings.clock_interval or 60.0)
+async def partition_clock() -> None:
+    """The quiet-partition clock (``CUSTOMER_AI_CLOCK_INTERVAL``; 0: off): for each
+    partition assigned here that received no batch for an interval, move its watermark on
+    with the wall clock and do the work due before it
+    (:meth:`~stream.worker.scorer.BatchScorer.tick`, in the partition's lane)."""
+    if not settings.clock_interval:
+        return
+    rt = runtime()
+
+    async def tick(tp: TP) -> None:
+        try:
+            await rt.scorers[tp.topic].tick(tp.topic, tp.partition, settings.clock_interval)
+        except Exception:  # noqa: BLE001 - a timer must not die; the next tick tries again
+            log.exception("clock tick of %s[%d] failed", tp.topic, tp.partition)
+
+    await asyncio.gather(*(tick(tp) for tp in _current_assignment() if tp.topic in rt.scorers))
+
+
+@app.task
+async def model_refresh_sweep() -> None:
+    """Refresh the served scores after a new model version (:mod:`stream.worker.rescoring`)."""
+    await runtime().refresher.run()
+
+
 @app.timer(interval=1.0)
 async def collect_garbage() -> None:
     """Collect cyclic garbage when due while no batch is in progress (an idle worker)."""
@@ -416,9 +463,11 @@ async def collect_garbage() -> None:
 async def refresh_models() -> None:
     """Pick up newer model versions published by the trainer."""
     try:
-        updated = await runtime().scorer.refresh_models()
+        rt = runtime()
+        updated = await rt.scorer.refresh_models()
         if updated:
             log.info("serving new model versions for %s", ", ".join(updated))
+            rt.models_updated(updated)
     except Exception:  # noqa: BLE001 - a timer must not die
         log.exception("model refresh failed")
 

@@ -305,7 +305,7 @@ class ProfileStore(StoreConnection):
 
         Returns the profile ids whose write was refused (fenced: the version moved).
         """
-        if not writes and not due and watermark is None:
+        if not writes and not due and (watermark_key is None or watermark is None):
             return set()
         moves = {w.profile_id: self.index_moves(w) for w in writes}
         if self.cluster:
@@ -421,6 +421,19 @@ class ProfileStore(StoreConnection):
             lambda: self.redis.zrangebyscore(due_key, "-inf", f"({watermark}", start=0, num=limit),
         )
         return [r.decode() for r in rows]
+
+    async def scan_due(self, due_key: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One ``ZSCAN`` step over a due index: the next cursor (0: the scan is complete)
+        and about ``count`` profile ids. A profile in the index for the whole scan is
+        returned at least once (possibly more than once)."""
+        next_cursor, rows = await self.retry(
+            "due", lambda: self.redis.zscan(due_key, cursor, count=count)
+        )
+        return int(next_cursor), [(m.decode() if isinstance(m, bytes) else str(m)) for m, _ in rows]
+
+    async def due_count(self, due_key: str) -> int:
+        """Profiles in a due index (``ZCARD``)."""
+        return int(await self.retry("due", lambda: self.redis.zcard(due_key)))
 
     async def watermark(self, watermark_key: str) -> int | None:
         raw = await self.retry("watermark", lambda: self.redis.get(watermark_key))

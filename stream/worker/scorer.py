@@ -44,7 +44,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -53,7 +54,7 @@ from models.events import Event, InvalidEvent, decode_event
 from models.eventtime import check_event_time, reference_time, watermark_ceiling
 from models.messages import OutMessage, encode_outcome, scores_field
 from models.model import LinearModel
-from models.outcome import Outcome
+from models.outcome import EVENT, Outcome
 from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
@@ -81,7 +82,43 @@ BATCH_ATTEMPTS = 5
 BATCH_RETRY_DELAY = 0.5
 #: the longest wait between two attempts at a partition's part or a batch
 MAX_RETRY_DELAY = 5.0
+#: profiles a batch takes from its partition's due index at most (the rest: the next one)
+DUE_LIMIT = 1000
+#: profiles a tick of the quiet-partition clock takes from the due index at most
+CLOCK_DUE_LIMIT = 1000
 _OUTBOX_LANE = ("outbox",)
+_COUNTERS = (
+    "events",
+    "rejected",
+    "skipped",
+    "forwarded",
+    "scores",
+    "examples",
+    "fenced",
+    "duplicates",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A partition's newest event time and broker time so far, and when (``time.monotonic``)
+    its last batch was processed: the quiet-partition clock runs from there."""
+
+    event_ms: int
+    reference_ms: int
+    at: float
+
+
+def _count_rescores(out: Outcome) -> None:
+    """Count the scores of ``out`` in ``customer_ai_rescores_total`` by trigger."""
+    if not out.scores:
+        return
+    other = Counter(s.trigger for s in out.scores if s.trigger != EVENT)
+    events = len(out.scores) - sum(other.values())
+    if events:
+        metrics.RESCORES.labels(trigger=EVENT).inc(events)
+    for trigger, n in other.items():
+        metrics.RESCORES.labels(trigger=trigger).inc(n)
 
 
 async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> None:
@@ -126,6 +163,10 @@ class BatchScorer:
         self.dlq_topic = settings.topic("dlq")
         self.repartition_topic = repartition_topic
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: per partition: its last batch's arrival (the quiet-partition clock)
+        self._arrivals: dict[tuple[str, int], Arrival] = {}
+        #: the clock the quiet-partition clock measures elapsed time with (tests set it)
+        self.monotonic: Callable[[], float] = time.monotonic
         self._lanes = Lanes()
         #: decodes loaded states, mapping those of another feature layout by name
         self.layouts = StateDecoder(engine, store)
@@ -165,16 +206,7 @@ class BatchScorer:
         """Process one batch end to end; returns counters for logs and tests."""
         started = time.perf_counter()
         await self.layouts.ensure()
-        counts = {
-            "events": 0,
-            "rejected": 0,
-            "skipped": 0,
-            "forwarded": 0,
-            "scores": 0,
-            "examples": 0,
-            "fenced": 0,
-            "duplicates": 0,
-        }
+        counts = dict.fromkeys(_COUNTERS, 0)
         by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
         outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
         per_topic: Counter[str] = Counter()
@@ -365,19 +397,7 @@ class BatchScorer:
         counts: dict[str, int],
         outbox: list[OutMessage],
     ) -> None:
-        # Per topic *and partition*: offsets only order events within a partition. If the
-        # partition count changes and a profile moves, its new partition's field starts
-        # empty (nothing is skipped); an old partition's offsets only ever grow.
-        offset_field = f"o:{topic}:{partition}"
-        due_key = self.store.due_key(topic, partition)
-        wm_key = self.store.watermark_key(topic, partition)
-        retained = self.config.retention.days is not None  # keep the activity index
-        activity_key = self.store.activity_key(topic, partition) if retained else None
-        lateness = self.config.labels.allowed_lateness_ms
-        wm = self.watermarks.get((topic, partition))
-        if wm is None:
-            wm = await self.store.watermark(wm_key)
-            self._warn_if_ahead(topic, partition, wm)
+        wm = await self._watermark(topic, partition)
         batch_max_ts = max(e.timestamp_ms for _, e, _ in items)
         # Invariant: the watermark never advances past the newest broker time of the
         # partition's records in this batch (the worker's clock where a record has none or
@@ -385,21 +405,63 @@ class BatchScorer:
         # check above already refuses events beyond it; this bound holds even without it.
         now_ms = int(time.time() * 1000)
         newest = max(reference_time(r.timestamp_ms, now_ms) for r, _, _ in items)
+        lateness = self.config.labels.allowed_lateness_ms
         candidate = min(
             batch_max_ts - lateness, watermark_ceiling(newest, self.config.max_future_ms)
         )
         new_wm = candidate if wm is None else max(wm, candidate)
-        due_ids = await self.store.due_profiles(due_key, new_wm)
+        due_ids = await self.store.due_profiles(
+            self.store.due_key(topic, partition), new_wm, limit=DUE_LIMIT
+        )
+        await self._settle(topic, partition, items, due_ids, new_wm, counts, outbox)
+        self._note_arrival(topic, partition, batch_max_ts, newest)
+
+    async def _watermark(self, topic: str, partition: int) -> int | None:
+        """The partition's watermark: in memory, else as stored (None: never set)."""
+        wm = self.watermarks.get((topic, partition))
+        if wm is None:
+            wm = await self.store.watermark(self.store.watermark_key(topic, partition))
+            self._warn_if_ahead(topic, partition, wm)
+        return wm
+
+    async def _settle(
+        self,
+        topic: str,
+        partition: int,
+        items: list[tuple[Record, Event, tuple]],
+        due_ids: list[str],
+        new_wm: int,
+        counts: dict[str, int],
+        outbox: list[OutMessage],
+        *,
+        refresh: str | None = None,
+    ) -> None:
+        """Apply ``items`` and let event time pass to ``new_wm`` for them and ``due_ids``;
+        produce, then store with the compare-and-set (fenced writes re-done).
+
+        With ``refresh`` (a goal): no events and no time passing, only the goal's score
+        refreshed with the served model (:meth:`~models.engine.Engine.refresh`), and the
+        watermark is not stored.
+        """
+        # Per topic *and partition*: offsets only order events within a partition. If the
+        # partition count changes and a profile moves, its new partition's field starts
+        # empty (nothing is skipped); an old partition's offsets only ever grow.
+        offset_field = f"o:{topic}:{partition}"
+        due_key = self.store.due_key(topic, partition)
+        wm_key = None if refresh else self.store.watermark_key(topic, partition)
+        retained = self.config.retention.days is not None  # keep the activity index
+        activity_key = self.store.activity_key(topic, partition) if retained else None
         touched = list(dict.fromkeys([e.profile_id for _, e, _ in items] + due_ids))
         retry_ids: list[str] = touched
         attempt = 0
-        while retry_ids:
+        while True:
             attempt += 1
-            loaded = await self.store.load(retry_ids, offset_field)
+            loaded = await self.store.load(retry_ids, offset_field) if retry_ids else {}
             await self.layouts.learn(row.state for row in loaded.values())
             subset = set(retry_ids)
             fenced = await self._apply(
                 topic,
+                partition,
                 items,
                 subset,
                 loaded,
@@ -410,6 +472,7 @@ class BatchScorer:
                 counts,
                 outbox,
                 activity_key,
+                refresh,
             )
             counts["fenced"] += len(fenced)
             if fenced:
@@ -425,11 +488,107 @@ class BatchScorer:
                 log.error("gave up on %d fenced profiles after %d attempts", len(fenced), attempt)
                 break
             retry_ids = sorted(fenced)
-        self.watermarks[(topic, partition)] = new_wm
+            if not retry_ids:
+                break
+        if not refresh:
+            self.watermarks[(topic, partition)] = new_wm
+
+    # ---- time passing while a partition is quiet ----------------------------------------
+    def _note_arrival(self, topic: str, partition: int, event_ms: int, reference_ms: int) -> None:
+        """Remember when a batch of the partition arrived (the quiet-partition clock)."""
+        last = self._arrivals.get((topic, partition))
+        if last is not None:
+            event_ms = max(event_ms, last.event_ms)
+            reference_ms = max(reference_ms, last.reference_ms)
+        self._arrivals[(topic, partition)] = Arrival(event_ms, reference_ms, self.monotonic())
+
+    def forget(self, topic: str, partition: int) -> None:
+        """Drop what is remembered of a partition (revoked: another worker moves it on)."""
+        self._arrivals.pop((topic, partition), None)
+        self.watermarks.pop((topic, partition), None)
+
+    def clock_watermark(self, topic: str, partition: int, quiet_after: float = 0.0) -> int | None:
+        """The partition's event time by the wall clock while it receives no events.
+
+        The newest event time seen plus the wall time elapsed since the partition's last
+        batch, less ``[labels] allowed_lateness_minutes``, at most the newest broker time
+        plus the same elapsed time plus ``[input] max_future_minutes``
+        (:func:`~models.eventtime.watermark_ceiling`). ``None`` until this scorer saw a
+        batch or a :meth:`tick` of the partition (a first tick starts the clock at the
+        stored watermark), or while the last batch is less than ``quiet_after`` seconds
+        old.
+        """
+        last = self._arrivals.get((topic, partition))
+        if last is None:
+            return None
+        elapsed = self.monotonic() - last.at
+        if elapsed < quiet_after or elapsed < 0:
+            return None
+        elapsed_ms = int(elapsed * 1000)
+        return min(
+            last.event_ms + elapsed_ms - self.config.labels.allowed_lateness_ms,
+            watermark_ceiling(last.reference_ms + elapsed_ms, self.config.max_future_ms),
+        )
+
+    async def tick(
+        self, topic: str, partition: int, quiet_after: float = 0.0, limit: int = CLOCK_DUE_LIMIT
+    ) -> dict[str, int]:
+        """One tick of the quiet-partition clock, in the partition's lane.
+
+        Moves the watermark to :meth:`clock_watermark` if that is ahead of it, and does
+        the work due before the watermark (scheduled rescorings, closed label windows) of
+        at most ``limit`` profiles from the due index, exactly as a batch does it: produced,
+        then stored with the compare-and-set. Returns the batch counters.
+        """
+
+        async def job() -> dict[str, int]:
+            counts = dict.fromkeys(_COUNTERS, 0)
+            wm = await self._watermark(topic, partition)
+            if wm is not None and (topic, partition) not in self._arrivals:
+                # no batch since this worker started or was assigned the partition: its
+                # clock runs from the stored watermark, from now (the pause before is
+                # unknown; only ever the shorter for it)
+                lateness = self.config.labels.allowed_lateness_ms
+                now_ms = int(time.time() * 1000)
+                self._arrivals[(topic, partition)] = Arrival(
+                    wm + lateness, now_ms, self.monotonic()
+                )
+            clock = self.clock_watermark(topic, partition, quiet_after)
+            if clock is not None and (wm is None or clock > wm):
+                wm = clock
+            elif wm is None:
+                return counts
+            else:
+                clock = None  # nothing to store: the watermark stays
+            due_ids = await self.store.due_profiles(
+                self.store.due_key(topic, partition), wm, limit=limit
+            )
+            if due_ids or clock is not None:
+                await self._settle(topic, partition, [], due_ids, wm, counts, [])
+            return counts
+
+        return await self.lane(topic, partition).run(job)
+
+    async def refresh_profiles(self, topic: str, partition: int, ids: list[str], goal: str) -> int:
+        """Refresh ``goal``'s score of the profiles ``ids`` of the partition with the model
+        served now (trigger ``model``, no label snapshot), in the partition's lane; produced,
+        then stored with the compare-and-set. Returns the number of scores produced."""
+
+        if not ids:
+            return 0
+
+        async def job() -> int:
+            counts = dict.fromkeys(_COUNTERS, 0)
+            wm = await self._watermark(topic, partition)
+            await self._settle(topic, partition, [], ids, wm or 0, counts, [], refresh=goal)
+            return counts["scores"]
+
+        return await self.lane(topic, partition).run(job)
 
     async def _apply(
         self,
         topic: str,
+        partition: int,
         items: list[tuple[Record, Event, tuple]],
         subset: set[str],
         loaded: dict[str, LoadedProfile],
@@ -440,6 +599,7 @@ class BatchScorer:
         counts: dict[str, int],
         outbox: list[OutMessage],
         activity_key: str | None = None,
+        refresh: str | None = None,
     ) -> set[str]:
         engine = self.engine
         states: dict[str, ProfileState | None] = {}
@@ -456,7 +616,7 @@ class BatchScorer:
         redo: set[str] = set()
         if poison:
             subset = subset - poison.keys()
-            redo = await self._isolate(topic, items, poison, due_key, counts, outbox)
+            redo = await self._isolate(topic, partition, items, poison, due_key, counts, outbox)
         applied_offset = {pid: loaded[pid].offset for pid in subset}
         # each profile's place in the segment index as stored: (bucket, top factors) per goal
         index_before: dict[str, dict[str, SegmentEntry]] = {}
@@ -489,7 +649,12 @@ class BatchScorer:
         changed_by_expiry: set[str] = set()
         for pid in subset:
             state = states[pid]
-            if state is not None and engine.advance(pid, state, watermark, out):
+            if state is None:
+                continue
+            if refresh is not None:
+                if engine.refresh(pid, state, refresh, out):
+                    changed_by_expiry.add(pid)
+            elif engine.advance(pid, state, watermark, out):
                 changed_by_expiry.add(pid)
         scored_at = format_time(int(time.time() * 1000))
         topics = (self.scores_topic, self.segments_topic, self.training_topic)
@@ -506,6 +671,7 @@ class BatchScorer:
             metrics.TRAINING_EXAMPLES.labels(goal=goal, label=label).inc(n)
         counts["scores"] += len(out.scores)
         counts["examples"] += len(out.examples)
+        _count_rescores(out)
         await self.producer.send_all(outbox)
         outbox.clear()
         metrics.observe_end_to_end_many(produced_at, time.time())
@@ -516,7 +682,7 @@ class BatchScorer:
         for pid in subset:
             state = states[pid]
             if state is None or (pid not in last_offset and pid not in changed_by_expiry):
-                if state is not None and pid not in last_offset:
+                if state is not None and pid not in last_offset and refresh is None:
                     due[pid] = engine.next_due(state)
                     due_versions[pid] = loaded[pid].version
                 continue
@@ -551,6 +717,7 @@ class BatchScorer:
     async def _isolate(
         self,
         topic: str,
+        partition: int,
         items: list[tuple[Record, Event, tuple]],
         poison: dict[str, quarantine.Poisoned],
         due_key: str,
@@ -562,7 +729,6 @@ class BatchScorer:
         Returns the profiles whose record changed since it was loaded (not quarantined
         and not dead-lettered: re-done from the fresh record, like a fenced write).
         """
-        partition = items[0][0].partition
         moved = await quarantine.quarantine(self.store, poison.values(), topic, partition, due_key)
         changed = {pid for pid, p in poison.items() if p.reason and pid not in moved}
         for record, event, _ in items:

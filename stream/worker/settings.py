@@ -127,6 +127,9 @@ class Settings:
     metrics_interval: float = 5.0
     replication_factor: int = 1
     retention_interval: float = 60.0
+    #: seconds between two ticks of the quiet-partition clock (0: off, event time moves
+    #: only with events, as in the backtest)
+    clock_interval: float = 10.0
     stall_seconds: float = 120.0
     allow_eviction: bool = False
 
@@ -174,6 +177,9 @@ class Settings:
             ),
             retention_interval=_number(
                 e, "CUSTOMER_AI_RETENTION_INTERVAL", d.retention_interval, float, 1.0, inf
+            ),
+            clock_interval=_number(
+                e, "CUSTOMER_AI_CLOCK_INTERVAL", d.clock_interval, float, 0.0, inf
             ),
             stall_seconds=_number(
                 e, "CUSTOMER_AI_STALL_SECONDS", d.stall_seconds, float, 0.001, inf

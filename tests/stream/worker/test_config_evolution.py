@@ -54,6 +54,7 @@ from tests.harness import WorkerProcess, consume_all, produce, wait_until
 from tests.stream.worker.test_faults import (
     DOC_FIELDS,
     EVENTS,
+    NO_CLOCK,
     SETTINGS,
     CollectingProducer,
     broker,
@@ -215,7 +216,12 @@ def test_a_config_edit_maps_state_by_name_without_dlq_or_misalignment(
     n_first = len(load_events(first, cfg_a))
     n_all = n_first + len(load_events(rest, cfg_b)) + len(flush)
     worker = WorkerProcess(
-        broker.bootstrap, url, tmp_path, name="worker-a", CUSTOMER_AI_CONFIG=str(config_a)
+        broker.bootstrap,
+        url,
+        tmp_path,
+        name="worker-a",
+        CUSTOMER_AI_CONFIG=str(config_a),
+        **NO_CLOCK,
     ).start(timeout=120)
     try:
         asyncio.run(produce(broker.bootstrap, EVENTS, keyed(first)))
@@ -230,7 +236,12 @@ def test_a_config_edit_maps_state_by_name_without_dlq_or_misalignment(
     }
 
     worker = WorkerProcess(
-        broker.bootstrap, url, tmp_path, name="worker-b", CUSTOMER_AI_CONFIG=str(config_b)
+        broker.bootstrap,
+        url,
+        tmp_path,
+        name="worker-b",
+        CUSTOMER_AI_CONFIG=str(config_b),
+        **NO_CLOCK,
     ).start(timeout=120)
     try:
         asyncio.run(produce(broker.bootstrap, EVENTS, keyed(rest)))

@@ -492,12 +492,24 @@ def wait_lag_drained(bootstrap: str, timeout: float = 60.0) -> None:
     wait_until(drained, timeout, interval=1.0, what="the consumer lag to drain")
 
 
+#: The oracle (the backtest) moves event time with the events only; the quiet-partition
+#: clock would move each watermark on by the wall time the test waits after the replay
+#: (see docs/DESIGN.md, "Rescoring as time passes"), so the workers compared with it run
+#: without it. tests/stream/worker/test_rescoring.py tests the clock.
+NO_CLOCK = {"CUSTOMER_AI_CLOCK_INTERVAL": "0"}
+
+
 def start_workers(
     broker: BrokerProcess, redis_url: str, log_dir: Path, n: int
 ) -> list[WorkerProcess]:
     workers = [
         WorkerProcess(
-            broker.bootstrap, redis_url, log_dir, name=f"worker-{i}", CUSTOMER_AI_CONFIG=str(CONFIG)
+            broker.bootstrap,
+            redis_url,
+            log_dir,
+            name=f"worker-{i}",
+            CUSTOMER_AI_CONFIG=str(CONFIG),
+            **NO_CLOCK,
         ).start(wait_ready=False)
         for i in range(n)
     ]
@@ -741,6 +753,7 @@ def test_zombie_worker_is_fenced(
             tmp_path,
             name=f"worker-{i}",
             CUSTOMER_AI_CONFIG=str(CONFIG),
+            **NO_CLOCK,
         ).start(wait_ready=False)
         for i, worker_url in enumerate((f"redis://127.0.0.1:{relay.port}/0", url))
     ]

@@ -154,6 +154,25 @@ def wait_for_health(worker: WorkerProcess, timeout: float) -> list[int]:
     return statuses
 
 
+def wait_quiet(worker: WorkerProcess, timeout: float) -> None:
+    """Wait until the worker produces nothing more on its own: no refresh sweep left
+    (``customer_ai_rescore_backlog`` 0), and the served versions and the scores produced
+    (``customer_ai_rescores_total``) unchanged over three seconds."""
+    watched = ("customer_ai_rescore_backlog", "customer_ai_model_version", "customer_ai_rescores")
+    seen: list[list[str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, body = worker.get("/metrics")
+        rows = sorted(r for r in body.decode().splitlines() if r.startswith(watched))
+        backlog = [r for r in rows if r.startswith("customer_ai_rescore_backlog")]
+        seen = (seen + [rows])[-4:]
+        if backlog and all(float(r.split()[-1]) == 0 for r in backlog):
+            if len(seen) == 4 and all(x == rows for x in seen):
+                return
+        time.sleep(1.0)
+    raise AssertionError(f"the worker still rescores after {timeout}s: {seen[-1:]}")
+
+
 def models_warm(worker: WorkerProcess) -> bool:
     """True once ``GET /models`` serves a trained (not warming-up) version of every goal."""
     status, body = worker.get("/models")
@@ -214,8 +233,14 @@ def test_worker_scores_every_event_and_goal(
     total = sum(expected.values())
 
     asyncio.run(ensure_topics(kafka_bootstrap, {"customer-ai.events": PARTITIONS}, {}))
+    # the quiet-partition clock off: the events end now, so it would go on rescoring the
+    # profiles due while the test reads (tests/stream/worker/test_rescoring.py tests it)
     worker = WorkerProcess(
-        kafka_bootstrap, redis_url, tmp_path, CUSTOMER_AI_CONFIG=str(config_path)
+        kafka_bootstrap,
+        redis_url,
+        tmp_path,
+        CUSTOMER_AI_CONFIG=str(config_path),
+        CUSTOMER_AI_CLOCK_INTERVAL="0",
     )
     worker.start(wait_ready=False)
     try:
@@ -237,6 +262,13 @@ def test_worker_scores_every_event_and_goal(
         elapsed = time.monotonic() - started
         assert event_scores(raw_scores) == total, (event_scores.n, total, worker.log_tail())
         print(f"{len(events)} events, {total} scores in {elapsed:.1f}s")
+        # each new model version's refresh sweep re-serves every profile's score (trigger
+        # "model"): read the outputs once the last sweep is done and no version is coming
+        wait_quiet(worker, 180)
+        event_scores = EventScores()
+        raw_scores = asyncio.run(
+            collect(kafka_bootstrap, "customer-ai.scores", lambda m: event_scores(m) >= total, 60)
+        )
         raw_segments = asyncio.run(
             collect(kafka_bootstrap, "customer-ai.segments", lambda m: False, 5, settle=0)
         )
