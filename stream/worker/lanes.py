@@ -17,10 +17,10 @@ while waiting must not let the next one overtake the one it was waiting for).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, TypeVar
 
-__all__ = ["Lanes"]
+__all__ = ["Lanes", "all_or_none"]
 
 T = TypeVar("T")
 
@@ -91,3 +91,22 @@ class Place:
 def _finish(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> None:
+    """Run ``coroutines`` concurrently; if one fails, cancel the others, wait, re-raise.
+
+    Unlike a bare ``gather``, no coroutine of a failed batch is left running while the
+    caller retries the batch.
+    """
+    if len(coroutines) == 1:
+        await coroutines[0]
+        return
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -40,28 +40,26 @@ profile's forwarded events stay in order).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
 from models.eventtime import check_event_time, reference_time, watermark_ceiling
 from models.messages import OutMessage, encode_outcome, scores_field
 from models.model import LinearModel
-from models.outcome import EVENT, Outcome
+from models.outcome import Outcome
 from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker import quarantine
 from stream.worker.dead_letters import DLQ_MAX_ORIGINAL_BYTES, Record, dlq_message
-from stream.worker.lanes import Lanes, Place
+from stream.worker.lanes import Lanes, Place, all_or_none
 from stream.worker.layouts import StateDecoder
+from stream.worker.partition_clock import COUNTERS, Arrival, PartitionClock, count_rescores
 from stream.worker.producer import BatchProducer
 from stream.worker.retry import Failure, RetryPolicy
 from stream.worker.settings import Settings
@@ -84,63 +82,10 @@ BATCH_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 5.0
 #: profiles a batch takes from its partition's due index at most (the rest: the next one)
 DUE_LIMIT = 1000
-#: profiles a tick of the quiet-partition clock takes from the due index at most
-CLOCK_DUE_LIMIT = 1000
 _OUTBOX_LANE = ("outbox",)
-_COUNTERS = (
-    "events",
-    "rejected",
-    "skipped",
-    "forwarded",
-    "scores",
-    "examples",
-    "fenced",
-    "duplicates",
-)
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    """A partition's newest event time and broker time so far, and when (``time.monotonic``)
-    its last batch was processed: the quiet-partition clock runs from there."""
-
-    event_ms: int
-    reference_ms: int
-    at: float
-
-
-def _count_rescores(out: Outcome) -> None:
-    """Count the scores of ``out`` in ``customer_ai_rescores_total`` by trigger."""
-    if not out.scores:
-        return
-    other = Counter(s.trigger for s in out.scores if s.trigger != EVENT)
-    events = len(out.scores) - sum(other.values())
-    if events:
-        metrics.RESCORES.labels(trigger=EVENT).inc(events)
-    for trigger, n in other.items():
-        metrics.RESCORES.labels(trigger=trigger).inc(n)
-
-
-async def _all_or_none(coroutines: list[Coroutine[Any, Any, Any]]) -> None:
-    """Run ``coroutines`` concurrently; if one fails, cancel the others, wait, re-raise.
-
-    Unlike a bare ``gather``, no coroutine of a failed batch is left running while the
-    caller retries the batch.
-    """
-    if len(coroutines) == 1:
-        await coroutines[0]
-        return
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-class BatchScorer:
+class BatchScorer(PartitionClock):
     """Scores batches of records (see the module docstring)."""
 
     def __init__(
@@ -206,7 +151,7 @@ class BatchScorer:
         """Process one batch end to end; returns counters for logs and tests."""
         started = time.perf_counter()
         await self.layouts.ensure()
-        counts = dict.fromkeys(_COUNTERS, 0)
+        counts = dict.fromkeys(COUNTERS, 0)
         by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
         outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
         per_topic: Counter[str] = Counter()
@@ -269,7 +214,7 @@ class BatchScorer:
         if outbox:
             send = partial(self.producer.send_all, outbox)
             jobs.append(self._lanes.reserve(_OUTBOX_LANE).run(send))
-        await _all_or_none(jobs)
+        await all_or_none(jobs)
         elapsed = time.perf_counter() - started
         metrics.PROCESSING_LATENCY.observe(elapsed / max(1, len(records)))
         return counts
@@ -371,20 +316,6 @@ class BatchScorer:
 
         await policy.run(attempt, on_error=failed, give_up=dead_letter)
 
-    def _warn_if_ahead(self, topic: str, partition: int, wm: int | None) -> None:
-        """Log a stored watermark that an older version let run ahead of the clock."""
-        now_ms = int(time.time() * 1000)
-        if wm is not None and wm > watermark_ceiling(now_ms, self.config.max_future_ms):
-            log.warning(
-                "%s[%d]: the stored watermark %s is ahead of now + [input] max_future_minutes: "
-                "an event with a wrong clock moved it (before this version refused such "
-                "events), and label windows close early on this partition; see "
-                'docs/OPERATING.md, "A watermark that ran ahead" (`customer-ai watermarks`)',
-                topic,
-                partition,
-                format_time(wm),
-            )
-
     def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
         metrics.EVENTS_REJECTED.labels(reason=reason).inc()
         outbox.append((self.dlq_topic, record.key, dlq_message(record, reason, detail)))
@@ -415,14 +346,6 @@ class BatchScorer:
         )
         await self._settle(topic, partition, items, due_ids, new_wm, counts, outbox)
         self._note_arrival(topic, partition, batch_max_ts, newest)
-
-    async def _watermark(self, topic: str, partition: int) -> int | None:
-        """The partition's watermark: in memory, else as stored (None: never set)."""
-        wm = self.watermarks.get((topic, partition))
-        if wm is None:
-            wm = await self.store.watermark(self.store.watermark_key(topic, partition))
-            self._warn_if_ahead(topic, partition, wm)
-        return wm
 
     async def _settle(
         self,
@@ -492,98 +415,6 @@ class BatchScorer:
                 break
         if not refresh:
             self.watermarks[(topic, partition)] = new_wm
-
-    # ---- time passing while a partition is quiet ----------------------------------------
-    def _note_arrival(self, topic: str, partition: int, event_ms: int, reference_ms: int) -> None:
-        """Remember when a batch of the partition arrived (the quiet-partition clock)."""
-        last = self._arrivals.get((topic, partition))
-        if last is not None:
-            event_ms = max(event_ms, last.event_ms)
-            reference_ms = max(reference_ms, last.reference_ms)
-        self._arrivals[(topic, partition)] = Arrival(event_ms, reference_ms, self.monotonic())
-
-    def forget(self, topic: str, partition: int) -> None:
-        """Drop what is remembered of a partition (revoked: another worker moves it on)."""
-        self._arrivals.pop((topic, partition), None)
-        self.watermarks.pop((topic, partition), None)
-
-    def clock_watermark(self, topic: str, partition: int, quiet_after: float = 0.0) -> int | None:
-        """The partition's event time by the wall clock while it receives no events.
-
-        The newest event time seen plus the wall time elapsed since the partition's last
-        batch, less ``[labels] allowed_lateness_minutes``, at most the newest broker time
-        plus the same elapsed time plus ``[input] max_future_minutes``
-        (:func:`~models.eventtime.watermark_ceiling`). ``None`` until this scorer saw a
-        batch or a :meth:`tick` of the partition (a first tick starts the clock at the
-        stored watermark), or while the last batch is less than ``quiet_after`` seconds
-        old.
-        """
-        last = self._arrivals.get((topic, partition))
-        if last is None:
-            return None
-        elapsed = self.monotonic() - last.at
-        if elapsed < quiet_after or elapsed < 0:
-            return None
-        elapsed_ms = int(elapsed * 1000)
-        return min(
-            last.event_ms + elapsed_ms - self.config.labels.allowed_lateness_ms,
-            watermark_ceiling(last.reference_ms + elapsed_ms, self.config.max_future_ms),
-        )
-
-    async def tick(
-        self, topic: str, partition: int, quiet_after: float = 0.0, limit: int = CLOCK_DUE_LIMIT
-    ) -> dict[str, int]:
-        """One tick of the quiet-partition clock, in the partition's lane.
-
-        Moves the watermark to :meth:`clock_watermark` if that is ahead of it, and does
-        the work due before the watermark (scheduled rescorings, closed label windows) of
-        at most ``limit`` profiles from the due index, exactly as a batch does it: produced,
-        then stored with the compare-and-set. Returns the batch counters.
-        """
-
-        async def job() -> dict[str, int]:
-            counts = dict.fromkeys(_COUNTERS, 0)
-            wm = await self._watermark(topic, partition)
-            if wm is not None and (topic, partition) not in self._arrivals:
-                # no batch since this worker started or was assigned the partition: its
-                # clock runs from the stored watermark, from now (the pause before is
-                # unknown; only ever the shorter for it)
-                lateness = self.config.labels.allowed_lateness_ms
-                now_ms = int(time.time() * 1000)
-                self._arrivals[(topic, partition)] = Arrival(
-                    wm + lateness, now_ms, self.monotonic()
-                )
-            clock = self.clock_watermark(topic, partition, quiet_after)
-            if clock is not None and (wm is None or clock > wm):
-                wm = clock
-            elif wm is None:
-                return counts
-            else:
-                clock = None  # nothing to store: the watermark stays
-            due_ids = await self.store.due_profiles(
-                self.store.due_key(topic, partition), wm, limit=limit
-            )
-            if due_ids or clock is not None:
-                await self._settle(topic, partition, [], due_ids, wm, counts, [])
-            return counts
-
-        return await self.lane(topic, partition).run(job)
-
-    async def refresh_profiles(self, topic: str, partition: int, ids: list[str], goal: str) -> int:
-        """Refresh ``goal``'s score of the profiles ``ids`` of the partition with the model
-        served now (trigger ``model``, no label snapshot), in the partition's lane; produced,
-        then stored with the compare-and-set. Returns the number of scores produced."""
-
-        if not ids:
-            return 0
-
-        async def job() -> int:
-            counts = dict.fromkeys(_COUNTERS, 0)
-            wm = await self._watermark(topic, partition)
-            await self._settle(topic, partition, [], ids, wm or 0, counts, [], refresh=goal)
-            return counts["scores"]
-
-        return await self.lane(topic, partition).run(job)
 
     async def _apply(
         self,
@@ -671,7 +502,7 @@ class BatchScorer:
             metrics.TRAINING_EXAMPLES.labels(goal=goal, label=label).inc(n)
         counts["scores"] += len(out.scores)
         counts["examples"] += len(out.examples)
-        _count_rescores(out)
+        count_rescores(out)
         await self.producer.send_all(outbox)
         outbox.clear()
         metrics.observe_end_to_end_many(produced_at, time.time())
