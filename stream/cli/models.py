@@ -14,7 +14,7 @@ import orjson
 
 from models.model import LinearModel
 from stream.cli.common import CliError, connect_store, load_cli_config, output_console
-from stream.ops.models_view import last_decision, model_summary
+from stream.ops.models_view import model_summary
 
 __all__ = ["models_main"]
 
@@ -93,7 +93,7 @@ def models_main(
                         model = LinearModel.from_json(raw)
                     except (ValueError, TypeError, KeyError) as exc:
                         raise CliError(f"the model of {goal!r} cannot be read: {exc}") from None
-                document[goal] = model_summary(model, last_decision(await store.get_learner(goal)))
+                document[goal] = model_summary(model, await store.get_learner(goal))
             return document
         finally:
             await store.close()

@@ -79,6 +79,7 @@ __all__ = [
     "TRAINING_RECORDS_RECOVERED",
     "init_model_series",
     "metric_names",
+    "observe_live",
     "observe_model",
     "observe_end_to_end",
     "observe_end_to_end_many",
@@ -310,12 +311,17 @@ def observe_model(goal: str, version: int, live: dict[str, Any], status: str) ->
     """Set ``goal``'s model series from a model version, its live metrics and status
     (``""``: a model written before statuses, its status is left as it was)."""
     MODEL_VERSION.labels(goal=goal).set(version)
-    for gauge, key in _LIVE_GAUGES:
-        value = live.get(key)
-        gauge.labels(goal=goal).set(float("nan") if value is None else value)
+    observe_live(goal, live)
     if status in MODEL_STATUSES:
         for s in MODEL_STATUSES:
             MODEL_STATUS.labels(goal=goal, status=s).set(1.0 if s == status else 0.0)
+
+
+def observe_live(goal: str, live: dict[str, Any]) -> None:
+    """Set ``goal``'s live metric series (the trainer's window of served probabilities)."""
+    for gauge, key in _LIVE_GAUGES:
+        value = live.get(key)
+        gauge.labels(goal=goal).set(float("nan") if value is None else value)
 
 
 BUCKET_SIZE = Gauge(

@@ -2,13 +2,18 @@
 
 A row per configured goal: the served version, its status (``warming_up``, ``live``,
 ``poor``: docs/DESIGN.md, "Promotion"), examples learnt, live metrics with the log loss of
-the window's base rate beside the model's, and the trainer's last promotion decision
-(read from the promotion part of ``P:learner:<goal>``).
+the window's base rate beside the model's, and the trainer's last promotion decision.
+The live metrics and the decision are read from the trainer's state ``P:learner:<goal>``
+(its rolling window of served probabilities and labels, as of the trainer's last batch);
+a goal without one shows the metrics the served version was published with.
 
 >>> from models.model import LinearModel
 >>> row = model_summary(LinearModel.cold("g", ["a"]), None)
 >>> row["version"], row["status"], row["live"]["base_rate_logloss"]
 (0, 'warming_up', None)
+>>> state = orjson.dumps({"metrics": {"scores": [0.2, 0.7, 0.6], "labels": [0, 1, 0]}})
+>>> model_summary(LinearModel.cold("g", ["a"]), state)["live"]["auc"]
+1.0
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from models.metrics import RollingMetrics
 from models.model import LinearModel
 
-__all__ = ["base_rate_logloss", "last_decision", "model_summary", "read_last_decisions"]
+__all__ = ["base_rate_logloss", "last_decision", "live_metrics", "model_summary", "read_learners"]
 
 
 class _Store(Protocol):
@@ -38,13 +44,14 @@ def base_rate_logloss(rate: float | None) -> float | None:
     return -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
 
 
-def model_summary(model: LinearModel | None, last: dict[str, Any] | None) -> dict[str, Any]:
-    """The row of one goal (``model`` None: nothing published or loaded yet)."""
+def model_summary(model: LinearModel | None, learner_state: bytes | None) -> dict[str, Any]:
+    """The row of one goal (``model`` None: nothing published or loaded yet), with the
+    trainer's state ``learner_state`` (None: none stored)."""
     if model is None:
         model = LinearModel.cold("", [])
     status = model.status or ("warming_up" if model.warming_up else "live")
     live: dict[str, Any] = {"auc": None, "logloss": None, "ece": None, "base_rate": None}
-    live.update(model.metrics or {})
+    live.update(live_metrics(learner_state) or model.metrics or {})
     live["base_rate_logloss"] = base_rate_logloss(live["base_rate"])
     return {
         "version": model.version,
@@ -55,8 +62,29 @@ def model_summary(model: LinearModel | None, last: dict[str, Any] | None) -> dic
         "base_rate": model.base_rate,
         "live": live,
         "created_at": model.created_at,
-        "last_promotion": last,
+        "last_promotion": last_decision(learner_state),
     }
+
+
+def live_metrics(learner_state: bytes | None) -> dict[str, Any] | None:
+    """The live metrics (AUC, log loss, ECE, base rate) over the trainer's window of served
+    probabilities in a learner state; None without one (or an empty or unreadable one)."""
+    if not learner_state:
+        return None
+    try:
+        window = orjson.loads(learner_state).get("metrics") or {}
+        scores, labels = list(window.get("scores") or []), list(window.get("labels") or [])
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return None
+    if not scores or len(scores) != len(labels):
+        return None
+    metrics = RollingMetrics(window=len(scores))
+    for p, y in zip(scores, labels):
+        metrics.update(p, y)
+    summary: dict[str, Any] = metrics.summary()
+    summary["n_total"] = window.get("n_total", summary["n_total"])
+    summary["n_positive_total"] = window.get("n_positive_total", summary["n_positive_total"])
+    return summary
 
 
 def last_decision(learner_state: bytes | None) -> dict[str, Any] | None:
@@ -71,6 +99,6 @@ def last_decision(learner_state: bytes | None) -> dict[str, Any] | None:
     return last if isinstance(last, dict) else None
 
 
-async def read_last_decisions(store: _Store, goals: list[str]) -> dict[str, dict[str, Any] | None]:
-    """Each goal's last promotion decision, from ``P:learner:<goal>``."""
-    return {goal: last_decision(await store.get_learner(goal)) for goal in goals}
+async def read_learners(store: _Store, goals: list[str]) -> dict[str, bytes | None]:
+    """Each goal's trainer state ``P:learner:<goal>`` (None: none stored)."""
+    return {goal: await store.get_learner(goal) for goal in goals}

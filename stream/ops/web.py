@@ -27,7 +27,7 @@ from models.profile import profile_document
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.ops.health import HEALTH
-from stream.ops.models_view import model_summary, read_last_decisions
+from stream.ops.models_view import model_summary, read_learners
 
 __all__ = ["models_document", "register_views"]
 
@@ -62,12 +62,12 @@ class WorkerRuntime(Protocol):
 
 
 def models_document(
-    engine: Engine, last: dict[str, dict[str, Any] | None] | None = None
+    engine: Engine, learners: dict[str, bytes | None] | None = None
 ) -> dict[str, Any]:
     """Per goal: served version, status, examples, live metrics, last promotion decision
-    (:func:`stream.ops.models_view.model_summary`)."""
-    last = last or {}
-    return {goal: model_summary(m, last.get(goal)) for goal, m in engine.models.items()}
+    (:func:`stream.ops.models_view.model_summary`; ``learners``: the trainer states)."""
+    learners = learners or {}
+    return {goal: model_summary(m, learners.get(goal)) for goal, m in engine.models.items()}
 
 
 def register_views(
@@ -126,8 +126,8 @@ def register_views(
         async def get(self, request: Request) -> Response:
             rt = runtime()
             await rt.scorer.refresh_models()
-            last = await read_last_decisions(rt.store, list(rt.engine.models))
-            return self.json(models_document(rt.engine, last))
+            learners = await read_learners(rt.store, list(rt.engine.models))
+            return self.json(models_document(rt.engine, learners))
 
     @app.page("/metrics")
     class Metrics(View):

@@ -335,6 +335,8 @@ class TrainerStep:
         if duplicates:
             log.info("dropped %d re-delivered training examples (ids learnt before)", duplicates)
         learnt = sum(len(ids) for ids in learnt_ids.values())
+        for goal in learnt_ids:  # the live metrics follow every batch, promoted or not
+            metrics.observe_live(goal, learners[goal].metrics.summary())
         if models:
             self.last_publish = time.monotonic()
             for goal, version, model_json, model in models:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,23 +85,7 @@ def test_the_clock_interval_comes_from_the_environment() -> None:
     assert Settings.from_env({"CUSTOMER_AI_CLOCK_INTERVAL": "0"}).clock_interval == 0.0
 
 
-# ---- servers and events --------------------------------------------------------------------
-@pytest.fixture
-async def topics(kafka_bootstrap: str) -> str:
-    names = ("scores", "segments", "training", "dlq")
-    await ensure_topics(kafka_bootstrap, {SETTINGS.topic(n): 1 for n in names}, {})
-    return kafka_bootstrap
-
-
-@pytest.fixture
-async def producer(topics: str) -> AsyncIterator[BatchProducer]:
-    p = BatchProducer(topics)
-    try:
-        yield p
-    finally:
-        await p.stop()
-
-
+# ---- events (the topics and producer fixtures: conftest.py) --------------------------------
 class Events:
     """Records of partition 0 of the events topic, offsets in order (no broker time)."""
 

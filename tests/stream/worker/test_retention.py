@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,23 +89,7 @@ def test_bad_retention_days_are_refused_with_the_fix(value: str, message: str) -
         parse_config(SHIPPED_CONFIG.read_text() + f"\n[retention]\ndays = {value}\n")
 
 
-# ---- servers and events --------------------------------------------------------------------
-@pytest.fixture
-async def topics(kafka_bootstrap: str) -> str:
-    names = ("scores", "segments", "training", "dlq")
-    await ensure_topics(kafka_bootstrap, {SETTINGS.topic(n): 1 for n in names}, {})
-    return kafka_bootstrap
-
-
-@pytest.fixture
-async def producer(topics: str) -> AsyncIterator[BatchProducer]:
-    p = BatchProducer(topics)
-    try:
-        yield p
-    finally:
-        await p.stop()
-
-
+# ---- events (the topics and producer fixtures: conftest.py) --------------------------------
 class Events:
     """Records of partition 0 of the events topic, offsets in order."""
 
