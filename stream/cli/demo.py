@@ -68,14 +68,16 @@ def _models_table(models: dict[str, Any]) -> Table:
         "examples (positive)",
         "live AUC",
         "log loss",
+        "base-rate log loss",
         "base rate",
-        title="models",
+        title="models (live: over the trainer's window of probabilities served by trained models)",
     )
     for goal, m in models.items():
         live = m.get("live") or {}
         status = "[yellow]warming up[/]" if m["warming_up"] else "[green]live[/]"
         auc = live.get("auc")
         logloss = live.get("logloss")
+        base_logloss = live.get("base_rate_logloss")
         table.add_row(
             goal,
             str(m["version"]),
@@ -83,6 +85,7 @@ def _models_table(models: dict[str, Any]) -> Table:
             f"{m['n_examples']:,} ({m['n_positive']:,})",
             "-" if auc is None else f"{auc:.3f}",
             "-" if logloss is None else f"{logloss:.3f}",
+            "-" if base_logloss is None else f"{base_logloss:.3f}",
             f"{m['base_rate']:.3f}",
         )
     return table
@@ -127,6 +130,39 @@ async def _watch_scores(
         await consumer.stop()
 
 
+#: the share of the history replayed before the demo waits for the trainer
+FIRST_PART = 0.6
+
+
+def _split_history(path: Path, share: float) -> tuple[Path, Path]:
+    """The first ``share`` of the (time-ordered) lines of ``path`` and the rest, as two
+    files beside it."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    cut = int(len(lines) * share)
+    first, rest = path.with_suffix(".part1.jsonl"), path.with_suffix(".part2.jsonl")
+    first.write_bytes(b"".join(lines[:cut]))
+    rest.write_bytes(b"".join(lines[cut:]))
+    return first, rest
+
+
+async def _wait_for_models(base: str, timeout: float = 90.0, settled: float = 10.0) -> None:
+    """Wait until every goal is served a trained model, or the trainer learnt nothing new
+    for ``settled`` seconds (a goal without enough examples yet), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    seen: Any = None
+    changed_at = time.monotonic()
+    while time.monotonic() < deadline:
+        models = _get_json(f"{base}/models") or {}
+        if models and all(not m.get("warming_up", True) for m in models.values()):
+            return
+        learnt = {g: m.get("n_examples") for g, m in models.items()}
+        if learnt != seen:
+            seen, changed_at = learnt, time.monotonic()
+        elif time.monotonic() - changed_at >= settled:
+            return
+        await asyncio.sleep(1.0)
+
+
 async def _run(
     bootstrap: str, events_path: Path, worker_port: int, namespace: str | None
 ) -> str | None:
@@ -141,13 +177,22 @@ async def _run(
         "replaying events (live scores below: time, profile, goal, probability, "
         "percentile, bucket, model version, top factors)"
     )
-    n = await replay_file(
-        events_path,
-        bootstrap,
-        settings.topic("events"),
-        namespace=namespace,
-        partitions=settings.partitions,
-    )
+    # in two parts, the second once the trainer has caught up with the first: replayed at
+    # once, a year of history is scored long before the trainer's first model exists, and
+    # no example served by a trained model would mature (no live metrics to show)
+    first, rest = _split_history(events_path, FIRST_PART)
+    n = 0
+    for part in (first, rest):
+        n += await replay_file(
+            part,
+            bootstrap,
+            settings.topic("events"),
+            namespace=namespace,
+            partitions=settings.partitions,
+        )
+        if part is first:
+            console.print(f"replayed {n:,} events; waiting for the trainer to catch up")
+            await _wait_for_models(base)
     console.print(f"replayed {n:,} events; waiting for the worker to score them all")
     while time.monotonic() - state["last_score_at"] < 5:
         await asyncio.sleep(0.5)

@@ -32,6 +32,7 @@ MODELS_HEADER = (
     "examples (positive)",
     "live AUC",
     "log loss",
+    "base-rate log loss",
     "base rate",
 )
 
