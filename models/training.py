@@ -416,10 +416,9 @@ class Trainer:
             model.status = self.status(goal)
             sample = self.samples[goal]
             if len(sample):
-                # the sampled profiles as of the goal's newest maturation (its newest
-                # prediction time + the window: a function of the sample, the same after a
-                # restart), each aged from its example's prediction time as rescoring
-                # serves a quiet profile
+                # the sampled profiles as of the goal's newest maturation: their current
+                # states where ``current`` gives them, else their newest learnt vector
+                # aged from its prediction time as rescoring serves a quiet profile
                 vectors = sample.matrix_at(self.sample_clock(goal), self._aging)
                 fresh = current() if current is not None else {}
                 if fresh:
