@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import redis
 from models.factors import importance
 from models.synthetic import generate_events
 from tests.harness import REPO, WorkerProcess, consume_all, events_as_messages, produce, wait_until
+from tests.stream.worker.test_pipeline import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -65,19 +64,6 @@ def served_version(worker: WorkerProcess, goal: str) -> tuple[int, bool]:
     assert status == 200, body
     model = orjson.loads(body)[goal]
     return model["version"], model["warming_up"]
-
-
-def cli(env: dict[str, str], cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_the_view_is_the_last_served_score_whole(
