@@ -131,7 +131,8 @@ class ModelConfig:
     snapshot_every_seconds: float = 2.0
     metrics_window: int = 5000
     #: matured examples over which a candidate version's log loss is compared with the
-    #: serving version's and the running base rate's before it is promoted
+    #: serving version's and the running base rate's before it is promoted (it must beat
+    #: the base rate's by more than ``NOISE_SE`` standard errors: models/training.py)
     promotion_window: int = 1000
     #: a live goal whose AUC over ``metrics_window`` is below this is ``poor``
     min_auc: float = 0.65

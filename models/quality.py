@@ -1,10 +1,10 @@
 """Served quality against the running base rate: overall, for live models, by month and version.
 
 Every matured example carries the probability *served* at prediction time. These
-figures compare it with what the simplest model would have served, the **running base
-rate**: for each example, in matured order, the rate ``(n_pos + 1) / (n + 2)`` of the
-examples of its goal that matured before it (the prequential base rate that a model
-must beat to be worth serving).
+figures compare it with what the simplest model could have served, the **running base
+rate**: for each example, the rate ``(n_pos + 1) / (n + 2)`` of the examples of its goal
+that had matured by its prediction time (the base rate known when it was served: the
+prequential base rate that a model must beat to be worth serving).
 
 :func:`running_base_rates`
     The running base rate of each example of a list (any goals, any order).
@@ -19,7 +19,7 @@ must beat to be worth serving).
 Examples
 --------
 >>> from models.outcome import Example
->>> ex = [Example(f"e{i}", "g", "p", 0, y, 0.5, 1, [], i) for i, y in enumerate([1, 0, 0])]
+>>> ex = [Example(f"e{i}", "g", "p", i, y, 0.5, 1, [], i + 1) for i, y in enumerate([1, 0, 0])]
 >>> running_base_rates(ex)
 [0.5, 0.6667, 0.5]
 >>> f = quality_figures([0.9, 0.2, 0.1], [1, 0, 0], running_base_rates(ex))
@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -60,30 +61,33 @@ def is_live(example: Example) -> bool:
 
 
 def running_base_rates(examples: Sequence[Example], digits: int = 4) -> list[float]:
-    """Per example (in input order), the base rate of its goal's examples matured before it.
+    """Per example (in input order), the base rate of its goal's examples that had matured
+    by its prediction time (``matured_ts <= prediction_ts``).
 
-    Matured order is ``matured_ts`` (a stable sort: ties keep input order, the order
-    the trainer learnt them). The rate is ``(n_pos + 1) / (n + 2)``: 0.5 before any
-    example. Rounded to ``digits`` only in the returned list.
+    The rate is ``(n_pos + 1) / (n + 2)``: 0.5 before any example. It is what a server
+    could have known when the example was served (the rate the cold start serves), not
+    what was learnt later: an example matures a goal window after it was served, and
+    the examples that matured in between are not known at serving time. Rounded to
+    ``digits`` only in the returned list.
 
     >>> from models.outcome import Example
-    >>> ex = [Example("b", "g", "p", 0, 0, 0.5, 1, [], 20),
+    >>> ex = [Example("b", "g", "p", 25, 0, 0.5, 1, [], 40),
     ...       Example("a", "g", "p", 0, 1, 0.5, 1, [], 10),
-    ...       Example("c", "h", "p", 0, 1, 0.5, 1, [], 15)]
+    ...       Example("c", "h", "p", 30, 1, 0.5, 1, [], 35)]
     >>> running_base_rates(ex)
     [0.6667, 0.5, 0.5]
     """
-    order = sorted(range(len(examples)), key=lambda i: examples[i].matured_ts)
-    seen: dict[str, list[int]] = {}
+    by_goal: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_goal.setdefault(e.goal, []).append(i)
     rates = [0.0] * len(examples)
-    for i in order:
-        e = examples[i]
-        counts = seen.get(e.goal)
-        if counts is None:
-            counts = seen[e.goal] = [0, 0]
-        rates[i] = round((counts[0] + 1) / (counts[1] + 2), digits)
-        counts[0] += 1 if e.label else 0
-        counts[1] += 1
+    for indices in by_goal.values():
+        matured = sorted(examples[i].matured_ts for i in indices)
+        positives = sorted(examples[i].matured_ts for i in indices if examples[i].label)
+        for i in indices:
+            t = examples[i].prediction_ts
+            n, n_pos = bisect_right(matured, t), bisect_right(positives, t)
+            rates[i] = round((n_pos + 1) / (n + 2), digits)
     return rates
 
 

@@ -209,7 +209,7 @@ def _quality_table(m: dict[str, Any]) -> str:
         + "".join(f"<th>{k}</th>" for k in _QUALITY)
         + f"</tr>{rows}</table><div class='muted'>live: served by a model out of warm-up; "
         "base_rate_logloss: the log loss of the running base rate (the rate among the "
-        "goal's examples matured before each one).</div>"
+        "goal's examples that had matured when each one was served).</div>"
     )
 
 

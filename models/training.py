@@ -11,7 +11,8 @@ Promotion: every matured example is first tested (prequentially) by three models
 version published last) and the running *base rate*. Their log losses over the last
 ``[model] promotion_window`` examples decide: when a version is due, the candidate is
 published only if its mean log loss is no worse than the serving model's and better than
-the base rate's; otherwise the serving version stays (no version number is consumed) and
+the base rate's by more than :data:`NOISE_SE` standard errors (on features without signal
+the goal serves its base rate); otherwise the serving version stays (no version number is consumed) and
 the refusal is recorded in :attr:`Trainer.promotions`. Until a goal has a promoted model it
 is ``warming_up`` (base-rate versions are published so the served rate follows the data);
 then ``live``, or ``poor`` while the live AUC is below ``[model] min_auc``.
@@ -54,7 +55,8 @@ __all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
 PROMOTIONS_KEPT = 1000
 _EPS = 1e-7
 #: a candidate whose mean log loss exceeds the serving model's by at most this many
-#: standard errors of their paired difference is "no worse" (the difference is noise)
+#: standard errors of their paired difference is "no worse" (the difference is noise);
+#: it must be below the base rate's by more than this many (beating it is not noise)
 NOISE_SE = 2.0
 
 
@@ -117,13 +119,14 @@ class Promotion:
         b = math.fsum(x[2] for x in self.window) / n
         return (c, s, b)
 
-    def difference_se(self) -> float:
-        """Standard error of the mean paired difference (candidate - serving) of the log
-        losses over the window (0.0 with fewer than 2 examples)."""
+    def difference_se(self, other: int = 1) -> float:
+        """Standard error of the mean paired difference (candidate - serving, or with
+        ``other=2`` candidate - base rate) of the log losses over the window (0.0 with
+        fewer than 2 examples)."""
         n = len(self.window)
         if n < 2:
             return 0.0
-        d = [c - s for c, s, _ in self.window]
+        d = [x[0] - x[other] for x in self.window]
         mean = math.fsum(d) / n
         var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
         return math.sqrt(var / n)
@@ -194,7 +197,8 @@ class Trainer:
         #: ``version`` (promoted, or the serving one kept), ``time`` (wall clock),
         #: ``matured_ms`` (event time of the newest example learnt), ``n_examples``,
         #: ``candidate_logloss``, ``serving_logloss``, ``base_rate_logloss``,
-        #: ``difference_se``, ``window``, ``promoted``
+        #: ``difference_se`` (of candidate - serving), ``base_rate_difference_se`` (of
+        #: candidate - base rate), ``window``, ``promoted``
         self.promotions: list[dict[str, Any]] = []
         #: per goal: event time (ms) the newest learnt example matured at
         self.matured_ms = {g.name: 0 for g in config.goals}
@@ -390,8 +394,11 @@ class Trainer:
         cand, serv, base = promotion.means()
         se = promotion.difference_se()
         # "no worse" within the noise of the window: two models that predict alike differ
-        # by chance; only a candidate worse by more than NOISE_SE standard errors is refused
-        promoted = cand - serv <= NOISE_SE * se and cand < base
+        # by chance; only a candidate worse by more than NOISE_SE standard errors is refused.
+        # Better than the base rate beyond that noise: a model that wins by chance is not
+        # served (features without signal keep the goal on its base rate)
+        se_base = promotion.difference_se(2)
+        promoted = cand - serv <= NOISE_SE * se and base - cand > NOISE_SE * se_base
         decision = {
             "goal": goal,
             "version": learner.version + 1 if promoted else learner.version,
@@ -402,6 +409,7 @@ class Trainer:
             "serving_logloss": serv,
             "base_rate_logloss": base,
             "difference_se": se,
+            "base_rate_difference_se": se_base,
             "window": len(promotion.window),
             "promoted": promoted,
         }

@@ -10,28 +10,28 @@ from models.outcome import Example
 from models.quality import grouped_quality, month_of, quality_figures, running_base_rates
 
 
-def _ex(i: int, goal: str, label: int, matured_ts: int) -> Example:
-    return Example(f"e{i}", goal, "p", 0, label, 0.5, 1, [], matured_ts)
+def _ex(i: int, goal: str, label: int, predicted_ts: int, matured_ts: int) -> Example:
+    return Example(f"e{i}", goal, "p", predicted_ts, label, 0.5, 1, [], matured_ts)
 
 
-def test_running_base_rate_counts_the_goals_examples_matured_before() -> None:
-    # input order is not matured order; two goals interleave; a tie keeps input order
+def test_running_base_rate_counts_the_examples_matured_by_the_prediction_time() -> None:
+    # input order is neither prediction nor matured order; two goals interleave
     examples = [
-        _ex(0, "a", 1, 30),
-        _ex(1, "a", 0, 10),
-        _ex(2, "b", 1, 5),
-        _ex(3, "a", 1, 20),
-        _ex(4, "a", 0, 20),
-        _ex(5, "b", 0, 40),
+        _ex(0, "a", 1, 25, 30),
+        _ex(1, "a", 0, 0, 10),
+        _ex(2, "b", 1, 0, 5),
+        _ex(3, "a", 1, 10, 20),  # e1 matured at 10: known when e3 was served at 10
+        _ex(4, "a", 0, 15, 20),
+        _ex(5, "b", 0, 4, 40),  # e2 matured at 5, after e5 was served at 4: not known
+        _ex(6, "a", 1, 19, 50),  # e3 and e4 matured at 20, after it was served
     ]
     rates = running_base_rates(examples, digits=12)
-    # goal a in matured order: e1 (0), e3 (1), e4 (0), e0 (1)
-    assert rates[1] == pytest.approx(1 / 2)  # nothing before
-    assert rates[3] == pytest.approx((0 + 1) / (1 + 2))  # after e1
-    assert rates[4] == pytest.approx((1 + 1) / (2 + 2))  # after e1, e3
-    assert rates[0] == pytest.approx((1 + 1) / (3 + 2))  # after e1, e3, e4
-    # goal b: e2 then e5
-    assert rates[2] == pytest.approx(1 / 2) and rates[5] == pytest.approx(2 / 3)
+    assert rates[1] == pytest.approx(1 / 2)  # nothing matured by 0
+    assert rates[3] == pytest.approx((0 + 1) / (1 + 2))  # e1
+    assert rates[4] == pytest.approx((0 + 1) / (1 + 2))  # e1
+    assert rates[6] == pytest.approx((0 + 1) / (1 + 2))  # e1 only: e3, e4 matured later
+    assert rates[0] == pytest.approx((1 + 1) / (3 + 2))  # e1, e3, e4
+    assert rates[2] == pytest.approx(1 / 2) and rates[5] == pytest.approx(1 / 2)
 
 
 def _log_loss(p: list[float], y: list[int]) -> float:

@@ -151,13 +151,14 @@ def test_all_live_and_monthly_figures_of_a_hand_made_history() -> None:
     m = report["goals"]["conversion"]["metrics"]
     assert m["n_examples"] == 8 and m["n_open_window"] == 1
 
-    # running base rate: (positives + 1) / (n + 2) over the examples matured before
-    ordered = sorted(examples, key=lambda e: e.matured_ts)
+    # running base rate: (positives + 1) / (n + 2) over the examples that had matured
+    # by the example's prediction time
     rate: dict[str, float] = {}
-    for k, e in enumerate(ordered):
-        before = ordered[:k]
-        rate[e.example_id] = (sum(b.label for b in before) + 1) / (len(before) + 2)
-    assert [rate[e.example_id] for e in ordered][:2] == [0.5, pytest.approx(2 / 3)]
+    for e in examples:
+        known = [b for b in examples if b.matured_ts <= e.prediction_ts]
+        rate[e.example_id] = (sum(b.label for b in known) + 1) / (len(known) + 2)
+    # e0 (1), e1 (0) and e2 (1) had matured when e3 was served, e3 itself not yet
+    assert rate["e0"] == 0.5 and rate["e3"] == pytest.approx(3 / 5)
 
     def direct(chosen: list[Example]) -> dict:
         p, y = [e.probability for e in chosen], [e.label for e in chosen]

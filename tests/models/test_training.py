@@ -32,11 +32,13 @@ class Feed:
         self.n = 0
         self.published: list = []
 
-    def __call__(self, k: int, invert: bool = False, publish: bool = True) -> None:
+    def __call__(
+        self, k: int, invert: bool = False, publish: bool = True, signal: bool = True
+    ) -> None:
         t, rng, d = self.trainer, self.rng, len(self.trainer.feature_names)
         for _ in range(k):
             x = rng.random() * 10
-            y = int(rng.random() < (0.9 if x > 5 else 0.1))
+            y = int(rng.random() < ((0.9 if x > 5 else 0.1) if signal else 0.25))
             if invert:
                 y = 1 - y
             f = [0.0] * d
@@ -72,6 +74,22 @@ def test_a_candidate_better_than_the_serving_model_and_the_base_rate_is_promoted
     assert serving is not None and not serving.warming_up and serving.status == "live"
     assert orjson.loads(serving.to_json())["status"] == "live"
     assert feed.published[-1] is serving
+
+
+def test_features_without_signal_keep_the_goal_on_its_base_rate() -> None:
+    """Labels independent of the features: a candidate that beats the base rate over a
+    window does so by chance, within the noise of the window, and is never served."""
+    for seed in range(3):
+        trainer = Trainer(_config())
+        feed = Feed(trainer, seed=seed)
+        feed(6000, signal=False)
+        decisions = trainer.promotions
+        assert len(decisions) >= 20
+        assert not any(d["promoted"] for d in decisions), decisions
+        # some candidates did beat the base rate's mean log loss, by less than the noise
+        assert any(d["candidate_logloss"] < d["base_rate_logloss"] for d in decisions)
+        assert trainer.status(GOAL) == "warming_up"
+        assert feed.published and all(m.warming_up for m in feed.published)
 
 
 def test_a_worse_candidate_is_refused_and_the_serving_version_stays() -> None:
