@@ -38,6 +38,7 @@ NATIVE_MODULES = [
     "state",
     "features",
     "model",
+    "logistic",
     "profile",
     "factors",
     "outcome",

@@ -1,9 +1,13 @@
-"""Online learning of one goal: River scaling + logistic regression, calibrated.
+"""Online learning of one goal: River's scaling + logistic regression, calibrated.
 
-The River pipeline is ``log1p`` -> ``preprocessing.StandardScaler`` -> clip at
+The pipeline is River's ``log1p`` -> ``preprocessing.StandardScaler`` -> clip at
 ``±CLIP_SD`` -> ``linear_model.LogisticRegression`` (L2) whose weights take AdaGrad
 steps (``optim.AdaGrad``: per coordinate, ``learning_rate / sqrt(sum of its squared
-gradients)``). Learning cannot blow up:
+gradients)``). The update is River 0.26.1's, computed on float lists by the compiled
+:class:`models.logistic.ScaledLogistic` (the same floating-point operations in the same
+order, so bit for bit River's); River is not imported at run time: it is the definition
+and the oracle of the tests (``tests/models/test_learner.py`` runs both on random
+streams). Learning cannot blow up:
 
 - the standardised inputs are clipped to ``[-CLIP_SD, CLIP_SD]``
   (:data:`models.model.CLIP_SD`), in learning as in serving: a scaler fitted while a
@@ -26,9 +30,10 @@ probabilities need no prior correction.
 
 Every example is first used to *test* (prequential metrics on the probability that
 was served), then to train. :meth:`OnlineLearner.snapshot` exports a
-:class:`~models.model.LinearModel` that scores without River;
+:class:`~models.model.LinearModel` that scores it;
 :meth:`OnlineLearner.to_state` / :meth:`from_state` persist the whole learner as
-JSON so a restarted trainer resumes exactly where it stopped.
+JSON (River's scaler, weights and optimizer state, keyed by feature name) so a
+restarted trainer resumes exactly where it stopped.
 
 Examples
 --------
@@ -49,74 +54,26 @@ Examples
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any
 
 import orjson
-from river import linear_model, optim, preprocessing
-from river.utils import VectorDict
 
+from models.logistic import ScaledLogistic
 from models.metrics import RollingMetrics
-from models.model import CLIP_SD, LinearModel, clamp_probability, lineage_id, sigmoid
+from models.model import LinearModel, clamp_probability, lineage_id, sigmoid, transform
 
-__all__ = [
-    "MIN_CALIBRATION_SLOPE",
-    "RIVER_VERIFIED",
-    "OnlineLearner",
-    "RiverIncompatible",
-    "check_river_weights",
-    "restore_weights",
-]
+__all__ = ["MIN_CALIBRATION_SLOPE", "RIVER_VERIFIED", "OnlineLearner"]
 
 LEARNER_FORMAT = 1
-#: the river release :func:`restore_weights` was verified with (the one
-#: ``stream/worker/compat.py`` records and ``requirements.lock`` pins)
+#: the river release whose updates :class:`models.logistic.ScaledLogistic` reproduces
+#: (the tests' oracle; the one ``stream/worker/compat.py`` records and
+#: ``requirements.lock`` pins)
 RIVER_VERIFIED = "0.26.1"
 #: the Platt slope ``a`` is kept at or above this: positive, so calibration never
 #: reverses the model's ranking; small, so a model with little signal still serves
 #: close to the base rate
 MIN_CALIBRATION_SLOPE = 0.05
-
-
-class RiverIncompatible(RuntimeError):
-    """The installed river keeps a model's weights where :func:`restore_weights` cannot."""
-
-
-def restore_weights(classifier: linear_model.LogisticRegression, weights: dict[str, float]) -> None:
-    """Set a River logistic regression's weights to ``weights`` (a learner's saved state).
-
-    River has no public way to set them: its ``weights`` property returns a copy. So this
-    one function writes the private ``_weights`` (a ``VectorDict``); it is the only place
-    outside ``stream/worker/compat.py`` that touches a dependency's private attribute
-    (``models/`` is the pure core and does not import ``stream/``; the grep test in
-    ``tests/stream/worker/test_compat.py`` allows exactly this one), and it checks the
-    attribute first. Every read of the weights uses the public ``weights``.
-
-    Raises
-    ------
-    RiverIncompatible
-        ``_weights`` is not a ``VectorDict`` in the installed river; the message names the
-        version to install.
-    """
-    current = getattr(classifier, "_weights", None)
-    if not isinstance(current, VectorDict):
-        try:
-            installed = metadata.version("river")
-        except metadata.PackageNotFoundError:  # pragma: no cover - river imported above
-            installed = "?"
-        raise RiverIncompatible(
-            f"river {installed} keeps a LogisticRegression's weights elsewhere than "
-            f"_weights (found {type(current).__name__}), so a trainer cannot restore its "
-            f"learners: install the verified river: pip install 'river=={RIVER_VERIFIED}'"
-        )
-    classifier._weights = VectorDict(weights, classifier.initializer)
-
-
-def check_river_weights() -> None:
-    """Raise :class:`RiverIncompatible` now if :func:`restore_weights` would (worker start)."""
-    restore_weights(linear_model.LogisticRegression(), {})
 
 
 class OnlineLearner:
@@ -156,10 +113,11 @@ class OnlineLearner:
         self.l2 = l2
         self.min_examples_per_class = min_examples_per_class
         self.calibration_rate = calibration_rate
-        self.scaler = preprocessing.StandardScaler()
-        self.classifier = linear_model.LogisticRegression(
-            optimizer=optim.AdaGrad(learning_rate), l2=l2, intercept_lr=learning_rate
-        )
+        #: the scaler and the logistic regression, on lists in feature order
+        self.core = ScaledLogistic(len(self.feature_names), learning_rate, l2)
+        # River keeps a feature's scaler statistics, weight and g2 under its name once it
+        # has learnt from it, and a state keeps none until then: the parts not keyed yet
+        self._unkeyed = {"scaler", "weights", "g2"}
         self.calibration_a = 1.0
         self.calibration_b = 0.0
         # Adam moments of the Platt layer: first and second, for (a, b); step count
@@ -173,20 +131,6 @@ class OnlineLearner:
         #: a successor does not publish while it warms up (the old model serves on)
         self.lineage_start = 0
         self.metrics = RollingMetrics(metrics_window)
-
-    def _transform(self, features: list[float]) -> dict[str, float]:
-        return {n: math.log1p(x if x > 0.0 else 0.0) for n, x in zip(self.feature_names, features)}
-
-    def _scaled(self, x: dict[str, float]) -> dict[str, float]:
-        """The scaler's standardised ``x``, clipped to ``[-CLIP_SD, CLIP_SD]``."""
-        k = CLIP_SD
-        return {
-            n: -k if v < -k else k if v > k else v for n, v in self.scaler.transform_one(x).items()
-        }
-
-    def _logit(self, scaled: dict[str, float]) -> float:
-        weights = self.classifier.weights  # a copy: taken once, not per feature
-        return self.classifier.intercept + sum(weights.get(k, 0.0) * v for k, v in scaled.items())
 
     @property
     def warming_up(self) -> bool:
@@ -217,18 +161,20 @@ class OnlineLearner:
         y = 1 if label else 0
         if not served_warming_up:
             self.metrics.update(served_probability, y)
-        x = self._transform(features)
+        core = self.core
+        x = transform(features)
         candidate = self.base_rate
         if self.n_examples:
             # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.
-            z = self._logit(self._scaled(x))
+            z = core.logit(core.scaled(x))
             p = sigmoid(self.calibration_a * z + self.calibration_b)
             if not self.warming_up:
                 candidate = clamp_probability(p)
             error = p - y
             self._calibrate((error * z, error))
-        self.scaler.learn_one(x)
-        self.classifier.learn_one(self._scaled(x), bool(y))
+        core.learn(x, y)
+        if self._unkeyed:
+            self._unkeyed.clear()
         self.n_examples += 1
         self.n_positive += y
         return candidate
@@ -253,14 +199,12 @@ class OnlineLearner:
     def snapshot(self, version: int | None = None) -> LinearModel:
         """Export the serving model; bumps :attr:`version` unless one is given."""
         self.version = self.version + 1 if version is None else version
-        weights = self.classifier.weights  # a copy: taken once, not per feature
-        mean, std, w = [], [], []
-        for name in self.feature_names:
-            var = self.scaler.vars.get(name, 0.0)
-            mean.append(self.scaler.means.get(name, 0.0))
+        core = self.core
+        mean, std, w = list(core.means), [], []
+        for var, weight in zip(core.vars, core.weights, strict=True):
             if var > 0:
                 std.append(math.sqrt(var))
-                w.append(weights.get(name, 0.0))
+                w.append(weight)
             else:  # River's scaler maps a constant feature to 0: so does a zero weight
                 std.append(1.0)
                 w.append(0.0)
@@ -271,7 +215,7 @@ class OnlineLearner:
             mean=mean,
             std=std,
             weights=w,
-            intercept=self.classifier.intercept,
+            intercept=core.intercept,
             calibration_a=self.calibration_a,
             calibration_b=self.calibration_b,
             warming_up=self.warming_up,
@@ -299,7 +243,9 @@ class OnlineLearner:
         return self.lineage_start > 0 and self.warming_up
 
     def to_state(self) -> bytes:
-        """Persist the whole learner (River internals included) as JSON."""
+        """Persist the whole learner as JSON: River's state, keyed by feature name."""
+        core, names = self.core, self.feature_names
+        keyed = {part: part not in self._unkeyed for part in ("scaler", "weights", "g2")}
         return orjson.dumps(
             {
                 "format": LEARNER_FORMAT,
@@ -316,14 +262,14 @@ class OnlineLearner:
                     "t": self._calibration_t,
                 },
                 "scaler": {
-                    "counts": dict(self.scaler.counts),
-                    "means": dict(self.scaler.means),
-                    "vars": dict(self.scaler.vars),
+                    "counts": _by_name(names, core.counts, keyed["scaler"]),
+                    "means": _by_name(names, core.means, keyed["scaler"]),
+                    "vars": _by_name(names, core.vars, keyed["scaler"]),
                 },
-                "weights": self.classifier.weights,
-                "intercept": self.classifier.intercept,
-                "n_iterations": self.classifier.optimizer.n_iterations,
-                "optimizer": {"name": "AdaGrad", "g2": dict(self.classifier.optimizer.g2)},
+                "weights": _by_name(names, core.weights, keyed["weights"]),
+                "intercept": core.intercept,
+                "n_iterations": core.n_iterations,
+                "optimizer": {"name": "AdaGrad", "g2": _by_name(names, core.g2, keyed["g2"])},
                 "metrics": {
                     "scores": list(self.metrics.scores),
                     "labels": list(self.metrics.labels),
@@ -351,18 +297,38 @@ class OnlineLearner:
             learner._calibration_m = list(adam["m"])
             learner._calibration_v = list(adam["v"])
             learner._calibration_t = int(adam["t"])
-        learner.scaler.counts = Counter(data["scaler"]["counts"])
-        learner.scaler.means = defaultdict(float, data["scaler"]["means"])
-        learner.scaler.vars = defaultdict(float, data["scaler"]["vars"])
-        restore_weights(learner.classifier, data["weights"])
-        learner.classifier.intercept = data["intercept"]
-        learner.classifier.optimizer.n_iterations = data["n_iterations"]
+        names, core, scaler = learner.feature_names, learner.core, data["scaler"]
+        core.counts = [int(scaler["counts"].get(name, 0)) for name in names]
+        core.means = _values(names, scaler["means"])
+        core.vars = _values(names, scaler["vars"])
+        core.weights = _values(names, data["weights"])
+        core.intercept = float(data["intercept"])
+        core.n_iterations = int(data["n_iterations"])
         optimizer = data.get("optimizer")  # absent in states written by SGD learners
-        if optimizer and optimizer.get("name") == "AdaGrad":
-            learner.classifier.optimizer.g2 = defaultdict(float, optimizer["g2"])
+        g2 = optimizer["g2"] if optimizer and optimizer.get("name") == "AdaGrad" else {}
+        core.g2 = _values(names, g2)
+        learner._unkeyed = {
+            part
+            for part, values in (
+                ("scaler", scaler["counts"]),
+                ("weights", data["weights"]),
+                ("g2", g2),
+            )
+            if not values
+        }
         metrics = data["metrics"]
         learner.metrics.scores.extend(metrics["scores"])
         learner.metrics.labels.extend(metrics["labels"])
         learner.metrics.n_total = metrics["n_total"]
         learner.metrics.n_positive_total = metrics["n_positive_total"]
         return learner
+
+
+def _by_name(names: list[str], values: list[Any], keyed: bool) -> dict[str, Any]:
+    """River's dict of ``values`` by feature name: empty until the learner has learnt."""
+    return dict(zip(names, values, strict=True)) if keyed else {}
+
+
+def _values(names: list[str], by_name: dict[str, float]) -> list[float]:
+    """A state's dict in feature order; a feature it lacks is 0 (River's default)."""
+    return [float(by_name.get(name, 0.0)) for name in names]

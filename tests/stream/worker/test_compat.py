@@ -210,65 +210,6 @@ def test_a_real_worker_runs_every_faster_path_with_the_verified_versions(
         assert warned not in text, text[-3000:]
 
 
-# ---- river -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def river_without_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A river whose logistic regression keeps its weights under another name."""
-    from river import linear_model
-
-    init = linear_model.LogisticRegression.__init__
-
-    def renamed(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self._weights_v2 = self.__dict__.pop("_weights")
-
-    monkeypatch.setattr(linear_model.LogisticRegression, "__init__", renamed)
-
-
-@pytest.mark.usefixtures("river_without_weights")
-def test_a_river_without_private_weights_refuses_the_start() -> None:
-    with pytest.raises(compat.DependencyError) as refused:
-        compat.check_river()
-    assert "cannot restore" in str(refused.value)
-    assert "pip install 'river==0.26.1'" in str(refused.value)
-
-
-def test_a_learner_state_round_trips_byte_for_byte() -> None:
-    """The JSON state is unchanged by reading the weights through river's public ``weights``."""
-    import random
-
-    from models.learner import OnlineLearner, RiverIncompatible
-
-    rng = random.Random(3)
-    learner = OnlineLearner("g", ["a", "b", "c"], min_examples_per_class=5)
-    for _ in range(300):
-        x = [rng.random() * 4, rng.random(), rng.random() * 2]
-        learner.learn(x, int(rng.random() < x[0] / 4), served_probability=0.3)
-    state = learner.to_state()
-    restored = OnlineLearner.from_state(state, min_examples_per_class=5)
-    assert restored.to_state() == state
-    assert restored.snapshot(7).weights == learner.snapshot(7).weights
-    x = [1.0, 0.5, 0.2]
-    restored.learn(x, 1, 0.5)
-    learner.learn(x, 1, 0.5)
-    assert restored.to_state() == learner.to_state()
-
-    with pytest.MonkeyPatch.context() as patch:
-        from river import linear_model
-
-        init = linear_model.LogisticRegression.__init__
-
-        def renamed(self: Any, *args: Any, **kwargs: Any) -> None:
-            init(self, *args, **kwargs)
-            self._weights_v2 = self.__dict__.pop("_weights")
-
-        patch.setattr(linear_model.LogisticRegression, "__init__", renamed)
-        with pytest.raises(RiverIncompatible, match=r"river==0\.26\.1"):
-            OnlineLearner.from_state(state)
-
-
 # ---- faust: fetch loop, conductor, fetch wait ----------------------------------------------
 
 
@@ -586,11 +527,9 @@ DEPENDENCY_PACKAGES = (
 )
 OUR_PACKAGES = ("models", "stream")
 DOOR = "stream/worker/compat.py"
-#: (file, function, attribute) allowed outside the door, and why: river has no public way
-#: to set a model's weights, and models/ (the pure core) must not import stream/; the
-#: function checks the attribute and names the river version to install (compat.py's
-#: docstring says the same)
-ALLOWED = {("models/learner.py", "restore_weights", "_weights")}
+#: (file, function, attribute) allowed outside the door: none (the learners no longer
+#: restore river's private ``_weights``: they compute river's updates on lists)
+ALLOWED: set[tuple[str, str | None, str]] = set()
 
 
 def _private(name: str) -> bool:
@@ -749,7 +688,7 @@ def test_no_private_attribute_of_a_dependency_outside_compat(dependency_names: s
             for path, line, function, _, code in others
         )
     )
-    # the one exception is still there (otherwise drop it from ALLOWED)
+    # every exception is still there (otherwise drop it from ALLOWED)
     assert {(path, function, name) for path, _, function, name, _ in found} == ALLOWED
 
 

@@ -1,0 +1,182 @@
+"""River's scaler + AdaGrad logistic regression, computed on float lists (compiled).
+
+:class:`ScaledLogistic` is the learning core of :class:`models.learner.OnlineLearner`:
+River 0.26.1's ``preprocessing.StandardScaler`` -> clip at ``±CLIP_SD`` ->
+``linear_model.LogisticRegression(optimizer=optim.AdaGrad(lr), l2=l2,
+intercept_lr=lr)``, one example at a time. River is the definition: every update here
+is River's, written out on lists indexed like the feature names instead of River's
+dicts, with the same floating-point operations in the same order, so the results are
+bit for bit River's (``tests/models/test_learner.py`` feeds random streams to both and
+compares). ``setup.py`` compiles this module with mypyc; the Python source is the same
+code.
+
+What River computes, per example ``x`` (already ``log1p``-transformed):
+
+- scaler (``StandardScaler.learn_one``): per feature ``count += 1``,
+  ``mean += (x - old_mean) / count``,
+  ``var += ((x - old_mean) * (x - mean) - var) / count``;
+- standardising (``transform_one``): ``(x - mean) / var ** 0.5``, 0 where ``var`` is 0,
+  then clipped to ``[-CLIP_SD, CLIP_SD]`` (this project's clip, not River's);
+- logistic regression (``GLM.learn_one``): ``raw = sum(w * x) + intercept``; the log
+  loss gradient (``optim.losses.Log.gradient``, with its ±18 clamping) ``g``, clipped to
+  ``±clip_gradient``; ``intercept -= lr * g``; per feature ``grad = x * g + l2 * w``
+  (the L2 term only when ``l2`` is not 0), then AdaGrad (``optim.AdaGrad``):
+  ``g2 += grad ** 2`` and ``w -= lr / (g2 + eps) ** 0.5 * grad``; ``n_iterations += 1``.
+
+Examples
+--------
+>>> core = ScaledLogistic(2, learning_rate=0.1, l2=0.0)
+>>> _ = core.learn([1.0, 0.0], 1)
+>>> core.learn([0.0, 0.0], 0)  # what the classifier learnt from: x scaled, clipped
+[-1.0, 0.0]
+>>> core.counts, core.means, core.vars
+([2, 2], [0.5, 0.0], [0.25, 0.0])
+>>> core.n_iterations, core.weights[1]
+(2, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+from models.model import CLIP_SD
+
+__all__ = ["ADAGRAD_EPS", "CLIP_GRADIENT", "ScaledLogistic"]
+
+#: ``optim.AdaGrad``'s default ``eps``
+ADAGRAD_EPS = 1e-8
+#: ``linear_model.LogisticRegression``'s default ``clip_gradient``
+CLIP_GRADIENT = 1e12
+
+
+class ScaledLogistic:
+    """The scaler and logistic regression of one learner, on lists (see the module docstring).
+
+    Parameters
+    ----------
+    n
+        Number of features; every list below has this length, in feature order.
+    learning_rate
+        AdaGrad step size of the weights and (constant) learning rate of the intercept.
+    l2
+        L2 penalty of the weights.
+
+    Attributes
+    ----------
+    counts, means, vars
+        The scaler's per-feature count, running mean and running variance.
+    weights, g2
+        The weights and AdaGrad's sums of squared gradients.
+    intercept
+        The intercept.
+    n_iterations
+        The optimizer's step count (River's ``optimizer.n_iterations``).
+    """
+
+    def __init__(self, n: int, learning_rate: float, l2: float) -> None:
+        self.n = n
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.counts: list[int] = [0] * n
+        self.means: list[float] = [0.0] * n
+        self.vars: list[float] = [0.0] * n
+        self.weights: list[float] = [0.0] * n
+        self.g2: list[float] = [0.0] * n
+        self.intercept = 0.0
+        self.n_iterations = 0
+
+    def scaled(self, x: list[float]) -> list[float]:
+        """``x`` standardised by the scaler (River's ``transform_one``), clipped to ±CLIP_SD."""
+        k = CLIP_SD
+        means = self.means
+        vars_ = self.vars
+        out: list[float] = []
+        for i in range(self.n):
+            v = vars_[i]
+            s = (x[i] - means[i]) / v**0.5 if v else 0.0
+            out.append(-k if s < -k else k if s > k else s)
+        return out
+
+    def dot(self, scaled: list[float]) -> float:
+        """``sum(w * x)`` in feature order (River's ``VectorDict.dot``), without the intercept."""
+        weights = self.weights
+        total = 0.0
+        for i in range(self.n):
+            total += weights[i] * scaled[i]
+        return total
+
+    def logit(self, scaled: list[float]) -> float:
+        """The model's logit of standardised, clipped inputs: ``intercept + sum(w * x)``."""
+        return self.intercept + self.dot(scaled)
+
+    def learn_scaler(self, x: list[float]) -> None:
+        """One ``StandardScaler.learn_one`` (running mean and variance, per feature)."""
+        counts = self.counts
+        means = self.means
+        vars_ = self.vars
+        for i in range(self.n):
+            xi = x[i]
+            count = counts[i] + 1
+            counts[i] = count
+            old_mean = means[i]
+            mean = old_mean + (xi - old_mean) / count
+            means[i] = mean
+            vars_[i] = vars_[i] + ((xi - old_mean) * (xi - mean) - vars_[i]) / count
+
+    def learn_classifier(self, scaled: list[float], label: int) -> None:
+        """One ``LogisticRegression.learn_one`` (log loss, AdaGrad weights, SGD intercept)."""
+        raw = self.dot(scaled) + self.intercept
+        loss_gradient = _log_loss_gradient(label, raw)
+        # River multiplies by the sample weight (1.0), then clips to ±clip_gradient with
+        # max(min(g, clip), -clip): spelt out as the builtins compare (NaN passes)
+        loss_gradient = loss_gradient * 1.0
+        if CLIP_GRADIENT < loss_gradient:
+            loss_gradient = CLIP_GRADIENT
+        if -CLIP_GRADIENT > loss_gradient:
+            loss_gradient = -CLIP_GRADIENT
+        lr = self.learning_rate
+        self.intercept = self.intercept - lr * loss_gradient
+        weights = self.weights
+        g2 = self.g2
+        l2 = self.l2
+        penalised = l2 != 0.0
+        for i in range(self.n):
+            grad = scaled[i] * loss_gradient
+            if penalised:
+                grad = grad + l2 * weights[i]
+            total = g2[i] + grad**2
+            g2[i] = total
+            weights[i] = weights[i] - lr / (total + ADAGRAD_EPS) ** 0.5 * grad
+        self.n_iterations += 1
+
+    def learn(self, x: list[float], label: int) -> list[float]:
+        """Learn one example: the scaler, then the classifier on ``x`` scaled by it.
+
+        Parameters
+        ----------
+        x
+            The ``log1p``-transformed features.
+        label
+            1 or 0.
+
+        Returns
+        -------
+        list of float
+            ``x`` standardised by the updated scaler and clipped (what the classifier
+            learnt from).
+        """
+        self.learn_scaler(x)
+        scaled = self.scaled(x)
+        self.learn_classifier(scaled, label)
+        return scaled
+
+
+def _log_loss_gradient(label: int, raw: float) -> float:
+    """``optim.losses.Log().gradient(y_true=bool(label), y_pred=raw)``, weights 1."""
+    y = 1.0 if label else -1.0
+    z = raw * y
+    if z > 18.0:
+        return math.exp(-z) * -y
+    if z < -18.0:
+        return -y
+    return -y / (math.exp(z) + 1.0)
