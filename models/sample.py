@@ -30,6 +30,7 @@ True
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
@@ -197,6 +198,38 @@ class ProfileSample:
         decayed = np.where(horizon > 0, np.exp(-days / np.where(horizon > 0, horizon, 1.0)), 1.0)
         aged = matrix * decayed + days * (recency + tenure)
         return np.where(recency > 0, np.minimum(aged, 365.0), aged)
+
+    def current_matrix(
+        self,
+        now: int,
+        aging: tuple[list[float], list[float], list[float]],
+        fresh: Mapping[str, list[float]],
+    ) -> np.ndarray:
+        """:meth:`matrix_at` with the row of every profile in ``fresh`` replaced by its
+        vector there (its current state's features as of ``now``).
+
+        When ``fresh`` has every sampled profile (a backtest's states, a profile store
+        that has them all) no vector is aged: the matrix is ``fresh``'s rows, the very
+        values the replaced rows would hold.
+
+        >>> s = ProfileSample()
+        >>> for pid in "ab":
+        ...     _ = s.add(pid, 0, [2.0, 10.0])
+        >>> aging, day = ([30.0, 0.0], [0.0, 1.0], [0.0, 0.0]), 86_400_000
+        >>> s.current_matrix(30 * day, aging, {"b": [1.0, 2.0]}).round(3).tolist()
+        [[0.736, 40.0], [1.0, 2.0]]
+        >>> s.current_matrix(30 * day, aging, {"a": [5.0, 6.0], "b": [1.0, 2.0]}).tolist()
+        [[5.0, 6.0], [1.0, 2.0]]
+        """
+        ids = sorted(self.entries)
+        if fresh and all(pid in fresh for pid in ids):
+            return np.array([fresh[pid] for pid in ids], dtype=float)
+        vectors = self.matrix_at(now, aging)
+        for row, pid in enumerate(ids):
+            vector = fresh.get(pid)
+            if vector is not None:
+                vectors[row] = vector
+        return vectors
 
     def vectors(self) -> list[list[float]]:
         """The sampled feature vectors, in profile-id order."""

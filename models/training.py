@@ -427,13 +427,8 @@ class Trainer:
                 # the sampled profiles as of the goal's newest maturation: their current
                 # states where ``current`` gives them, else their newest learnt vector
                 # aged from its prediction time as rescoring serves a quiet profile
-                vectors = sample.matrix_at(self.sample_clock(goal), self._aging)
                 fresh = current() if current is not None else {}
-                if fresh:
-                    for row, pid in enumerate(sorted(sample.entries)):
-                        vector = fresh.get(pid)
-                        if vector is not None:
-                            vectors[row] = vector
+                vectors = sample.current_matrix(self.sample_clock(goal), self._aging, fresh)
                 model.quantiles = cut_points(probabilities(model, vectors).tolist())
         elif not promotion.promoted:
             model = learner.snapshot()  # the running base rate, served while warming up

@@ -210,3 +210,26 @@ def test_segment_sizes_of_the_final_states_match_the_thresholds(result: Backtest
         shares = _shares(buckets)
         assert shares["high"] == pytest.approx(25, abs=8), (goal, shares)
         assert shares["low"] == pytest.approx(25, abs=8), (goal, shares)
+
+
+@pytest.mark.parametrize("covered", [0.0, 0.5, 1.0])
+def test_the_current_matrix_is_the_aged_one_with_the_fresh_rows_put_in(covered: float) -> None:
+    """What a publication ranks: every sampled profile's fresh vector where there is one,
+    else its newest learnt vector aged; when all are fresh none is aged, same values."""
+    rng = random.Random(7)
+    sample = ProfileSample(capacity=300)
+    day = 86_400_000
+    for i in range(500):
+        sample.add(f"p{i}", rng.randrange(200) * day, [rng.random() * 5 for _ in range(4)])
+    aging = ([7.0, 30.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0])
+    now = 210 * day
+    ids = sorted(sample.entries)
+    fresh = {pid: [rng.random() * 5 for _ in range(4)] for pid in ids if rng.random() < covered}
+    # as Trainer.snapshot built it: every row aged, then the fresh ones put in
+    want = sample.matrix_at(now, aging)
+    for row, pid in enumerate(ids):
+        if pid in fresh:
+            want[row] = fresh[pid]
+    got = sample.current_matrix(now, aging, fresh)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
