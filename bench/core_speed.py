@@ -6,9 +6,13 @@ labels, features, both goals' scores), the factors of all scores (``explain_scor
 the output messages (``encode_outcome``, factors included) and a round trip of every
 touched state through its bytes. Prints one JSON object with ``models.NATIVE``.
 
+``--throughput-events`` times on the events ``bench/throughput.py`` replays instead
+(``--events`` of them over half as many profiles, within one day: no scheduled rescoring
+is due), the steps of its worker's core.
+
 Usage::
 
-    python bench/core_speed.py [--events 20000] [--repeat 3]
+    python bench/core_speed.py [--events 20000] [--repeat 3] [--throughput-events]
     CUSTOMER_AI_NATIVE=0 python bench/core_speed.py    # the Python sources
 """
 
@@ -25,6 +29,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
+from bench.common import sample_events  # noqa: E402
 from models.backtest import run_backtest  # noqa: E402
 from models.config import load_config  # noqa: E402
 from models.engine import Engine  # noqa: E402
@@ -61,12 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="customer-ai.toml")
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--throughput-events",
+        action="store_true",
+        help="time on bench/throughput.py's events (one day) instead of the history's last",
+    )
     args = p.parse_args(argv)
     config = load_config(args.config)
     lines = generate_events(profiles=2000, days=200, seed=5)
     trained = run_backtest(lines, config)
     engine = Engine(config, {m.goal: m for m in trained.models})
-    raws = [orjson.dumps(line) for line in lines[-args.events :]]
+    if args.throughput_events:
+        raws = [value for _, value in sample_events(args.events, args.events // 2)]
+    else:
+        raws = [orjson.dumps(line) for line in lines[-args.events :]]
     goals = [g.name for g in config.goals]
     gc.disable()  # as the worker: collected between batches, not inside one
     best: dict[str, float] = {}
@@ -75,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             best[step] = min(us, best.get(step, us))
         gc.collect()
     result = {f"{k}_us_per_event": round(v, 2) for k, v in best.items()}
-    result.update(events=len(raws), compiled=models.NATIVE, repeat=args.repeat)
+    result.update(
+        events=len(raws),
+        compiled=models.NATIVE,
+        repeat=args.repeat,
+        throughput_events=args.throughput_events,
+    )
     print(orjson.dumps(result).decode())
     return 0
 
