@@ -503,6 +503,11 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             minimum=10,
             integer=True,
         ),
+        promotion_margin_se=float(
+            _number(
+                model_t, "promotion_margin_se", "model", defaults.promotion_margin_se, minimum=0
+            )
+        ),
         min_auc=_model_min_auc(model_t, defaults.min_auc),
     )
 

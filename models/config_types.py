@@ -132,8 +132,11 @@ class ModelConfig:
     metrics_window: int = 5000
     #: matured examples over which a candidate version's log loss is compared with the
     #: serving version's and the running base rate's before it is promoted (it must beat
-    #: the base rate's by more than ``NOISE_SE`` standard errors: models/training.py)
+    #: the base rate's by more than ``promotion_margin_se`` standard errors: models/training.py)
     promotion_window: int = 1000
+    #: standard errors of the paired difference of log losses a candidate must beat the
+    #: base rate by, and may trail the serving version by (0: any improvement promotes)
+    promotion_margin_se: float = 2.0
     #: a live goal whose AUC over ``metrics_window`` is below this is ``poor``
     min_auc: float = 0.65
 

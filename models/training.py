@@ -11,8 +11,8 @@ Promotion: every matured example is first tested (prequentially) by three models
 version published last) and the running *base rate*. Their log losses over the last
 ``[model] promotion_window`` examples decide: when a version is due, the candidate is
 published only if its mean log loss is no worse than the serving model's and better than
-the base rate's by more than :data:`NOISE_SE` standard errors (on features without signal
-the goal serves its base rate); otherwise the serving version stays (no version number is
+the base rate's by more than ``[model] promotion_margin_se`` standard errors (default
+:data:`NOISE_SE`; on features without signal the goal serves its base rate); otherwise the serving version stays (no version number is
 consumed) and the refusal is recorded in :attr:`Trainer.promotions`. Until a goal has a promoted model it
 is ``warming_up`` (base-rate versions are published so the served rate follows the data);
 then ``live``, or ``poor`` while the live AUC is below ``[model] min_auc``.
@@ -54,9 +54,10 @@ __all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
 #: promotion decisions kept in :attr:`Trainer.promotions` (the newest)
 PROMOTIONS_KEPT = 1000
 _EPS = 1e-7
-#: a candidate whose mean log loss exceeds the serving model's by at most this many
-#: standard errors of their paired difference is "no worse" (the difference is noise);
-#: it must be below the base rate's by more than this many (beating it is not noise)
+#: the default of ``[model] promotion_margin_se``: a candidate whose mean log loss exceeds
+#: the serving model's by at most this many standard errors of their paired difference is
+#: "no worse" (the difference is noise); it must be below the base rate's by more than this
+#: many (beating it is not noise)
 NOISE_SE = 2.0
 
 
@@ -394,11 +395,12 @@ class Trainer:
         cand, serv, base = promotion.means()
         se = promotion.difference_se()
         # "no worse" within the noise of the window: two models that predict alike differ
-        # by chance; only a candidate worse by more than NOISE_SE standard errors is refused.
-        # Better than the base rate beyond that noise: a model that wins by chance is not
-        # served (features without signal keep the goal on its base rate)
+        # by chance; only a candidate worse by more than `margin` standard errors is
+        # refused. Better than the base rate beyond that noise: a model that wins by chance
+        # is not served (features without signal keep the goal on its base rate)
+        margin = self.config.model.promotion_margin_se
         se_base = promotion.difference_se(2)
-        promoted = cand - serv <= NOISE_SE * se and base - cand > NOISE_SE * se_base
+        promoted = cand - serv <= margin * se and base - cand > margin * se_base
         decision = {
             "goal": goal,
             "version": learner.version + 1 if promoted else learner.version,

@@ -114,6 +114,11 @@ CASES = [
         ["model.learning_rate", "finite number", "got nan"],
     ),
     (
+        "negative promotion margin",
+        [("[[goals]]", "[model]\npromotion_margin_se = -1\n\n[[goals]]")],
+        ["model.promotion_margin_se", ">= 0", "got -1"],
+    ),
+    (
         "table that is not a table",
         [('[[events]]\nname = "page_view"', 'model = 3\n\n[[events]]\nname = "page_view"')],
         ["[model]", "must be a table", "key = value"],

@@ -92,6 +92,18 @@ def test_features_without_signal_keep_the_goal_on_its_base_rate() -> None:
         assert feed.published and all(m.warming_up for m in feed.published)
 
 
+def test_a_margin_of_zero_promotes_on_any_improvement() -> None:
+    """``promotion_margin_se = 0``: the same data without signal as above now promotes the
+    candidates that beat the base rate by chance (the trade-off the margin exists for)."""
+    promoted = []
+    for seed in range(3):
+        trainer = Trainer(_config(promotion_margin_se=0.0))
+        Feed(trainer, seed=seed)(6000, signal=False)
+        promoted += [d for d in trainer.promotions if d["promoted"]]
+    assert promoted
+    assert all(d["candidate_logloss"] < d["base_rate_logloss"] for d in promoted)
+
+
 def test_a_worse_candidate_is_refused_and_the_serving_version_stays() -> None:
     trainer = Trainer(_config())
     feed = Feed(trainer)
