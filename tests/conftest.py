@@ -26,6 +26,8 @@ Tests using these fixtures are marked ``integration`` automatically.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -63,6 +65,27 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, help_text in _MARKERS.items():
         if name not in declared:
             config.addinivalue_line("markers", f"{name}: {help_text}")
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Keep the run's exit status for :func:`pytest_unconfigure`."""
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A thread a test left running (not a daemon) would keep the interpreter, hence CI,
+    waiting forever after the summary: name it, and exit with the run's status."""
+    left = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if left and _EXIT_STATUS:
+        names = ", ".join(t.name for t in left)
+        print(f"\nthreads left running by the tests: {names}; exiting", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -186,6 +186,19 @@ def _serving_trained(run: OpsRun) -> bool:
     return status == 200 and not orjson.loads(body)["conversion"]["warming_up"]
 
 
+def _wait_serving_trained(run: OpsRun) -> None:
+    """Until the worker serves a trained conversion model; on a time-out, the error shows
+    what the trainer decided (its candidates and their promotion figures)."""
+    try:
+        wait_until(lambda: _serving_trained(run), 180, what="a trained conversion model")
+    except AssertionError as e:
+        status, body = run.worker.get("/models")
+        trainer = [x for x in run.worker.log_tail(400).splitlines() if "conversion" in x]
+        raise AssertionError(
+            f"{e}\n/models ({status}): {body[:3000]!r}\nworker log:\n" + "\n".join(trainer[-20:])
+        ) from None
+
+
 async def produce_events(
     bootstrap: str, messages: list[tuple[bytes | None, bytes]], batch_bytes: int | None
 ) -> int:
@@ -217,10 +230,13 @@ async def produce_events(
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsRun]:
     tmp = tmp_path_factory.mktemp("ops")
-    # serve a trained model (factors, live metrics) early in the replay
+    # serve a trained model (factors, live metrics) early in the replay: phase A1 matures
+    # about 1,000 conversion examples with 40 positives, on which the first candidates beat
+    # the base rate by less than 2 standard errors (no margin here)
     text = (REPO / "customer-ai.toml").read_text()
     for old, new in (
         ("min_examples_per_class = 30", "min_examples_per_class = 5"),
+        ("promotion_margin_se = 2.0", "promotion_margin_se = 0.0"),
         ("snapshot_every_examples = 500", "snapshot_every_examples = 50"),
         ("snapshot_every_seconds = 2.0", "snapshot_every_seconds = 0.2"),
     ):
@@ -266,20 +282,26 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpsRun]:
             run.metrics_at_start = run.scrape()[2]
             run.models_cli_at_start = run.cli("models", "--json")
 
-            # phase A: a burst, scraped throughout
+            # phase A: a burst, scraped throughout (the scraper stops whatever happens: a
+            # thread left running would keep pytest from exiting)
             stop = threading.Event()
-            scraper = threading.Thread(target=_scrape_until, args=(run, run.scrapes_a, stop))
+            scraper = threading.Thread(
+                target=_scrape_until, args=(run, run.scrapes_a, stop), daemon=True
+            )
             scraper.start()
-            started = time.monotonic()
-            run.produced_a = asyncio.run(produce_events(broker.bootstrap, phase_a1, 16384))
-            wait_until(lambda: _drained(run, run.produced_a), 240, what="phase A1 to drain")
-            # the trainer learns behind the scorers: let the scorers serve a trained model
-            # for the rest, so that examples served by it mature (live metrics need them)
-            wait_until(lambda: _serving_trained(run), 60, what="a trained conversion model")
-            run.produced_a += asyncio.run(produce_events(broker.bootstrap, phase_a2, 16384))
-            wait_until(lambda: _drained(run, run.produced_a), 240, what="phase A2 to drain")
-            stop.set()
-            scraper.join()
+            try:
+                started = time.monotonic()
+                run.produced_a = asyncio.run(produce_events(broker.bootstrap, phase_a1, 16384))
+                wait_until(lambda: _drained(run, run.produced_a), 240, what="phase A1 to drain")
+                # the trainer learns behind the scorers: let the scorers serve a trained
+                # model for the rest, so that examples served by it mature (live metrics
+                # need them)
+                _wait_serving_trained(run)
+                run.produced_a += asyncio.run(produce_events(broker.bootstrap, phase_a2, 16384))
+                wait_until(lambda: _drained(run, run.produced_a), 240, what="phase A2 to drain")
+            finally:
+                stop.set()
+                scraper.join()
             run.scrapes_a.append(_lag_and_in(run))
             run.timings["phase A drained"] = time.monotonic() - started
 

@@ -4,11 +4,14 @@ message, whole: probability, percentile, bucket, model version, warming up and t
 factors of the version that served it (each with its importance); a warm-up score shows
 no factors, even once a trained model is served.
 
-Scheduled rescoring is off (``rescore_every_hours = 0``) and conversion has a ``prior``,
-so a profile keeps the score of its last event, with a probability: profiles last seen
-while the goal was warming up keep a warm-up score, and profiles last seen under an early
-trained version keep that version's score while the trainer publishes newer ones. Those are the profiles the view used to get wrong
-(factors recomputed with the model served now, beside the stored score of another).
+Scheduled rescoring is off (``rescore_every_hours = 0``), a new version's refresh sweep
+is slowed to a crawl (``refresh_per_second = 0.001``: the profiles of one partition at
+most are refreshed during the test) and conversion has a ``prior``, so most profiles keep
+the score of their last event, with a probability: profiles last seen while the goal was
+warming up keep a warm-up score, and profiles last seen under an early trained version
+keep that version's score while the trainer publishes newer ones. Those are the profiles
+the view used to get wrong (factors recomputed with the model served now, beside the
+stored score of another).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def config_text() -> str:
         ("snapshot_every_examples = 500", "snapshot_every_examples = 50"),
         ("snapshot_every_seconds = 2.0", "snapshot_every_seconds = 0.2"),
         ("rescore_every_hours = 24", "rescore_every_hours = 0"),
+        # a new version's refresh sweep reaches one partition at most during the test
+        ("refresh_per_second = 200", "refresh_per_second = 0.001"),
         # warm-up conversion scores have a probability (the prior) before any example
         ("window_days = 30\n", "window_days = 30\nprior = 0.05\n"),
     ):
