@@ -35,7 +35,7 @@ native: venv
 	$(BIN)/python -m pip install $(PIP_LOCKED) --no-deps -e .
 
 test: venv
-	$(BIN)/python -m pytest -q -ra -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 # The pure core's tests (tests/models) and the layout rules, without servers: not the
 # learning-quality run (test_learning.py), the property-based fuzzing (test_fuzz.py), the
