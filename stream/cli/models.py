@@ -93,7 +93,9 @@ def models_main(
                         model = LinearModel.from_json(raw)
                     except (ValueError, TypeError, KeyError) as exc:
                         raise CliError(f"the model of {goal!r} cannot be read: {exc}") from None
-                document[goal] = model_summary(model, await store.get_learner(goal))
+                document[goal] = model_summary(
+                    model, await store.get_learner(goal), config.model.min_auc
+                )
             return document
         finally:
             await store.close()

@@ -81,6 +81,7 @@ __all__ = [
     "metric_names",
     "observe_live",
     "observe_model",
+    "observe_status",
     "observe_end_to_end",
     "observe_end_to_end_many",
     "observe_processing",
@@ -312,6 +313,15 @@ def observe_model(goal: str, version: int, live: dict[str, Any], status: str) ->
     (``""``: a model written before statuses, its status is left as it was)."""
     MODEL_VERSION.labels(goal=goal).set(version)
     observe_live(goal, live)
+    if status in MODEL_STATUSES:
+        for s in MODEL_STATUSES:
+            MODEL_STATUS.labels(goal=goal, status=s).set(1.0 if s == status else 0.0)
+
+
+def observe_status(goal: str, status: str) -> None:
+    """Set ``goal``'s status series (``customer_ai_model_status``) alone: the trainer's
+    status after each batch (a promoted model turns ``poor`` when its live AUC falls
+    below ``[model] min_auc`` with no new version published, and back)."""
     if status in MODEL_STATUSES:
         for s in MODEL_STATUSES:
             MODEL_STATUS.labels(goal=goal, status=s).set(1.0 if s == status else 0.0)

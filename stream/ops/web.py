@@ -72,7 +72,10 @@ def models_document(
     """Per goal: served version, status, examples, live metrics, last promotion decision
     (:func:`stream.ops.models_view.model_summary`; ``learners``: the trainer states)."""
     learners = learners or {}
-    return {goal: model_summary(m, learners.get(goal)) for goal, m in engine.models.items()}
+    min_auc = engine.config.model.min_auc
+    return {
+        goal: model_summary(m, learners.get(goal), min_auc) for goal, m in engine.models.items()
+    }
 
 
 def register_views(
