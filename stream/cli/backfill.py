@@ -176,6 +176,40 @@ async def partition_count(settings: Settings, topic: str) -> int:
     return len(parts)
 
 
+def group_members(responses: Any) -> int:
+    """The members of the groups in ``DescribeGroups`` responses (aiokafka's
+    ``describe_consumer_groups``: each group is ``(error_code, group, state, protocol_type,
+    protocol, members, ...)``)."""
+    return sum(len(group[5] or ()) for response in responses for group in response.groups)
+
+
+async def worker_members(settings: Settings) -> int | None:
+    """How many members the workers' consumer group (``CUSTOMER_AI_APP_ID``) has on the
+    broker; None when it cannot be told (no broker configured, or it does not answer):
+    the check is a guard, the documented order (stop the workers first) still holds."""
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return None
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream.worker.security import kafka_security_kwargs
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap,
+        request_timeout_ms=int(KAFKA_TIMEOUT * 1000),
+        **kafka_security_kwargs(os.environ),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT)
+        described = await asyncio.wait_for(
+            admin.describe_consumer_groups([settings.app_id]), KAFKA_TIMEOUT
+        )
+        return group_members(described)
+    except Exception:  # noqa: BLE001 - unknown: partition_count names a broker failure
+        return None
+    finally:
+        await admin.close()
+
+
 def final_models(result: BacktestResult) -> dict[str, LinearModel]:
     """The served model per goal: a last version for goals that learnt since their last
     one (as the trainer's ``snapshot_every_seconds`` timer publishes), else the last one."""
@@ -329,6 +363,16 @@ async def _backfill(
     started = time.perf_counter()
     goals = [g.name for g in config.goals]
     topic = settings.topic("events")
+    members = await worker_members(settings)
+    if members:  # even with --force: a running worker writes its memory over the import
+        raise CliError(
+            f"{members} worker(s) of consumer group {settings.app_id!r} are running on "
+            f"{redact_url(settings.bootstrap)}: a running worker keeps serving its models, "
+            "learners and watermarks from memory and writes them over the import; stop "
+            "every worker (a killed one leaves the group after CUSTOMER_AI_SESSION_TIMEOUT) "
+            "and run the backfill again",
+            2,
+        )
     store = await connect_store(settings, None)
     try:
         held = await existing_data(store, goals)

@@ -1,0 +1,58 @@
+"""``customer-ai backfill`` refuses to run beside a running worker, even with ``--force``.
+
+docs/OPERATING.md ("Starting from history") says to stop the workers first; nothing
+checked it. A backfill ``--force`` run while a worker served left a mixture: the worker kept
+serving its newer model version (the imported, older one is never loaded), rescored the
+imported profiles with it, and its trainer wrote its in-memory learner over the imported
+one (``customer-ai models`` then showed the import's model beside the old learner's live
+figures). The guard reads the workers' consumer group on the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from models.config import load_config
+from stream.cli import backfill
+from stream.cli.common import CliError
+from stream.worker.settings import Settings
+from tests.harness import CONFIG
+
+
+def test_group_members_counts_every_member_of_the_described_groups() -> None:
+    member = ("faust-1", "", "", b"", b"")
+    stable = (0, "customer-ai", "Stable", "consumer", "", [member, member])
+    empty = (0, "customer-ai", "Empty", "consumer", "", [])
+    assert backfill.group_members([SimpleNamespace(groups=[stable])]) == 2
+    assert backfill.group_members([SimpleNamespace(groups=[empty])]) == 0
+    assert backfill.group_members([]) == 0
+
+
+def test_a_running_worker_refuses_the_import_before_redis_is_touched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async def one_member(settings: Settings) -> int:
+        return 1
+
+    async def no_redis(*args: object) -> None:
+        raise AssertionError("Redis was contacted beside a running worker")
+
+    monkeypatch.setattr(backfill, "worker_members", one_member)
+    monkeypatch.setattr(backfill, "connect_store", no_redis)
+    settings = Settings(bootstrap="127.0.0.1:1")
+    with pytest.raises(CliError) as refused:
+        asyncio.run(
+            backfill._backfill(tmp_path / "h.jsonl", load_config(CONFIG), settings, None, 4, True)
+        )
+    assert refused.value.status == 2
+    assert "1 worker(s) of consumer group 'customer-ai' are running" in refused.value.message
+    assert "stop every worker" in refused.value.message
+
+
+def test_no_broker_configured_means_no_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    assert asyncio.run(backfill.worker_members(Settings())) is None
