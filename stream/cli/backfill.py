@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from models.backtest import BacktestResult, run_backtest
@@ -100,6 +101,8 @@ class BackfillSummary:
     """What an import wrote, and how long it took."""
 
     events: int = 0
+    #: lines of the history file (events before --until or not, bad lines included)
+    lines: int = 0
     profiles: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -394,6 +397,7 @@ async def _backfill(
 
         with Progress(*_columns(), console=console, transient=True) as progress:
             lines = _read_lines(events_path)
+            summary.lines = len(lines)
             task = progress.add_task("replay", total=len(lines))
             replay_started = time.perf_counter()
             result = run_backtest(
@@ -471,4 +475,18 @@ def backfill_main(
         highlight=False,
         markup=False,
     )
+    if until_ms is not None and s.lines and not s.events and not s.rejected:
+        console.print(
+            f"[yellow]nothing imported[/]: none of the {s.lines:,} lines of "
+            f"{escape(str(events_path))} is "
+            f"an event before --until {format_time(until_ms)}"
+        )
+    elif s.events:
+        start = format_time(until_ms) if until_ms is not None else wm
+        console.print(
+            f"next: start the workers, then the live stream from {start} on: a live event "
+            f"older than that is applied a second time (only each profile's newest "
+            f"{config.recent_ids} imported events are recognised as duplicates)",
+            soft_wrap=True,
+        )
     return 0

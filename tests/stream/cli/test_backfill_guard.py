@@ -1,4 +1,5 @@
-"""``customer-ai backfill`` refuses to run beside a running worker, even with ``--force``.
+"""``customer-ai backfill`` refuses to run beside a running worker, even with ``--force``,
+and its summary says when nothing was imported and where the live stream must start.
 
 docs/OPERATING.md ("Starting from history") says to stop the workers first; nothing
 checked it. A backfill ``--force`` run while a worker served left a mixture: the worker kept
@@ -11,10 +12,12 @@ figures). The guard reads the workers' consumer group on the broker.
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
 from models.config import load_config
 from stream.cli import backfill
@@ -56,3 +59,38 @@ def test_a_running_worker_refuses_the_import_before_redis_is_touched(
 def test_no_broker_configured_means_no_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     assert asyncio.run(backfill.worker_members(Settings())) is None
+
+
+def _summary_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, summary, until) -> str:
+    async def imported(*args: object) -> backfill.BackfillSummary:
+        return summary
+
+    history = tmp_path / "history.jsonl"
+    history.write_text("{}\n")
+    out = io.StringIO()
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr(backfill, "_backfill", imported)
+    monkeypatch.setattr(backfill, "console", Console(file=out, width=400))
+    assert backfill.backfill_main(history, str(CONFIG), until, 4) == 0
+    return out.getvalue()
+
+
+def test_an_until_before_every_event_says_nothing_was_imported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    nothing = backfill.BackfillSummary(lines=9611, partitions=4)
+    text = _summary_text(monkeypatch, tmp_path, nothing, "2020-01-01")
+    assert "nothing imported: none of the 9,611 lines of" in text
+    assert "before --until 2020-01-01T00:00:00.000Z" in text
+
+
+def test_the_summary_says_where_the_live_stream_must_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    some = backfill.BackfillSummary(events=200, lines=200, partitions=4, watermark=0)
+    text = _summary_text(monkeypatch, tmp_path, some, "2026-12-01T00:00:00Z")
+    assert "the live stream from 2026-12-01T00:00:00.000Z on" in text
+    assert "only each profile's newest 8 imported events are recognised" in text
+    assert "nothing imported" not in text
+    text = _summary_text(monkeypatch, tmp_path, some, None)
+    assert "the live stream from 1970-01-01T00:00:00.000Z on" in text
