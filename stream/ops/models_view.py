@@ -77,7 +77,9 @@ def model_summary(
         "warming_up": model.warming_up,
         "n_examples": model.n_examples,
         "n_positive": model.n_positive,
-        "base_rate": model.base_rate,
+        # a cold model (version 0, no example) has no base rate: its 0.5 is a placeholder
+        # the scores never serve (they serve the goal's prior, or null)
+        "base_rate": model.base_rate if model.version or model.n_examples else None,
         "live": live,
         "created_at": model.created_at,
         "last_promotion": last_decision(learner_state),

@@ -52,3 +52,11 @@ def test_the_status_series_follows_the_trainer() -> None:
         for s in metrics.MODEL_STATUSES
     }
     assert values == {"warming_up": 0.0, "live": 0.0, "poor": 1.0}
+
+
+def test_a_cold_goal_shows_no_made_up_base_rate() -> None:
+    row = model_summary(LinearModel.cold("conversion", ["a"]), None, 0.65)
+    assert (row["version"], row["n_examples"], row["base_rate"]) == (0, 0, None)
+    published = _published("warming_up", True)
+    published.base_rate = 0.07
+    assert model_summary(published, None, 0.65)["base_rate"] == 0.07
