@@ -367,14 +367,15 @@ async def _backfill(
     goals = [g.name for g in config.goals]
     topic = settings.topic("events")
     members = await worker_members(settings)
-    if members:  # even with --force: a running worker writes its memory over the import
-        raise CliError(
-            f"{members} worker(s) of consumer group {settings.app_id!r} are running on "
-            f"{redact_url(settings.bootstrap)}: a running worker keeps serving its models, "
-            "learners and watermarks from memory and writes them over the import; stop "
-            "every worker (a killed one leaves the group after CUSTOMER_AI_SESSION_TIMEOUT) "
-            "and run the backfill again",
-            2,
+    if members:  # a warning: a broker may keep a stopped worker listed (Tansu does)
+        console.print(
+            f"[yellow]warning[/]: the workers' consumer group {settings.app_id!r} lists "
+            f"{members} member(s) on {redact_url(settings.bootstrap)}: if a worker is "
+            "running, stop it and run the backfill again (a running worker keeps serving its "
+            "models from memory and writes its learners and watermarks over the import); a "
+            "broker that keeps a stopped worker listed (Tansu, `customer-ai dev up`) shows "
+            "one too",
+            soft_wrap=True,
         )
     store = await connect_store(settings, None)
     try:
