@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from models.backtest import BacktestResult, run_backtest
@@ -100,6 +101,8 @@ class BackfillSummary:
     """What an import wrote, and how long it took."""
 
     events: int = 0
+    #: lines of the history file (events before --until or not, bad lines included)
+    lines: int = 0
     profiles: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -174,6 +177,40 @@ async def partition_count(settings: Settings, topic: str) -> int:
             2,
         )
     return len(parts)
+
+
+def group_members(responses: Any) -> int:
+    """The members of the groups in ``DescribeGroups`` responses (aiokafka's
+    ``describe_consumer_groups``: each group is ``(error_code, group, state, protocol_type,
+    protocol, members, ...)``)."""
+    return sum(len(group[5] or ()) for response in responses for group in response.groups)
+
+
+async def worker_members(settings: Settings) -> int | None:
+    """How many members the workers' consumer group (``CUSTOMER_AI_APP_ID``) has on the
+    broker; None when it cannot be told (no broker configured, or it does not answer):
+    the check is a guard, the documented order (stop the workers first) still holds."""
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return None
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream.worker.security import kafka_security_kwargs
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap,
+        request_timeout_ms=int(KAFKA_TIMEOUT * 1000),
+        **kafka_security_kwargs(os.environ),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT)
+        described = await asyncio.wait_for(
+            admin.describe_consumer_groups([settings.app_id]), KAFKA_TIMEOUT
+        )
+        return group_members(described)
+    except Exception:  # noqa: BLE001 - unknown: partition_count names a broker failure
+        return None
+    finally:
+        await admin.close()
 
 
 def final_models(result: BacktestResult) -> dict[str, LinearModel]:
@@ -329,6 +366,17 @@ async def _backfill(
     started = time.perf_counter()
     goals = [g.name for g in config.goals]
     topic = settings.topic("events")
+    members = await worker_members(settings)
+    if members:  # a warning: a broker may keep a stopped worker listed (Tansu does)
+        console.print(
+            f"[yellow]warning[/]: the workers' consumer group {settings.app_id!r} lists "
+            f"{members} member(s) on {redact_url(settings.bootstrap)}: if a worker is "
+            "running, stop it and run the backfill again (a running worker keeps serving its "
+            "models from memory and writes its learners and watermarks over the import); a "
+            "broker that keeps a stopped worker listed (Tansu, `customer-ai dev up`) shows "
+            "one too",
+            soft_wrap=True,
+        )
     store = await connect_store(settings, None)
     try:
         held = await existing_data(store, goals)
@@ -350,6 +398,7 @@ async def _backfill(
 
         with Progress(*_columns(), console=console, transient=True) as progress:
             lines = _read_lines(events_path)
+            summary.lines = len(lines)
             task = progress.add_task("replay", total=len(lines))
             replay_started = time.perf_counter()
             result = run_backtest(
@@ -427,4 +476,18 @@ def backfill_main(
         highlight=False,
         markup=False,
     )
+    if until_ms is not None and s.lines and not s.events and not s.rejected:
+        console.print(
+            f"[yellow]nothing imported[/]: none of the {s.lines:,} lines of "
+            f"{escape(str(events_path))} is "
+            f"an event before --until {format_time(until_ms)}"
+        )
+    elif s.events:
+        start = format_time(until_ms) if until_ms is not None else wm
+        console.print(
+            f"next: start the workers, then the live stream from {start} on: a live event "
+            f"older than that is applied a second time (only each profile's newest "
+            f"{config.recent_ids} imported events are recognised as duplicates)",
+            soft_wrap=True,
+        )
     return 0

@@ -119,6 +119,13 @@ def _figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _live_share(month: dict) -> str:
+    """How much of a month a live (not warming-up) model served: ``none live``, ``all
+    live`` or ``12 live``."""
+    n_live, n = month["n_live"], month["n"]
+    return "none live" if n_live == 0 else "all live" if n_live == n else f"{n_live} live"
+
+
 def print_summary(metrics: dict[str, dict]) -> None:
     """Per goal the live figures beside the running base rate's, then the months it lost."""
     table = Table(
@@ -150,13 +157,20 @@ def print_summary(metrics: dict[str, dict]) -> None:
         worse = [r for r in m["months"] if r["worse_than_base_rate"]]
         if worse:
             months = ", ".join(
-                f"{r['month']} ({r['logloss']:.3f} vs {r['base_rate_logloss']:.3f}, n={r['n']})"
+                f"{r['month']} ({r['logloss']:.3f} vs {r['base_rate_logloss']:.3f}, n={r['n']}, "
+                f"{_live_share(r)})"
                 for r in worse
             )
             console.print(
                 f"[yellow]{goal}[/]: served log loss worse than the base rate's in "
                 f"{len(worse)} of {len(m['months'])} months: {months}"
             )
+            if not any(r["n_live"] for r in worse):
+                console.print(
+                    f"  {goal}: no live model served in those months: what lost is the "
+                    "warming-up probability (the prior, or the base rate of the last "
+                    "version published) against the running base rate"
+                )
         elif m["months"]:
             console.print(
                 f"{goal}: served log loss no worse than the base rate's in every one of "

@@ -23,17 +23,40 @@ def _number(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _decision(last: dict[str, Any] | None) -> str:
+def _decision(last: dict[str, Any] | None, warming_up: bool = False) -> str:
+    """The trainer's last decision in words. A refusal names no version of its own: the
+    candidate was not published (``version`` is the one served then: the serving model,
+    or while the goal warms up the base-rate version published instead).
+
+    >>> last = {"promoted": False, "version": 32, "n_examples": 1563, "candidate_logloss": 0.135,
+    ...         "serving_logloss": 0.137, "base_rate_logloss": 0.135}
+    >>> _decision(last, warming_up=True)[:75]
+    'candidate refused at 1,563 examples (base rate served as v32; log loss 0.13'
+    >>> _decision(last)[:60]
+    'candidate refused at 1,563 examples (v32 still served; log l'
+    """
     if not last:
         return "-"
-    verb = "promoted" if last.get("promoted") else "refused"
     version = last.get("version")
+    n = f"{last.get('n_examples', 0):,}"
+    if last.get("promoted"):
+        head = f"promoted v{version} at {n} examples ("
+    elif warming_up:
+        head = f"candidate refused at {n} examples (base rate served as v{version}; "
+    else:
+        head = f"candidate refused at {n} examples (v{version} still served; "
     return (
-        f"{verb} v{version} at {last.get('n_examples', 0):,} examples (log loss "
-        f"{_number(last.get('candidate_logloss'))} vs serving "
+        f"{head}log loss {_number(last.get('candidate_logloss'))} vs serving "
         f"{_number(last.get('serving_logloss'))}, base rate "
         f"{_number(last.get('base_rate_logloss'))})"
     )
+
+
+def _examples(row: dict[str, Any]) -> str:
+    """Examples learnt, with the positives: a goal warming up for good often has none (or
+    nothing but) positives, which the count alone does not show."""
+    n, positives = row["n_examples"], row.get("n_positive")
+    return f"{n:,}" if not n or positives is None else f"{n:,} ({positives:,} pos.)"
 
 
 def _print_table(document: dict[str, dict[str, Any]], out: TextIO) -> None:
@@ -50,12 +73,12 @@ def _print_table(document: dict[str, dict[str, Any]], out: TextIO) -> None:
             goal,
             f"v{row['version']}",
             row["status"],
-            f"{row['n_examples']:,}",
+            _examples(row),
             _number(live.get("auc")),
             _number(live.get("logloss")),
             _number(live.get("base_rate_logloss")),
             _number(live.get("ece")),
-            _decision(row["last_promotion"]),
+            _decision(row["last_promotion"], row["status"] == "warming_up"),
         )
     output_console(out).print(table)
 
@@ -93,7 +116,9 @@ def models_main(
                         model = LinearModel.from_json(raw)
                     except (ValueError, TypeError, KeyError) as exc:
                         raise CliError(f"the model of {goal!r} cannot be read: {exc}") from None
-                document[goal] = model_summary(model, await store.get_learner(goal))
+                document[goal] = model_summary(
+                    model, await store.get_learner(goal), config.model.min_auc
+                )
             return document
         finally:
             await store.close()

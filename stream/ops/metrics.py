@@ -81,6 +81,7 @@ __all__ = [
     "metric_names",
     "observe_live",
     "observe_model",
+    "observe_status",
     "observe_end_to_end",
     "observe_end_to_end_many",
     "observe_processing",
@@ -308,13 +309,16 @@ def init_model_series(goals: Sequence[str]) -> None:
 
 
 def observe_model(goal: str, version: int, live: dict[str, Any], status: str) -> None:
-    """Set ``goal``'s model series from a model version, its live metrics and status
-    (``""``: a model written before statuses, its status is left as it was)."""
+    """Set ``goal``'s model series (status ``""``, from before statuses: left as it was)."""
     MODEL_VERSION.labels(goal=goal).set(version)
     observe_live(goal, live)
-    if status in MODEL_STATUSES:
-        for s in MODEL_STATUSES:
-            MODEL_STATUS.labels(goal=goal, status=s).set(1.0 if s == status else 0.0)
+    observe_status(goal, status)
+
+
+def observe_status(goal: str, status: str) -> None:
+    """Set ``goal``'s status series alone (the trainer's after each batch, too)."""
+    for s in MODEL_STATUSES if status in MODEL_STATUSES else ():
+        MODEL_STATUS.labels(goal=goal, status=s).set(1.0 if s == status else 0.0)
 
 
 def observe_live(goal: str, live: dict[str, Any]) -> None:

@@ -44,22 +44,42 @@ def base_rate_logloss(rate: float | None) -> float | None:
     return -(rate * math.log(rate) + (1.0 - rate) * math.log(1.0 - rate))
 
 
-def model_summary(model: LinearModel | None, learner_state: bytes | None) -> dict[str, Any]:
+def model_summary(
+    model: LinearModel | None, learner_state: bytes | None, min_auc: float | None = None
+) -> dict[str, Any]:
     """The row of one goal (``model`` None: nothing published or loaded yet), with the
-    trainer's state ``learner_state`` (None: none stored)."""
+    trainer's state ``learner_state`` (None: none stored).
+
+    With ``min_auc`` (``[model] min_auc``) a promoted model's status follows the live AUC
+    shown beside it (``poor`` below ``min_auc``, else ``live``), as the trainer's status
+    does, instead of the status the version was published with: a version promoted while
+    its AUC was fine stayed ``live`` however low the AUC fell while every later candidate
+    was refused, and an edited ``min_auc`` changed nothing until the next promotion.
+
+    >>> row = model_summary(LinearModel.cold("g", ["a"]), None)
+    >>> state = orjson.dumps({"metrics": {"scores": [0.2, 0.7, 0.6], "labels": [1, 0, 1]}})
+    >>> live = LinearModel.from_json(LinearModel.cold("g", ["a"]).to_json())
+    >>> live.warming_up, live.status = False, "live"
+    >>> model_summary(live, state)["status"], model_summary(live, state, 0.65)["status"]
+    ('live', 'poor')
+    """
     if model is None:
         model = LinearModel.cold("", [])
     status = model.status or ("warming_up" if model.warming_up else "live")
     live: dict[str, Any] = {"auc": None, "logloss": None, "ece": None, "base_rate": None}
     live.update(live_metrics(learner_state) or model.metrics or {})
     live["base_rate_logloss"] = base_rate_logloss(live["base_rate"])
+    if min_auc is not None and status in ("live", "poor") and live["auc"] is not None:
+        status = "poor" if live["auc"] < min_auc else "live"
     return {
         "version": model.version,
         "status": status,
         "warming_up": model.warming_up,
         "n_examples": model.n_examples,
         "n_positive": model.n_positive,
-        "base_rate": model.base_rate,
+        # a cold model (version 0, no example) has no base rate: its 0.5 is a placeholder
+        # the scores never serve (they serve the goal's prior, or null)
+        "base_rate": model.base_rate if model.version or model.n_examples else None,
         "live": live,
         "created_at": model.created_at,
         "last_promotion": last_decision(learner_state),

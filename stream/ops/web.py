@@ -29,7 +29,12 @@ from stream.ops import metrics
 from stream.ops.health import HEALTH
 from stream.ops.models_view import model_summary, read_learners
 
-__all__ = ["models_document", "register_views"]
+__all__ = ["PROFILE_ROUTE", "models_document", "register_views"]
+
+#: The profile view's route. aiohttp's default ``{name}`` pattern is ``[^{}/]+``: a profile
+#: id with a brace (a GUID written ``{3F2504E0-...}``) would get the router's plain-text
+#: 404 although the profile exists. Any id without a ``/`` matches (``%2F`` is one).
+PROFILE_ROUTE = "/profiles/{profile_id:[^/]+}"
 
 
 class _Store(Protocol):
@@ -67,7 +72,10 @@ def models_document(
     """Per goal: served version, status, examples, live metrics, last promotion decision
     (:func:`stream.ops.models_view.model_summary`; ``learners``: the trainer states)."""
     learners = learners or {}
-    return {goal: model_summary(m, learners.get(goal)) for goal, m in engine.models.items()}
+    min_auc = engine.config.model.min_auc
+    return {
+        goal: model_summary(m, learners.get(goal), min_auc) for goal, m in engine.models.items()
+    }
 
 
 def register_views(
@@ -101,7 +109,7 @@ def register_views(
                 status=200 if ready else 503,
             )
 
-    @app.page("/profiles/{profile_id}")
+    @app.page(PROFILE_ROUTE)
     class Profile(View):
         async def get(self, request: Request, profile_id: str) -> Response:
             rt = runtime()

@@ -19,7 +19,14 @@ snapshot, the schedule unchanged).
   compare-and-set (a fenced write is re-done from the stored state).
 - **Pace**: at most ``[scoring] refresh_per_second`` profiles per second per worker, in
   pages of at most :data:`PAGE` profiles, one partition and one goal at a time.
-- **A newer version mid-sweep** restarts the goal's sweep for the newest version only.
+- **A newer version mid-sweep** takes over the goal's sweep where it is (the profiles not
+  reached yet get the newest version), then the sweep starts one more lap over every
+  partition for the profiles an older version refreshed (those already at the newest are
+  left alone). Restarting from the first partition instead never reached the last ones
+  while versions came faster than a sweep lasts (a base-rate version every
+  ``snapshot_every_seconds`` while a goal warms up).
+- **Goals take turns**: one page of one goal's sweep, then one of the next goal's, so a
+  goal whose versions keep coming does not hold back the others' sweeps.
 - **Partitions**: the sweep follows the assignment: a partition assigned meanwhile is swept
   too, a revoked one is left to its new owner.
 - ``customer_ai_rescore_backlog{goal}``: the profiles still to refresh (the due index's size
@@ -32,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from stream.ops import metrics
@@ -60,6 +67,9 @@ class _Sweep:
     remaining: dict[TopicPartition, int] = field(default_factory=dict)
     refreshed: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: an older version of the sweep read profiles: once every partition is done, one
+    #: more lap from the start serves them the newest version
+    again: bool = False
 
 
 class ModelRefresh:
@@ -88,19 +98,26 @@ class ModelRefresh:
         self.page = max(1, min(page, int(per_second) or 1))
         self.engine = next(iter(scorers.values())).engine
         self._sweeps: dict[str, _Sweep] = {}
+        self._turn = 0  # the goals' sweeps take turns, a page each
         self._wake: asyncio.Event | None = None
 
     def start(self, goal: str, version: int) -> None:
-        """Sweep ``goal`` for ``version`` (a sweep of an older version restarts for it)."""
+        """Sweep ``goal`` for ``version`` (a sweep of an older version goes on with it from
+        where it is, then laps once more: see the module docstring)."""
         current = self._sweeps.get(goal)
         if current is not None and current.version >= version:
             return
         if current is not None:
             log.info(
-                "%s: model v%d arrived mid-sweep (v%d): restarting the refresh sweep",
+                "%s: model v%d arrived mid-sweep (v%d): the refresh sweep goes on with it",
                 goal, version, current.version,
             )  # fmt: skip
-        self._sweeps[goal] = _Sweep(version)
+            # where the older version's sweep is: the profiles it has not reached get the
+            # newest version now, the ones it has on a last lap (see _Sweep.again)
+            read = current.again or bool(current.cursors) or bool(current.done)
+            self._sweeps[goal] = replace(current, version=version, again=read)
+        else:
+            self._sweeps[goal] = _Sweep(version)
         if self._wake is not None:
             self._wake.set()
 
@@ -131,7 +148,10 @@ class ModelRefresh:
     async def step(self) -> int:
         """One page of one partition of the first goal's sweep, then the pause that keeps
         the pace. Returns the profiles read."""
-        goal, sweep = next(iter(self._sweeps.items()))
+        goals = list(self._sweeps)
+        goal = goals[self._turn % len(goals)]
+        self._turn += 1
+        sweep = self._sweeps[goal]
         served = self.engine.models[goal].version
         if served > sweep.version:  # a newer version the caller did not announce
             self.start(goal, served)
@@ -145,6 +165,11 @@ class ModelRefresh:
             if tp not in sweep.remaining:
                 store = self.scorers[tp[0]].store
                 sweep.remaining[tp] = await store.due_count(store.due_key(*tp))
+        if not todo and sweep.again:  # the last lap, for what older versions refreshed
+            self._sweeps[goal] = _Sweep(
+                sweep.version, refreshed=sweep.refreshed, started=sweep.started
+            )
+            return 0
         if not todo:
             del self._sweeps[goal]
             metrics.RESCORE_BACKLOG.labels(goal=goal).set(0)

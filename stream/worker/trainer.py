@@ -337,6 +337,7 @@ class TrainerStep:
         learnt = sum(len(ids) for ids in learnt_ids.values())
         for goal in learnt_ids:  # the live metrics follow every batch, promoted or not
             metrics.observe_live(goal, learners[goal].metrics.summary())
+            metrics.observe_status(goal, self.trainer.status(goal))  # follows the live AUC
         if models:
             self.last_publish = time.monotonic()
             for goal, version, model_json, model in models:
