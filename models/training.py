@@ -203,6 +203,9 @@ class Trainer:
         self.promotions: list[dict[str, Any]] = []
         #: per goal: event time (ms) the newest learnt example matured at
         self.matured_ms = {g.name: 0 for g in config.goals}
+        #: per goal: the latest maturation time learnt (ms; 0: none yet), the trainer's
+        #: event time "now" (:meth:`sample_clock`)
+        self.clock_ms = {g.name: 0 for g in config.goals}
         self.published_warming: dict[str, bool] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.dedup_capacity = dedup_capacity
@@ -239,6 +242,7 @@ class Trainer:
             self.since_snapshot[goal] = int(raw.get("since_snapshot", 0))
             if raw.get("published_warming") is not None:
                 self.published_warming[goal] = bool(raw["published_warming"])
+            self.clock_ms[goal] = int(raw.get("clock_ms", 0))
         if learner.feature_names != self.feature_names:
             self.learners[goal] = OnlineLearner.successor(
                 learner, self.feature_names, **self.learner_kwargs
@@ -272,6 +276,7 @@ class Trainer:
         # the publication cadence too, so a resumed trainer publishes when this one would
         promotion["since_snapshot"] = self.since_snapshot[goal]
         promotion["published_warming"] = self.published_warming.get(goal)
+        promotion["clock_ms"] = self.clock_ms[goal]
         return raw[:-1] + b',"promotion":' + orjson.dumps(promotion) + b"}"
 
     def status(self, goal: str) -> str:
@@ -314,6 +319,8 @@ class Trainer:
         self.samples[example.goal].add(example.profile_id, example.prediction_ts, example.features)
         self.since_snapshot[example.goal] += 1
         self.matured_ms[example.goal] = example.matured_ts
+        if example.matured_ts > self.clock_ms[example.goal]:
+            self.clock_ms[example.goal] = example.matured_ts
         return True
 
     def due(self, force: bool = False) -> list[str]:
@@ -341,9 +348,12 @@ class Trainer:
         return due
 
     def sample_clock(self, goal: str) -> int:
-        """The event time the percentile sample is ranked at: the goal's newest maturation
-        (its sample's newest prediction time + the window)."""
-        return self.samples[goal].newest() + self.config.goal(goal).window_ms
+        """The event time the percentile sample is ranked at: the latest maturation time of
+        the goal's learnt examples (the trainer's "now": an example matures at its window's
+        close, or earlier with ``release = "when_known"``, never after the watermark). A
+        state stored before this clock was kept: its sample's newest prediction time + the
+        window, until the next example is learnt."""
+        return self.clock_ms[goal] or self.samples[goal].newest() + self.config.goal(goal).window_ms
 
     def sampled(self, goal: str) -> list[str]:
         """The ids of the profiles in ``goal``'s percentile sample."""

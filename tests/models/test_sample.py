@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from models.backtest import BacktestResult, run_backtest
-from models.config import load_config
+from models.config import load_config, parse_config
 from models.engine import Engine
 from models.events import Event
 from models.model import LinearModel, transform
@@ -233,3 +233,38 @@ def test_the_current_matrix_is_the_aged_one_with_the_fresh_rows_put_in(covered: 
     got = sample.current_matrix(now, aging, fresh)
     assert got.dtype == want.dtype and got.shape == want.shape
     assert got.tobytes() == want.tobytes()
+
+
+@pytest.fixture(scope="module")
+def when_known() -> BacktestResult:
+    """The same history with every goal's examples released as soon as their label is
+    known (``release = "when_known"``, the default): a positive matures at its goal event,
+    well before its window closes."""
+    text = CONFIG.read_text().replace('release = "at_window_close"', 'release = "when_known"')
+    assert 'release = "at_window_close"' not in text
+    return run_backtest(generate_events(profiles=1500, days=300, seed=7), parse_config(text))
+
+
+def test_the_sample_is_ranked_at_the_newest_maturation_not_a_window_ahead(
+    when_known: BacktestResult,
+) -> None:
+    """The cut points rank the sampled profiles as of the newest maturation the trainer
+    learnt (event time "now" for it), never a window after the newest prediction, which
+    aged them a whole window into the future with early releases and skewed the buckets
+    (conversion 22/48/30, churn 38/40/22 before)."""
+    trainer = when_known.trainer
+    newest_event = max(st.ref_ts for st in when_known.states.values())
+    for goal in trainer.samples:
+        matured = max(e.matured_ts for e in when_known.examples if e.goal == goal)
+        assert trainer.sample_clock(goal) == matured <= newest_event
+        model = when_known.engine.models[goal]
+        assert not model.warming_up, goal
+        vectors = trainer.current_vectors(goal, when_known.states).values()
+        shares = _shares(
+            [
+                CFG.buckets.bucket(model.percentile(model.probability_t(transform(v))))
+                for v in vectors
+            ]
+        )
+        assert shares["high"] == pytest.approx(25, abs=4), (goal, shares)
+        assert shares["low"] == pytest.approx(25, abs=4), (goal, shares)
