@@ -86,7 +86,7 @@ def _models_table(models: dict[str, Any]) -> Table:
             "-" if auc is None else f"{auc:.3f}",
             "-" if logloss is None else f"{logloss:.3f}",
             "-" if base_logloss is None else f"{base_logloss:.3f}",
-            f"{m['base_rate']:.3f}",
+            "-" if m["base_rate"] is None else f"{m['base_rate']:.3f}",  # cold: no example
         )
     return table
 
