@@ -204,12 +204,16 @@ def _scoring(data: dict[str, Any]) -> tuple[float, float]:
     return _period_hours(table, "scoring", 24), pace
 
 
+#: the longest rescoring period accepted (hours): ten years
+MAX_RESCORE_HOURS = 87_600.0
+
+
 def _period_hours(table: dict[str, Any], where: str, default: float) -> float:
     hours = float(_number(table, "rescore_every_hours", where, default, minimum=0))
-    if 0 < hours < 1:
+    if 0 < hours < 1 or hours > MAX_RESCORE_HOURS:
         raise ConfigError(
-            f"{where}.rescore_every_hours: must be 0 (rescore only at events) or at least 1 "
-            f"hour, got {hours!r}"
+            f"{where}.rescore_every_hours: must be 0 (rescore only at events) or between 1 "
+            f"and {MAX_RESCORE_HOURS:,.0f} hours (ten years), got {hours!r}"
         )
     return hours
 
@@ -532,7 +536,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         or len(set(bucket_names)) != len(bucket_names)
     ):
         raise ConfigError(
-            f"buckets.names: needs {len(thresholds) + 1} distinct names, one more than thresholds"
+            f"buckets.names: needs {len(thresholds) + 1} distinct non-empty strings, one more "
+            f'than thresholds, e.g. ["low", "medium", "high"]; got {bucket_names!r}'
         )
 
     input_t = _table(data, "input")

@@ -114,6 +114,16 @@ CASES = [
         ["model.learning_rate", "finite number", "got nan"],
     ),
     (
+        "rescoring period beyond ten years",
+        [("[[goals]]", "[scoring]\nrescore_every_hours = 1e300\n\n[[goals]]")],
+        ["scoring.rescore_every_hours", "between 1 and 87,600 hours", "got 1e+300"],
+    ),
+    (
+        "bucket name that is not a string",
+        [("[[goals]]", '[buckets]\nthresholds = [50]\nnames = ["a", 1]\n\n[[goals]]')],
+        ["buckets.names", "2 distinct non-empty strings", "got ['a', 1]"],
+    ),
+    (
         "negative promotion margin",
         [("[[goals]]", "[model]\npromotion_margin_se = -1\n\n[[goals]]")],
         ["model.promotion_margin_se", ">= 0", "got -1"],
