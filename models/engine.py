@@ -230,6 +230,31 @@ class Engine:
         self._score(pid, state, fz.vector(state), ts, event.event_id, EVENT, self.goals, out)
         return state
 
+    def _withdraw(
+        self,
+        pid: str,
+        gs: GoalState,
+        goal: str,
+        event_id: str | None,
+        ts: int,
+        trigger: str,
+        out: Outcome,
+    ) -> None:
+        """Withdraw the served score of a goal the profile is no longer eligible for (an
+        eligibility that can turn false again, e.g. on a 30-day count): a score message
+        with a null probability, percentile and bucket, the profile's move out of the
+        goal's buckets, and the state's served score cleared (the profile view omits the
+        goal until it is eligible and scored again)."""
+        model = self.models[goal]
+        score = Score(
+            pid, goal, None, None, None, model.version, model.warming_up, [], event_id, ts,
+            None, trigger,
+        )  # fmt: skip
+        out.scores.append(score)
+        if gs.bucket is not None:
+            out.segment_changes.append(SegmentChange(pid, goal, gs.bucket, None, None, ts))
+        gs.serve(score, self.featurizer.index)
+
     def _score(
         self,
         pid: str,
@@ -263,6 +288,8 @@ class Engine:
             if goal.eligibility is not None and not goal.eligibility(feature_dict):
                 if lazy and trigger == EVENT and self._static_eligibility[goal.name]:
                     self._ineligible.add((pid, goal.name))
+                if gs.probability is not None:  # eligible before, no longer: withdrawn
+                    self._withdraw(pid, gs, goal.name, event_id, ts, trigger, out)
                 continue
             if lazy and trigger == EVENT and self._static_eligibility[goal.name]:
                 self._ineligible.discard((pid, goal.name))

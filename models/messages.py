@@ -74,7 +74,7 @@ def segment_message(change: SegmentChange, event_time: str | None = None) -> byt
             "goal": change.goal,
             "from": change.from_bucket,
             "to": change.to_bucket,
-            "probability": rounded(change.probability, 6),
+            "probability": None if change.probability is None else rounded(change.probability, 6),
             "event_time": event_time or format_time(change.event_time_ms),
         }
     )
@@ -196,7 +196,7 @@ def encode_outcome(
     for change in out.segment_changes:
         text = _time_text(times, change.event_time_ms)
         outbox.append((segments_topic, change.profile_id.encode(), segment_message(change, text)))
-        move = (change.goal, str(change.from_bucket), change.to_bucket)
+        move = (change.goal, str(change.from_bucket), str(change.to_bucket))
         moves[move] = moves.get(move, 0) + 1
     per_label = encoded.examples_per_label
     for example in out.examples:

@@ -142,13 +142,15 @@ class Score:
 
 @dataclass(slots=True, init=False)
 class SegmentChange:
-    """A profile moved from one bucket of a goal to another (``from_bucket`` None: first score)."""
+    """A profile moved from one bucket of a goal to another (``from_bucket`` None: first
+    score; ``to_bucket`` and ``probability`` None: it left the goal's buckets, no longer
+    eligible)."""
 
     profile_id: str
     goal: str
     from_bucket: str | None
-    to_bucket: str
-    probability: float
+    to_bucket: str | None
+    probability: float | None
     event_time_ms: int
 
     def __init__(
@@ -156,8 +158,8 @@ class SegmentChange:
         profile_id: str,
         goal: str,
         from_bucket: str | None,
-        to_bucket: str,
-        probability: float,
+        to_bucket: str | None,
+        probability: float | None,
         event_time_ms: int,
     ) -> None:
         self.profile_id = profile_id

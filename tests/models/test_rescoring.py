@@ -150,7 +150,52 @@ def test_rescoring_config_is_checked() -> None:
     assert parse_config(base).goals[0].rescore_every_ms == DAY_MS
     off = parse_config(base.replace("rescore_every_hours = 24", "rescore_every_hours = 0"))
     assert all(g.rescore_every_ms == 0 for g in off.goals)
-    with pytest.raises(Exception, match="at least 1"):
+    with pytest.raises(Exception, match="between 1 and"):
         parse_config(base.replace("rescore_every_hours = 24", "rescore_every_hours = 0.5"))
     with pytest.raises(Exception, match="prior"):
         parse_config(base.replace('name = "churn"\n', 'name = "churn"\nprior = 1.5\n', 1))
+
+
+def test_a_profile_no_longer_eligible_has_its_score_withdrawn() -> None:
+    """An eligibility that can turn false again (a 30-day count): once it does, the goal's
+    served score is withdrawn (a score with a null probability, percentile and bucket, a
+    move out of the buckets), the profile view omits the goal, and the goal is scored
+    again once the profile is eligible again. Before, the old score, bucket and segment
+    membership stayed for good."""
+    from models.messages import segment_message
+    from models.profile import profile_document
+
+    text = CONFIG.read_text().replace(
+        'eligibility = { field = "purchase_count_total", op = "gte", value = 1 }',
+        'eligibility = { field = "purchase_count_30d", op = "gte", value = 0.5 }\nprior = 0.3',
+    )
+    engine = Engine(parse_config(text))
+    out = Outcome()
+    purchase = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 10}}}
+    state = engine.process(None, Event("e-1", "p-1", purchase["eventType"], 0, purchase), out)
+    churn = [s for s in out.scores if s.goal == "churn"]
+    assert churn and churn[-1].probability == pytest.approx(0.3)
+    assert churn[-1].bucket is not None
+    bucket = churn[-1].bucket
+    out.clear()
+
+    engine.advance("p-1", state, 60 * DAY_MS, out)  # quiet: the 30-day count decays
+    churn = [s for s in out.scores if s.goal == "churn"]
+    withdrawn = [s for s in churn if s.probability is None]
+    assert len(withdrawn) == 1, [(s.event_time_ms // DAY_MS, s.probability) for s in churn]
+    w = withdrawn[0]
+    assert (w.percentile, w.bucket, w.factors, w.trigger) == (None, None, [], "schedule")
+    assert churn[-1] is w  # nothing served after it while ineligible
+    moves = [c for c in out.segment_changes if c.goal == "churn"]
+    assert [(c.from_bucket, c.to_bucket, c.probability) for c in moves][-1] == (bucket, None, None)
+    assert b'"to":null' in segment_message(moves[-1])
+    assert "churn" not in profile_document(engine, "p-1", state)["scores"]
+    assert state.goals["churn"].bucket is None
+    out.clear()
+
+    state = engine.process(
+        state, Event("e-2", "p-1", purchase["eventType"], 61 * DAY_MS, purchase), out
+    )
+    again = [s for s in out.scores if s.goal == "churn"]
+    assert again and again[-1].probability == pytest.approx(0.3) and again[-1].bucket is not None
+    assert "churn" in profile_document(engine, "p-1", state)["scores"]

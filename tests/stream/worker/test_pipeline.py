@@ -184,8 +184,10 @@ def models_warm(worker: WorkerProcess) -> bool:
 def check_score_message(msg: dict[str, Any]) -> None:
     assert set(msg) == set(SCORE_FIELDS), msg
     assert msg["goal"] in GOALS
-    if msg["probability"] is None:  # a cold goal without a prior serves no probability
-        assert msg["warming_up"] and msg["percentile"] is None and msg["bucket"] is None, msg
+    if msg["probability"] is None:  # a cold goal without a prior, or a withdrawn score
+        assert msg["percentile"] is None and msg["bucket"] is None and msg["factors"] == [], msg
+        # the shipped eligibility (a total count) never turns false again: no withdrawal
+        assert msg["warming_up"], msg
     else:
         assert 0.0 <= msg["probability"] <= 1.0
         assert 0.0 <= msg["percentile"] <= 100.0
