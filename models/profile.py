@@ -23,7 +23,8 @@ from typing import Any
 from models.engine import Engine
 from models.factors import Factor, importance
 from models.migrate import partial_features
-from models.state import GoalState, ProfileState
+from models.rounding import rounded
+from models.state import NEVER, GoalState, ProfileState
 
 __all__ = ["format_time", "profile_document", "served_factors"]
 
@@ -71,7 +72,8 @@ def format_time(ms: int) -> str:
 
 
 def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> dict[str, Any]:
-    """Features (as of the profile's newest event), last scores per goal, pending labels.
+    """Features (as of the profile's newest event), last scores per goal (each with the
+    event time of the features it saw, ``scored_at``), pending labels.
 
     ``scores`` holds only goals the profile has been served a probability for. Each is
     the goal's last served score as the state holds it: ``probability``, ``percentile``,
@@ -94,12 +96,15 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
         if gs.probability is None:
             continue  # never scored, or only while cold with no prior (no probability)
         scores[name] = {
-            "probability": gs.probability,
+            "probability": rounded(gs.probability, 6),  # as the score message wrote it
             "percentile": gs.percentile,
             "bucket": gs.bucket,
             "model_version": gs.model_version,
             "warming_up": gs.warming_up,
             "factors": served_factors(gs, names, labels),
+            # the event time of the features that score saw (a scheduled rescoring's is
+            # later than the last event: ``features`` are as of the last event)
+            "scored_at": format_time(gs.scored_ts if gs.scored_ts != NEVER else state.ref_ts),
         }
     return {
         "profile_id": profile_id,

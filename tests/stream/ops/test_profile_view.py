@@ -122,7 +122,8 @@ def test_the_view_is_the_last_served_score_whole(
                 assert goal not in doc["scores"], (pid, goal)
                 continue
             view = doc["scores"][goal]
-            assert view["probability"] == pytest.approx(msg["probability"], abs=1e-6)
+            assert view["probability"] == msg["probability"]  # both rounded to 6 decimals
+            assert view["scored_at"] == msg["event_time"]  # the time of the features it saw
             assert view["percentile"] == pytest.approx(msg["percentile"], abs=0.051)
             assert view["bucket"] == msg["bucket"]
             assert view["model_version"] == msg["model_version"]
