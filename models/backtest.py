@@ -257,7 +257,7 @@ def _consume(out: Outcome, result: BacktestResult, keep_scores: bool) -> None:
         for goal in trainer.due():
             # the sampled profiles ranked as they are now (the stream's trainer reads them
             # from the profile store)
-            model = trainer.snapshot(goal, partial(trainer.current_vectors, goal, result.states))
+            model = trainer.snapshot(goal, partial(trainer.current_matrix, goal, result.states))
             if model is None:  # refused: the serving version stays
                 continue
             result.engine.set_model(model)

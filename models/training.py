@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from models.config import Config
@@ -46,7 +47,7 @@ from models.features import Featurizer
 from models.learner import OnlineLearner
 from models.model import LinearModel, clamp_probability, transform
 from models.outcome import Example
-from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
+from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities, vectors_at
 from models.state import ProfileState
 
 __all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
@@ -365,8 +366,33 @@ class Trainer:
                 out[pid] = fz.vector_at(state, at)
         return out
 
+    def current_matrix(self, goal: str, states: Mapping[str, ProfileState | None]) -> np.ndarray:
+        """What :meth:`current_vectors` gives, already as the matrix :meth:`snapshot` ranks:
+        one row per sampled profile in profile-id order, its current state's vector as of
+        :meth:`sample_clock` (:func:`models.sample.vectors_at`, all at once), or where its
+        state is missing or of another layout its newest learnt vector aged to then
+        (:meth:`ProfileSample.current_matrix`: the same values)."""
+        sample = self.samples[goal]
+        at = self.sample_clock(goal)
+        fz = self._featurizer
+        rows: list[int] = []
+        found: list[ProfileState] = []
+        for row, pid in enumerate(sorted(sample.entries)):
+            state = states.get(pid)
+            if state is not None and state.layout == fz.fingerprint:
+                rows.append(row)
+                found.append(state)
+        fresh = vectors_at(fz, found, at)
+        if len(found) == len(sample):
+            return fresh
+        matrix = sample.matrix_at(at, self._aging)
+        matrix[rows] = fresh
+        return matrix
+
     def snapshot(
-        self, goal: str, current: Callable[[], Mapping[str, list[float]]] | None = None
+        self,
+        goal: str,
+        current: Callable[[], Mapping[str, list[float]] | np.ndarray] | None = None,
     ) -> LinearModel | None:
         """A new version of ``goal``'s model to publish, or None if it is refused.
 
@@ -378,9 +404,9 @@ class Trainer:
         rate follows the data. Every decision is appended to :attr:`promotions`.
 
         A promoted version carries the cut points of its probabilities over the sampled
-        profiles: what ``current()`` returns (:meth:`current_vectors`; called only for a
-        promoted version) where given, else each profile's newest learnt vector aged to
-        :meth:`sample_clock`.
+        profiles: what ``current()`` returns (:meth:`current_vectors`, or the whole matrix:
+        :meth:`current_matrix`; called only for a promoted version) where given, else each
+        profile's newest learnt vector aged to :meth:`sample_clock`.
         """
         self.since_snapshot[goal] = 0
         learner = self.learners[goal]
@@ -428,7 +454,10 @@ class Trainer:
                 # states where ``current`` gives them, else their newest learnt vector
                 # aged from its prediction time as rescoring serves a quiet profile
                 fresh = current() if current is not None else {}
-                vectors = sample.current_matrix(self.sample_clock(goal), self._aging, fresh)
+                if isinstance(fresh, np.ndarray):
+                    vectors = fresh
+                else:
+                    vectors = sample.current_matrix(self.sample_clock(goal), self._aging, fresh)
                 model.quantiles = cut_points(probabilities(model, vectors).tolist())
         elif not promotion.promoted:
             model = learner.snapshot()  # the running base rate, served while warming up

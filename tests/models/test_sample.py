@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -21,7 +22,7 @@ from models.engine import Engine
 from models.events import Event
 from models.model import LinearModel, transform
 from models.outcome import Example, Outcome
-from models.sample import ProfileSample, cut_points, profile_hash
+from models.sample import ProfileSample, cut_points, profile_hash, vectors_at
 from models.synthetic import generate_events
 from models.training import Trainer
 from tests.harness import CONFIG
@@ -233,3 +234,34 @@ def test_the_current_matrix_is_the_aged_one_with_the_fresh_rows_put_in(covered: 
     got = sample.current_matrix(now, aging, fresh)
     assert got.dtype == want.dtype and got.shape == want.shape
     assert got.tobytes() == want.tobytes()
+
+
+def test_vectors_at_are_vector_at_of_every_state_bit_for_bit(result: BacktestResult) -> None:
+    """The matrix a publication ranks in one go holds the very doubles ``vector_at`` gives,
+    as of times before, at and after each state's newest event."""
+    fz = result.engine.featurizer
+    states = list(result.states.values())
+    newest = max(s.ref_ts for s in states)
+    for at in (0, min(s.ref_ts for s in states), newest - 45 * 86_400_000, newest, newest + 1):
+        want = np.array([fz.vector_at(s, at) for s in states], dtype=float)
+        assert vectors_at(fz, states, at).tobytes() == want.tobytes(), at
+    assert vectors_at(fz, [], newest).shape == (0, len(fz.names))
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.5, 1.0])
+def test_the_trainers_current_matrix_is_what_its_current_vectors_give(
+    result: BacktestResult, kept: float
+) -> None:
+    """``Trainer.current_matrix`` (the backtest's) ranks what ``current_vectors`` (the
+    stream's) gives through ``ProfileSample.current_matrix``: fresh rows where a state is
+    there, aged learnt vectors where not."""
+    trainer = result.trainer
+    rng = random.Random(3)
+    states = {pid: s for pid, s in result.states.items() if rng.random() < kept}
+    for goal in trainer.samples:
+        sample = trainer.samples[goal]
+        assert len(sample)
+        fresh = trainer.current_vectors(goal, states)
+        want = sample.current_matrix(trainer.sample_clock(goal), trainer._aging, fresh)
+        got = trainer.current_matrix(goal, states)
+        assert got.shape == want.shape and got.tobytes() == want.tobytes(), goal
