@@ -52,6 +52,7 @@ __all__ = [
     "CUT_POINTS",
     "SAMPLE_PROFILES",
     "ProfileSample",
+    "SampledStates",
     "cut_points",
     "probabilities",
     "profile_hash",
@@ -124,15 +125,56 @@ def probabilities(model: LinearModel, vectors: np.ndarray) -> np.ndarray:
     return np.clip(p, P_MIN, P_MAX)
 
 
+def _raw(state: ProfileState) -> list[float]:
+    """The parts of ``state`` a feature vector is computed from, as one row:
+    decayed counts, decayed values, counts, last times, first time, gap, newest time."""
+    return [
+        *state.decayed,
+        *state.values,
+        *state.counts,
+        *state.last_ts,
+        state.first_ts,
+        state.gap_ms,
+        state.ref_ts,
+    ]
+
+
+def _vectors(featurizer: Featurizer, raw: np.ndarray, at: int) -> np.ndarray:
+    """:meth:`~models.features.Featurizer.vector_at` as of ``at`` of the states whose
+    :func:`_raw` rows ``raw`` holds (times are integers below 2**53: exact doubles)."""
+    n = raw.shape[0]
+    taus = featurizer.taus_ms
+    n_h, n_e = len(taus), featurizer.n_events
+    n_dec, n_val = n_e * n_h, len(featurizer.valued) * n_h
+    counts0 = n_dec + n_val
+    ref, first, gap = raw[:, -1], raw[:, -3:-2], raw[:, -2:-1]
+    later = at > ref  # the others read as of their newest event, undecayed
+    # -(at - ref) / tau: the same correctly rounded quotient as the ints' in Python, and
+    # math.exp of it (numpy's exp may differ in the last bit)
+    exponents = (-(at - ref[later]))[:, None] / np.array(taus, dtype=float)
+    factors = np.ones((n, n_h))
+    factors[later] = np.array(list(map(math.exp, exponents.ravel().tolist()))).reshape(-1, n_h)
+    now = np.maximum(ref, at)[:, None]
+    last = raw[:, counts0 + n_e : counts0 + 2 * n_e]
+    parts = [
+        (raw[:, :n_dec].reshape(n, n_e, n_h) * factors[:, None, :]).reshape(n, n_dec),
+        np.where(last == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, (now - last) / DAY_MS)),
+        raw[:, counts0 : counts0 + n_e],
+        (raw[:, n_dec:counts0].reshape(n, -1, n_h) * factors[:, None, :]).reshape(n, n_val),
+        (now - first) / DAY_MS,
+        np.where(gap == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, gap / DAY_MS)),
+    ]
+    return np.concatenate(parts, axis=1)[:, featurizer.gather]
+
+
 def vectors_at(featurizer: Featurizer, states: Sequence[ProfileState], at: int) -> np.ndarray:
     """:meth:`~models.features.Featurizer.vector_at` of every state as of time ``at``, at
     once: one row per state, in order, shape ``(len(states), d)``.
 
     The very values ``vector_at`` gives (the same operations on the same doubles: the
-    decay factors come from :func:`math.exp` per state, the products, quotients and caps
-    are IEEE-exact in numpy as in Python), without a list per profile: the trainer ranks
-    a goal's 2,000 sampled profiles at every publication. Every state must follow the
-    featurizer's layout.
+    decay factors come from :func:`math.exp`, the products, quotients and caps are
+    IEEE-exact in numpy as in Python), without a list per profile. Every state must
+    follow the featurizer's layout.
 
     >>> from models.config import parse_config
     >>> from models.features import Featurizer
@@ -144,33 +186,64 @@ def vectors_at(featurizer: Featurizer, states: Sequence[ProfileState], at: int) 
     >>> rows == [fz.vector_at(a, 30 * DAY_MS), fz.vector_at(b, 30 * DAY_MS)]
     True
     """
-    n = len(states)
-    if not n:
+    if not states:
         return np.zeros((0, len(featurizer.names)))
-    taus = featurizer.taus_ms
-    n_h = len(taus)
-    unchanged = [1.0] * n_h  # a state at or after ``at`` reads as of its newest event
-    factors = np.array(
-        [
-            [math.exp(-(at - s.ref_ts) / tau) for tau in taus] if at > s.ref_ts else unchanged
-            for s in states
-        ]
-    )
-    ref = np.array([s.ref_ts for s in states], dtype=np.int64)
-    now = np.maximum(ref, at)[:, None]
-    decayed = np.array([s.decayed for s in states], dtype=float).reshape(n, -1, n_h)
-    parts = [(decayed * factors[:, None, :]).reshape(n, -1)]
-    last = np.array([s.last_ts for s in states], dtype=np.int64).reshape(n, -1)
-    parts.append(np.where(last == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, (now - last) / DAY_MS)))
-    parts.append(np.array([s.counts for s in states], dtype=float).reshape(n, -1))
-    if featurizer.valued:
-        values = np.array([s.values for s in states], dtype=float).reshape(n, -1, n_h)
-        parts.append((values * factors[:, None, :]).reshape(n, -1))
-    first = np.array([s.first_ts for s in states], dtype=np.int64)[:, None]
-    gap = np.array([s.gap_ms for s in states], dtype=np.int64)[:, None]
-    parts.append((now - first) / DAY_MS)
-    parts.append(np.where(gap == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, gap / DAY_MS)))
-    return np.concatenate(parts, axis=1)[:, featurizer.gather]
+    return _vectors(featurizer, np.array([_raw(s) for s in states], dtype=float), at)
+
+
+class SampledStates:
+    """The current states of one goal's sampled profiles, kept as a matrix of
+    :func:`_raw` rows between publications: a row is read again from its state only when
+    the state changed (another object, or events applied since: every applied event
+    counts in ``n_events``). The trainer ranks the sample at every publication, while
+    only the few sampled profiles with new events changed.
+    """
+
+    def __init__(self, featurizer: Featurizer) -> None:
+        self.featurizer = featurizer
+        self.ids: list[str] = []
+        #: per row the state it was read from and its ``n_events`` then (None: not read)
+        self.read: list[tuple[ProfileState, int] | None] = []
+        self.raw = np.zeros((0, 0))
+
+    def vectors(
+        self, ids: list[str], states: Mapping[str, ProfileState | None], at: int
+    ) -> tuple[list[int], np.ndarray]:
+        """The positions in ``ids`` of the profiles with a state in ``states`` (of the
+        featurizer's layout), and their :func:`vectors_at` ``at``, in that order."""
+        fz = self.featurizer
+        if ids != self.ids:
+            old = {pid: row for row, pid in enumerate(self.ids)}
+            take = [old.get(pid, -1) for pid in ids]
+            read = [self.read[row] if row >= 0 else None for row in take]
+            if len(self.ids) and ids:
+                raw = self.raw[np.array(take, dtype=np.intp)]
+            else:
+                raw = np.zeros((len(ids), self.raw.shape[1]))
+            self.ids, self.read, self.raw = list(ids), read, raw
+        read = self.read
+        rows: list[int] = []
+        stale: list[int] = []
+        changed: list[ProfileState] = []
+        for row, pid in enumerate(ids):
+            state = states.get(pid)
+            if state is None or state.layout != fz.fingerprint:
+                continue
+            rows.append(row)
+            seen = read[row]
+            if seen is None or seen[0] is not state or seen[1] != state.n_events:
+                read[row] = (state, state.n_events)
+                stale.append(row)
+                changed.append(state)
+        if stale:
+            fresh = np.array([_raw(state) for state in changed], dtype=float)
+            if self.raw.shape[1] != fresh.shape[1]:
+                self.raw = np.zeros((len(ids), fresh.shape[1]))
+            self.raw[stale] = fresh
+        if not rows:
+            return rows, np.zeros((0, len(fz.names)))
+        raw = self.raw if len(rows) == len(ids) else self.raw[rows]
+        return rows, _vectors(fz, raw, at)
 
 
 class ProfileSample:

@@ -47,7 +47,13 @@ from models.features import Featurizer
 from models.learner import OnlineLearner
 from models.model import LinearModel, clamp_probability, transform
 from models.outcome import Example
-from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities, vectors_at
+from models.sample import (
+    SAMPLE_PROFILES,
+    ProfileSample,
+    SampledStates,
+    cut_points,
+    probabilities,
+)
 from models.state import ProfileState
 
 __all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
@@ -191,6 +197,8 @@ class Trainer:
         self.samples = {g.name: ProfileSample(sample_profiles) for g in config.goals}
         self._featurizer = Featurizer(config)
         self._aging = self._featurizer.aging()
+        #: per goal: the sampled profiles' states as :meth:`current_matrix` last read them
+        self._sampled = {g.name: SampledStates(self._featurizer) for g in config.goals}
         self.since_snapshot = {g.name: 0 for g in config.goals}
         #: per goal: the serving model and the rolling log-loss windows of the promotion
         self.promotion = {g.name: Promotion(m.promotion_window) for g in config.goals}
@@ -371,19 +379,12 @@ class Trainer:
         one row per sampled profile in profile-id order, its current state's vector as of
         :meth:`sample_clock` (:func:`models.sample.vectors_at`, all at once), or where its
         state is missing or of another layout its newest learnt vector aged to then
-        (:meth:`ProfileSample.current_matrix`: the same values)."""
+        (:meth:`ProfileSample.current_matrix`: the same values). A state unchanged since
+        the last call is not read again (:class:`models.sample.SampledStates`)."""
         sample = self.samples[goal]
         at = self.sample_clock(goal)
-        fz = self._featurizer
-        rows: list[int] = []
-        found: list[ProfileState] = []
-        for row, pid in enumerate(sorted(sample.entries)):
-            state = states.get(pid)
-            if state is not None and state.layout == fz.fingerprint:
-                rows.append(row)
-                found.append(state)
-        fresh = vectors_at(fz, found, at)
-        if len(found) == len(sample):
+        rows, fresh = self._sampled[goal].vectors(sorted(sample.entries), states, at)
+        if len(rows) == len(sample):
             return fresh
         matrix = sample.matrix_at(at, self._aging)
         matrix[rows] = fresh

@@ -23,6 +23,7 @@ from models.events import Event
 from models.model import LinearModel, transform
 from models.outcome import Example, Outcome
 from models.sample import ProfileSample, cut_points, profile_hash, vectors_at
+from models.state import ProfileState
 from models.synthetic import generate_events
 from models.training import Trainer
 from tests.harness import CONFIG
@@ -265,3 +266,24 @@ def test_the_trainers_current_matrix_is_what_its_current_vectors_give(
         want = sample.current_matrix(trainer.sample_clock(goal), trainer._aging, fresh)
         got = trainer.current_matrix(goal, states)
         assert got.shape == want.shape and got.tobytes() == want.tobytes(), goal
+
+
+def test_the_current_matrix_reads_again_the_states_that_changed(result: BacktestResult) -> None:
+    """Between publications the trainer keeps the sampled states it read: one that events
+    changed since (in place, or replaced) is read again, an unchanged one is not needed."""
+    trainer = result.trainer
+    fz = result.engine.featurizer
+    goals = list(trainer.samples)
+    states = {pid: ProfileState.from_bytes(s.to_bytes(), goals) for pid, s in result.states.items()}
+    for goal, sample in trainer.samples.items():
+        trainer.current_matrix(goal, states)
+        ids = sorted(sample.entries)
+        fz.apply(states[ids[0]], states[ids[0]].ref_ts + 86_400_000, [0, 3], [0.0, 7.0])
+        replaced = ProfileState.from_bytes(states[ids[1]].to_bytes(), goals)
+        fz.apply(replaced, replaced.ref_ts, [1], [0.0])
+        states[ids[1]] = replaced
+        del states[ids[2]]
+        fresh = trainer.current_vectors(goal, states)
+        want = sample.current_matrix(trainer.sample_clock(goal), trainer._aging, fresh)
+        got = trainer.current_matrix(goal, states)
+        assert got.tobytes() == want.tobytes(), goal
