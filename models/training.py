@@ -305,16 +305,18 @@ class Trainer:
         y = 1 if example.label else 0
         base = learner.base_rate
         serving = self.promotion[example.goal].serving
+        x = transform(example.features)
         if serving is None or serving.warming_up:
             p_serving = base if serving is None else clamp_probability(serving.base_rate)
         else:
-            p_serving = serving.probability_t(transform(example.features))
+            p_serving = serving.probability_t(x)
         served = example.probability
         candidate = learner.learn(
             example.features,
             example.label,
             0.5 if served is None else served,  # None: warming up, not measured
             example.served_warming_up or served is None,
+            transformed=x,
         )
         self.promotion[example.goal].add(
             log_loss(candidate, y), log_loss(p_serving, y), log_loss(base, y)
