@@ -288,9 +288,10 @@ class ProfileSample:
             if not self._heap or h >= -self._heap[0][0]:
                 return False
             _, evicted = heapq.heapreplace(self._heap, (-h, profile_id))
-            del self.entries[evicted]
+            _, evicted_ts, _ = self.entries.pop(evicted)
+            if self._newest is not None and evicted_ts >= self._newest:
+                self._newest = None  # the newest left: found again when asked
             self.dirty.add(evicted)
-            self._newest = None
         else:
             heapq.heappush(self._heap, (-h, profile_id))
         self.entries[profile_id] = (h, ts, list(features))

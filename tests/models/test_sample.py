@@ -287,3 +287,13 @@ def test_the_current_matrix_reads_again_the_states_that_changed(result: Backtest
         want = sample.current_matrix(trainer.sample_clock(goal), trainer._aging, fresh)
         got = trainer.current_matrix(goal, states)
         assert got.tobytes() == want.tobytes(), goal
+
+
+def test_the_newest_prediction_time_follows_updates_and_evictions() -> None:
+    """``newest()`` is kept as entries come, change and leave: always their latest time."""
+    rng = random.Random(11)
+    sample = ProfileSample(capacity=50)
+    for _ in range(3000):
+        sample.add(f"p{rng.randrange(400)}", rng.randrange(10_000), [rng.random()])
+        if rng.random() < 0.1:
+            assert sample.newest() == max(ts for _, ts, _ in sample.entries.values())
