@@ -115,9 +115,9 @@ def _write_outputs(
             for e in result.examples
         )
     profiles = [profile_document(engine, pid, state) for pid, state in result.states.items()]
+    line = orjson.OPT_APPEND_NEWLINE
     with (out_dir / "profiles.jsonl").open("wb") as fh:
-        for doc in profiles:
-            fh.write(orjson.dumps(doc) + b"\n")
+        fh.writelines(orjson.dumps(doc, option=line) for doc in profiles)
     newest = max((s.ref_ts for s in result.states.values()), default=0)
     watermark = newest - config.labels.allowed_lateness_ms
     report = build_report(
