@@ -520,6 +520,28 @@ def _fail(where: str, message: str, status: int) -> int:
     return status
 
 
+# The error classes of the server clients, imported only when an error is being matched
+# (an ``except`` clause evaluates its expression then): a command that uses no server,
+# ``evaluate`` say, does not pay for importing aiokafka and redis (0.1 s).
+def _security_error() -> type[Exception]:
+    from stream.worker.security import SecurityConfigError
+
+    return SecurityConfigError
+
+
+def _kafka_unreachable() -> type[Exception]:
+    from aiokafka.errors import KafkaConnectionError
+
+    return KafkaConnectionError
+
+
+def _redis_lost() -> tuple[type[Exception], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command; expected errors become one line and an exit status.
 
@@ -529,13 +551,9 @@ def run(args: argparse.Namespace) -> int:
         The command's status; 2 for a usage or configuration error, 1 for a runtime
         failure (a server that does not answer...), 130 after Ctrl-C.
     """
-    from aiokafka.errors import KafkaConnectionError
     from faust.exceptions import ImproperlyConfigured
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from models.config import ConfigError
-    from stream.worker.security import SecurityConfigError, redact_url
     from stream.worker.settings import SettingsError
 
     where = f"customer-ai {args.command}"
@@ -552,7 +570,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(where, exc.message, exc.status)
     except ConfigError as exc:
         return _fail(f"{where}: configuration error", str(exc), 2)
-    except SecurityConfigError as exc:
+    except _security_error() as exc:
         return _fail(f"{where}: security settings", str(exc), 2)
     except SettingsError as exc:
         return _fail(f"{where}: settings", str(exc), 2)
@@ -562,7 +580,9 @@ def run(args: argparse.Namespace) -> int:
         if exc.filename is None:
             raise
         return _fail(where, f"{exc.strerror}: {str(exc.filename)!r}", 2)
-    except KafkaConnectionError:
+    except _kafka_unreachable():
+        from stream.worker.security import redact_url
+
         bootstrap = settings_from_env().bootstrap
         return _fail(
             where,
@@ -570,7 +590,9 @@ def run(args: argparse.Namespace) -> int:
             "(KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
             1,
         )
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except _redis_lost() as exc:
+        from stream.worker.security import redact_url
+
         url = redact_url(settings_from_env().redis_url)
         return _fail(where, f"lost Redis at {url} ({exc}); is it running?", 1)
     except KeyboardInterrupt:
