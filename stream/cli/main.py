@@ -42,7 +42,10 @@ from stream.cli.common import (
     CliError,
     apply_dev_env,
     console,
+    kafka_unreachable,
+    redis_lost,
     require_servers,
+    security_error,
     settings_from_env,
 )
 from stream.cli.profile import cmd_profile
@@ -520,28 +523,6 @@ def _fail(where: str, message: str, status: int) -> int:
     return status
 
 
-# The error classes of the server clients, imported only when an error is being matched
-# (an ``except`` clause evaluates its expression then): a command that uses no server,
-# ``evaluate`` say, does not pay for importing aiokafka and redis (0.1 s).
-def _security_error() -> type[Exception]:
-    from stream.worker.security import SecurityConfigError
-
-    return SecurityConfigError
-
-
-def _kafka_unreachable() -> type[Exception]:
-    from aiokafka.errors import KafkaConnectionError
-
-    return KafkaConnectionError
-
-
-def _redis_lost() -> tuple[type[Exception], ...]:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return (RedisConnectionError, RedisTimeoutError)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command; expected errors become one line and an exit status.
 
@@ -570,7 +551,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(where, exc.message, exc.status)
     except ConfigError as exc:
         return _fail(f"{where}: configuration error", str(exc), 2)
-    except _security_error() as exc:
+    except security_error() as exc:
         return _fail(f"{where}: security settings", str(exc), 2)
     except SettingsError as exc:
         return _fail(f"{where}: settings", str(exc), 2)
@@ -580,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
         if exc.filename is None:
             raise
         return _fail(where, f"{exc.strerror}: {str(exc.filename)!r}", 2)
-    except _kafka_unreachable():
+    except kafka_unreachable():
         from stream.worker.security import redact_url
 
         bootstrap = settings_from_env().bootstrap
@@ -590,7 +571,7 @@ def run(args: argparse.Namespace) -> int:
             "(KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
             1,
         )
-    except _redis_lost() as exc:
+    except redis_lost() as exc:
         from stream.worker.security import redact_url
 
         url = redact_url(settings_from_env().redis_url)
