@@ -132,6 +132,8 @@ class Featurizer:
                 gather.extend(range(val0 + slot * n_h, val0 + (slot + 1) * n_h))
         tail = val0 + len(self.valued) * n_h
         gather.extend((tail, tail + 1))
+        #: the pool's position of each feature, in :attr:`names` order
+        self.gather = gather
         self._gather = operator.itemgetter(*gather)
 
     def new_state(self, ts: int) -> ProfileState:

@@ -59,7 +59,7 @@ from typing import Any
 
 import orjson
 
-from models.logistic import ScaledLogistic
+from models.logistic import ScaledLogistic, platt_step
 from models.metrics import RollingMetrics
 from models.model import LinearModel, clamp_probability, lineage_id, sigmoid, transform
 
@@ -149,6 +149,7 @@ class OnlineLearner:
         label: int,
         served_probability: float,
         served_warming_up: bool = False,
+        transformed: list[float] | None = None,
     ) -> float:
         """Test on the served probability, then learn one matured example.
 
@@ -157,12 +158,14 @@ class OnlineLearner:
 
         Returns the probability this learner's own model (a :meth:`snapshot` taken just
         before) gave the example: the candidate's prequential test, at no extra cost.
+        ``transformed`` is :func:`~models.model.transform` of ``features`` if the caller
+        has it already.
         """
         y = 1 if label else 0
         if not served_warming_up:
             self.metrics.update(served_probability, y)
         core = self.core
-        x = transform(features)
+        x = transform(features) if transformed is None else transformed
         candidate = self.base_rate
         if self.n_examples:
             # Platt layer: fit sigmoid(a*z + b) to the current model's logit before it learns.
@@ -181,20 +184,17 @@ class OnlineLearner:
 
     def _calibrate(self, grads: tuple[float, float]) -> None:
         """One Adam step of the Platt parameters ``(a, b)``; ``a`` is then kept at or above
-        :data:`MIN_CALIBRATION_SLOPE` (a projected step)."""
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        :data:`MIN_CALIBRATION_SLOPE` (a projected step: :func:`models.logistic.platt_step`)."""
         self._calibration_t += 1
-        t = self._calibration_t
-        m, v = self._calibration_m, self._calibration_v
-        steps = []
-        for k, g in enumerate(grads):
-            m[k] = beta1 * m[k] + (1 - beta1) * g
-            v[k] = beta2 * v[k] + (1 - beta2) * g * g
-            m_hat = m[k] / (1 - beta1**t)
-            v_hat = v[k] / (1 - beta2**t)
-            steps.append(self.calibration_rate * m_hat / (math.sqrt(v_hat) + eps))
-        self.calibration_a = max(self.calibration_a - steps[0], MIN_CALIBRATION_SLOPE)
-        self.calibration_b -= steps[1]
+        self.calibration_a, self.calibration_b = platt_step(
+            self.calibration_a,
+            self.calibration_b,
+            (self._calibration_m, self._calibration_v),
+            self._calibration_t,
+            self.calibration_rate,
+            grads,
+            MIN_CALIBRATION_SLOPE,
+        )
 
     def snapshot(self, version: int | None = None) -> LinearModel:
         """Export the serving model; bumps :attr:`version` unless one is given."""

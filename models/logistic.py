@@ -41,7 +41,7 @@ import math
 
 from models.model import CLIP_SD
 
-__all__ = ["ADAGRAD_EPS", "CLIP_GRADIENT", "ScaledLogistic"]
+__all__ = ["ADAGRAD_EPS", "CLIP_GRADIENT", "ScaledLogistic", "platt_step"]
 
 #: ``optim.AdaGrad``'s default ``eps``
 ADAGRAD_EPS = 1e-8
@@ -180,3 +180,35 @@ def _log_loss_gradient(label: int, raw: float) -> float:
     if z < -18.0:
         return -y
     return -y / (math.exp(z) + 1.0)
+
+
+def platt_step(
+    a: float,
+    b: float,
+    moments: tuple[list[float], list[float]],
+    t: int,
+    rate: float,
+    grads: tuple[float, float],
+    min_slope: float,
+) -> tuple[float, float]:
+    """One Adam step (step ``t``, size ``rate``) of a Platt layer's ``(a, b)`` down
+    ``grads``; ``a`` is then kept at or above ``min_slope``. Updates the first and second
+    ``moments`` in place and returns the new ``(a, b)``: the step of
+    :meth:`models.learner.OnlineLearner.learn`, compiled.
+
+    >>> m, v = [0.0, 0.0], [0.0, 0.0]
+    >>> a, b = platt_step(1.0, 0.0, (m, v), 1, 0.02, (0.5, -0.25), 0.05)
+    >>> round(a, 6), round(b, 6)
+    (0.98, 0.02)
+    """
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    m, v = moments
+    steps: list[float] = []
+    for k in range(2):
+        g = grads[k]
+        m[k] = beta1 * m[k] + (1 - beta1) * g
+        v[k] = beta2 * v[k] + (1 - beta2) * g * g
+        m_hat = m[k] / (1 - beta1**t)
+        v_hat = v[k] / (1 - beta2**t)
+        steps.append(rate * m_hat / (math.sqrt(v_hat) + eps))
+    return max(a - steps[0], min_slope), b - steps[1]

@@ -111,13 +111,23 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
         "first_seen": format_time(state.first_ts),
         "last_event_time": format_time(state.ref_ts),
         "events_applied": state.n_events,
-        "features": {n: round(v, 6) for n, v in zip(fz.names, vector)},
+        "features": {n: _round6(v) for n, v in zip(fz.names, vector)},
         "scores": scores,
         "pending_labels": {name: len(gs.pending) for name, gs in state.goals.items()},
         "partial_features": {
             n: format_time(t) for n, t in partial_features(state, fz.layout).items()
         },
     }
+
+
+def _round6(v: float) -> float:
+    """``round(v, 6)``, skipped for a whole number (counts, capped recencies, zeros: most
+    features), which it returns unchanged (``round`` formats and parses the decimal).
+
+    >>> _round6(3.0), _round6(2 / 3), _round6(-0.0)
+    (3.0, 0.666667, -0.0)
+    """
+    return v if v == v // 1.0 else round(v, 6)
 
 
 def served_factors(gs: GoalState, names: list[str], labels: dict[str, str]) -> list[Factor]:

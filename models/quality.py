@@ -29,9 +29,10 @@ Examples
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, TypeVar
+
+import numpy as np
 
 from models.metrics import expected_calibration_error, log_loss, roc_auc
 from models.outcome import Example
@@ -82,12 +83,18 @@ def running_base_rates(examples: Sequence[Example], digits: int = 4) -> list[flo
         by_goal.setdefault(e.goal, []).append(i)
     rates = [0.0] * len(examples)
     for indices in by_goal.values():
-        matured = sorted(examples[i].matured_ts for i in indices)
-        positives = sorted(examples[i].matured_ts for i in indices if examples[i].label)
-        for i in indices:
-            t = examples[i].prediction_ts
-            n, n_pos = bisect_right(matured, t), bisect_right(positives, t)
-            rates[i] = round((n_pos + 1) / (n + 2), digits)
+        goal_examples = [examples[i] for i in indices]
+        matured = np.sort(np.array([e.matured_ts for e in goal_examples], dtype=np.int64))
+        positives = np.sort(
+            np.array([e.matured_ts for e in goal_examples if e.label], dtype=np.int64)
+        )
+        served = np.array([e.prediction_ts for e in goal_examples], dtype=np.int64)
+        # bisect_right of every prediction time at once; the quotient of two integers is
+        # the double Python's true division gives; rounded by Python's round
+        n = np.searchsorted(matured, served, side="right")
+        n_pos = np.searchsorted(positives, served, side="right")
+        for i, rate in zip(indices, ((n_pos + 1) / (n + 2)).tolist(), strict=True):
+            rates[i] = round(rate, digits)
     return rates
 
 

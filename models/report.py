@@ -239,15 +239,21 @@ def histogram(values: Sequence[float], bins: int = 20) -> list[int]:
     return counts
 
 
-def goal_metrics(probabilities: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
-    """AUC, log loss, ECE, base rate, counts and lift of the top decile.
+def goal_metrics(
+    probabilities: Sequence[float],
+    labels: Sequence[int],
+    deciles: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """AUC, log loss, ECE, base rate, counts and lift of the top decile (of ``deciles``,
+    the :func:`decile_table` of the same examples, when the caller has it).
 
     >>> goal_metrics([], [])["auc"] is None
     True
     """
     n = len(labels)
     n_pos = sum(1 for y in labels if y)
-    deciles = decile_table(probabilities, labels)
+    if deciles is None:
+        deciles = decile_table(probabilities, labels)
     return {
         "auc": _round(roc_auc(probabilities, labels)),
         "logloss": _round(log_loss(probabilities, labels)),
@@ -375,7 +381,8 @@ def build_report(
         mine.sort(key=lambda e: (e.prediction_ts, e.example_id))
         probs = [e.probability for e in mine if e.probability is not None]
         labels = [e.label for e in mine]
-        metrics = goal_metrics(probs, labels)
+        deciles = decile_table(probs, labels)
+        metrics = goal_metrics(probs, labels, deciles)
         n_matured = sum(1 for e in examples if e.goal == goal.name)
         metrics["n_matured"] = n_matured
         metrics["n_open_window"] = n_matured - len(goal_closed)
@@ -400,7 +407,7 @@ def build_report(
             "metrics": metrics,
             "score_histogram": histogram(finals),
             "n_scored_profiles": len(finals),
-            "deciles": decile_table(probs, labels),
+            "deciles": deciles,
             "calibration": calibration_curve(probs, labels),
             "buckets": bucket_table(probs, labels, config.buckets.thresholds, config.buckets.names),
             "top_factors": top_factors_by_bucket(profiles, goal.name),

@@ -30,25 +30,33 @@ True
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
+from models.config import DAY_MS
+from models.features import MAX_DAYS
 from models.model import P_MAX, P_MIN, clamp_probability
+from models.state import NEVER
 
 if TYPE_CHECKING:
+    from models.features import Featurizer
     from models.model import LinearModel
+    from models.state import ProfileState
 
 __all__ = [
     "CUT_POINTS",
     "SAMPLE_PROFILES",
     "ProfileSample",
+    "SampledStates",
     "cut_points",
     "probabilities",
     "profile_hash",
+    "vectors_at",
 ]
 
 #: profiles kept per goal (the sample's size once that many profiles have examples)
@@ -117,6 +125,127 @@ def probabilities(model: LinearModel, vectors: np.ndarray) -> np.ndarray:
     return np.clip(p, P_MIN, P_MAX)
 
 
+def _raw(state: ProfileState) -> list[float]:
+    """The parts of ``state`` a feature vector is computed from, as one row:
+    decayed counts, decayed values, counts, last times, first time, gap, newest time."""
+    return [
+        *state.decayed,
+        *state.values,
+        *state.counts,
+        *state.last_ts,
+        state.first_ts,
+        state.gap_ms,
+        state.ref_ts,
+    ]
+
+
+def _vectors(featurizer: Featurizer, raw: np.ndarray, at: int) -> np.ndarray:
+    """:meth:`~models.features.Featurizer.vector_at` as of ``at`` of the states whose
+    :func:`_raw` rows ``raw`` holds (times are integers below 2**53: exact doubles)."""
+    n = raw.shape[0]
+    taus = featurizer.taus_ms
+    n_h, n_e = len(taus), featurizer.n_events
+    n_dec, n_val = n_e * n_h, len(featurizer.valued) * n_h
+    counts0 = n_dec + n_val
+    ref, first, gap = raw[:, -1], raw[:, -3:-2], raw[:, -2:-1]
+    later = at > ref  # the others read as of their newest event, undecayed
+    # -(at - ref) / tau: the same correctly rounded quotient as the ints' in Python, and
+    # math.exp of it (numpy's exp may differ in the last bit)
+    exponents = (-(at - ref[later]))[:, None] / np.array(taus, dtype=float)
+    factors = np.ones((n, n_h))
+    factors[later] = np.array(list(map(math.exp, exponents.ravel().tolist()))).reshape(-1, n_h)
+    now = np.maximum(ref, at)[:, None]
+    last = raw[:, counts0 + n_e : counts0 + 2 * n_e]
+    parts = [
+        (raw[:, :n_dec].reshape(n, n_e, n_h) * factors[:, None, :]).reshape(n, n_dec),
+        np.where(last == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, (now - last) / DAY_MS)),
+        raw[:, counts0 : counts0 + n_e],
+        (raw[:, n_dec:counts0].reshape(n, -1, n_h) * factors[:, None, :]).reshape(n, n_val),
+        (now - first) / DAY_MS,
+        np.where(gap == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, gap / DAY_MS)),
+    ]
+    return np.concatenate(parts, axis=1)[:, featurizer.gather]
+
+
+def vectors_at(featurizer: Featurizer, states: Sequence[ProfileState], at: int) -> np.ndarray:
+    """:meth:`~models.features.Featurizer.vector_at` of every state as of time ``at``, at
+    once: one row per state, in order, shape ``(len(states), d)``.
+
+    The very values ``vector_at`` gives (the same operations on the same doubles: the
+    decay factors come from :func:`math.exp`, the products, quotients and caps are
+    IEEE-exact in numpy as in Python), without a list per profile. Every state must
+    follow the featurizer's layout.
+
+    >>> from models.config import parse_config
+    >>> from models.features import Featurizer
+    >>> fz = Featurizer(parse_config(open("customer-ai.toml").read()))
+    >>> a, b = fz.new_state(0), fz.new_state(0)
+    >>> fz.apply(a, 0, [3], [10.0])
+    >>> fz.apply(b, 40 * DAY_MS, [0, 3], [0.0, 5.0])
+    >>> rows = vectors_at(fz, [a, b], 30 * DAY_MS).tolist()
+    >>> rows == [fz.vector_at(a, 30 * DAY_MS), fz.vector_at(b, 30 * DAY_MS)]
+    True
+    """
+    if not states:
+        return np.zeros((0, len(featurizer.names)))
+    return _vectors(featurizer, np.array([_raw(s) for s in states], dtype=float), at)
+
+
+class SampledStates:
+    """The current states of one goal's sampled profiles, kept as a matrix of
+    :func:`_raw` rows between publications: a row is read again from its state only when
+    the state changed (another object, or events applied since: every applied event
+    counts in ``n_events``). The trainer ranks the sample at every publication, while
+    only the few sampled profiles with new events changed.
+    """
+
+    def __init__(self, featurizer: Featurizer) -> None:
+        self.featurizer = featurizer
+        self.ids: list[str] = []
+        #: per row the state it was read from and its ``n_events`` then (None: not read)
+        self.read: list[tuple[ProfileState, int] | None] = []
+        self.raw = np.zeros((0, 0))
+
+    def vectors(
+        self, ids: list[str], states: Mapping[str, ProfileState | None], at: int
+    ) -> tuple[list[int], np.ndarray]:
+        """The positions in ``ids`` of the profiles with a state in ``states`` (of the
+        featurizer's layout), and their :func:`vectors_at` ``at``, in that order."""
+        fz = self.featurizer
+        if ids != self.ids:
+            old = {pid: row for row, pid in enumerate(self.ids)}
+            take = [old.get(pid, -1) for pid in ids]
+            read = [self.read[row] if row >= 0 else None for row in take]
+            if len(self.ids) and ids:
+                raw = self.raw[np.array(take, dtype=np.intp)]
+            else:
+                raw = np.zeros((len(ids), self.raw.shape[1]))
+            self.ids, self.read, self.raw = list(ids), read, raw
+        read = self.read
+        rows: list[int] = []
+        stale: list[int] = []
+        changed: list[ProfileState] = []
+        for row, pid in enumerate(ids):
+            state = states.get(pid)
+            if state is None or state.layout != fz.fingerprint:
+                continue
+            rows.append(row)
+            seen = read[row]
+            if seen is None or seen[0] is not state or seen[1] != state.n_events:
+                read[row] = (state, state.n_events)
+                stale.append(row)
+                changed.append(state)
+        if stale:
+            fresh = np.array([_raw(state) for state in changed], dtype=float)
+            if self.raw.shape[1] != fresh.shape[1]:
+                self.raw = np.zeros((len(ids), fresh.shape[1]))
+            self.raw[stale] = fresh
+        if not rows:
+            return rows, np.zeros((0, len(fz.names)))
+        raw = self.raw if len(rows) == len(ids) else self.raw[rows]
+        return rows, _vectors(fz, raw, at)
+
+
 class ProfileSample:
     """The bottom-``capacity`` profiles by :func:`profile_hash`, newest vector each.
 
@@ -132,6 +261,7 @@ class ProfileSample:
         #: the stored copy must be replaced whole (a new lineage: other features)
         self.reset = False
         self._matrix: np.ndarray | None = None  # vectors() as an array, made on first use
+        self._newest: int | None = None  # newest(), kept until an eviction
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -150,19 +280,25 @@ class ProfileSample:
             self.entries[profile_id] = (h, ts, list(features))
             self.dirty.add(profile_id)
             self._matrix = None
+            if self._newest is not None and ts > self._newest:
+                self._newest = ts
             return True
         h = profile_hash(profile_id)
         if len(self.entries) >= self.capacity:
             if not self._heap or h >= -self._heap[0][0]:
                 return False
             _, evicted = heapq.heapreplace(self._heap, (-h, profile_id))
-            del self.entries[evicted]
+            _, evicted_ts, _ = self.entries.pop(evicted)
+            if self._newest is not None and evicted_ts >= self._newest:
+                self._newest = None  # the newest left: found again when asked
             self.dirty.add(evicted)
         else:
             heapq.heappush(self._heap, (-h, profile_id))
         self.entries[profile_id] = (h, ts, list(features))
         self.dirty.add(profile_id)
         self._matrix = None
+        if self._newest is not None and ts > self._newest:
+            self._newest = ts
         return True
 
     def matrix(self) -> np.ndarray:
@@ -173,7 +309,9 @@ class ProfileSample:
 
     def newest(self) -> int:
         """The newest prediction time in the sample (0 when empty)."""
-        return max((ts for _, ts, _ in self.entries.values()), default=0)
+        if self._newest is None:
+            self._newest = max((ts for _, ts, _ in self.entries.values()), default=0)
+        return self._newest
 
     def matrix_at(
         self, now: int, aging: tuple[list[float], list[float], list[float]]

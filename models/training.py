@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from models.config import Config
@@ -46,7 +47,13 @@ from models.features import Featurizer
 from models.learner import OnlineLearner
 from models.model import LinearModel, clamp_probability, transform
 from models.outcome import Example
-from models.sample import SAMPLE_PROFILES, ProfileSample, cut_points, probabilities
+from models.sample import (
+    SAMPLE_PROFILES,
+    ProfileSample,
+    SampledStates,
+    cut_points,
+    probabilities,
+)
 from models.state import ProfileState
 
 __all__ = ["NOISE_SE", "PROMOTIONS_KEPT", "Promotion", "Trainer", "log_loss"]
@@ -191,6 +198,8 @@ class Trainer:
         self.samples = {g.name: ProfileSample(sample_profiles) for g in config.goals}
         self._featurizer = Featurizer(config)
         self._aging = self._featurizer.aging()
+        #: per goal: the sampled profiles' states as :meth:`current_matrix` last read them
+        self._sampled = {g.name: SampledStates(self._featurizer) for g in config.goals}
         self.since_snapshot = {g.name: 0 for g in config.goals}
         #: per goal: the serving model and the rolling log-loss windows of the promotion
         self.promotion = {g.name: Promotion(m.promotion_window) for g in config.goals}
@@ -302,16 +311,18 @@ class Trainer:
         y = 1 if example.label else 0
         base = learner.base_rate
         serving = self.promotion[example.goal].serving
+        x = transform(example.features)
         if serving is None or serving.warming_up:
             p_serving = base if serving is None else clamp_probability(serving.base_rate)
         else:
-            p_serving = serving.probability_t(transform(example.features))
+            p_serving = serving.probability_t(x)
         served = example.probability
         candidate = learner.learn(
             example.features,
             example.label,
             0.5 if served is None else served,  # None: warming up, not measured
             example.served_warming_up or served is None,
+            transformed=x,
         )
         self.promotion[example.goal].add(
             log_loss(candidate, y), log_loss(p_serving, y), log_loss(base, y)
@@ -376,8 +387,26 @@ class Trainer:
                 out[pid] = fz.vector_at(state, at)
         return out
 
+    def current_matrix(self, goal: str, states: Mapping[str, ProfileState | None]) -> np.ndarray:
+        """What :meth:`current_vectors` gives, already as the matrix :meth:`snapshot` ranks:
+        one row per sampled profile in profile-id order, its current state's vector as of
+        :meth:`sample_clock` (:func:`models.sample.vectors_at`, all at once), or where its
+        state is missing or of another layout its newest learnt vector aged to then
+        (:meth:`ProfileSample.current_matrix`: the same values). A state unchanged since
+        the last call is not read again (:class:`models.sample.SampledStates`)."""
+        sample = self.samples[goal]
+        at = self.sample_clock(goal)
+        rows, fresh = self._sampled[goal].vectors(sorted(sample.entries), states, at)
+        if len(rows) == len(sample):
+            return fresh
+        matrix = sample.matrix_at(at, self._aging)
+        matrix[rows] = fresh
+        return matrix
+
     def snapshot(
-        self, goal: str, current: Callable[[], Mapping[str, list[float]]] | None = None
+        self,
+        goal: str,
+        current: Callable[[], Mapping[str, list[float]] | np.ndarray] | None = None,
     ) -> LinearModel | None:
         """A new version of ``goal``'s model to publish, or None if it is refused.
 
@@ -389,9 +418,9 @@ class Trainer:
         rate follows the data. Every decision is appended to :attr:`promotions`.
 
         A promoted version carries the cut points of its probabilities over the sampled
-        profiles: what ``current()`` returns (:meth:`current_vectors`; called only for a
-        promoted version) where given, else each profile's newest learnt vector aged to
-        :meth:`sample_clock`.
+        profiles: what ``current()`` returns (:meth:`current_vectors`, or the whole matrix:
+        :meth:`current_matrix`; called only for a promoted version) where given, else each
+        profile's newest learnt vector aged to :meth:`sample_clock`.
         """
         self.since_snapshot[goal] = 0
         learner = self.learners[goal]
@@ -440,7 +469,10 @@ class Trainer:
                 # states where ``current`` gives them, else their newest learnt vector
                 # aged from its prediction time as rescoring serves a quiet profile
                 fresh = current() if current is not None else {}
-                vectors = sample.current_matrix(self.sample_clock(goal), self._aging, fresh)
+                if isinstance(fresh, np.ndarray):
+                    vectors = fresh
+                else:
+                    vectors = sample.current_matrix(self.sample_clock(goal), self._aging, fresh)
                 model.quantiles = cut_points(probabilities(model, vectors).tolist())
         elif not promotion.promoted:
             model = learner.snapshot()  # the running base rate, served while warming up

@@ -32,9 +32,12 @@ __all__ = [
     "check_goal",
     "connect_store",
     "console",
+    "kafka_unreachable",
     "load_cli_config",
     "output_console",
+    "redis_lost",
     "require_servers",
+    "security_error",
     "settings_from_env",
 ]
 
@@ -197,3 +200,28 @@ def _reason(exc: BaseException) -> str:
     """A short, secret-free description of a connection error."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+# The error classes the command runner (``stream.cli.main.run``) maps to one line, imported
+# only when an error is being matched (an ``except`` clause evaluates its expression then):
+# a command that uses no server, ``evaluate`` say, does not import aiokafka and redis.
+def security_error() -> type[Exception]:
+    """:class:`stream.worker.security.SecurityConfigError`."""
+    from stream.worker.security import SecurityConfigError
+
+    return SecurityConfigError
+
+
+def kafka_unreachable() -> type[Exception]:
+    """aiokafka's ``KafkaConnectionError``."""
+    from aiokafka.errors import KafkaConnectionError
+
+    return KafkaConnectionError
+
+
+def redis_lost() -> tuple[type[Exception], ...]:
+    """redis' ``ConnectionError`` and ``TimeoutError``."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError)

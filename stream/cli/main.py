@@ -42,7 +42,10 @@ from stream.cli.common import (
     CliError,
     apply_dev_env,
     console,
+    kafka_unreachable,
+    redis_lost,
     require_servers,
+    security_error,
     settings_from_env,
 )
 from stream.cli.profile import cmd_profile
@@ -529,13 +532,9 @@ def run(args: argparse.Namespace) -> int:
         The command's status; 2 for a usage or configuration error, 1 for a runtime
         failure (a server that does not answer...), 130 after Ctrl-C.
     """
-    from aiokafka.errors import KafkaConnectionError
     from faust.exceptions import ImproperlyConfigured
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from models.config import ConfigError
-    from stream.worker.security import SecurityConfigError, redact_url
     from stream.worker.settings import SettingsError
 
     where = f"customer-ai {args.command}"
@@ -552,7 +551,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(where, exc.message, exc.status)
     except ConfigError as exc:
         return _fail(f"{where}: configuration error", str(exc), 2)
-    except SecurityConfigError as exc:
+    except security_error() as exc:
         return _fail(f"{where}: security settings", str(exc), 2)
     except SettingsError as exc:
         return _fail(f"{where}: settings", str(exc), 2)
@@ -562,7 +561,9 @@ def run(args: argparse.Namespace) -> int:
         if exc.filename is None:
             raise
         return _fail(where, f"{exc.strerror}: {str(exc.filename)!r}", 2)
-    except KafkaConnectionError:
+    except kafka_unreachable():
+        from stream.worker.security import redact_url
+
         bootstrap = settings_from_env().bootstrap
         return _fail(
             where,
@@ -570,7 +571,9 @@ def run(args: argparse.Namespace) -> int:
             "(KAFKA_BOOTSTRAP_SERVERS, or `customer-ai dev up`)",
             1,
         )
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except redis_lost() as exc:
+        from stream.worker.security import redact_url
+
         url = redact_url(settings_from_env().redis_url)
         return _fail(where, f"lost Redis at {url} ({exc}); is it running?", 1)
     except KeyboardInterrupt:

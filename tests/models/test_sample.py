@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -21,7 +22,8 @@ from models.engine import Engine
 from models.events import Event
 from models.model import LinearModel, transform
 from models.outcome import Example, Outcome
-from models.sample import ProfileSample, cut_points, profile_hash
+from models.sample import ProfileSample, cut_points, profile_hash, vectors_at
+from models.state import ProfileState
 from models.synthetic import generate_events
 from models.training import Trainer
 from tests.harness import CONFIG
@@ -268,3 +270,65 @@ def test_the_sample_is_ranked_at_the_newest_maturation_not_a_window_ahead(
         )
         assert shares["high"] == pytest.approx(25, abs=4), (goal, shares)
         assert shares["low"] == pytest.approx(25, abs=4), (goal, shares)
+
+
+def test_vectors_at_are_vector_at_of_every_state_bit_for_bit(result: BacktestResult) -> None:
+    """The matrix a publication ranks in one go holds the very doubles ``vector_at`` gives,
+    as of times before, at and after each state's newest event."""
+    fz = result.engine.featurizer
+    states = list(result.states.values())
+    newest = max(s.ref_ts for s in states)
+    for at in (0, min(s.ref_ts for s in states), newest - 45 * 86_400_000, newest, newest + 1):
+        want = np.array([fz.vector_at(s, at) for s in states], dtype=float)
+        assert vectors_at(fz, states, at).tobytes() == want.tobytes(), at
+    assert vectors_at(fz, [], newest).shape == (0, len(fz.names))
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.5, 1.0])
+def test_the_trainers_current_matrix_is_what_its_current_vectors_give(
+    result: BacktestResult, kept: float
+) -> None:
+    """``Trainer.current_matrix`` (the backtest's) ranks what ``current_vectors`` (the
+    stream's) gives through ``ProfileSample.current_matrix``: fresh rows where a state is
+    there, aged learnt vectors where not."""
+    trainer = result.trainer
+    rng = random.Random(3)
+    states = {pid: s for pid, s in result.states.items() if rng.random() < kept}
+    for goal in trainer.samples:
+        sample = trainer.samples[goal]
+        assert len(sample)
+        fresh = trainer.current_vectors(goal, states)
+        want = sample.current_matrix(trainer.sample_clock(goal), trainer._aging, fresh)
+        got = trainer.current_matrix(goal, states)
+        assert got.shape == want.shape and got.tobytes() == want.tobytes(), goal
+
+
+def test_the_current_matrix_reads_again_the_states_that_changed(result: BacktestResult) -> None:
+    """Between publications the trainer keeps the sampled states it read: one that events
+    changed since (in place, or replaced) is read again, an unchanged one is not needed."""
+    trainer = result.trainer
+    fz = result.engine.featurizer
+    goals = list(trainer.samples)
+    states = {pid: ProfileState.from_bytes(s.to_bytes(), goals) for pid, s in result.states.items()}
+    for goal, sample in trainer.samples.items():
+        trainer.current_matrix(goal, states)
+        ids = sorted(sample.entries)
+        fz.apply(states[ids[0]], states[ids[0]].ref_ts + 86_400_000, [0, 3], [0.0, 7.0])
+        replaced = ProfileState.from_bytes(states[ids[1]].to_bytes(), goals)
+        fz.apply(replaced, replaced.ref_ts, [1], [0.0])
+        states[ids[1]] = replaced
+        del states[ids[2]]
+        fresh = trainer.current_vectors(goal, states)
+        want = sample.current_matrix(trainer.sample_clock(goal), trainer._aging, fresh)
+        got = trainer.current_matrix(goal, states)
+        assert got.tobytes() == want.tobytes(), goal
+
+
+def test_the_newest_prediction_time_follows_updates_and_evictions() -> None:
+    """``newest()`` is kept as entries come, change and leave: always their latest time."""
+    rng = random.Random(11)
+    sample = ProfileSample(capacity=50)
+    for _ in range(3000):
+        sample.add(f"p{rng.randrange(400)}", rng.randrange(10_000), [rng.random()])
+        if rng.random() < 0.1:
+            assert sample.newest() == max(ts for _, ts, _ in sample.entries.values())
