@@ -12,10 +12,11 @@ version published last) and the running *base rate*. Their log losses over the l
 ``[model] promotion_window`` examples decide: when a version is due, the candidate is
 published only if its mean log loss is no worse than the serving model's and better than
 the base rate's by more than ``[model] promotion_margin_se`` standard errors (default
-:data:`NOISE_SE`; on features without signal the goal serves its base rate); otherwise the serving version stays (no version number is
-consumed) and the refusal is recorded in :attr:`Trainer.promotions`. Until a goal has a promoted model it
-is ``warming_up`` (base-rate versions are published so the served rate follows the data);
-then ``live``, or ``poor`` while the live AUC is below ``[model] min_auc``.
+:data:`NOISE_SE`; on features without signal the goal serves its base rate); otherwise
+the serving version stays (no version number is consumed) and the refusal is recorded in
+:attr:`Trainer.promotions`. Until a goal has a promoted model it is ``warming_up``
+(base-rate versions are published so the served rate follows the data); then ``live``,
+or ``poor`` while the live AUC is below ``[model] min_auc``.
 
 Examples
 --------
