@@ -45,7 +45,14 @@ from models.outcome import Example, Outcome, Score
 from models.state import ProfileState
 from models.training import Trainer
 
-__all__ = ["EXAMPLE_COLUMNS", "BacktestResult", "example_row", "load_events", "run_backtest"]
+__all__ = [
+    "EXAMPLE_COLUMNS",
+    "BacktestResult",
+    "collector_off",
+    "example_row",
+    "load_events",
+    "run_backtest",
+]
 
 
 @dataclass
@@ -107,8 +114,9 @@ def load_events(
 
 
 @contextmanager
-def _collector_off() -> Iterator[None]:
-    """Run the replay with the cyclic garbage collector off, then restore it.
+def collector_off() -> Iterator[None]:
+    """Run the replay (or ``evaluate``'s outputs) with the cyclic garbage collector off,
+    then restore it.
 
     A replay keeps every event, state and example alive: the collector would re-scan
     them over and over (a quarter of the replay's time with the default thresholds, still
@@ -161,7 +169,7 @@ def run_backtest(
     engine = Engine(config, every_rescore=False)
     trainer = Trainer(config, engine.featurizer.names)
     result = BacktestResult(engine, trainer, {}, on_scores=on_scores)
-    with _collector_off():
+    with collector_off():
         events = load_events(source, config, result.rejected)
         if until_ms is not None:
             events = events[: bisect.bisect_left(events, until_ms, key=_event_time)]

@@ -22,12 +22,9 @@ event-time order, no Kafka) and writes
 from __future__ import annotations
 
 import csv
-import gc
 import gzip
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, cast
 
@@ -35,7 +32,7 @@ import orjson
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from models.backtest import EXAMPLE_COLUMNS, BacktestResult, run_backtest
+from models.backtest import EXAMPLE_COLUMNS, BacktestResult, collector_off, run_backtest
 from models.config import Config, load_config
 from models.profile import format_time, profile_document
 from models.report import build_report
@@ -66,28 +63,11 @@ def _read_lines(path: Path, progress: Progress) -> list[bytes]:
     return lines
 
 
-@contextmanager
-def _collector_off() -> Iterator[None]:
-    """Turn the cyclic garbage collector off while the outputs are built, then back on.
-
-    The outputs make hundreds of thousands of rows and documents that all stay alive until
-    written: the collector would re-scan them (and every state and example the backtest
-    keeps) again and again for cycles they do not form.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def write_outputs(
     result: BacktestResult, config: Config, out_dir: Path, summary: dict[str, str] | None = None
 ) -> dict[str, dict]:
     """Write metrics.json, examples.csv, profiles.jsonl and report.html; return the metrics."""
-    with _collector_off():
+    with collector_off():  # hundreds of thousands of rows and documents, none cyclic
         return _write_outputs(result, config, out_dir, summary)
 
 
