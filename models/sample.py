@@ -261,7 +261,6 @@ class ProfileSample:
         #: the stored copy must be replaced whole (a new lineage: other features)
         self.reset = False
         self._matrix: np.ndarray | None = None  # vectors() as an array, made on first use
-        self._newest: int | None = None  # newest(), kept until an eviction
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -280,25 +279,19 @@ class ProfileSample:
             self.entries[profile_id] = (h, ts, list(features))
             self.dirty.add(profile_id)
             self._matrix = None
-            if self._newest is not None and ts > self._newest:
-                self._newest = ts
             return True
         h = profile_hash(profile_id)
         if len(self.entries) >= self.capacity:
             if not self._heap or h >= -self._heap[0][0]:
                 return False
             _, evicted = heapq.heapreplace(self._heap, (-h, profile_id))
-            _, evicted_ts, _ = self.entries.pop(evicted)
-            if self._newest is not None and evicted_ts >= self._newest:
-                self._newest = None  # the newest left: found again when asked
+            del self.entries[evicted]
             self.dirty.add(evicted)
         else:
             heapq.heappush(self._heap, (-h, profile_id))
         self.entries[profile_id] = (h, ts, list(features))
         self.dirty.add(profile_id)
         self._matrix = None
-        if self._newest is not None and ts > self._newest:
-            self._newest = ts
         return True
 
     def matrix(self) -> np.ndarray:
@@ -309,9 +302,7 @@ class ProfileSample:
 
     def newest(self) -> int:
         """The newest prediction time in the sample (0 when empty)."""
-        if self._newest is None:
-            self._newest = max((ts for _, ts, _ in self.entries.values()), default=0)
-        return self._newest
+        return max((ts for _, ts, _ in self.entries.values()), default=0)
 
     def matrix_at(
         self, now: int, aging: tuple[list[float], list[float], list[float]]

@@ -178,6 +178,15 @@ def _shares(buckets: list[str | None]) -> dict[str, float]:
     return {name: 100 * counts[name] / len(buckets) for name in CFG.buckets.names}
 
 
+def _sample_shares(result: BacktestResult, goal: str, model: LinearModel) -> dict[str, float]:
+    """Bucket shares of ``goal``'s sampled profiles as they are at the end of ``result``,
+    ranked by ``model`` (as the trainer ranks them for the cut points)."""
+    vectors = result.trainer.current_vectors(goal, result.states).values()
+    return _shares(
+        [CFG.buckets.bucket(model.percentile(model.probability_t(transform(v)))) for v in vectors]
+    )
+
+
 def test_buckets_of_the_sampled_profiles_match_the_thresholds(result: BacktestResult) -> None:
     """What the cut points promise: ranked by the newest published version, the sampled
     profiles as they are at the end fall in the buckets as the thresholds say (the
@@ -187,13 +196,7 @@ def test_buckets_of_the_sampled_profiles_match_the_thresholds(result: BacktestRe
         model = result.engine.models[goal]  # the newest promoted version
         if model.warming_up:
             continue
-        vectors = trainer.current_vectors(goal, result.states).values()
-        shares = _shares(
-            [
-                CFG.buckets.bucket(model.percentile(model.probability_t(transform(v))))
-                for v in vectors
-            ]
-        )
+        shares = _sample_shares(result, goal, model)
         assert shares["high"] == pytest.approx(25, abs=4), (goal, shares)
         assert shares["low"] == pytest.approx(25, abs=4), (goal, shares)
 
@@ -261,13 +264,7 @@ def test_the_sample_is_ranked_at_the_newest_maturation_not_a_window_ahead(
         assert trainer.sample_clock(goal) == matured <= newest_event
         model = when_known.engine.models[goal]
         assert not model.warming_up, goal
-        vectors = trainer.current_vectors(goal, when_known.states).values()
-        shares = _shares(
-            [
-                CFG.buckets.bucket(model.percentile(model.probability_t(transform(v))))
-                for v in vectors
-            ]
-        )
+        shares = _sample_shares(when_known, goal, model)
         assert shares["high"] == pytest.approx(25, abs=4), (goal, shares)
         assert shares["low"] == pytest.approx(25, abs=4), (goal, shares)
 
@@ -325,7 +322,7 @@ def test_the_current_matrix_reads_again_the_states_that_changed(result: Backtest
 
 
 def test_the_newest_prediction_time_follows_updates_and_evictions() -> None:
-    """``newest()`` is kept as entries come, change and leave: always their latest time."""
+    """``newest()`` follows entries as they come, change and leave: always their latest time."""
     rng = random.Random(11)
     sample = ProfileSample(capacity=50)
     for _ in range(3000):
