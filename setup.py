@@ -33,6 +33,7 @@ REQUIRE_NATIVE = os.environ.get("CUSTOMER_AI_REQUIRE_NATIVE", "0") == "1"
 NATIVE_MODULES = [
     "rounding",
     "conditions",
+    "config_types",
     "events",
     "labels",
     "state",

@@ -90,11 +90,13 @@ class ScaledLogistic:
         k = CLIP_SD
         means = self.means
         vars_ = self.vars
-        out: list[float] = []
+        out = [0.0] * self.n
         for i in range(self.n):
             v = vars_[i]
-            s = (x[i] - means[i]) / v**0.5 if v else 0.0
-            out.append(-k if s < -k else k if s > k else s)
+            if v:
+                # math.pow is the C pow() that River's ``v ** 0.5`` calls: the same bits
+                s = (x[i] - means[i]) / math.pow(v, 0.5)
+                out[i] = -k if s < -k else k if s > k else s
         return out
 
     def dot(self, scaled: list[float]) -> float:
@@ -125,7 +127,10 @@ class ScaledLogistic:
 
     def learn_classifier(self, scaled: list[float], label: int) -> None:
         """One ``LogisticRegression.learn_one`` (log loss, AdaGrad weights, SGD intercept)."""
-        raw = self.dot(scaled) + self.intercept
+        self._step(scaled, self.dot(scaled) + self.intercept, label)
+
+    def _step(self, scaled: list[float], raw: float, label: int) -> None:
+        """The classifier's update from ``raw = intercept + sum(w * scaled)``."""
         loss_gradient = _log_loss_gradient(label, raw)
         # River multiplies by the sample weight (1.0), then clips to ±clip_gradient with
         # max(min(g, clip), -clip): spelt out as the builtins compare (NaN passes)
@@ -144,13 +149,18 @@ class ScaledLogistic:
             grad = scaled[i] * loss_gradient
             if penalised:
                 grad = grad + l2 * weights[i]
-            total = g2[i] + grad**2
+            # River's ``grad ** 2`` and ``(g2 + eps) ** 0.5`` are C pow() calls: math.pow
+            total = g2[i] + math.pow(grad, 2.0)
             g2[i] = total
-            weights[i] = weights[i] - lr / (total + ADAGRAD_EPS) ** 0.5 * grad
+            weights[i] = weights[i] - lr / math.pow(total + ADAGRAD_EPS, 0.5) * grad
         self.n_iterations += 1
 
     def learn(self, x: list[float], label: int) -> list[float]:
         """Learn one example: the scaler, then the classifier on ``x`` scaled by it.
+
+        :meth:`learn_scaler`, :meth:`scaled` and :meth:`learn_classifier` in one pass
+        over the features and one over the weights: the same operations in the same
+        order, so the same bits.
 
         Parameters
         ----------
@@ -165,9 +175,30 @@ class ScaledLogistic:
             ``x`` standardised by the updated scaler and clipped (what the classifier
             learnt from).
         """
-        self.learn_scaler(x)
-        scaled = self.scaled(x)
-        self.learn_classifier(scaled, label)
+        n = self.n
+        k = CLIP_SD
+        counts = self.counts
+        means = self.means
+        vars_ = self.vars
+        weights = self.weights
+        scaled = [0.0] * n
+        dot = 0.0
+        for i in range(n):
+            xi = x[i]
+            count = counts[i] + 1
+            counts[i] = count
+            old_mean = means[i]
+            mean = old_mean + (xi - old_mean) / count
+            means[i] = mean
+            var = vars_[i] + ((xi - old_mean) * (xi - mean) - vars_[i]) / count
+            vars_[i] = var
+            s = 0.0
+            if var:
+                s = (xi - mean) / math.pow(var, 0.5)
+                s = -k if s < -k else k if s > k else s
+                scaled[i] = s
+            dot += weights[i] * s
+        self._step(scaled, dot + self.intercept, label)
         return scaled
 
 
@@ -208,7 +239,7 @@ def platt_step(
         g = grads[k]
         m[k] = beta1 * m[k] + (1 - beta1) * g
         v[k] = beta2 * v[k] + (1 - beta2) * g * g
-        m_hat = m[k] / (1 - beta1**t)
-        v_hat = v[k] / (1 - beta2**t)
+        m_hat = m[k] / (1 - math.pow(beta1, t))
+        v_hat = v[k] / (1 - math.pow(beta2, t))
         steps.append(rate * m_hat / (math.sqrt(v_hat) + eps))
     return max(a - steps[0], min_slope), b - steps[1]

@@ -187,10 +187,17 @@ class LinearModel:
         """Calibrated probability from already :func:`transform`-ed features (no factors)."""
         if self.warming_up:
             return clamp_probability(self.base_rate)
-        clipped = [
-            h if x > h else lo if x < lo else x for x, lo, h in zip(transformed, self._lo, self._hi)
-        ]
-        z = self._offset + sum(map(_mul, self._scale, clipped))
+        lows = self._lo
+        highs = self._hi
+        scale = self._scale
+        # the sum in feature order, from 0.0
+        total = 0.0
+        for i in range(len(scale)):
+            x = transformed[i]
+            h = highs[i]
+            lo = lows[i]
+            total += scale[i] * (h if x > h else lo if x < lo else x)
+        z = self._offset + total
         return clamp_probability(sigmoid(self.calibration_a * z + self.calibration_b))
 
     def percentile(self, probability: float) -> float:
