@@ -69,9 +69,10 @@ def _write_manifest() -> None:
 def _remove_previous_build() -> None:
     """Delete an in-place build of other sources (an editable install builds in place)."""
     (ROOT / "models" / "_native_sources.py").unlink(missing_ok=True)
-    for name in NATIVE_MODULES:
-        for old in (ROOT / "models").glob(f"{name}.*.so"):
-            old.unlink()
+    # every extension, not only those of NATIVE_MODULES: one of a module compiled by an
+    # earlier build and no longer listed would shadow its Python source
+    for old in (ROOT / "models").glob("*.so"):
+        old.unlink()
     for old in ROOT.glob(f"{GROUP}__mypyc.*.so"):
         old.unlink()
 

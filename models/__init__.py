@@ -8,7 +8,9 @@ only if
 
 - ``CUSTOMER_AI_NATIVE`` is not ``0``, and
 - every compiled module's source is byte for byte the one it was built from (the
-  build records their SHA-256 in ``models/_native_sources.py``).
+  build records their SHA-256 in ``models/_native_sources.py``), and no other module of
+  this package has a compiled extension (an earlier build's, which would shadow its
+  source).
 
 Otherwise every module of this package is imported from its Python source: an edited
 source is never shadowed by a stale build. :data:`NATIVE` tells which is running
@@ -45,6 +47,22 @@ def _use_compiled() -> bool:
     if not all(_compiled(name) for name in SHA256):
         return False
     if os.environ.get("CUSTOMER_AI_NATIVE", "1") == "0":
+        return False
+    unlisted = sorted(
+        {
+            path.name
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            for path in _HERE.glob(f"*{suffix}")
+            if path.name.split(".", 1)[0] not in SHA256
+        }
+    )
+    if unlisted:  # an earlier build's: it would shadow its module's source
+        warnings.warn(
+            f"models/{unlisted[0]} is not of the last build: running the Python sources "
+            "(slower); rebuild with `make native` (or `pip install -e .`)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     changed = [
         name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import os
 import subprocess
@@ -106,3 +107,36 @@ def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -
     )
     assert done.stdout.split() == ["False", "source"]
     assert "models/rounding.py changed since it was compiled" in done.stderr
+
+
+def test_an_earlier_builds_extension_never_shadows_its_source(tmp_path: Path) -> None:
+    """An extension of a module the last build did not compile (no longer native, say)
+    turns the compiled core off: imported, it would run instead of the module's source."""
+    package = tmp_path / "models"
+    package.mkdir()
+    (package / "__init__.py").write_text((REPO / "models" / "__init__.py").read_text())
+    source = b"WHERE = 'source'\n"
+    (package / "rounding.py").write_bytes(source)
+    (package / "learner.py").write_bytes(source)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (package / f"rounding{suffix}").write_bytes(b"not a shared object")
+    (package / f"learner{suffix}").write_bytes(b"not a shared object")
+    digest = hashlib.sha256(source).hexdigest()
+    (package / "_native_sources.py").write_text(f'SHA256 = {{"rounding": "{digest}"}}\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "always",
+            "-c",
+            "import models, models.learner as m; print(models.NATIVE, m.WHERE)",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["False", "source"]
+    assert f"models/learner{suffix} is not of the last build" in done.stderr
