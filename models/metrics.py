@@ -24,12 +24,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["RollingMetrics", "expected_calibration_error", "log_loss", "roc_auc"]
+__all__ = [
+    "Floats",
+    "Labels",
+    "RollingMetrics",
+    "expected_calibration_error",
+    "log_loss",
+    "roc_auc",
+]
 
 _EPS = 1e-12
 
+#: numbers as a list or an array (of doubles): the functions here read either alike
+Floats = Sequence[float] | np.ndarray
+#: labels (true or nonzero: positive) as a list or an array
+Labels = Sequence[int] | np.ndarray
 
-def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+
+def roc_auc(scores: Floats, labels: Labels) -> float | None:
     """Exact ROC AUC (probability a random positive outranks a random negative; ties count half).
 
     Returns ``None`` when one class is absent.
@@ -54,7 +66,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def log_loss(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+def log_loss(scores: Floats, labels: Labels) -> float | None:
     """Mean binary cross-entropy, or ``None`` for no examples.
 
     >>> round(log_loss([0.5, 0.9], [1, 0]), 6)
@@ -67,9 +79,7 @@ def log_loss(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return float(-np.where(y, np.log(p), np.log1p(-p)).sum() / len(p))
 
 
-def expected_calibration_error(
-    scores: Sequence[float], labels: Sequence[int], bins: int = 10
-) -> float | None:
+def expected_calibration_error(scores: Floats, labels: Labels, bins: int = 10) -> float | None:
     """ECE: bin-size-weighted mean ``|mean(p) - mean(y)|`` over equal-width bins.
 
     >>> round(expected_calibration_error([0.2, 0.2, 0.8, 0.8], [0, 1, 1, 1]), 6)

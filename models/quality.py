@@ -34,11 +34,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.metrics import Floats, Labels, expected_calibration_error, log_loss, roc_auc
 from models.outcome import Example
 from models.profile import format_time
 
-__all__ = ["grouped_quality", "is_live", "month_of", "quality_figures", "running_base_rates"]
+__all__ = [
+    "grouped_quality",
+    "is_live",
+    "month_of",
+    "quality_figures",
+    "running_base_rates",
+    "running_base_rates_of",
+]
 
 K = TypeVar("K", str, int)
 
@@ -78,29 +85,44 @@ def running_base_rates(examples: Sequence[Example], digits: int = 4) -> list[flo
     >>> running_base_rates(ex)
     [0.6667, 0.5, 0.5]
     """
-    by_goal: dict[str, list[int]] = {}
-    for i, e in enumerate(examples):
-        by_goal.setdefault(e.goal, []).append(i)
-    rates = [0.0] * len(examples)
-    for indices in by_goal.values():
-        goal_examples = [examples[i] for i in indices]
-        matured = np.sort(np.array([e.matured_ts for e in goal_examples], dtype=np.int64))
-        positives = np.sort(
-            np.array([e.matured_ts for e in goal_examples if e.label], dtype=np.int64)
-        )
-        served = np.array([e.prediction_ts for e in goal_examples], dtype=np.int64)
+    codes: dict[str, int] = {}
+    return running_base_rates_of(
+        np.array([codes.setdefault(e.goal, len(codes)) for e in examples], dtype=np.int64),
+        np.array([e.prediction_ts for e in examples], dtype=np.int64),
+        np.array([e.matured_ts for e in examples], dtype=np.int64),
+        np.array([bool(e.label) for e in examples], dtype=bool),
+        digits,
+    )
+
+
+def running_base_rates_of(
+    goals: np.ndarray,
+    prediction_ts: np.ndarray,
+    matured_ts: np.ndarray,
+    positive: np.ndarray,
+    digits: int = 4,
+) -> list[float]:
+    """:func:`running_base_rates` of examples given as columns: a code per goal, the
+    prediction and maturity times, whether the label is positive.
+
+    >>> running_base_rates_of(np.array([0, 0, 1]), np.array([25, 0, 30]),
+    ...                       np.array([40, 10, 35]), np.array([False, True, True]))
+    [0.6667, 0.5, 0.5]
+    """
+    rates = np.zeros(len(goals))
+    for goal in np.unique(goals).tolist():
+        indices = np.flatnonzero(goals == goal)
+        matured = matured_ts[indices]
+        served = prediction_ts[indices]
         # bisect_right of every prediction time at once; the quotient of two integers is
         # the double Python's true division gives; rounded by Python's round
-        n = np.searchsorted(matured, served, side="right")
-        n_pos = np.searchsorted(positives, served, side="right")
-        for i, rate in zip(indices, ((n_pos + 1) / (n + 2)).tolist(), strict=True):
-            rates[i] = round(rate, digits)
-    return rates
+        n = np.searchsorted(np.sort(matured), served, side="right")
+        n_pos = np.searchsorted(np.sort(matured[positive[indices]]), served, side="right")
+        rates[indices] = (n_pos + 1) / (n + 2)
+    return [round(rate, digits) for rate in rates.tolist()]
 
 
-def quality_figures(
-    probabilities: Sequence[float], labels: Sequence[int], base_rates: Sequence[float]
-) -> dict[str, Any]:
+def quality_figures(probabilities: Floats, labels: Labels, base_rates: Floats) -> dict[str, Any]:
     """AUC (None with one class), log loss, the base rate's log loss, ECE, n and positives.
 
     ``base_rates`` are the running base rates of the same examples
@@ -111,7 +133,7 @@ def quality_figures(
     """
     return {
         "n": len(labels),
-        "positives": sum(1 for y in labels if y),
+        "positives": int(np.count_nonzero(np.asarray(labels, dtype=bool))),
         "auc": _round(roc_auc(probabilities, labels)),
         "logloss": _round(log_loss(probabilities, labels)),
         "base_rate_logloss": _round(log_loss(base_rates, labels)),
@@ -121,10 +143,10 @@ def quality_figures(
 
 def grouped_quality(
     keys: Sequence[K],
-    probabilities: Sequence[float],
-    labels: Sequence[int],
-    base_rates: Sequence[float],
-    live: Sequence[bool] | None = None,
+    probabilities: Floats,
+    labels: Labels,
+    base_rates: Floats,
+    live: Sequence[bool] | np.ndarray | None = None,
 ) -> dict[K, dict[str, Any]]:
     """:func:`quality_figures` per key (in order of first appearance), plus ``n_live``.
 
@@ -141,15 +163,20 @@ def grouped_quality(
             members[key] = [i]
         else:
             idx.append(i)
+    # each group's values picked from arrays, in input order: the doubles the metric
+    # functions would make of lists of them
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels)
+    rates = np.asarray(base_rates, dtype=np.float64)
+    live_flags = None if live is None else np.asarray(live, dtype=bool)
     out: dict[K, dict[str, Any]] = {}
     for key, idx in members.items():
-        p = [probabilities[i] for i in idx]
-        y = [labels[i] for i in idx]
-        row = quality_figures(p, y, [base_rates[i] for i in idx])
+        at = np.array(idx, dtype=np.intp)
+        row = quality_figures(p[at], y[at], rates[at])
         row["worse_than_base_rate"] = bool(
             row["logloss"] is not None and row["logloss"] > row["base_rate_logloss"]
         )
-        if live is not None:
-            row["n_live"] = sum(1 for i in idx if live[i])
+        if live_flags is not None:
+            row["n_live"] = int(np.count_nonzero(live_flags[at]))
         out[key] = row
     return out

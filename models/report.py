@@ -34,12 +34,20 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from models.config import Config
-from models.metrics import expected_calibration_error, log_loss, roc_auc
+from models.metrics import Floats, Labels, expected_calibration_error, log_loss, roc_auc
 from models.model import LinearModel
 from models.outcome import Example
 from models.profile import format_time
-from models.quality import grouped_quality, is_live, month_of, quality_figures, running_base_rates
+from models.quality import (
+    grouped_quality,
+    is_live,
+    month_of,
+    quality_figures,
+    running_base_rates_of,
+)
 
 __all__ = [
     "auc_over_time",
@@ -76,11 +84,14 @@ def closed_window_examples(
     ]
 
 
+_DAY_MS = 86_400_000
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def decile_table(probabilities: Sequence[float], labels: Sequence[int]) -> list[dict[str, Any]]:
+def decile_table(probabilities: Floats, labels: Labels) -> list[dict[str, Any]]:
     """Lift and cumulative gains by decile of probability (decile 1: the top 10 %).
 
     Ties are broken by input order after sorting by decreasing probability.
@@ -92,27 +103,28 @@ def decile_table(probabilities: Sequence[float], labels: Sequence[int]) -> list[
     1.0
     """
     n = len(probabilities)
-    total_pos = sum(1 for y in labels if y)
     if n == 0:
         return []
+    p, y = _floats(probabilities), _truths(labels)
+    total_pos = int(np.count_nonzero(y))
     base = total_pos / n
-    order = sorted(range(n), key=lambda i: -probabilities[i])
+    # a stable sort by decreasing probability: ties in input order
+    order = np.argsort(-p, kind="stable")
+    sorted_p, sorted_y = p[order].tolist(), y[order]
     rows: list[dict[str, Any]] = []
     captured = 0
     for d in range(10):
         lo, hi = (d * n) // 10, ((d + 1) * n) // 10
-        idx = order[lo:hi]
-        pos = sum(1 for i in idx if labels[i])
+        size = hi - lo
+        pos = int(np.count_nonzero(sorted_y[lo:hi]))
         captured += pos
-        rate = pos / len(idx) if idx else 0.0
+        rate = pos / size if size else 0.0
         rows.append(
             {
                 "decile": d + 1,
-                "n": len(idx),
+                "n": size,
                 "positives": pos,
-                "mean_probability": _round(sum(probabilities[i] for i in idx) / len(idx))
-                if idx
-                else None,
+                "mean_probability": _round(sum(sorted_p[lo:hi]) / size) if size else None,
                 "rate": round(rate, 4),
                 "lift": round(rate / base, 4) if base > 0 else None,
                 "cumulative_population": round(hi / n, 4),
@@ -123,21 +135,23 @@ def decile_table(probabilities: Sequence[float], labels: Sequence[int]) -> list[
 
 
 def calibration_curve(
-    probabilities: Sequence[float], labels: Sequence[int], bins: int = 10
+    probabilities: Floats, labels: Labels, bins: int = 10
 ) -> list[dict[str, Any]]:
     """Mean predicted probability against the observed rate in equal-width bins (empty bins left out).
 
     >>> calibration_curve([0.05, 0.15, 0.15, 0.95], [0, 0, 1, 1])
     [{'lo': 0.0, 'hi': 0.1, 'n': 1, 'mean_probability': 0.05, 'rate': 0.0}, {'lo': 0.1, 'hi': 0.2, 'n': 2, 'mean_probability': 0.15, 'rate': 0.5}, {'lo': 0.9, 'hi': 1.0, 'n': 1, 'mean_probability': 0.95, 'rate': 1.0}]
     """
-    sum_p = [0.0] * bins
-    sum_y = [0] * bins
-    count = [0] * bins
-    for p, y in zip(probabilities, labels):
-        b = min(int(p * bins), bins - 1)
-        sum_p[b] += p
-        sum_y[b] += 1 if y else 0
-        count[b] += 1
+    p, y = _floats(probabilities), _truths(labels)
+    n = min(len(p), len(y))
+    p, y = p[:n], y[:n]
+    # int() truncates toward zero, as astype does
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    # bincount adds each bin's weights one after another in input order: the sums the
+    # loop over the examples made
+    sum_p = np.bincount(b, weights=p, minlength=bins).tolist()
+    sum_y = np.bincount(b[y], minlength=bins).tolist()
+    count = np.bincount(b, minlength=bins).tolist()
     return [
         {
             "lo": round(b / bins, 4),
@@ -152,8 +166,8 @@ def calibration_curve(
 
 
 def bucket_table(
-    probabilities: Sequence[float],
-    labels: Sequence[int],
+    probabilities: Floats,
+    labels: Labels,
     thresholds: Sequence[float],
     names: Sequence[str],
 ) -> list[dict[str, Any]]:
@@ -164,34 +178,36 @@ def bucket_table(
     [('low', 1, 0.1, 0.0), ('medium', 2, 0.25, 0.5), ('high', 1, 0.9, 1.0)]
     """
     n = len(probabilities)
-    order = sorted(range(n), key=lambda i: probabilities[i])
-    members: dict[str, list[int]] = {name: [] for name in names}
-    for rank, i in enumerate(order):
-        percentile = 100.0 * rank / n
-        name = names[-1]
-        for threshold, candidate in zip(thresholds, names):
-            if percentile < threshold:
-                name = candidate
-                break
-        members[name].append(i)
+    p, y = _floats(probabilities), _truths(labels)
+    order = np.argsort(p, kind="stable")  # ties in input order
+    percentile = 100.0 * np.arange(n) / n  # of each rank
+    # the first threshold above the rank's percentile names its bucket, else the last
+    bucket = np.full(n, len(names) - 1, dtype=np.int64)
+    first_of = {name: names.index(name) for name in names}  # a name given twice: one bucket
+    for threshold, name in reversed(list(zip(thresholds, names))):
+        bucket[percentile < threshold] = first_of[name]
+    sorted_p, sorted_y = p[order], y[order]
     rows = []
     for name in names:
-        idx = members[name]
+        in_bucket = bucket == first_of[name]
+        size = int(np.count_nonzero(in_bucket))
         rows.append(
             {
                 "bucket": name,
-                "n": len(idx),
-                "expected": _round(sum(probabilities[i] for i in idx) / len(idx)) if idx else None,
-                "actual": _round(sum(1 for i in idx if labels[i]) / len(idx)) if idx else None,
+                "n": size,
+                "expected": _round(sum(sorted_p[in_bucket].tolist()) / size) if size else None,
+                "actual": _round(int(np.count_nonzero(sorted_y[in_bucket])) / size)
+                if size
+                else None,
             }
         )
     return rows
 
 
 def auc_over_time(
-    times_ms: Sequence[int],
-    probabilities: Sequence[float],
-    labels: Sequence[int],
+    times_ms: Sequence[int] | np.ndarray,
+    probabilities: Floats,
+    labels: Labels,
     periods: int = 12,
 ) -> list[dict[str, Any]]:
     """AUC, base rate and mean probability over equal spans of prediction time.
@@ -202,26 +218,26 @@ def auc_over_time(
     >>> [(r["start_ms"], r["n"], r["auc"]) for r in rows]
     [(0, 2, 1.0), (2, 2, 1.0)]
     """
-    if not times_ms:
+    if not len(times_ms):
         return []
-    t0, t1 = min(times_ms), max(times_ms)
+    times = np.asarray(times_ms, dtype=np.int64)
+    t0, t1 = int(times.min()), int(times.max())
     span = max(1, t1 - t0 + 1)
-    groups: list[list[int]] = [[] for _ in range(periods)]
-    for i, t in enumerate(times_ms):
-        groups[min(periods - 1, (t - t0) * periods // span)].append(i)
+    period = np.minimum(periods - 1, (times - t0) * periods // span)
+    p, y = _floats(probabilities), np.asarray(labels)
     rows = []
-    for k, idx in enumerate(groups):
-        if not idx:
+    for k in range(periods):
+        idx = np.flatnonzero(period == k)  # in input order
+        if not len(idx):
             continue
-        p = [probabilities[i] for i in idx]
-        y = [labels[i] for i in idx]
+        p_k, y_k = p[idx], y[idx]
         rows.append(
             {
                 "start_ms": t0 + k * span // periods,
                 "n": len(idx),
-                "auc": _round(roc_auc(p, y)),
-                "base_rate": round(sum(y) / len(y), 4),
-                "mean_probability": round(sum(p) / len(p), 4),
+                "auc": _round(roc_auc(p_k, y_k)),
+                "base_rate": round(sum(y_k.tolist()) / len(idx), 4),
+                "mean_probability": round(sum(p_k.tolist()) / len(idx), 4),
             }
         )
     return rows
@@ -240,8 +256,8 @@ def histogram(values: Sequence[float], bins: int = 20) -> list[int]:
 
 
 def goal_metrics(
-    probabilities: Sequence[float],
-    labels: Sequence[int],
+    probabilities: Floats,
+    labels: Labels,
     deciles: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """AUC, log loss, ECE, base rate, counts and lift of the top decile (of ``deciles``,
@@ -251,15 +267,16 @@ def goal_metrics(
     True
     """
     n = len(labels)
-    n_pos = sum(1 for y in labels if y)
+    p = _floats(probabilities)
+    n_pos = int(np.count_nonzero(_truths(labels)))
     if deciles is None:
-        deciles = decile_table(probabilities, labels)
+        deciles = decile_table(p, labels)
     return {
-        "auc": _round(roc_auc(probabilities, labels)),
-        "logloss": _round(log_loss(probabilities, labels)),
-        "ece": _round(expected_calibration_error(probabilities, labels)),
+        "auc": _round(roc_auc(p, labels)),
+        "logloss": _round(log_loss(p, labels)),
+        "ece": _round(expected_calibration_error(p, labels)),
         "base_rate": _round(n_pos / n) if n else None,
-        "mean_probability": _round(sum(probabilities) / n) if n else None,
+        "mean_probability": _round(sum(p.tolist()) / n) if n else None,
         "n_examples": n,
         "n_positive": n_pos,
         "lift_top_decile": deciles[0]["lift"] if deciles and n_pos else None,
@@ -328,27 +345,33 @@ def version_history(models: Iterable[LinearModel], goal: str) -> list[dict[str, 
     ]
 
 
-def _quality(mine: Sequence[Example], rates: Sequence[float]) -> dict[str, Any]:
-    """``all``, ``live``, ``months`` and ``versions`` figures of one goal's examples
-    (each served a probability)."""
-    probs = [e.probability for e in mine if e.probability is not None]
-    labels = [e.label for e in mine]
-    live = [is_live(e) for e in mine]
-    keep = [i for i, flag in enumerate(live) if flag]
-    months = grouped_quality([month_of(e.prediction_ts) for e in mine], probs, labels, rates, live)
-    versions = grouped_quality([e.model_version for e in mine], probs, labels, rates, live)
+def _quality(
+    prediction_ts: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    rates: np.ndarray,
+    live: np.ndarray,
+    versions: list[int],
+) -> dict[str, Any]:
+    """``all``, ``live``, ``months`` and ``versions`` figures of one goal's examples (each
+    served a probability), given as columns in prediction-time order."""
+    keep = np.flatnonzero(live)
+    # the month of each day the examples were served on, formatted once per day
+    days, day_of = np.unique(prediction_ts // _DAY_MS, return_inverse=True)
+    month_of_day = [month_of(day * _DAY_MS) for day in days.tolist()]
+    months_served = [month_of_day[i] for i in day_of.tolist()]
+    months = grouped_quality(months_served, probabilities, labels, rates, live)
+    by_version = grouped_quality(versions, probabilities, labels, rates, live)
     first_served: dict[int, int] = {}
-    for e in mine:  # sorted by prediction time: the first is the earliest
-        first_served.setdefault(e.model_version, e.prediction_ts)
+    for version, ts in zip(versions, prediction_ts.tolist()):  # the first is the earliest
+        first_served.setdefault(version, ts)
     return {
-        "all": quality_figures(probs, labels, rates),
-        "live": quality_figures(
-            [probs[i] for i in keep], [labels[i] for i in keep], [rates[i] for i in keep]
-        ),
+        "all": quality_figures(probabilities, labels, rates),
+        "live": quality_figures(probabilities[keep], labels[keep], rates[keep]),
         "months": [{"month": k, **row} for k, row in sorted(months.items())],
         "versions": [
             {"version": k, "first_served": format_time(first_served[k]), **row}
-            for k, row in sorted(versions.items())
+            for k, row in sorted(by_version.items())
         ],
     }
 
@@ -369,25 +392,52 @@ def build_report(
     every matured example. ``profiles`` are the final profile documents. A goal's
     ``history`` lists the trainer's ``promotions`` (its decisions, when it keeps them:
     rows with a ``goal`` key are filtered by it) or else the published ``models``.
+
+    The examples are read once into columns (numpy arrays) that every figure picks
+    from: the same values, in the same order, as lists of them would give.
     """
-    rates = running_base_rates(examples)
-    rate_of = {id(e): r for e, r in zip(examples, rates)}
-    closed = closed_window_examples(examples, config, watermark_ms)
+    codes: dict[str, int] = {}
+    goal_of = np.array([codes.setdefault(e.goal, len(codes)) for e in examples], dtype=np.int64)
+    served_list = [e.prediction_ts for e in examples]
+    served = np.array(served_list, dtype=np.int64)
+    label = np.array([e.label for e in examples], dtype=np.int64)
+    rates = np.array(
+        running_base_rates_of(
+            goal_of,
+            served,
+            np.array([e.matured_ts for e in examples], dtype=np.int64),
+            label.astype(bool),
+        )
+    )
+    served_a_probability = np.array([e.probability is not None for e in examples], dtype=bool)
+    probability = np.array(
+        [0.0 if e.probability is None else e.probability for e in examples], dtype=np.float64
+    )
+    live = np.array([is_live(e) for e in examples], dtype=bool)
+    version = [e.model_version for e in examples]
     goals: dict[str, Any] = {}
     for goal in config.goals:
-        goal_closed = [e for e in closed if e.goal == goal.name]
+        of_goal = goal_of == codes.get(goal.name, -1)
+        closed = of_goal & (served + goal.window_ms < watermark_ms)  # closed_window_examples
+        n_closed = int(np.count_nonzero(closed))
         # an example served no probability (a cold goal without a prior) is not scored
-        mine = [e for e in goal_closed if e.probability is not None]
-        mine.sort(key=lambda e: (e.prediction_ts, e.example_id))
-        probs = [e.probability for e in mine if e.probability is not None]
-        labels = [e.label for e in mine]
+        order = sorted(
+            np.flatnonzero(closed & served_a_probability).tolist(),
+            key=lambda i: (served_list[i], examples[i].example_id),
+        )
+        mine = np.array(order, dtype=np.intp)
+        probs, labels = probability[mine], label[mine]
         deciles = decile_table(probs, labels)
         metrics = goal_metrics(probs, labels, deciles)
-        n_matured = sum(1 for e in examples if e.goal == goal.name)
+        n_matured = int(np.count_nonzero(of_goal))
         metrics["n_matured"] = n_matured
-        metrics["n_open_window"] = n_matured - len(goal_closed)
-        metrics["n_no_probability"] = len(goal_closed) - len(mine)
-        metrics.update(_quality(mine, [rate_of[id(e)] for e in mine]))
+        metrics["n_open_window"] = n_matured - n_closed
+        metrics["n_no_probability"] = n_closed - len(mine)
+        metrics.update(
+            _quality(
+                served[mine], probs, labels, rates[mine], live[mine], [version[i] for i in order]
+            )
+        )
         finals = [
             doc["scores"][goal.name]["probability"]
             for doc in profiles
@@ -411,7 +461,17 @@ def build_report(
             "calibration": calibration_curve(probs, labels),
             "buckets": bucket_table(probs, labels, config.buckets.thresholds, config.buckets.names),
             "top_factors": top_factors_by_bucket(profiles, goal.name),
-            "auc_over_time": auc_over_time([e.prediction_ts for e in mine], probs, labels),
+            "auc_over_time": auc_over_time(served[mine], probs, labels),
             "history": history,
         }
     return {"goals": goals, "bucket_names": list(config.buckets.names)}
+
+
+def _floats(values: Floats) -> np.ndarray:
+    """``values`` as an array of doubles (itself when it is one already)."""
+    return np.asarray(values, dtype=np.float64)
+
+
+def _truths(labels: Labels) -> np.ndarray:
+    """Whether each label is positive (true), as a boolean array."""
+    return np.asarray(labels, dtype=bool)

@@ -1,0 +1,150 @@
+"""``evaluate`` writes ``examples.csv`` in a forked child (``CUSTOMER_AI_EVALUATE_FORK``).
+
+Both settings write the same bytes, and the same bytes as ``csv.writer`` row by row; a
+child that fails is an error of ``evaluate`` (never a silent or half-written file), and
+an error of the parent still reaps the child.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.backtest import EXAMPLE_COLUMNS, BacktestResult, run_backtest
+from models.config import load_config
+from models.outcome import Example
+from models.profile import format_time
+from models.synthetic import generate_events
+from stream.cli import evaluate
+from stream.cli.background import BackgroundFailure, BackgroundTask, in_background
+from stream.cli.common import CliError
+from tests.harness import CONFIG
+
+CFG = load_config(CONFIG)
+OUTPUTS = ("metrics.json", "examples.csv", "profiles.jsonl", "report.html")
+
+
+@pytest.fixture(scope="module")
+def result() -> BacktestResult:
+    events = generate_events(profiles=150, days=200, seed=5)
+    return run_backtest([orjson.dumps(e) for e in events], CFG)
+
+
+def _csv_writer_text(examples: list[Example], names: list[str]) -> str:
+    """examples.csv as ``csv.writer`` writes it row by row (evaluate's former writer)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(EXAMPLE_COLUMNS + names)
+    writer.writerows(
+        [
+            e.goal,
+            e.profile_id,
+            format_time(e.prediction_ts),
+            e.label,
+            e.probability,
+            e.model_version,
+            1 if e.served_warming_up else 0,
+            getattr(e, "trigger", "event"),
+            *e.features,
+        ]
+        for e in examples
+    )
+    return buffer.getvalue()
+
+
+def test_forked_or_not_the_outputs_are_the_same_bytes(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = {}
+    for fork in ("1", "0"):
+        monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", fork)
+        out = tmp_path / f"fork-{fork}"
+        evaluate.write_outputs(result, CFG, out, {"events": "1"})
+        assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+        written[fork] = {name: (out / name).read_bytes() for name in OUTPUTS}
+    assert written["1"] == written["0"]
+    names = result.engine.featurizer.names
+    expected = _csv_writer_text(result.examples, names).encode()
+    assert len(result.examples) > 100 and written["1"]["examples.csv"] == expected
+
+
+def test_the_csv_of_awkward_values_is_the_csv_modules(tmp_path: Path) -> None:
+    """Quotes, commas, line breaks, None, integers and booleans, rows of uneven length."""
+    names = ["a", "b", "c"]
+
+    def example(i: int, features: list, profile_id: str = "p", trigger: str = "event") -> Example:
+        return Example(
+            f"e{i}", "conversion", profile_id, i * 1000, i % 2, None if i == 3 else 0.25,
+            i, features, i, i % 3 == 0, "", trigger,
+        )  # fmt: skip
+
+    even = [
+        example(0, [1.0, 2, True], 'say "hi", twice'),
+        example(1, [0.1 + 0.2, -0.0, 1e-300], "line\nbreak", trigger="sched,ule"),
+        example(2, [None, "x,y", 'q"'], "cr\rhere"),
+        example(3, [float("inf"), "two\r\nlines", ""]),
+    ]
+    for examples in (even, [*even, example(4, [1.0])], [], [example(5, [1.0, 2.0, 3.0])]):
+        path = tmp_path / "examples.csv"
+        evaluate.write_examples_csv(path, examples, names)
+        assert path.read_bytes() == _csv_writer_text(examples, names).encode()
+    for few in ([], ["a"]):  # a row of one empty field is quoted by csv
+        examples = [example(6, [""] * len(few)), example(7, [None] * len(few))]
+        evaluate.write_examples_csv(path, examples, few)
+        assert path.read_bytes() == _csv_writer_text(examples, few).encode()
+
+
+def test_a_failing_child_is_an_error_and_leaves_no_half_file(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails_halfway(path: Path, examples: list, names: list) -> None:
+        (path.parent / (path.name + ".partial")).write_text("goal,profile_id\nconv")
+        raise OSError("No space left on device")
+
+    monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", "1")
+    monkeypatch.setattr(evaluate, "write_examples_csv", fails_halfway)
+    with pytest.raises(CliError) as caught:
+        evaluate.write_outputs(result, CFG, tmp_path, None)
+    assert "writing examples.csv failed in its child process (exited with status 1)" in str(
+        caught.value
+    )
+    assert "OSError: No space left on device" in caught.value.message
+    assert not (tmp_path / "examples.csv").exists()
+    assert not (tmp_path / "examples.csv.partial").exists()
+
+
+def test_an_error_of_the_parent_is_raised_once_the_child_is_reaped(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(*args: object) -> dict:
+        raise ValueError("the report failed")
+
+    started = []
+
+    def recorded(task: Callable[[], object], what: str) -> BackgroundTask:
+        started.append(in_background(task, what))
+        return started[-1]
+
+    monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", "1")
+    monkeypatch.setattr(evaluate, "_write_the_others", fails)
+    monkeypatch.setattr(evaluate, "in_background", recorded)
+    with pytest.raises(ValueError, match="the report failed"):
+        evaluate.write_outputs(result, CFG, tmp_path, None)
+    assert (tmp_path / "examples.csv").stat().st_size > 0  # the child had finished
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started[0].pid, os.WNOHANG)  # and was reaped
+
+
+def test_a_killed_child_is_reported_with_its_signal() -> None:
+    task = in_background(lambda: os.kill(os.getpid(), signal.SIGKILL), "a task")
+    with pytest.raises(
+        BackgroundFailure, match=r"a task failed in its child process \(killed by signal 9\)"
+    ):
+        task.wait()
