@@ -111,26 +111,9 @@ class ScaledLogistic:
         """The model's logit of standardised, clipped inputs: ``intercept + sum(w * x)``."""
         return self.intercept + self.dot(scaled)
 
-    def learn_scaler(self, x: list[float]) -> None:
-        """One ``StandardScaler.learn_one`` (running mean and variance, per feature)."""
-        counts = self.counts
-        means = self.means
-        vars_ = self.vars
-        for i in range(self.n):
-            xi = x[i]
-            count = counts[i] + 1
-            counts[i] = count
-            old_mean = means[i]
-            mean = old_mean + (xi - old_mean) / count
-            means[i] = mean
-            vars_[i] = vars_[i] + ((xi - old_mean) * (xi - mean) - vars_[i]) / count
-
-    def learn_classifier(self, scaled: list[float], label: int) -> None:
-        """One ``LogisticRegression.learn_one`` (log loss, AdaGrad weights, SGD intercept)."""
-        self._step(scaled, self.dot(scaled) + self.intercept, label)
-
-    def _step(self, scaled: list[float], raw: float, label: int) -> None:
-        """The classifier's update from ``raw = intercept + sum(w * scaled)``."""
+    def _learn_classifier(self, scaled: list[float], raw: float, label: int) -> None:
+        """One ``LogisticRegression.learn_one`` (log loss, AdaGrad weights, SGD intercept)
+        from ``raw = intercept + sum(w * scaled)``."""
         loss_gradient = _log_loss_gradient(label, raw)
         # River multiplies by the sample weight (1.0), then clips to ±clip_gradient with
         # max(min(g, clip), -clip): spelt out as the builtins compare (NaN passes)
@@ -158,9 +141,8 @@ class ScaledLogistic:
     def learn(self, x: list[float], label: int) -> list[float]:
         """Learn one example: the scaler, then the classifier on ``x`` scaled by it.
 
-        :meth:`learn_scaler`, :meth:`scaled` and :meth:`learn_classifier` in one pass
-        over the features and one over the weights: the same operations in the same
-        order, so the same bits.
+        One pass over the features updates the scaler (``StandardScaler.learn_one``),
+        scales and clips ``x`` with it and sums ``w * x``; a second updates the weights.
 
         Parameters
         ----------
@@ -198,7 +180,7 @@ class ScaledLogistic:
                 s = -k if s < -k else k if s > k else s
                 scaled[i] = s
             dot += weights[i] * s
-        self._step(scaled, dot + self.intercept, label)
+        self._learn_classifier(scaled, dot + self.intercept, label)
         return scaled
 
 
