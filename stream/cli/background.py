@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from collections.abc import Callable
@@ -66,9 +67,13 @@ class BackgroundTask:
 
         Raises
         ------
+        OSError
+            The task failed with an operating-system error (a file that cannot be
+            written, a full disk): the same error (errno, message, file names) raised
+            here, so that the caller handles it as if the task had run in its process.
         BackgroundFailure
-            The task raised (the message holds its traceback), or the child exited with
-            a status other than 0 or was killed by a signal.
+            The task raised anything else (the message holds its traceback), or the
+            child exited with a status other than 0 or was killed by a signal.
         """
         with os.fdopen(self.errors, "rb") as pipe:  # EOF once the child has exited
             written = pipe.read()
@@ -76,7 +81,12 @@ class BackgroundTask:
         code = os.waitstatus_to_exitcode(status)
         if code == 0:
             return
-        text = written.decode("utf-8", "replace").strip()
+        report = json.loads(written) if written else {}
+        if report.get("os_error"):
+            errno, strerror, filename, filename2 = report["os_error"]
+            # OSError(errno, ...) is the subclass of that errno (IsADirectoryError...)
+            raise OSError(errno, strerror, filename, None, filename2)
+        text = str(report.get("traceback", "")).strip()
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         last = text.splitlines()[-1] if text else ""
         message = f"{self.what} failed in its child process ({how})" + (f": {last}" if last else "")
@@ -87,7 +97,7 @@ def in_background(task: Callable[[], object], what: str) -> BackgroundTask:
     """Run ``task`` in a forked child process and return at once.
 
     The child runs ``task`` and leaves with :func:`os._exit` (status 0, or 1 after
-    writing the traceback of an exception to a pipe the parent reads): it never returns
+    writing what an exception was, and its traceback, to a pipe the parent reads): it never returns
     into the parent's code, runs no ``atexit`` handler and flushes none of the parent's
     buffered output. Call :meth:`BackgroundTask.wait` (always, also when the parent
     fails meanwhile) to reap the child and learn whether the task succeeded.
@@ -112,9 +122,12 @@ def in_background(task: Callable[[], object], what: str) -> BackgroundTask:
             os.close(read_end)
             task()
             status = 0
-        except BaseException:
+        except BaseException as exc:
+            report: dict[str, object] = {"traceback": traceback.format_exc(), "os_error": None}
+            if isinstance(exc, OSError) and exc.errno is not None:
+                report["os_error"] = [exc.errno, exc.strerror, exc.filename, exc.filename2]
             try:
-                os.write(write_end, traceback.format_exc().encode("utf-8", "replace"))
+                os.write(write_end, json.dumps(report, default=str).encode("utf-8", "replace"))
             except BaseException:  # the exit status still says it failed
                 pass
         finally:

@@ -93,13 +93,15 @@ def _write_outputs(
     try:
         metrics = _write_the_others(result, config, out_dir, summary)
     except BaseException:
-        with contextlib.suppress(BackgroundFailure):
+        with contextlib.suppress(BackgroundFailure, OSError):
             child.wait()  # reaped; the parent's own error is the one to report
         raise
     try:
         child.wait()
-    except BackgroundFailure as exc:
+    except (BackgroundFailure, OSError) as exc:
         _partial(examples_csv).unlink(missing_ok=True)  # a child killed while writing
+        if isinstance(exc, OSError):
+            raise  # a file or disk problem, rebuilt: reported as in process, no traceback
         if exc.child_traceback:
             console.print(exc.child_traceback, markup=False, highlight=False)
         raise CliError(exc.message) from None
@@ -180,8 +182,12 @@ def write_examples_csv(path: Path, examples: Sequence[Example], feature_names: l
         header = ",".join(_csv_texts(EXAMPLE_COLUMNS + feature_names))
         text = "\r\n".join([header, *map(",".join, zip(*columns))]) + "\r\n"
     partial = _partial(path)
-    partial.write_bytes(text.encode("utf-8"))
-    partial.replace(path)
+    try:
+        partial.write_bytes(text.encode("utf-8"))
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 #: a field csv.writer quotes (excel dialect): one holding the delimiter, the quote

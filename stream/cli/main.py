@@ -560,7 +560,10 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         if exc.filename is None:
             raise
-        return _fail(where, f"{exc.strerror}: {str(exc.filename)!r}", 2)
+        files = repr(str(exc.filename))
+        if exc.filename2 is not None:  # a rename or a link: both names
+            files += f" -> {str(exc.filename2)!r}"
+        return _fail(where, f"{exc.strerror}: {files}", 2)
     except kafka_unreachable():
         from stream.worker.security import redact_url
 

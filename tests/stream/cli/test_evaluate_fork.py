@@ -1,16 +1,19 @@
 """``evaluate`` writes ``examples.csv`` in a forked child (``CUSTOMER_AI_EVALUATE_FORK``).
 
 Both settings write the same bytes, and the same bytes as ``csv.writer`` row by row; a
-child that fails is an error of ``evaluate`` (never a silent or half-written file), and
-an error of the parent still reaps the child.
+child that fails is an error of ``evaluate`` (never a silent or half-written file), a
+file error the same message either way, and an error of the parent still reaps the child.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from models.synthetic import generate_events
 from stream.cli import evaluate
 from stream.cli.background import BackgroundFailure, BackgroundTask, in_background
 from stream.cli.common import CliError
-from tests.harness import CONFIG
+from tests.harness import CONFIG, REPO
 
 CFG = load_config(CONFIG)
 OUTPUTS = ("metrics.json", "examples.csv", "profiles.jsonl", "report.html")
@@ -118,6 +121,49 @@ def test_a_failing_child_is_an_error_and_leaves_no_half_file(
     assert "OSError: No space left on device" in caught.value.message
     assert not (tmp_path / "examples.csv").exists()
     assert not (tmp_path / "examples.csv.partial").exists()
+
+
+def test_a_file_error_of_the_child_is_the_same_error_in_the_parent(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk or file problem is the user's to fix: the parent raises the child's OSError
+    (its errno, message and file), which the CLI reports as it would in process."""
+
+    def disk_full(path: Path, examples: list, names: list) -> None:
+        (path.parent / (path.name + ".partial")).write_text("goal,profile_id\nconv")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", "1")
+    monkeypatch.setattr(evaluate, "write_examples_csv", disk_full)
+    with pytest.raises(OSError) as caught:
+        evaluate.write_outputs(result, CFG, tmp_path, None)
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.strerror == "No space left on device"
+    assert caught.value.filename == str(tmp_path / "examples.csv")
+    assert not (tmp_path / "examples.csv.partial").exists()
+
+
+@pytest.mark.parametrize("fork", ["0", "1"])
+def test_an_unwritable_examples_csv_is_a_message_not_a_traceback(tmp_path: Path, fork: str) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b"\n".join(orjson.dumps(e) for e in generate_events(profiles=20, days=30, seed=3))
+    )
+    out = tmp_path / "out"
+    (out / "examples.csv").mkdir(parents=True)  # a directory where the file goes
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "evaluate", str(events), "--config", str(CONFIG)]
+        + ["--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "CUSTOMER_AI_EVALUATE_FORK": fork},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Is a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (out / "examples.csv.partial").exists()
 
 
 def test_an_error_of_the_parent_is_raised_once_the_child_is_reaped(
