@@ -80,6 +80,14 @@ def test_compiled_core_replays_exactly_like_the_python_sources() -> None:
     assert compiled == {**interpreted, "native": True}
 
 
+def _package_env(root: Path) -> dict[str, str]:
+    """The environment of a child importing the copy of the package under ``root``, the
+    choice between compiled and source left to it (``CUSTOMER_AI_NATIVE`` unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "CUSTOMER_AI_NATIVE"}
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
 def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -> None:
     """A copy of the package whose recorded hash does not match imports pure Python."""
     package = tmp_path / "models"
@@ -99,7 +107,7 @@ def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -
             "import models, models.rounding as r; print(models.NATIVE, r.WHERE)",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env=_package_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
@@ -132,7 +140,7 @@ def test_an_earlier_builds_extension_never_shadows_its_source(tmp_path: Path) ->
             "import models, models.learner as m; print(models.NATIVE, m.WHERE)",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env=_package_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
