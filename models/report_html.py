@@ -31,7 +31,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1f2933;background:#fff}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #d9e2ec;padding-bottom:4px}
 h3{font-size:14px;margin:4px 0;color:#334e68}.muted{color:#627d98;font-size:12px}
-.grid{display:flex;flex-wrap:wrap;gap:18px}.card{border:1px solid #d9e2ec;border-radius:6px;padding:10px}
+.grid{display:flex;flex-wrap:wrap;gap:18px}.card{border:1px solid #d9e2ec;border-radius:6px;padding:10px;box-sizing:border-box;
+max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #eef2f7;text-align:right}
 th{background:#f5f7fa}td.l,th.l{text-align:left}svg text{font-size:11px;fill:#486581}
 .axis{stroke:#9fb3c8;stroke-width:1}.grid-line{stroke:#eef2f7}.ref{stroke:#bcccdc;stroke-dasharray:4 3}

@@ -172,6 +172,27 @@ def test_report_renders_charts_in_chromium(evaluated: tuple[Path, Path], tmp_pat
         assert points and all(math.isfinite(float(v)) for v in points)
 
 
+def test_report_fits_the_window_width(evaluated: tuple[Path, Path], tmp_path: Path) -> None:
+    """No card (the promotion history's many columns) widens the page past the window: a
+    wide table scrolls inside its card."""
+    _, out = evaluated
+    page = tmp_path / "report.html"
+    measure = (
+        "<script>document.body.dataset.widths = "
+        "document.documentElement.scrollWidth + '/' + window.innerWidth</script></body>"
+    )
+    page.write_text((out / "report.html").read_text().replace("</body>", measure))
+    proc = _run_chromium(
+        ["--window-size=1200,1600", "--dump-dom", page.resolve().as_uri()],
+        tmp_path / "profile-width",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'data-widths="(\d+)/(\d+)"', proc.stdout)
+    assert found, proc.stdout[-2000:]
+    page_width, window_width = int(found[1]), int(found[2])
+    assert window_width == 1200 and page_width <= window_width
+
+
 def _png_pixels(data: bytes) -> tuple[int, int, bytes]:
     """Width, height and the inflated scanlines of a PNG (enough to tell it from a blank one)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
