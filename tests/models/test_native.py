@@ -80,12 +80,17 @@ def test_compiled_core_replays_exactly_like_the_python_sources() -> None:
     assert compiled == {**interpreted, "native": True}
 
 
-def _package_env(root: Path) -> dict[str, str]:
-    """The environment of a child importing the copy of the package under ``root``, the
-    choice between compiled and source left to it (``CUSTOMER_AI_NATIVE`` unset)."""
+def _import_in_child(root: Path, module: str) -> subprocess.CompletedProcess[str]:
+    """Import ``models.<module>`` from the copy of the package under ``root`` in a child
+    that prints ``models.NATIVE`` and the module's ``WHERE``; the choice between compiled
+    and source is left to the package (``CUSTOMER_AI_NATIVE`` unset)."""
     env = {k: v for k, v in os.environ.items() if k != "CUSTOMER_AI_NATIVE"}
     env["PYTHONPATH"] = str(root)
-    return env
+    code = f"import models, models.{module} as m; print(models.NATIVE, m.WHERE)"
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
 
 
 def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -> None:
@@ -98,21 +103,7 @@ def test_an_edited_source_is_never_shadowed_by_its_stale_build(tmp_path: Path) -
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     (package / f"rounding{suffix}").write_bytes(b"not a shared object")
     (package / "_native_sources.py").write_text('SHA256 = {"rounding": "0" * 64}\n')
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "always",
-            "-c",
-            "import models, models.rounding as r; print(models.NATIVE, r.WHERE)",
-        ],
-        cwd=tmp_path,
-        env=_package_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _import_in_child(tmp_path, "rounding")
     assert done.stdout.split() == ["False", "source"]
     assert "models/rounding.py changed since it was compiled" in done.stderr
 
@@ -131,20 +122,6 @@ def test_an_earlier_builds_extension_never_shadows_its_source(tmp_path: Path) ->
     (package / f"learner{suffix}").write_bytes(b"not a shared object")
     digest = hashlib.sha256(source).hexdigest()
     (package / "_native_sources.py").write_text(f'SHA256 = {{"rounding": "{digest}"}}\n')
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "always",
-            "-c",
-            "import models, models.learner as m; print(models.NATIVE, m.WHERE)",
-        ],
-        cwd=tmp_path,
-        env=_package_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = _import_in_child(tmp_path, "learner")
     assert done.stdout.split() == ["False", "source"]
     assert f"models/learner{suffix} is not of the last build" in done.stderr
