@@ -4,7 +4,9 @@ Trains models with a backtest of a generated data set, then, best of ``--repeat`
 on its last ``--events`` events: decoding (``decode_event``), ``Engine.process`` (match,
 labels, features, both goals' scores), the factors of all scores (``explain_scores``),
 the output messages (``encode_outcome``, factors included) and a round trip of every
-touched state through its bytes. Prints one JSON object with ``models.NATIVE``.
+touched state through its bytes; and the microseconds per example of a new
+``Trainer.learn`` over every example the backtest learnt (the trainer's per-example step,
+no publication). Prints one JSON object with ``models.NATIVE``.
 
 ``--throughput-events`` times on the events ``bench/throughput.py`` replays instead
 (``--events`` of them over half as many profiles, within one day: no scheduled rescoring
@@ -36,9 +38,10 @@ from models.engine import Engine  # noqa: E402
 from models.events import decode_event  # noqa: E402
 from models.explain import explain_scores  # noqa: E402
 from models.messages import encode_outcome  # noqa: E402
-from models.outcome import Outcome  # noqa: E402
+from models.outcome import Example, Outcome  # noqa: E402
 from models.state import ProfileState  # noqa: E402
 from models.synthetic import generate_events  # noqa: E402
+from models.training import Trainer  # noqa: E402
 
 
 def _run(engine: Engine, raws: list[bytes], goals: list[str]) -> dict[str, float]:
@@ -59,6 +62,14 @@ def _run(engine: Engine, raws: list[bytes], goals: list[str]) -> dict[str, float
     marks.append(time.perf_counter())
     steps = ("decode", "process", "explain", "messages", "state_bytes")
     return {k: (b - a) * 1e6 / len(raws) for k, a, b in zip(steps, marks, marks[1:])}
+
+
+def _learn(trainer: Trainer, examples: list[Example]) -> float:
+    """Microseconds per example of ``trainer.learn`` over ``examples``."""
+    start = time.perf_counter()
+    for example in examples:
+        trainer.learn(example)
+    return (time.perf_counter() - start) * 1e6 / len(examples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         for step, us in _run(engine, raws, goals).items():
             best[step] = min(us, best.get(step, us))
         gc.collect()
+        us = _learn(Trainer(config, engine.featurizer.names), trained.examples)
+        best["learn"] = min(us, best.get("learn", us))
+        gc.collect()
+    learn = best.pop("learn")
     result = {f"{k}_us_per_event": round(v, 2) for k, v in best.items()}
     result.update(
+        learn_us_per_example=round(learn, 2),
+        examples=len(trained.examples),
         events=len(raws),
         compiled=models.NATIVE,
         repeat=args.repeat,
