@@ -24,7 +24,6 @@ from typing import Any
 from models.engine import Engine
 from models.explain import explain_scores
 from models.factors import Factor, importance
-from models.features import Featurizer
 from models.migrate import partial_features
 from models.rounding import rounded
 from models.state import NEVER, GoalState, ProfileState
@@ -92,54 +91,7 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
     names say.
     """
     fz = engine.featurizer
-    features = {n: _round6(v) for n, v in zip(fz.names, fz.vector(state))}
-    return _document(fz, profile_id, state, features)
-
-
-def profile_documents(engine: Engine, states: Mapping[str, ProfileState]) -> list[dict[str, Any]]:
-    """:func:`profile_document` of every profile of ``states`` (profile id -> state), in
-    its order: the same documents, built in one batch.
-
-    The factors of the profiles' last served scores not read yet are computed together,
-    per model (:func:`models.explain.explain_scores`: the very doubles the one-by-one
-    path gives), and the features rounded in one pass.
-
-    >>> from models.config import parse_config
-    >>> from models.engine import Engine
-    >>> from models.outcome import Outcome
-    >>> from models.events import Event
-    >>> engine = Engine(parse_config(open("customer-ai.toml").read()))
-    >>> ev = Event("e-1", "p-1", "commerce.productViews", 0, {"eventType": "commerce.productViews"})
-    >>> states = {"p-1": engine.process(None, ev, Outcome())}
-    >>> profile_documents(engine, states) == [profile_document(engine, "p-1", states["p-1"])]
-    True
-    """
-    explain_scores(
-        [
-            gs._served
-            for state in states.values()
-            for gs in state.goals.values()
-            if gs._served is not None
-        ]
-    )
-    fz = engine.featurizer
-    names = fz.names
-    # _round6 written out: one call fewer per feature of every profile
-    return [
-        _document(
-            fz,
-            profile_id,
-            state,
-            dict(zip(names, [v if v == v // 1.0 else round(v, 6) for v in fz.vector(state)])),
-        )
-        for profile_id, state in states.items()
-    ]
-
-
-def _document(
-    fz: Featurizer, profile_id: str, state: ProfileState, features: dict[str, float]
-) -> dict[str, Any]:
-    """The document of :func:`profile_document`, given its rounded ``features``."""
+    vector = fz.vector(state)
     names, labels = fz.names, fz.labels
     scores: dict[str, Any] = {}
     for name, gs in state.goals.items():
@@ -161,13 +113,42 @@ def _document(
         "first_seen": format_time(state.first_ts),
         "last_event_time": format_time(state.ref_ts),
         "events_applied": state.n_events,
-        "features": features,
+        "features": {n: _round6(v) for n, v in zip(fz.names, vector)},
         "scores": scores,
         "pending_labels": {name: len(gs.pending) for name, gs in state.goals.items()},
         "partial_features": {
             n: format_time(t) for n, t in partial_features(state, fz.layout).items()
         },
     }
+
+
+def profile_documents(engine: Engine, states: Mapping[str, ProfileState]) -> list[dict[str, Any]]:
+    """:func:`profile_document` of every profile of ``states`` (profile id -> state), in
+    its order: the same documents, built in one batch.
+
+    The factors of the profiles' last served scores not read yet are computed together,
+    per model (:func:`models.explain.explain_scores`: the very doubles the one-by-one
+    path gives).
+
+    >>> from models.config import parse_config
+    >>> from models.engine import Engine
+    >>> from models.outcome import Outcome
+    >>> from models.events import Event
+    >>> engine = Engine(parse_config(open("customer-ai.toml").read()))
+    >>> ev = Event("e-1", "p-1", "commerce.productViews", 0, {"eventType": "commerce.productViews"})
+    >>> states = {"p-1": engine.process(None, ev, Outcome())}
+    >>> profile_documents(engine, states) == [profile_document(engine, "p-1", states["p-1"])]
+    True
+    """
+    explain_scores(
+        [
+            gs._served
+            for state in states.values()
+            for gs in state.goals.values()
+            if gs._served is not None
+        ]
+    )
+    return [profile_document(engine, profile_id, state) for profile_id, state in states.items()]
 
 
 def _round6(v: float) -> float:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from models.config import Config
+from models.config import DAY_MS, Config
 from models.metrics import Floats, Labels, expected_calibration_error, log_loss, roc_auc
 from models.model import LinearModel
 from models.outcome import Example
@@ -82,9 +82,6 @@ def closed_window_examples(
         for e in examples
         if e.goal in windows and e.prediction_ts + windows[e.goal] < watermark_ms
     ]
-
-
-_DAY_MS = 86_400_000
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -357,8 +354,8 @@ def _quality(
     served a probability), given as columns in prediction-time order."""
     keep = np.flatnonzero(live)
     # the month of each day the examples were served on, formatted once per day
-    days, day_of = np.unique(prediction_ts // _DAY_MS, return_inverse=True)
-    month_of_day = [month_of(day * _DAY_MS) for day in days.tolist()]
+    days, day_of = np.unique(prediction_ts // DAY_MS, return_inverse=True)
+    month_of_day = [month_of(day * DAY_MS) for day in days.tolist()]
     months_served = [month_of_day[i] for i in day_of.tolist()]
     months = grouped_quality(months_served, probabilities, labels, rates, live)
     by_version = grouped_quality(versions, probabilities, labels, rates, live)

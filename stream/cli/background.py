@@ -1,8 +1,8 @@
 """Run one task in a forked child process while the parent goes on with other work.
 
 ``customer-ai evaluate`` writes ``examples.csv`` this way: formatting hundreds of
-thousands of rows is pure Python, and a forked child does it on the second core while
-the parent builds the profile documents and the report. The child sees the parent's
+thousands of rows takes about a second, which a forked child spends on the second core
+while the parent builds the profile documents and the report. The child sees the parent's
 memory as it was at the fork (copy on write): nothing is pickled or sent.
 
 Examples
@@ -52,7 +52,7 @@ class BackgroundTask:
     pid : int
         The child's process id.
     errors : int
-        The read end of the pipe the child writes its traceback to if the task raises.
+        The read end of the pipe the child writes its error to if the task raises.
     what : str
         What the task does, for the error message.
     """
@@ -97,9 +97,9 @@ def in_background(task: Callable[[], object], what: str) -> BackgroundTask:
     """Run ``task`` in a forked child process and return at once.
 
     The child runs ``task`` and leaves with :func:`os._exit` (status 0, or 1 after
-    writing what an exception was, and its traceback, to a pipe the parent reads): it never returns
-    into the parent's code, runs no ``atexit`` handler and flushes none of the parent's
-    buffered output. Call :meth:`BackgroundTask.wait` (always, also when the parent
+    writing what an exception was, and its traceback, to a pipe the parent reads): it
+    never returns into the parent's code, runs no ``atexit`` handler and flushes none of
+    the parent's buffered output. Call :meth:`BackgroundTask.wait` (always, also when the parent
     fails meanwhile) to reap the child and learn whether the task succeeded.
 
     Parameters

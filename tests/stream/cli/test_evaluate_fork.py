@@ -20,10 +20,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.backtest import EXAMPLE_COLUMNS, BacktestResult, run_backtest
+from models.backtest import EXAMPLE_COLUMNS, BacktestResult, example_row, run_backtest
 from models.config import load_config
 from models.outcome import Example
-from models.profile import format_time
 from models.synthetic import generate_events
 from stream.cli import evaluate
 from stream.cli.background import BackgroundFailure, BackgroundTask, in_background
@@ -41,24 +40,11 @@ def result() -> BacktestResult:
 
 
 def _csv_writer_text(examples: list[Example], names: list[str]) -> str:
-    """examples.csv as ``csv.writer`` writes it row by row (evaluate's former writer)."""
+    """examples.csv as ``csv.writer`` writes the rows :func:`example_row` defines."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(EXAMPLE_COLUMNS + names)
-    writer.writerows(
-        [
-            e.goal,
-            e.profile_id,
-            format_time(e.prediction_ts),
-            e.label,
-            e.probability,
-            e.model_version,
-            1 if e.served_warming_up else 0,
-            getattr(e, "trigger", "event"),
-            *e.features,
-        ]
-        for e in examples
-    )
+    writer.writerows(example_row(e, names).values() for e in examples)
     return buffer.getvalue()
 
 
