@@ -1,7 +1,8 @@
 """Build hook: compile the scoring core to C with mypyc, when it can.
 
 The modules in :data:`NATIVE_MODULES` are the per-event path of the worker (decode,
-conditions, features, labels, state, scoring). mypyc compiles their typed,
+conditions, features, labels, state, scoring) and the trainer's per-example path (the
+learner, its metrics, promotion and publication). mypyc compiles their typed,
 pure Python into a C extension that runs the same code about twice as fast; the Python
 sources stay the reference and are what runs whenever the extension is missing, out of
 date or turned off (``models/__init__.py`` decides at import time).
@@ -46,6 +47,10 @@ NATIVE_MODULES = [
     "explain",
     "engine",
     "messages",
+    "metrics",
+    "learner",
+    "training",
+    "sample",
 ]
 GROUP = "customer_ai_native"
 

@@ -122,13 +122,15 @@ class RollingMetrics:
         return dict(self._summary)
 
     def _compute(self) -> dict[str, float | None]:
-        scores, labels = list(self.scores), list(self.labels)
-        n = len(scores)
+        n = len(self.scores)
+        # one array each, read by all three metrics (not a list converted three times)
+        scores = np.fromiter(self.scores, dtype=np.float64, count=n)
+        labels = np.fromiter(self.labels, dtype=np.int64, count=n)
         return {
             "auc": roc_auc(scores, labels),
             "logloss": log_loss(scores, labels),
             "ece": expected_calibration_error(scores, labels),
-            "base_rate": (sum(labels) / n) if n else None,
+            "base_rate": (sum(self.labels) / n) if n else None,
             "n": n,
             "n_total": self.n_total,
             "n_positive_total": self.n_positive_total,

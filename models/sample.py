@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Mapping, Sequence
@@ -261,6 +262,7 @@ class ProfileSample:
         #: the stored copy must be replaced whole (a new lineage: other features)
         self.reset = False
         self._matrix: np.ndarray | None = None  # vectors() as an array, made on first use
+        self._ids: list[str] = []  # the keys of ``entries``, kept sorted
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -286,13 +288,19 @@ class ProfileSample:
                 return False
             _, evicted = heapq.heapreplace(self._heap, (-h, profile_id))
             del self.entries[evicted]
+            del self._ids[bisect.bisect_left(self._ids, evicted)]
             self.dirty.add(evicted)
         else:
             heapq.heappush(self._heap, (-h, profile_id))
         self.entries[profile_id] = (h, ts, list(features))
+        bisect.insort(self._ids, profile_id)
         self.dirty.add(profile_id)
         self._matrix = None
         return True
+
+    def ids(self) -> list[str]:
+        """The sampled profile ids in order (the order of every matrix here; not a copy)."""
+        return self._ids
 
     def matrix(self) -> np.ndarray:
         """:meth:`vectors` as an array of shape ``(len(self), d)`` (kept until a change)."""
@@ -322,7 +330,7 @@ class ProfileSample:
         if not len(self.entries):
             return matrix
         horizon, recency, tenure = (np.array(a, dtype=float) for a in aging)
-        times = np.array([self.entries[pid][1] for pid in sorted(self.entries)], dtype=float)
+        times = np.array([self.entries[pid][1] for pid in self._ids], dtype=float)
         days = np.maximum(now - times, 0.0)[:, None] / 86_400_000.0
         decayed = np.where(horizon > 0, np.exp(-days / np.where(horizon > 0, horizon, 1.0)), 1.0)
         aged = matrix * decayed + days * (recency + tenure)
@@ -350,7 +358,7 @@ class ProfileSample:
         >>> s.current_matrix(30 * day, aging, {"a": [5.0, 6.0], "b": [1.0, 2.0]}).tolist()
         [[5.0, 6.0], [1.0, 2.0]]
         """
-        ids = sorted(self.entries)
+        ids = self._ids
         if fresh and all(pid in fresh for pid in ids):
             return np.array([fresh[pid] for pid in ids], dtype=float)
         vectors = self.matrix_at(now, aging)
@@ -362,7 +370,7 @@ class ProfileSample:
 
     def vectors(self) -> list[list[float]]:
         """The sampled feature vectors, in profile-id order."""
-        return [self.entries[pid][2] for pid in sorted(self.entries)]
+        return [self.entries[pid][2] for pid in self._ids]
 
     def field(self, profile_id: str) -> bytes:
         """The stored form of one entry: JSON ``[prediction time, features]``."""
@@ -404,6 +412,7 @@ class ProfileSample:
         items.sort()
         for h, pid, ts, features in items[:capacity]:
             sample.entries[pid] = (h, ts, features)
+        sample._ids = sorted(sample.entries)
         sample.dirty = {pid for _, pid, _, _ in items[capacity:]}
         sample._heap = [(-h, pid) for pid, (h, _, _) in sample.entries.items()]
         heapq.heapify(sample._heap)

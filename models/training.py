@@ -369,7 +369,7 @@ class Trainer:
 
     def sampled(self, goal: str) -> list[str]:
         """The ids of the profiles in ``goal``'s percentile sample."""
-        return sorted(self.samples[goal].entries)
+        return list(self.samples[goal].ids())
 
     def current_vectors(
         self, goal: str, states: Mapping[str, ProfileState | None]
@@ -397,7 +397,7 @@ class Trainer:
         the last call is not read again (:class:`models.sample.SampledStates`)."""
         sample = self.samples[goal]
         at = self.sample_clock(goal)
-        rows, fresh = self._sampled[goal].vectors(sorted(sample.entries), states, at)
+        rows, fresh = self._sampled[goal].vectors(sample.ids(), states, at)
         if len(rows) == len(sample):
             return fresh
         matrix = sample.matrix_at(at, self._aging)

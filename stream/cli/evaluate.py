@@ -17,6 +17,10 @@ event-time order, no Kafka) and writes
 - ``DIR/profiles.jsonl``: one :func:`models.profile.profile_document` per profile (the
   schema of ``customer-ai profile ID --json``);
 - ``DIR/report.html``: the self-contained visual report (:mod:`models.report_html`).
+
+The four files of an earlier run in ``DIR`` are removed first, so whatever ``DIR`` holds
+afterwards is this run's: a run that fails part-way leaves no earlier run's file beside
+its own.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ from stream.cli.common import CliError, output_console
 __all__ = ["evaluate_main", "print_summary", "write_examples_csv", "write_outputs"]
 
 console = output_console(stderr=True)
+
+#: the files ``evaluate`` writes in ``--out``; an earlier run's are removed first (a run
+#: that fails part-way never leaves another run's file beside its own)
+OUTPUTS = ("metrics.json", "examples.csv", "profiles.jsonl", "report.html")
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -80,6 +88,10 @@ def _write_outputs(
     result: BacktestResult, config: Config, out_dir: Path, summary: dict[str, str] | None
 ) -> dict[str, dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # an earlier run's: never left beside a failed run's files
+        stale = out_dir / name
+        if stale.is_file():
+            stale.unlink()
     engine = result.engine
     examples_csv = out_dir / "examples.csv"
     rows = (result.examples, engine.featurizer.names)

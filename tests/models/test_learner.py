@@ -174,19 +174,32 @@ def test_a_state_of_an_sgd_learner_with_a_negative_slope_resumes() -> None:
 # ---- River is the oracle: the learner's list-based core computes River's updates ----------
 
 
-class RiverLearner(OnlineLearner):
+class RiverLearner:
     """The learner as it was written on River's objects: the reference of the tests below.
 
     River's ``StandardScaler`` and ``LogisticRegression(optimizer=AdaGrad(lr), l2=l2,
-    intercept_lr=lr)`` learn from dicts; the Platt layer and the metrics are the learner's.
+    intercept_lr=lr)`` learn from dicts; the Platt layer, the metrics and the counts are
+    an :class:`OnlineLearner`'s (``own``, whose own scaler and weights stay unused: a
+    compiled class cannot be subclassed here).
     """
 
     def __init__(self, goal: str, feature_names: list[str], **kwargs: Any) -> None:
-        super().__init__(goal, feature_names, **kwargs)
+        self.own = OnlineLearner(goal, feature_names, **kwargs)
+        self.feature_names = list(feature_names)
         self.scaler = preprocessing.StandardScaler()
         self.classifier = linear_model.LogisticRegression(
-            optimizer=optim.AdaGrad(self.learning_rate), l2=self.l2, intercept_lr=self.learning_rate
+            optimizer=optim.AdaGrad(self.own.learning_rate),
+            l2=self.own.l2,
+            intercept_lr=self.own.learning_rate,
         )
+
+    @property
+    def calibration_a(self) -> float:
+        return self.own.calibration_a
+
+    @property
+    def calibration_b(self) -> float:
+        return self.own.calibration_b
 
     def _transform(self, features: list[float]) -> dict[str, float]:
         return {n: math.log1p(x if x > 0.0 else 0.0) for n, x in zip(self.feature_names, features)}
@@ -208,33 +221,34 @@ class RiverLearner(OnlineLearner):
         served_probability: float,
         served_warming_up: bool = False,
     ) -> float:
+        own = self.own
         y = 1 if label else 0
         if not served_warming_up:
-            self.metrics.update(served_probability, y)
+            own.metrics.update(served_probability, y)
         x = self._transform(features)
-        candidate = self.base_rate
-        if self.n_examples:
+        candidate = own.base_rate
+        if own.n_examples:
             z = self._logit(self._scaled(x))
-            p = sigmoid(self.calibration_a * z + self.calibration_b)
-            if not self.warming_up:
+            p = sigmoid(own.calibration_a * z + own.calibration_b)
+            if not own.warming_up:
                 candidate = clamp_probability(p)
             error = p - y
-            self._calibrate((error * z, error))
+            own._calibrate((error * z, error))
         self.scaler.learn_one(x)
         self.classifier.learn_one(self._scaled(x), bool(y))
-        self.n_examples += 1
-        self.n_positive += y
+        own.n_examples += 1
+        own.n_positive += y
         return candidate
 
     def to_state(self) -> bytes:
         """The learner's state with River's scaler, weights and optimizer in it."""
-        data = orjson.loads(super().to_state())
+        data = orjson.loads(self.own.to_state())
         data.update(self.river_state())
         return orjson.dumps(data)
 
     def snapshot(self, version: int | None = None) -> LinearModel:
         """The serving model of River's scaler and weights."""
-        model = super().snapshot(version)
+        model = self.own.snapshot(version)
         weights = self.classifier.weights
         model.mean = [self.scaler.means.get(name, 0.0) for name in self.feature_names]
         model.std, model.weights = [], []

@@ -97,6 +97,8 @@ def test_a_failing_child_is_an_error_and_leaves_no_half_file(
         (path.parent / (path.name + ".partial")).write_text("goal,profile_id\nconv")
         raise OSError("No space left on device")
 
+    for name in OUTPUTS:  # an earlier run's files: not left beside this run's
+        (tmp_path / name).write_text("an earlier run")
     monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", "1")
     monkeypatch.setattr(evaluate, "write_examples_csv", fails_halfway)
     with pytest.raises(CliError) as caught:
@@ -164,12 +166,14 @@ def test_an_error_of_the_parent_is_raised_once_the_child_is_reaped(
         started.append(in_background(task, what))
         return started[-1]
 
+    (tmp_path / "metrics.json").write_text("{}")  # an earlier run's
     monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", "1")
     monkeypatch.setattr(evaluate, "_write_the_others", fails)
     monkeypatch.setattr(evaluate, "in_background", recorded)
     with pytest.raises(ValueError, match="the report failed"):
         evaluate.write_outputs(result, CFG, tmp_path, None)
     assert (tmp_path / "examples.csv").stat().st_size > 0  # the child had finished
+    assert not (tmp_path / "metrics.json").exists()  # not the earlier run's beside it
     with pytest.raises(ChildProcessError):
         os.waitpid(started[0].pid, os.WNOHANG)  # and was reaped
 
