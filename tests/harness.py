@@ -181,8 +181,10 @@ class WorkerProcess:
     def __enter__(self) -> WorkerProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is not None:  # a failed test shows what the worker was doing
+            print(f"--- {self.log_path.name}, last lines ---\n{self.log_tail(80)}")
 
 
 async def produce(
@@ -248,15 +250,21 @@ async def consume_all(
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition"
+    predicate: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.5,
+    what: str = "condition",
+    state: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``predicate`` until true or fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until true or fail after ``timeout`` seconds; the failure says
+    what ``state()`` returns then, where given (what the system was doing instead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    seen = f"; at the end: {state()!r}" if state is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
 
 
 def events_as_messages(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:

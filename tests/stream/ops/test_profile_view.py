@@ -75,6 +75,17 @@ def served_version(worker: WorkerProcess, goal: str) -> tuple[int, bool]:
     return model["version"], model["warming_up"]
 
 
+def models_now(worker: WorkerProcess) -> dict[str, Any]:
+    """Each goal's served version, example count and last promotion decision."""
+    status, body = worker.get("/models")
+    if status != 200:
+        return {"status": status}
+    return {
+        goal: {k: model.get(k) for k in ("version", "n_examples", "last_promotion")}
+        for goal, model in orjson.loads(body).items()
+    }
+
+
 def test_the_view_is_the_last_served_score_whole(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -107,7 +118,10 @@ def test_the_view_is_the_last_served_score_whole(
                 middle = served_version(worker, "conversion")[0]
         # the trainer learns from the examples of the last parts: newer versions
         wait_until(
-            lambda: served_version(worker, "conversion")[0] > middle, 180, what="a newer model"
+            lambda: served_version(worker, "conversion")[0] > middle,
+            180,
+            what=f"a newer model than v{middle}",
+            state=lambda: models_now(worker),
         )
         previous = None
         deadline = time.monotonic() + 60
