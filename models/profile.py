@@ -152,13 +152,14 @@ def profile_documents(engine: Engine, states: Mapping[str, ProfileState]) -> lis
 
 
 def _round6(v: float) -> float:
-    """``round(v, 6)``, skipped for a whole number (counts, capped recencies, zeros: most
-    features), which it returns unchanged (``round`` formats and parses the decimal).
+    """``v`` to 6 decimals (:func:`~models.rounding.rounded`, as every served number),
+    skipped for a whole number (counts, capped recencies, zeros: most features), which
+    it returns unchanged.
 
-    >>> _round6(3.0), _round6(2 / 3), _round6(-0.0)
-    (3.0, 0.666667, -0.0)
+    >>> _round6(3.0), _round6(2 / 3), _round6(-0.0), _round6(1e300)
+    (3.0, 0.666667, -0.0, 1e+300)
     """
-    return v if v == v // 1.0 else round(v, 6)
+    return v if v == v // 1.0 else rounded(v, 6)
 
 
 def served_factors(gs: GoalState, names: list[str], labels: dict[str, str]) -> list[Factor]:

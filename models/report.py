@@ -14,7 +14,8 @@ Buckets
     the configured percentile thresholds (served scores are ranked among the goal's
     profiles under their model version instead: ``LinearModel.percentile``).
 
-:func:`build_report` gathers everything the report shows, as plain JSON-able data;
+:func:`build_report` gathers everything the report shows, as plain JSON-able data
+(:func:`examples_report`, then :func:`with_profiles`);
 :func:`models.report_html.render_html` turns it into one HTML page.
 
 Examples
@@ -56,10 +57,12 @@ __all__ = [
     "calibration_curve",
     "closed_window_examples",
     "decile_table",
+    "examples_report",
     "goal_metrics",
     "histogram",
     "top_factors_by_bucket",
     "version_history",
+    "with_profiles",
 ]
 
 
@@ -382,16 +385,41 @@ def build_report(
     models: Sequence[LinearModel] = (),
     promotions: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, per goal, as plain JSON-able data.
+    """Everything the report shows, per goal, as plain JSON-able data:
+    :func:`examples_report` completed by :func:`with_profiles`.
 
     ``examples`` are all matured examples; metrics use those whose window closed
     before ``watermark_ms``, and the running base rate (:mod:`models.quality`) counts
     every matured example. ``profiles`` are the final profile documents. A goal's
     ``history`` lists the trainer's ``promotions`` (its decisions, when it keeps them:
     rows with a ``goal`` key are filtered by it) or else the published ``models``.
+    """
+    report = examples_report(examples, config, watermark_ms, models=models, promotions=promotions)
+    return with_profiles(report, profiles)
 
-    The examples are read once into columns (numpy arrays) that every figure picks
-    from: the same values, in the same order, as lists of them would give.
+
+def examples_report(
+    examples: Sequence[Example],
+    config: Config,
+    watermark_ms: int,
+    *,
+    models: Sequence[LinearModel] = (),
+    promotions: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The part of :func:`build_report` that the examples make, with the profiles' parts
+    (``score_histogram``, ``n_scored_profiles``, ``top_factors``) None until
+    :func:`with_profiles` fills them in (``evaluate`` builds this part in another
+    process while it builds the profile documents).
+
+    A JSON value: ``json.loads(json.dumps(report))`` equals it (string keys, lists, no
+    tuples), so it can come back from a child process as JSON. The examples are read
+    once into columns (numpy arrays) that every figure picks from: the same values, in
+    the same order, as lists of them would give.
+
+    >>> from models.config import load_config
+    >>> report = examples_report([], load_config("customer-ai.toml"), 0)
+    >>> report["goals"]["conversion"]["top_factors"] is None
+    True
     """
     codes: dict[str, int] = {}
     goal_of = np.array([codes.setdefault(e.goal, len(codes)) for e in examples], dtype=np.int64)
@@ -435,11 +463,6 @@ def build_report(
                 served[mine], probs, labels, rates[mine], live[mine], [version[i] for i in order]
             )
         )
-        finals = [
-            doc["scores"][goal.name]["probability"]
-            for doc in profiles
-            if doc.get("scores", {}).get(goal.name, {}).get("probability") is not None
-        ]
         if promotions is not None:
             history = {
                 "kind": "promotions",
@@ -452,16 +475,39 @@ def build_report(
             "type": goal.type,
             "window_days": goal.window_ms / 86_400_000,
             "metrics": metrics,
-            "score_histogram": histogram(finals),
-            "n_scored_profiles": len(finals),
+            "score_histogram": None,  # with_profiles
+            "n_scored_profiles": None,  # with_profiles
             "deciles": deciles,
             "calibration": calibration_curve(probs, labels),
             "buckets": bucket_table(probs, labels, config.buckets.thresholds, config.buckets.names),
-            "top_factors": top_factors_by_bucket(profiles, goal.name),
+            "top_factors": None,  # with_profiles
             "auc_over_time": auc_over_time(served[mine], probs, labels),
             "history": history,
         }
     return {"goals": goals, "bucket_names": list(config.buckets.names)}
+
+
+def with_profiles(report: dict[str, Any], profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Fill in :func:`examples_report`'s profile parts from the final profile documents
+    (:func:`models.profile.profile_document`): per goal the histogram of the profiles'
+    final probabilities, how many have one, and the top factors per bucket. Returns
+    ``report``, completed in place.
+
+    >>> docs = [{"scores": {"g": {"probability": 0.2, "bucket": "low", "factors": []}}}]
+    >>> report = with_profiles({"goals": {"g": {"score_histogram": None}}}, docs)
+    >>> report["goals"]["g"]["n_scored_profiles"], report["goals"]["g"]["top_factors"]
+    (1, {})
+    """
+    for name, goal in report["goals"].items():
+        finals = [
+            doc["scores"][name]["probability"]
+            for doc in profiles
+            if doc.get("scores", {}).get(name, {}).get("probability") is not None
+        ]
+        goal["score_histogram"] = histogram(finals)
+        goal["n_scored_profiles"] = len(finals)
+        goal["top_factors"] = top_factors_by_bucket(profiles, name)
+    return report
 
 
 def _floats(values: Floats) -> np.ndarray:

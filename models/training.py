@@ -82,21 +82,27 @@ def log_loss(p: float, y: int) -> float:
 class Promotion:
     """One goal's promotion state: the serving model and the rolling log-loss windows.
 
-    ``sums`` are the running sums of the windows (candidate, serving, base rate); they are
-    recomputed from the windows on restore, so a resumed trainer decides exactly as before.
+    The window holds the last ``size`` examples' log losses of the candidate, the
+    serving model and the base rate, one deque each (:attr:`losses`); the means are
+    recomputed exactly from them when a version is due (``math.fsum``: correctly rounded,
+    whatever the order), so a resumed trainer decides exactly as before.
 
     >>> pr = Promotion(3)
     >>> for c, s, b in [(0.1, 0.2, 0.3)] * 5:
     ...     pr.add(c, s, b)
-    >>> [round(m, 3) for m in pr.means()], len(pr.window)
+    >>> [round(m, 3) for m in pr.means()], len(pr)
     ([0.1, 0.2, 0.3], 3)
     >>> Promotion.from_dict(pr.to_dict(), 3).means() == pr.means()
     True
     """
 
     def __init__(self, size: int, serving: LinearModel | None = None) -> None:
-        self.window: deque[tuple[float, float, float]] = deque(maxlen=size)
-        self.sums = [0.0, 0.0, 0.0]
+        #: the candidate's, the serving model's and the base rate's log losses, oldest first
+        self.losses: tuple[deque[float], deque[float], deque[float]] = (
+            deque(maxlen=size),
+            deque(maxlen=size),
+            deque(maxlen=size),
+        )
         #: the version published last (None: nothing published yet)
         self.serving = serving
         #: True once a model (not a base rate) was promoted for the goal
@@ -104,45 +110,45 @@ class Promotion:
         #: the last promotion decision (an entry of :attr:`Trainer.promotions`), if any
         self.last: dict[str, Any] | None = None
 
+    def __len__(self) -> int:
+        """How many examples the window holds."""
+        return len(self.losses[0])
+
     def add(self, candidate: float, serving: float, base: float) -> None:
         """Add one example's three log losses to the window."""
-        w, sums = self.window, self.sums
-        if len(w) == w.maxlen:
-            old = w[0]
-            sums[0] -= old[0]
-            sums[1] -= old[1]
-            sums[2] -= old[2]
-        w.append((candidate, serving, base))
-        sums[0] += candidate
-        sums[1] += serving
-        sums[2] += base
+        losses = self.losses
+        losses[0].append(candidate)
+        losses[1].append(serving)
+        losses[2].append(base)
+
+    def clear(self) -> None:
+        """Empty the window (a new lineage: the old one's losses do not compare)."""
+        for window in self.losses:
+            window.clear()
 
     def means(self) -> tuple[float, float, float]:
         """Mean log loss of the candidate, the serving model and the base rate."""
-        n = len(self.window)
+        n = len(self)
         if not n:
             return (math.nan, math.nan, math.nan)
-        # recomputed exactly (running sums drift): called once per due version
-        c = math.fsum(x[0] for x in self.window) / n
-        s = math.fsum(x[1] for x in self.window) / n
-        b = math.fsum(x[2] for x in self.window) / n
-        return (c, s, b)
+        c, s, b = self.losses
+        return (math.fsum(c) / n, math.fsum(s) / n, math.fsum(b) / n)
 
     def difference_se(self, other: int = 1) -> float:
         """Standard error of the mean paired difference (candidate - serving, or with
         ``other=2`` candidate - base rate) of the log losses over the window (0.0 with
         fewer than 2 examples)."""
-        n = len(self.window)
+        n = len(self)
         if n < 2:
             return 0.0
-        d = [x[0] - x[other] for x in self.window]
+        d = [x - y for x, y in zip(self.losses[0], self.losses[other], strict=True)]
         mean = math.fsum(d) / n
-        var = math.fsum((x - mean) ** 2 for x in d) / (n - 1)
+        var = math.fsum([(x - mean) ** 2 for x in d]) / (n - 1)
         return math.sqrt(var / n)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "window": [list(x) for x in self.window],
+            "window": [list(x) for x in zip(*self.losses, strict=True)],
             "serving": None if self.serving is None else orjson.loads(self.serving.to_json()),
             "promoted": self.promoted,
             "last": self.last,
@@ -258,8 +264,7 @@ class Trainer:
                 learner, self.feature_names, **self.learner_kwargs
             )
             self._fresh_sample(goal)
-            promotion.window.clear()  # the old lineage's candidate losses
-            promotion.sums = [0.0, 0.0, 0.0]
+            promotion.clear()  # the old lineage's candidate losses
             return False
         self.learners[goal] = learner
         try:
@@ -388,7 +393,7 @@ class Trainer:
                 out[pid] = fz.vector_at(state, at)
         return out
 
-    def current_matrix(self, goal: str, states: Mapping[str, ProfileState | None]) -> np.ndarray:
+    def current_matrix(self, goal: str, states: dict[str, ProfileState]) -> np.ndarray:
         """What :meth:`current_vectors` gives, already as the matrix :meth:`snapshot` ranks:
         one row per sampled profile in profile-id order, its current state's vector as of
         :meth:`sample_clock` (:func:`models.sample.vectors_at`, all at once), or where its
@@ -452,7 +457,7 @@ class Trainer:
             "base_rate_logloss": base,
             "difference_se": se,
             "base_rate_difference_se": se_base,
-            "window": len(promotion.window),
+            "window": len(promotion),
             "promoted": promoted,
         }
         self.promotions.append(decision)

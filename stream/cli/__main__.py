@@ -1,7 +1,5 @@
 """``python -m stream.cli``: the same as the ``customer-ai`` command."""
 
-import sys
+from stream.cli.program import console_main
 
-from stream.cli.main import main
-
-sys.exit(main())
+console_main()

@@ -1,9 +1,10 @@
 """Run one task in a forked child process while the parent goes on with other work.
 
-``customer-ai evaluate`` writes ``examples.csv`` this way: formatting hundreds of
-thousands of rows takes about a second, which a forked child spends on the second core
-while the parent builds the profile documents and the report. The child sees the parent's
-memory as it was at the fork (copy on write): nothing is pickled or sent.
+``customer-ai evaluate`` writes ``examples.csv`` and computes the report's figures of
+the examples this way, on the second core, while the parent builds the profile documents.
+The child sees the parent's memory as it was at the fork (copy on write): nothing is sent
+to it. What the task returns comes back as JSON (the report's figures: a few hundred
+kilobytes at most).
 
 Examples
 --------
@@ -12,6 +13,7 @@ Examples
 >>> path = Path(tempfile.mkdtemp()) / "out.txt"
 >>> task = in_background(lambda: path.write_text("written by the child"), "out.txt")
 >>> task.wait()
+20
 >>> path.read_text()
 'written by the child'
 """
@@ -22,6 +24,7 @@ import json
 import os
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["BackgroundFailure", "BackgroundTask", "in_background"]
 
@@ -51,19 +54,21 @@ class BackgroundTask:
     ----------
     pid : int
         The child's process id.
-    errors : int
-        The read end of the pipe the child writes its error to if the task raises.
+    pipe : int
+        The read end of the pipe the child writes its result, or its error, to.
     what : str
         What the task does, for the error message.
     """
 
-    def __init__(self, pid: int, errors: int, what: str) -> None:
+    def __init__(self, pid: int, pipe: int, what: str) -> None:
         self.pid = pid
-        self.errors = errors
+        self.pipe = pipe
         self.what = what
+        self.waited = False
 
-    def wait(self) -> None:
-        """Wait for the child to exit.
+    def wait(self) -> Any:
+        """Wait for the child to exit; return what the task returned, through JSON
+        (``json.loads(json.dumps(value))``: tuples come back as lists, keys as strings).
 
         Raises
         ------
@@ -75,13 +80,16 @@ class BackgroundTask:
             The task raised anything else (the message holds its traceback), or the
             child exited with a status other than 0 or was killed by a signal.
         """
-        with os.fdopen(self.errors, "rb") as pipe:  # EOF once the child has exited
+        if self.waited:
+            raise RuntimeError(f"{self.what}: the child was waited for already")
+        self.waited = True
+        with os.fdopen(self.pipe, "rb") as pipe:  # EOF once the child has exited
             written = pipe.read()
         _, status = os.waitpid(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        if code == 0:
-            return
         report = json.loads(written) if written else {}
+        if code == 0:
+            return report.get("result")
         if report.get("os_error"):
             errno, strerror, filename, filename2 = report["os_error"]
             # OSError(errno, ...) is the subclass of that errno (IsADirectoryError...)
@@ -92,20 +100,33 @@ class BackgroundTask:
         message = f"{self.what} failed in its child process ({how})" + (f": {last}" if last else "")
         raise BackgroundFailure(message, text)
 
+    def reap(self) -> None:
+        """Wait for the child to exit unless :meth:`wait` did, ignoring how the task
+        ended (when the parent failed: its own error is the one to report). A child still
+        writing its result to the pipe finds it closed and exits."""
+        if self.waited:
+            return
+        self.waited = True
+        os.close(self.pipe)
+        os.waitpid(self.pid, 0)
 
-def in_background(task: Callable[[], object], what: str) -> BackgroundTask:
+
+def in_background(task: Callable[[], Any], what: str) -> BackgroundTask:
     """Run ``task`` in a forked child process and return at once.
 
-    The child runs ``task`` and leaves with :func:`os._exit` (status 0, or 1 after
-    writing what an exception was, and its traceback, to a pipe the parent reads): it
+    The child runs ``task``, writes what it returned (as JSON) or else what its exception
+    was and its traceback to a pipe the parent reads, and leaves with :func:`os._exit`
+    (status 0, or 1 after an exception): it
     never returns into the parent's code, runs no ``atexit`` handler and flushes none of
-    the parent's buffered output. Call :meth:`BackgroundTask.wait` (always, also when the parent
-    fails meanwhile) to reap the child and learn whether the task succeeded.
+    the parent's buffered output. Call :meth:`BackgroundTask.wait` to reap the child and learn
+    whether the task succeeded, and :meth:`BackgroundTask.reap` when the parent fails
+    before that.
 
     Parameters
     ----------
-    task : Callable[[], object]
-        What the child does (its return value is ignored).
+    task : Callable[[], Any]
+        What the child does; its return value, a JSON value (None included), is what
+        :meth:`BackgroundTask.wait` returns.
     what : str
         What the task does, for the error message (``"writing examples.csv"``).
 
@@ -120,14 +141,15 @@ def in_background(task: Callable[[], object], what: str) -> BackgroundTask:
         status = 1
         try:
             os.close(read_end)
-            task()
+            result = json.dumps({"result": task()}).encode("utf-8")
+            _write_all(write_end, result)
             status = 0
         except BaseException as exc:
             report: dict[str, object] = {"traceback": traceback.format_exc(), "os_error": None}
             if isinstance(exc, OSError) and exc.errno is not None:
                 report["os_error"] = [exc.errno, exc.strerror, exc.filename, exc.filename2]
             try:
-                os.write(write_end, json.dumps(report, default=str).encode("utf-8", "replace"))
+                _write_all(write_end, json.dumps(report, default=str).encode("utf-8", "replace"))
             except BaseException:  # the exit status still says it failed
                 pass
         finally:
@@ -136,3 +158,11 @@ def in_background(task: Callable[[], object], what: str) -> BackgroundTask:
             os._exit(status)
     os.close(write_end)
     return BackgroundTask(pid, read_end, what)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (a pipe takes 64 KiB at a time: the writer waits
+    until the parent reads)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -25,15 +25,14 @@ its own.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import os
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import orjson
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -43,10 +42,11 @@ from models.backtest import EXAMPLE_COLUMNS, BacktestResult, collector_off, run_
 from models.config import Config, load_config
 from models.outcome import Example
 from models.profile import format_time, profile_documents
-from models.report import build_report
+from models.report import examples_report, with_profiles
 from models.report_html import render_html
 from stream.cli.background import BackgroundFailure, in_background
 from stream.cli.common import CliError, output_console
+from stream.cli.program import leave_to_exit
 
 __all__ = ["evaluate_main", "print_summary", "write_examples_csv", "write_outputs"]
 
@@ -92,50 +92,52 @@ def _write_outputs(
         stale = out_dir / name
         if stale.is_file():
             stale.unlink()
-    engine = result.engine
     examples_csv = out_dir / "examples.csv"
-    rows = (result.examples, engine.featurizer.names)
+    newest = max((s.ref_ts for s in result.states.values()), default=0)
+    watermark = newest - config.labels.allowed_lateness_ms
+
+    def of_the_examples() -> dict[str, Any]:
+        """examples.csv, then the report's figures of the examples."""
+        write_examples_csv(examples_csv, result.examples, result.engine.featurizer.names)
+        return examples_report(
+            result.examples,
+            config,
+            watermark,
+            models=result.models,
+            promotions=getattr(result.trainer, "promotions", None),
+        )
+
     if os.environ.get("CUSTOMER_AI_EVALUATE_FORK", "1") == "0":
-        write_examples_csv(examples_csv, *rows)
-        return _write_the_others(result, config, out_dir, summary)
-    # a forked child writes examples.csv on the other core meanwhile (same bytes)
-    child = in_background(lambda: write_examples_csv(examples_csv, *rows), "writing examples.csv")
+        report = of_the_examples()
+        return _write_the_others(result, config, out_dir, summary, lambda: report)
+    # a forked child does the examples' half on the other core meanwhile (same bytes):
+    # the two halves take about as long
+    child = in_background(of_the_examples, "writing examples.csv and the report's figures")
     try:
-        metrics = _write_the_others(result, config, out_dir, summary)
-    except BaseException:
-        with contextlib.suppress(BackgroundFailure, OSError):
-            child.wait()  # reaped; the parent's own error is the one to report
-        raise
-    try:
-        child.wait()
-    except (BackgroundFailure, OSError) as exc:
-        _partial(examples_csv).unlink(missing_ok=True)  # a child killed while writing
-        if isinstance(exc, OSError):
-            raise  # a file or disk problem, rebuilt: reported as in process, no traceback
+        return _write_the_others(result, config, out_dir, summary, child.wait)
+    except BackgroundFailure as exc:  # an OSError of the child's is rebuilt as itself
         if exc.child_traceback:
             console.print(exc.child_traceback, markup=False, highlight=False)
         raise CliError(exc.message) from None
-    return metrics
+    finally:
+        child.reap()  # when the parent failed first: its own error is the one reported
+        _partial(examples_csv).unlink(missing_ok=True)  # a child killed while writing
 
 
 def _write_the_others(
-    result: BacktestResult, config: Config, out_dir: Path, summary: dict[str, str] | None
+    result: BacktestResult,
+    config: Config,
+    out_dir: Path,
+    summary: dict[str, str] | None,
+    examples_part: Callable[[], dict[str, Any]],
 ) -> dict[str, dict]:
-    """Write profiles.jsonl, metrics.json and report.html; return the metrics."""
+    """Write profiles.jsonl, then (with ``examples_part()``: :func:`examples_report`)
+    metrics.json and report.html; return the metrics."""
     profiles = profile_documents(result.engine, result.states)
     line = orjson.OPT_APPEND_NEWLINE
     with (out_dir / "profiles.jsonl").open("wb") as fh:
         fh.writelines(orjson.dumps(doc, option=line) for doc in profiles)
-    newest = max((s.ref_ts for s in result.states.values()), default=0)
-    watermark = newest - config.labels.allowed_lateness_ms
-    report = build_report(
-        result.examples,
-        config,
-        watermark,
-        profiles,
-        models=result.models,
-        promotions=getattr(result.trainer, "promotions", None),
-    )
+    report = with_profiles(examples_part(), profiles)
     report["summary"] = dict(summary or {})
     metrics = {goal: data["metrics"] for goal, data in report["goals"].items()}
     for goal, data in metrics.items():  # the final status and every promotion decision
@@ -323,4 +325,5 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
         f"{time.perf_counter() - started:.1f}s ({rate:,.0f} events/s replayed); "
         f"wrote {out_dir}/metrics.json, examples.csv, profiles.jsonl, report.html"
     )
+    leave_to_exit(result)  # millions of objects: the end of the process frees them at once
     return 0

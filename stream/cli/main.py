@@ -588,7 +588,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``customer-ai``."""
+    """Run ``customer-ai`` with ``argv`` (the command line's arguments by default) and
+    return its exit status."""
     return run(build_parser().parse_args(argv))
 
 

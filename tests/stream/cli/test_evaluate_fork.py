@@ -1,4 +1,5 @@
-"""``evaluate`` writes ``examples.csv`` in a forked child (``CUSTOMER_AI_EVALUATE_FORK``).
+"""``evaluate`` writes ``examples.csv`` and the report's figures of the examples in a
+forked child (``CUSTOMER_AI_EVALUATE_FORK``).
 
 Both settings write the same bytes, and the same bytes as ``csv.writer`` row by row; a
 child that fails is an error of ``evaluate`` (never a silent or half-written file), a
@@ -103,9 +104,10 @@ def test_a_failing_child_is_an_error_and_leaves_no_half_file(
     monkeypatch.setattr(evaluate, "write_examples_csv", fails_halfway)
     with pytest.raises(CliError) as caught:
         evaluate.write_outputs(result, CFG, tmp_path, None)
-    assert "writing examples.csv failed in its child process (exited with status 1)" in str(
-        caught.value
-    )
+    assert (
+        "writing examples.csv and the report's figures failed in its child process "
+        "(exited with status 1)"
+    ) in str(caught.value)
     assert "OSError: No space left on device" in caught.value.message
     assert not (tmp_path / "examples.csv").exists()
     assert not (tmp_path / "examples.csv.partial").exists()
@@ -176,6 +178,28 @@ def test_an_error_of_the_parent_is_raised_once_the_child_is_reaped(
     assert not (tmp_path / "metrics.json").exists()  # not the earlier run's beside it
     with pytest.raises(ChildProcessError):
         os.waitpid(started[0].pid, os.WNOHANG)  # and was reaped
+
+
+def test_the_task_s_value_comes_back_through_json() -> None:
+    value = {"a": [1, 2.5, None, float("nan")], "b": (3, "x")}
+    back = in_background(lambda: value, "a task").wait()
+    assert back["a"][:3] == [1, 2.5, None] and back["a"][3] != back["a"][3]  # NaN kept
+    assert back["b"] == [3, "x"]
+    big = list(range(200_000))  # beyond a pipe's 64 KiB: the child waits for the reader
+    assert in_background(lambda: big, "a big task").wait() == big
+
+
+def test_a_value_json_cannot_carry_is_an_error_of_the_task() -> None:
+    with pytest.raises(BackgroundFailure, match="is not JSON serializable"):
+        in_background(lambda: {1j}, "a task").wait()
+
+
+def test_reap_after_a_failure_of_the_parent_ends_a_child_blocked_on_its_result() -> None:
+    task = in_background(lambda: "x" * 1_000_000, "a task")
+    task.reap()  # never reads: the child finds the pipe closed and exits
+    with pytest.raises(ChildProcessError):
+        os.waitpid(task.pid, os.WNOHANG)
+    task.reap()  # once only
 
 
 def test_a_killed_child_is_reported_with_its_signal() -> None:

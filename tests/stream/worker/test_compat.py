@@ -529,8 +529,12 @@ OUR_PACKAGES = ("models", "stream")
 DOOR = "stream/worker/compat.py"
 #: (file, function, attribute) allowed outside the door (the learners no longer restore
 #: river's private ``_weights``: they compute river's updates on lists). ``os._exit`` is
-#: public and documented (how a forked child leaves) despite its underscore.
-ALLOWED: set[tuple[str, str | None, str]] = {("stream/cli/background.py", "in_background", "_exit")}
+#: public and documented (how a forked child leaves, and the program's exit that leaves
+#: memory to the operating system) despite its underscore.
+ALLOWED: set[tuple[str, str | None, str]] = {
+    ("stream/cli/background.py", "in_background", "_exit"),
+    ("stream/cli/program.py", "console_main", "_exit"),
+}
 
 
 def _private(name: str) -> bool:
