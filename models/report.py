@@ -300,31 +300,52 @@ def top_factors_by_bucket(
     >>> top_factors_by_bucket(docs, "g")["high"][0]
     {'feature': 'a', 'label': 'A', 'share': 1.0, 'mean_contribution': 0.4}
     """
-    n_profiles: dict[str, int] = defaultdict(int)
-    hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    labels: dict[str, str] = {}
+    tally = _FactorTally()
     for doc in profiles:
         score = doc.get("scores", {}).get(goal)
-        if not score or score.get("bucket") is None:
-            continue
-        bucket = score["bucket"]
-        n_profiles[bucket] += 1
-        for f in score.get("factors", []):
-            hits[bucket][f["feature"]].append(f["contribution"])
-            labels[f["feature"]] = f.get("label", f["feature"])
-    out: dict[str, list[dict[str, Any]]] = {}
-    for bucket, features in hits.items():
-        ranked = sorted(features.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]
-        out[bucket] = [
-            {
-                "feature": name,
-                "label": labels[name],
-                "share": round(len(cs) / n_profiles[bucket], 4),
-                "mean_contribution": round(sum(cs) / len(cs), 4),
-            }
-            for name, cs in ranked
-        ]
-    return out
+        if score:
+            tally.add(score)
+    return tally.top(top)
+
+
+class _FactorTally:
+    """The factors of one goal's scores per bucket, as :func:`top_factors_by_bucket`
+    counts them."""
+
+    def __init__(self) -> None:
+        self.n_profiles: dict[str, int] = defaultdict(int)
+        self.hits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.labels: dict[str, str] = {}
+
+    def add(self, score: dict[str, Any]) -> None:
+        """Count a profile's score (a profile document's ``scores[goal]``)."""
+        bucket = score.get("bucket")
+        if bucket is None:
+            return
+        self.n_profiles[bucket] += 1
+        factors = score.get("factors")
+        if not factors:
+            return  # a bucket whose profiles have no factors has no row
+        hits = self.hits[bucket]
+        for f in factors:
+            hits[f["feature"]].append(f["contribution"])
+            self.labels[f["feature"]] = f.get("label", f["feature"])
+
+    def top(self, top: int) -> dict[str, list[dict[str, Any]]]:
+        """Per bucket the ``top`` features by share (ties by name)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for bucket, features in self.hits.items():
+            ranked = sorted(features.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]
+            out[bucket] = [
+                {
+                    "feature": name,
+                    "label": self.labels[name],
+                    "share": round(len(cs) / self.n_profiles[bucket], 4),
+                    "mean_contribution": round(sum(cs) / len(cs), 4),
+                }
+                for name, cs in ranked
+            ]
+        return out
 
 
 def version_history(models: Iterable[LinearModel], goal: str) -> list[dict[str, Any]]:
@@ -498,15 +519,19 @@ def with_profiles(report: dict[str, Any], profiles: Sequence[dict[str, Any]]) ->
     >>> report["goals"]["g"]["n_scored_profiles"], report["goals"]["g"]["top_factors"]
     (1, {})
     """
-    for name, goal in report["goals"].items():
-        finals = [
-            doc["scores"][name]["probability"]
-            for doc in profiles
-            if doc.get("scores", {}).get(name, {}).get("probability") is not None
-        ]
-        goal["score_histogram"] = histogram(finals)
-        goal["n_scored_profiles"] = len(finals)
-        goal["top_factors"] = top_factors_by_bucket(profiles, name)
+    goals = report["goals"]
+    finals: dict[str, list[float]] = {name: [] for name in goals}
+    tallies = {name: _FactorTally() for name in goals}
+    for doc in profiles:  # one pass for every goal
+        for name, score in doc.get("scores", {}).items():
+            if name in goals and score:
+                if score.get("probability") is not None:
+                    finals[name].append(score["probability"])
+                tallies[name].add(score)
+    for name, goal in goals.items():
+        goal["score_histogram"] = histogram(finals[name])
+        goal["n_scored_profiles"] = len(finals[name])
+        goal["top_factors"] = tallies[name].top(5)
     return report
 
 

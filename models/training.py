@@ -90,7 +90,7 @@ class Promotion:
     >>> pr = Promotion(3)
     >>> for c, s, b in [(0.1, 0.2, 0.3)] * 5:
     ...     pr.add(c, s, b)
-    >>> [round(m, 3) for m in pr.means()], len(pr)
+    >>> [round(m, 3) for m in pr.means()], pr.n_examples()
     ([0.1, 0.2, 0.3], 3)
     >>> Promotion.from_dict(pr.to_dict(), 3).means() == pr.means()
     True
@@ -110,7 +110,7 @@ class Promotion:
         #: the last promotion decision (an entry of :attr:`Trainer.promotions`), if any
         self.last: dict[str, Any] | None = None
 
-    def __len__(self) -> int:
+    def n_examples(self) -> int:
         """How many examples the window holds."""
         return len(self.losses[0])
 
@@ -128,7 +128,7 @@ class Promotion:
 
     def means(self) -> tuple[float, float, float]:
         """Mean log loss of the candidate, the serving model and the base rate."""
-        n = len(self)
+        n = self.n_examples()
         if not n:
             return (math.nan, math.nan, math.nan)
         c, s, b = self.losses
@@ -138,7 +138,7 @@ class Promotion:
         """Standard error of the mean paired difference (candidate - serving, or with
         ``other=2`` candidate - base rate) of the log losses over the window (0.0 with
         fewer than 2 examples)."""
-        n = len(self)
+        n = self.n_examples()
         if n < 2:
             return 0.0
         d = [x - y for x, y in zip(self.losses[0], self.losses[other], strict=True)]
@@ -457,7 +457,7 @@ class Trainer:
             "base_rate_logloss": base,
             "difference_se": se,
             "base_rate_difference_se": se_base,
-            "window": len(promotion),
+            "window": promotion.n_examples(),
             "promoted": promoted,
         }
         self.promotions.append(decision)

@@ -330,7 +330,7 @@ def test_dockerfile_runs_the_cli_as_non_root() -> None:
     assert users and users[-1] not in ("root", "0")
     assert WORKER_ENV["CUSTOMER_AI_CONFIG"] in text
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'^customer-ai\s*=\s*"stream\.cli:main"', pyproject, re.M)
+    assert re.search(r'^customer-ai\s*=\s*"stream\.cli\.program:console_main"', pyproject, re.M)
 
 
 # --- Prometheus -------------------------------------------------------------------------
