@@ -9,7 +9,8 @@ Usage::
 
     python bench/evaluate_speed.py [EVENTS.jsonl] [--config customer-ai.toml]
                                    [--shape shop|purchase-log] [--profiles N --days D]
-                                   [--seed 1] [--repeat 3] [--whole-process]
+                                   [--seed 1] [--repeat 3]
+                                   [--whole-process [--ref-repo DIR]]
 
 Without EVENTS it generates a data set: ``--shape shop`` (default) the synthetic shop of
 ``customer-ai generate`` (3,000 profiles over 540 days), ``--shape purchase-log`` a
@@ -17,7 +18,9 @@ history shaped like a real purchase log (:mod:`bench.purchase_log`: 23,570 profi
 handful of events each over 18 months). ``--whole-process`` times ``customer-ai evaluate``
 as a user runs it (a new process: start-up, reading the file, the backtest and writing
 metrics.json, examples.csv, profiles.jsonl and report.html) instead of the in-process
-backtest, and reports the best and the median of the ``--repeat`` runs. Targets (issue
+backtest, and reports the best and the median of the ``--repeat`` runs; ``--ref-repo DIR``
+times ``customer-ai evaluate`` of another source tree too (a worktree of another commit),
+run by run after this one, for an A/B in the same minutes (``median_vs_ref``). Targets (issue
 17): whole process ``events_per_second >= 30000`` on the shop and ``>= 10000`` on the
 purchase-log shape, on the project's 2-core machine.
 """
@@ -53,21 +56,52 @@ def _timed(fn) -> tuple[float, float, object]:  # type: ignore[no-untyped-def]
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def _whole_process(path: Path, config: str | None, repeat: int) -> tuple[list[float], dict]:  # type: ignore[type-arg]
-    """The wall time of each run of ``customer-ai evaluate`` on ``path`` in a new process,
-    and its metrics.json."""
+def _whole_process(
+    path: Path, config: str | None, repeat: int, ref_repo: Path | None = None
+) -> tuple[list[float], list[float], dict]:  # type: ignore[type-arg]
+    """The wall time of each run of ``customer-ai evaluate`` on ``path`` in a new process
+    (this tree), of each run in ``ref_repo`` (run right after it, round by round: the two
+    trees see the same minutes of a drifting VM), and this tree's metrics.json."""
     times: list[float] = []
+    ref_times: list[float] = []
     metrics: dict = {}  # type: ignore[type-arg]
+    here = Path(__file__).resolve().parents[1]
+    trees = [(here, times)] + ([(ref_repo, ref_times)] if ref_repo else [])
     with tempfile.TemporaryDirectory() as out:
         for _ in range(repeat):
-            cmd = [sys.executable, "-m", "stream.cli", "evaluate", str(path), "--out", out]
-            if config:
-                cmd += ["--config", config]
-            started = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
-            times.append(time.perf_counter() - started)
-        metrics = json.loads((Path(out) / "metrics.json").read_text())
-    return times, metrics
+            for tree, into in trees:
+                where = Path(out) / ("ref" if into is ref_times else "this")
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "stream.cli",
+                    "evaluate",
+                    str(path),
+                    "--out",
+                    str(where),
+                ]
+                if config:
+                    cmd += ["--config", str(Path(config).resolve())]
+                started = time.perf_counter()
+                subprocess.run(
+                    cmd, check=True, stdout=subprocess.DEVNULL, cwd=tree, env=dict(os.environ)
+                )
+                into.append(time.perf_counter() - started)
+        metrics = json.loads((Path(out) / "this" / "metrics.json").read_text())
+    return times, ref_times, metrics
+
+
+def _rates(n_events: int, times: list[float]) -> dict[str, object]:
+    best, median = min(times), statistics.median(times)
+    return {
+        "seconds": round(best, 3),
+        "events_per_second": round(n_events / best),
+        # a VM's speed drifts by 30 % and more between minutes: the median of the runs
+        # beside the best
+        "median_seconds": round(median, 3),
+        "median_events_per_second": round(n_events / median),
+        "runs_seconds": [round(t, 3) for t in times],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shape", choices=["shop", "purchase-log"], default="shop")
     parser.add_argument("--whole-process", action="store_true")
+    parser.add_argument(
+        "--ref-repo",
+        type=Path,
+        default=None,
+        help="with --whole-process: also time this source tree (a worktree of another "
+        "commit, its core built in place), run by run after this one",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     if args.events:
@@ -100,30 +141,30 @@ def main(argv: list[str] | None = None) -> int:
             path = args.events or Path(tmp) / "events.jsonl"
             if not args.events:
                 path.write_bytes(b"\n".join(lines) + b"\n")
-            times, metrics = _whole_process(path, args.config, args.repeat)
-        n_events = len(lines)
-        seconds, median = min(times), statistics.median(times)
-        print(
-            json.dumps(
-                {
-                    "source": source,
-                    "mode": "whole process: customer-ai evaluate, outputs included",
-                    "events": n_events,
-                    "examples": {goal: m["n_matured"] for goal, m in metrics.items()},
-                    "seconds": round(seconds, 3),
-                    "events_per_second": round(n_events / seconds),
-                    # a VM's speed drifts by 30 % and more between minutes: the median
-                    # of the runs beside the best
-                    "median_seconds": round(median, 3),
-                    "median_events_per_second": round(n_events / median),
-                    "runs_seconds": [round(t, 3) for t in times],
-                    "repeat": args.repeat,
-                    "python": platform.python_version(),
-                    "cpus": os.cpu_count(),
-                    "load_average_1m": round(os.getloadavg()[0], 2),
-                }
+            path = path.resolve()
+            times, ref_times, metrics = _whole_process(
+                path, args.config, args.repeat, args.ref_repo
             )
+        n_events = len(lines)
+        summary: dict[str, object] = {
+            "source": source,
+            "mode": "whole process: customer-ai evaluate, outputs included",
+            "events": n_events,
+            "examples": {goal: m["n_matured"] for goal, m in metrics.items()},
+            **_rates(n_events, times),
+        }
+        if ref_times:
+            summary["ref"] = {"repo": str(args.ref_repo), **_rates(n_events, ref_times)}
+            summary["median_vs_ref"] = round(
+                statistics.median(ref_times) / statistics.median(times), 3
+            )
+        summary.update(
+            repeat=args.repeat,
+            python=platform.python_version(),
+            cpus=os.cpu_count(),
+            load_average_1m=round(os.getloadavg()[0], 2),
         )
+        print(json.dumps(summary))
         return 0
     best_wall = best_cpu = best_decode_wall = best_decode_cpu = float("inf")
     n_events = n_examples = 0
