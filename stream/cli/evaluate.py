@@ -25,12 +25,13 @@ its own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import os
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -135,7 +136,7 @@ def _write_the_others(
     metrics.json and report.html; return the metrics."""
     profiles = profile_documents(result.engine, result.states)
     line = orjson.OPT_APPEND_NEWLINE
-    with (out_dir / "profiles.jsonl").open("wb") as fh:
+    with _whole_file(out_dir / "profiles.jsonl") as fh:
         fh.writelines(orjson.dumps(doc, option=line) for doc in profiles)
     report = with_profiles(examples_part(), profiles)
     report["summary"] = dict(summary or {})
@@ -147,9 +148,24 @@ def _write_the_others(
             for p in result.trainer.promotions
             if p["goal"] == goal
         ]
-    (out_dir / "metrics.json").write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
-    (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
+    with _whole_file(out_dir / "metrics.json") as fh:
+        fh.write(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
+    with _whole_file(out_dir / "report.html") as fh:
+        fh.write(render_html(report).encode("utf-8"))
     return metrics
+
+
+@contextlib.contextmanager
+def _whole_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file written beside ``path`` (:func:`_partial`) and renamed onto it once
+    complete: a run stopped part-way (Ctrl-C, a full disk) leaves no half file."""
+    partial = _partial(path)
+    try:
+        with partial.open("wb") as fh:
+            yield fh
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _partial(path: Path) -> Path:

@@ -180,6 +180,44 @@ def test_an_error_of_the_parent_is_raised_once_the_child_is_reaped(
         os.waitpid(started[0].pid, os.WNOHANG)  # and was reaped
 
 
+@pytest.mark.parametrize("fork", ["0", "1"])
+def test_a_failure_while_writing_the_profiles_leaves_no_half_file(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: str
+) -> None:
+    """profiles.jsonl is written beside its name and renamed when whole: a document that
+    cannot be written (here: not JSON) half-way through leaves neither file."""
+    real = evaluate.profile_documents
+
+    def half_good(engine: object, states: dict) -> list:
+        docs = real(engine, states)  # type: ignore[arg-type]
+        return docs[: len(docs) // 2] + [{"not json": {1j}}] + docs[len(docs) // 2 :]
+
+    monkeypatch.setenv("CUSTOMER_AI_EVALUATE_FORK", fork)
+    monkeypatch.setattr(evaluate, "profile_documents", half_good)
+    with pytest.raises(TypeError):
+        evaluate.write_outputs(result, CFG, tmp_path, None)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "profiles.jsonl" not in left and not [n for n in left if n.endswith(".partial")], left
+    assert "metrics.json" not in left and "report.html" not in left
+
+
+def test_a_failure_while_writing_the_report_leaves_no_half_file(
+    result: BacktestResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(report: dict) -> str:
+        raise MemoryError("no room for the page")
+
+    monkeypatch.setattr(evaluate, "render_html", fails)
+    with pytest.raises(MemoryError):
+        evaluate.write_outputs(result, CFG, tmp_path, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "examples.csv",
+        "metrics.json",
+        "profiles.jsonl",
+    ]
+    assert len((tmp_path / "profiles.jsonl").read_bytes().splitlines()) == len(result.states)
+
+
 def test_the_task_s_value_comes_back_through_json() -> None:
     value = {"a": [1, 2.5, None, float("nan")], "b": (3, "x")}
     back = in_background(lambda: value, "a task").wait()
