@@ -60,10 +60,15 @@ __all__ = [
     "examples_report",
     "goal_metrics",
     "histogram",
+    "TOP_FACTORS",
     "top_factors_by_bucket",
     "version_history",
     "with_profiles",
 ]
+
+
+#: the features listed per bucket in the report's top factors
+TOP_FACTORS = 5
 
 
 def closed_window_examples(
@@ -284,7 +289,7 @@ def goal_metrics(
 
 
 def top_factors_by_bucket(
-    profiles: Iterable[dict[str, Any]], goal: str, top: int = 5
+    profiles: Iterable[dict[str, Any]], goal: str, top: int = TOP_FACTORS
 ) -> dict[str, list[dict[str, Any]]]:
     """Per bucket, the features most often among the profiles' top factors for ``goal``.
 
@@ -531,7 +536,7 @@ def with_profiles(report: dict[str, Any], profiles: Sequence[dict[str, Any]]) ->
     for name, goal in goals.items():
         goal["score_histogram"] = histogram(finals[name])
         goal["n_scored_profiles"] = len(finals[name])
-        goal["top_factors"] = tallies[name].top(5)
+        goal["top_factors"] = tallies[name].top(TOP_FACTORS)
     return report
 
 

@@ -156,12 +156,13 @@ def _write_the_others(
 
 
 @contextlib.contextmanager
-def _whole_file(path: Path) -> Iterator[IO[bytes]]:
-    """A binary file written beside ``path`` (:func:`_partial`) and renamed onto it once
-    complete: a run stopped part-way (Ctrl-C, a full disk) leaves no half file."""
+def _whole_file(path: Path, text: bool = False) -> Iterator[IO[Any]]:
+    """A file written beside ``path`` (:func:`_partial`) and renamed onto it once
+    complete: a run stopped part-way (Ctrl-C, a full disk) leaves no half file. Binary,
+    or with ``text`` UTF-8 text with no newline translation (what :mod:`csv` wants)."""
     partial = _partial(path)
     try:
-        with partial.open("wb") as fh:
+        with partial.open("w", newline="", encoding="utf-8") if text else partial.open("wb") as fh:
             yield fh
         partial.replace(path)
     finally:
@@ -188,30 +189,24 @@ def write_examples_csv(path: Path, examples: Sequence[Example], feature_names: l
     feature_names : list[str]
         The names of the features of every example's ``features``.
     """
-    partial = _partial(path)
-    try:
-        with partial.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(EXAMPLE_COLUMNS + feature_names)
-            # example_row's values as a list: no dict per row (a quarter of the time)
-            writer.writerows(
-                [
-                    e.goal,
-                    e.profile_id,
-                    format_time(e.prediction_ts),
-                    e.label,
-                    e.probability,
-                    e.model_version,
-                    1 if e.served_warming_up else 0,
-                    getattr(e, "trigger", "event"),
-                    *e.features,
-                ]
-                for e in examples
-            )
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with _whole_file(path, text=True) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(EXAMPLE_COLUMNS + feature_names)
+        # example_row's values as a list: no dict per row (a quarter of the time)
+        writer.writerows(
+            [
+                e.goal,
+                e.profile_id,
+                format_time(e.prediction_ts),
+                e.label,
+                e.probability,
+                e.model_version,
+                1 if e.served_warming_up else 0,
+                getattr(e, "trigger", "event"),
+                *e.features,
+            ]
+            for e in examples
+        )
 
 
 def _figure(value: float | None) -> str:
