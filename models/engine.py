@@ -308,9 +308,11 @@ class Engine:
                 probability = model.probability_t(transformed)
                 basis = (model, vector, transformed, self._factor_parts)
                 factors = None
+            # a warm-up score is not ranked: every profile is served the same base rate
+            # (or prior), so a rank among them would be made up (all at 50, one bucket)
             percentile: float | None = None
             bucket: str | None = None
-            if probability is not None:
+            if probability is not None and not model.warming_up:
                 percentile = model.percentile(probability)
                 bucket = buckets.bucket(percentile)
             score = Score(
@@ -328,7 +330,8 @@ class Engine:
                 trigger,
             )
             out.scores.append(score)
-            if bucket is not None and bucket != gs.bucket and probability is not None:
+            if bucket != gs.bucket and probability is not None:
+                # into a bucket, or out of one when the goal serves a warm-up score again
                 out.segment_changes.append(
                     SegmentChange(pid, goal.name, gs.bucket, bucket, probability, ts)
                 )

@@ -122,16 +122,18 @@ def print_scores(out: Console, doc: dict[str, Any]) -> None:
     ...     "model_version": 27, "warming_up": False, "factors": [{"feature": "f",
     ...     "label": "Days since last visit", "value": 41.0, "contribution": 0.8123,
     ...     "importance": "high"}], "scored_at": "2026-03-04T00:00:00.000Z"},
-    ...     "conversion": {"probability": 0.02, "percentile": 50.0, "bucket": "medium",
+    ...     "conversion": {"probability": 0.02, "percentile": None, "bucket": None,
     ...     "model_version": 3, "warming_up": True, "factors": []}}}
     >>> print_scores(Console(width=100), doc)
     churn: p=0.710  percentile 93.5  bucket high  model v27  as of 2026-03-04T00:00
         +0.812  high    Days since last visit = 41
-    conversion: p=0.020  percentile 50.0  bucket medium  model v3  [warming up: no factors]
+    conversion: p=0.020  percentile -  bucket -  model v3  [warming up: no factors]
     """
     for goal, score in doc["scores"].items():
         p, pct = score["probability"], score["percentile"]
-        shown = "no probability yet" if p is None else f"p={p:.3f}  percentile {pct:.1f}"
+        # a warm-up score is not ranked: no percentile nor bucket
+        rank = "-" if pct is None else f"{pct:.1f}"
+        shown = "no probability yet" if p is None else f"p={p:.3f}  percentile {rank}"
         warm = "  [warming up: no factors]" if score.get("warming_up") else ""
         when = f"  as of {score['scored_at'][:16]}" if score.get("scored_at") else ""
         out.print(

@@ -5,6 +5,7 @@ scores follow event time; a cold goal serves no made-up probability."""
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from models.config import DAY_MS, load_config, parse_config
 from models.engine import Engine
 from models.events import Event
 from models.learner import OnlineLearner
+from models.messages import score_message
+from models.model import LinearModel
 from models.outcome import Outcome
 from models.state import ProfileState
 from models.synthetic import generate_events
@@ -145,6 +148,60 @@ def test_a_cold_goal_serves_its_prior_or_no_probability() -> None:
     assert churn.probability == pytest.approx(4 / 6) and churn.warming_up
 
 
+def _live_model(goal: str, names: list[str], probability: float) -> LinearModel:
+    """A promoted version that serves ``probability`` to every profile (0.3: percentile
+    62.5 among its cut points)."""
+    d = len(names)
+    intercept = math.log(probability / (1 - probability))
+    return LinearModel(
+        goal, 5, list(names), [0.0] * d, [1.0] * d, [0.0] * d, intercept, warming_up=False,
+        quantiles=[0.1, 0.2, 0.25, 0.35, 0.5], status="live",
+    )  # fmt: skip
+
+
+def test_a_warm_up_score_is_not_ranked() -> None:
+    """Every profile of a goal still warming up is served the same base rate (or prior):
+    its score has no percentile and no bucket (with ``thresholds = [50]`` a made-up
+    percentile of 50 put every cold profile in "high"). It joins a bucket once a promoted
+    version serves it, and leaves it if the goal serves a warm-up score again."""
+    text = (
+        CONFIG.read_text()
+        .replace("thresholds = [25, 75]", "thresholds = [50]")
+        .replace('names = ["low", "medium", "high"]', 'names = ["low", "high"]')
+        .replace('name = "conversion"\n', 'name = "conversion"\nprior = 0.04\n', 1)
+    )
+    config = parse_config(text)
+    assert config.buckets.thresholds == (50.0,)
+    engine = Engine(config)
+    purchase = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 10}}}
+    out = Outcome()
+    state = engine.process(None, Event("e-1", "p", purchase["eventType"], 0, purchase), out)
+    (cold,) = [s for s in out.scores if s.goal == "conversion"]
+    assert (cold.probability, cold.warming_up) == (0.04, True)
+    assert (cold.percentile, cold.bucket) == (None, None)
+    assert b'"percentile":null,"bucket":null' in score_message(cold, "t")
+    assert not out.segment_changes and state.goals["conversion"].bucket is None
+
+    engine.set_model(_live_model("conversion", engine.featurizer.names, 0.3))
+    out.clear()
+    state = engine.process(state, Event("e-2", "p", purchase["eventType"], DAY_MS, purchase), out)
+    (live,) = [s for s in out.scores if s.goal == "conversion"]
+    assert live.percentile == pytest.approx(62.5) and live.bucket == "high"
+    moves = [(c.from_bucket, c.to_bucket) for c in out.segment_changes if c.goal == "conversion"]
+    assert moves == [(None, "high")]
+
+    warm = LinearModel.cold("conversion", engine.featurizer.names, base_rate=0.1)
+    warm.version = 6  # a newer version warming up (say the goal's learner was reset)
+    engine.set_model(warm)
+    out.clear()
+    engine.process(state, Event("e-3", "p", purchase["eventType"], 2 * DAY_MS, purchase), out)
+    (again,) = [s for s in out.scores if s.goal == "conversion"]
+    assert again.warming_up and (again.percentile, again.bucket) == (None, None)
+    moves = [(c.from_bucket, c.to_bucket) for c in out.segment_changes if c.goal == "conversion"]
+    assert moves == [("high", None)]
+    assert state.goals["conversion"].bucket is None
+
+
 def test_rescoring_config_is_checked() -> None:
     base = open(CONFIG).read()
     assert parse_config(base).goals[0].rescore_every_ms == DAY_MS
@@ -167,9 +224,10 @@ def test_a_profile_no_longer_eligible_has_its_score_withdrawn() -> None:
 
     text = CONFIG.read_text().replace(
         'eligibility = { field = "purchase_count_total", op = "gte", value = 1 }',
-        'eligibility = { field = "purchase_count_30d", op = "gte", value = 0.5 }\nprior = 0.3',
+        'eligibility = { field = "purchase_count_30d", op = "gte", value = 0.5 }',
     )
     engine = Engine(parse_config(text))
+    engine.set_model(_live_model("churn", engine.featurizer.names, 0.3))  # ranked scores
     out = Outcome()
     purchase = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 10}}}
     state = engine.process(None, Event("e-1", "p-1", purchase["eventType"], 0, purchase), out)

@@ -18,8 +18,8 @@ WARMING_UP = {
     "profile_id": "p-7",
     "goal": "conversion",
     "probability": 0.05,
-    "percentile": 50.0,
-    "bucket": "medium",
+    "percentile": None,  # a warm-up score is not ranked
+    "bucket": None,
     "model_version": 0,
     "warming_up": True,
     "factors": [],
