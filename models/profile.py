@@ -173,7 +173,13 @@ def served_factors(gs: GoalState, names: list[str], labels: dict[str, str]) -> l
     ...  for f in served_factors(gs, ["a", "b"], {"a": "A", "b": "B"})]
     [('b', 'B', -0.9, 'high'), ('gone', 'gone', 0.25, 'medium')]
     """
-    factors: list[Factor] = []
+    served = gs._served
+    if served is not None:
+        # scored in this process (a backtest): the score's own factor dicts, the very
+        # values the rows below rebuild, and the score stays (freed with the state)
+        factors: list[Factor] = served.factors
+        return factors
+    factors = []
     for key, value, contribution in gs.factor_rows():
         feature = names[key] if isinstance(key, int) and 0 <= key < len(names) else str(key)
         factors.append(
