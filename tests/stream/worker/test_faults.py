@@ -376,7 +376,8 @@ class Verdict:
 def percentile_mismatches(scores: list[dict[str, Any]], published: list[Any]) -> list[str]:
     """Scores whose percentile or bucket is not the one their model version gives their
     probability (whichever worker served it, before or after a restart), per the versions
-    published on the models topic (version 0: the cold model, 50)."""
+    published on the models topic. A warm-up score (base rate or prior) is not ranked:
+    its percentile and bucket are null."""
     models: dict[tuple[str, int], LinearModel] = {}
     for m in published:
         model = LinearModel.from_json(m.value)
@@ -386,9 +387,11 @@ def percentile_mismatches(scores: list[dict[str, Any]], published: list[Any]) ->
         if d["probability"] is None:
             continue
         key = (d["goal"], d["model_version"], d["probability"])
-        model = models.get(key[:2]) or (
-            LinearModel.cold(d["goal"], []) if d["model_version"] == 0 else None
-        )
+        if d["warming_up"]:
+            if (d["percentile"], d["bucket"]) != (None, None):
+                bad.append(f"{key}: a warm-up score ranked {d['percentile']} {d['bucket']}")
+            continue
+        model = models.get(key[:2])
         if model is None:
             bad.append(f"{key}: version not published")
             continue

@@ -188,6 +188,9 @@ def check_score_message(msg: dict[str, Any]) -> None:
         assert msg["percentile"] is None and msg["bucket"] is None and msg["factors"] == [], msg
         # the shipped eligibility (a total count) never turns false again: no withdrawal
         assert msg["warming_up"], msg
+    elif msg["warming_up"]:  # the base rate or prior, the same for every profile: unranked
+        assert 0.0 <= msg["probability"] <= 1.0
+        assert msg["percentile"] is None and msg["bucket"] is None and msg["factors"] == [], msg
     else:
         assert 0.0 <= msg["probability"] <= 1.0
         assert 0.0 <= msg["percentile"] <= 100.0
@@ -307,7 +310,8 @@ def test_worker_scores_every_event_and_goal(
             msg = orjson.loads(value)
             assert set(msg) == set(SEGMENT_FIELDS), msg
             segs[(msg["profile_id"], msg["goal"])].append(msg)
-        # every score (rescorings too) moves the bucket; a score without one moves nothing
+        # a score whose bucket differs from the previous one (rescorings too) moves it; a
+        # warm-up score has none: into a bucket only once a promoted version serves it
         all_pg: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for s in every:
             all_pg[(s["profile_id"], s["goal"])].append(s)
@@ -316,7 +320,7 @@ def test_worker_scores_every_event_and_goal(
             changes = []
             previous = None
             for s in seq:
-                if s["bucket"] is not None and s["bucket"] != previous:
+                if s["bucket"] != previous:
                     changes.append((previous, s["bucket"], s["event_time"], s["probability"]))
                     previous = s["bucket"]
             got = [(m["from"], m["to"], m["event_time"], m["probability"]) for m in segs[key]]
@@ -342,6 +346,9 @@ def test_worker_scores_every_event_and_goal(
                 for view in (doc["scores"][goal], stored[goal]):
                     if want["probability"] is None:
                         assert view["probability"] is None and view["percentile"] is None
+                    elif want["percentile"] is None:  # a warm-up score: not ranked
+                        assert view["probability"] == pytest.approx(want["probability"], abs=1e-6)
+                        assert view["percentile"] is None
                     else:
                         assert view["probability"] == pytest.approx(want["probability"], abs=1e-6)
                         assert view["percentile"] == pytest.approx(want["percentile"], abs=0.051)
