@@ -16,6 +16,7 @@ b'{"profile_id":"p-1","goal":"churn","from":null,"to":"high","probability":0.712
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -31,6 +32,7 @@ __all__ = [
     "encode_outcome",
     "example_from_message",
     "example_message",
+    "profile_scores_message",
     "score_message",
     "scores_field",
     "segment_message",
@@ -117,6 +119,18 @@ def example_from_message(raw: bytes) -> Example:
         str(d.get("layout", "")),
         str(d.get("trigger", "event")),
     )
+
+
+def profile_scores_message(profile_id: str, scores: dict[str, Any]) -> bytes:
+    """The ``customer-ai.profile-scores`` message (docs/DESIGN.md, "Latest scores per
+    profile"): every goal's current score of one profile, ``scores`` as
+    :func:`models.profile.profile_scores` gives them (the ``scores`` of ``GET
+    /profiles/{id}``).
+
+    >>> profile_scores_message("p-1", {})
+    b'{"profile_id":"p-1","scores":{}}'
+    """
+    return orjson.dumps({"profile_id": profile_id, "scores": scores})
 
 
 def scores_field(goals: dict[str, GoalState]) -> bytes:

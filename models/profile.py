@@ -28,7 +28,13 @@ from models.migrate import partial_features
 from models.rounding import rounded
 from models.state import NEVER, GoalState, ProfileState
 
-__all__ = ["format_time", "profile_document", "profile_documents", "served_factors"]
+__all__ = [
+    "format_time",
+    "profile_document",
+    "profile_documents",
+    "profile_scores",
+    "served_factors",
+]
 
 
 _DAY_MS = 86_400_000
@@ -92,6 +98,26 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
     """
     fz = engine.featurizer
     vector = fz.vector(state)
+    return {
+        "profile_id": profile_id,
+        "first_seen": format_time(state.first_ts),
+        "last_event_time": format_time(state.ref_ts),
+        "events_applied": state.n_events,
+        "features": {n: _round6(v) for n, v in zip(fz.names, vector)},
+        "scores": profile_scores(engine, state),
+        "pending_labels": {name: len(gs.pending) for name, gs in state.goals.items()},
+        "partial_features": {
+            n: format_time(t) for n, t in partial_features(state, fz.layout).items()
+        },
+    }
+
+
+def profile_scores(engine: Engine, state: ProfileState) -> dict[str, Any]:
+    """The ``scores`` of :func:`profile_document`: per goal the profile has been served a
+    probability for, its last served score whole (``probability``, ``percentile``,
+    ``bucket``, ``model_version``, ``warming_up``, ``factors`` and ``scored_at``). The
+    value of the latest-scores topic (:func:`models.messages.profile_scores_message`)."""
+    fz = engine.featurizer
     names, labels = fz.names, fz.labels
     scores: dict[str, Any] = {}
     for name, gs in state.goals.items():
@@ -108,18 +134,7 @@ def profile_document(engine: Engine, profile_id: str, state: ProfileState) -> di
             # later than the last event: ``features`` are as of the last event)
             "scored_at": format_time(gs.scored_ts if gs.scored_ts != NEVER else state.ref_ts),
         }
-    return {
-        "profile_id": profile_id,
-        "first_seen": format_time(state.first_ts),
-        "last_event_time": format_time(state.ref_ts),
-        "events_applied": state.n_events,
-        "features": {n: _round6(v) for n, v in zip(fz.names, vector)},
-        "scores": scores,
-        "pending_labels": {name: len(gs.pending) for name, gs in state.goals.items()},
-        "partial_features": {
-            n: format_time(t) for n, t in partial_features(state, fz.layout).items()
-        },
-    }
+    return scores
 
 
 def profile_documents(engine: Engine, states: Mapping[str, ProfileState]) -> list[dict[str, Any]]:

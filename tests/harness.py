@@ -249,6 +249,23 @@ async def consume_all(
     return out
 
 
+async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
+    """The broker's configuration of ``topic`` (DescribeConfigs)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)]
+        )
+    finally:
+        await admin.close()
+    (resource,) = response.resources
+    return {entry[0]: entry[1] for entry in resource[4]}
+
+
 def wait_until(
     predicate: Callable[[], bool],
     timeout: float,

@@ -262,6 +262,7 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
                         "then `customer-ai dev up`"
                     )
             services[service] = _start_detached(service, state_dir)
+        notes.extend(_output_topics(services["kafka"]))
         if services["redis"].get("password"):
             notes.append(
                 f"the Redis password is not written to {env_file(state_dir)}: the commands "
@@ -279,6 +280,19 @@ def dev_up(state_dir: Path = Path(".customer-ai")) -> dict[str, str]:
         lines = [*header, *(f"{key}={value}" for key, value in env.items())]
         _write_atomic(env_file(state_dir), "".join(f"{line}\n" for line in lines))
         return env
+
+
+def _output_topics(kafka: dict[str, Any]) -> list[str]:
+    """Create the compacted latest-scores topic on the broker (:mod:`stream.devservers.topics`);
+    a note if that fails (the worker declares it at start anyway)."""
+    from stream.devservers.topics import create_profile_scores_topic
+    from stream.worker.settings import Settings
+
+    try:
+        create_profile_scores_topic(str(_env_value("kafka", kafka)), Settings.from_env())
+    except Exception as exc:  # noqa: BLE001 - a note, not a failure of dev up
+        return [f"could not create the profile-scores topic ({exc}): the worker creates it"]
+    return []
 
 
 def _password_source(service: str, url: str) -> dict[str, str]:

@@ -73,7 +73,7 @@ from stream.worker.security import (
     kafka_security_kwargs,
     redis_connection_kwargs,
 )
-from stream.worker.settings import Settings
+from stream.worker.settings import PROFILE_SCORES_CONFIG, Settings
 from stream.worker.store import RedisStore
 from stream.worker.trainer import TrainerStep
 
@@ -149,6 +149,16 @@ output_topics = [
         ("segments", settings.partitions),
         ("dlq", settings.partitions),
         ("models", 1),
+    )
+] + [
+    # each profile's latest scores: compacted, so reading it from the start gives every
+    # profile's current scores (a null value: the profile was removed)
+    app.topic(
+        settings.topic("profile-scores"),
+        partitions=settings.partitions,
+        compacting=True,
+        config=PROFILE_SCORES_CONFIG,
+        **_raw,
     )
 ]
 

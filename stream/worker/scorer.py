@@ -49,10 +49,10 @@ from functools import partial
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
 from models.eventtime import check_event_time, reference_time, watermark_ceiling
-from models.messages import OutMessage, encode_outcome, scores_field
+from models.messages import OutMessage, encode_outcome, profile_scores_message, scores_field
 from models.model import LinearModel
 from models.outcome import Outcome
-from models.profile import format_time
+from models.profile import format_time, profile_scores
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker import quarantine
@@ -103,6 +103,7 @@ class BatchScorer(PartitionClock):
         self.config = engine.config
         self.goal_names = [g.name for g in self.config.goals]
         self.scores_topic = settings.topic("scores")
+        self.profile_scores_topic = settings.topic("profile-scores")
         self.segments_topic = settings.topic("segments")
         self.training_topic = settings.topic("training")
         self.dlq_topic = settings.topic("dlq")
@@ -491,6 +492,14 @@ class BatchScorer(PartitionClock):
         topics = (self.scores_topic, self.segments_topic, self.training_topic)
         encoded = encode_outcome(out, scored_at, topics, outbox)
         top_factors = encoded.top_factors
+        # the latest scores of every profile scored in this batch (once each, whatever its
+        # number of scores): the compacted topic's value, keyed like the scores
+        latest = self.profile_scores_topic
+        for pid in top_factors:
+            scored_state = states[pid]
+            if scored_state is not None:
+                scores = profile_scores(engine, scored_state)
+                outbox.append((latest, pid.encode(), profile_scores_message(pid, scores)))
         # counted per batch: a labelled child's lookup per event shows in profiles
         for goal, n in encoded.scores_per_goal.items():
             metrics.SCORES.labels(goal=goal).inc(n)

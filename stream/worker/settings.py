@@ -58,7 +58,11 @@ from urllib.parse import urlsplit
 
 from stream.redaction import redact_url
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["PROFILE_SCORES_CONFIG", "Settings", "SettingsError"]
+
+#: the topic configuration of ``<prefix>.profile-scores`` (each profile's latest scores):
+#: compacted, so the broker keeps at least the newest message of every profile
+PROFILE_SCORES_CONFIG = {"cleanup.policy": "compact"}
 
 N = TypeVar("N", int, float)
 

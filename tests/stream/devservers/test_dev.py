@@ -21,6 +21,7 @@ from stream.devservers.probes import find_free_port, kafka_answers, port_is_free
 from stream.devservers.process import DevServerError, pid_alive
 from stream.devservers.servers import TANSU_FAUST_SETTINGS, BrokerProcess, ValkeyProcess
 from stream.devservers.state import dev_down, dev_status, dev_up
+from tests.harness import topic_config
 
 pytestmark = pytest.mark.integration
 
@@ -129,6 +130,10 @@ def test_dev_up_starts_both_and_is_idempotent(state_dir: Path) -> None:
     ]
     assert sorted(env_file) == sorted(f"{k}={v}" for k, v in env.items())
     assert (state_dir / "tansu.log").exists() and (state_dir / "valkey.log").exists()
+    # the latest-scores topic exists before any worker, compacted
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    config = asyncio.run(topic_config(bootstrap, "customer-ai.profile-scores"))
+    assert config["cleanup.policy"] == "compact"
 
     assert dev_up(state_dir) == env  # reuses the running servers
     again = json.loads((state_dir / "dev.json").read_text())

@@ -29,12 +29,22 @@ import redis
 
 from models.factors import importance
 from models.synthetic import generate_events
-from tests.harness import REPO, WorkerProcess, consume_all, events_as_messages, produce, wait_until
+from tests.harness import (
+    REPO,
+    Message,
+    WorkerProcess,
+    consume_all,
+    events_as_messages,
+    produce,
+    topic_config,
+    wait_until,
+)
 from tests.stream.worker.test_pipeline import cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 EVENTS = "customer-ai.events"
+PROFILE_SCORES = "customer-ai.profile-scores"
 
 
 def config_text() -> str:
@@ -56,6 +66,18 @@ def config_text() -> str:
         assert old in text, old
         text = text.replace(old, new)
     return text
+
+
+def materialise(messages: list[Message]) -> dict[str, dict[str, Any]]:
+    """A latest-scores topic read from the start as a dict: the example consumer of
+    docs/DESIGN.md ("Latest scores per profile")."""
+    latest: dict[str, dict[str, Any]] = {}
+    for m in messages:  # per partition in offset order: per profile in order
+        if m.value is None:
+            latest.pop(m.key.decode(), None)
+        else:
+            latest[m.key.decode()] = orjson.loads(m.value)
+    return latest
 
 
 def applied_events(client: redis.Redis) -> int:
@@ -167,6 +189,16 @@ def test_the_view_is_the_last_served_score_whole(
                 assert view["factors"]
                 older += msg["model_version"] < versions_now[goal]
         print(f"warm-up conversion views {warm}, live views of an older version {older}")
+        # the compacted latest-scores topic, read from the start and materialised (the last
+        # value per key wins; null: removed), gives every profile what its view serves
+        latest = materialise(asyncio.run(consume_all(kafka_bootstrap, PROFILE_SCORES)))
+        stored = sorted(k.decode()[len("cai:p:{") : -1] for k in redis_client.scan_iter("cai:p:*"))
+        assert sorted(latest) == stored == sorted(views)
+        for pid, view in views.items():
+            assert latest[pid] == {"profile_id": pid, "scores": view["scores"]}, pid
+        assert asyncio.run(topic_config(kafka_bootstrap, PROFILE_SCORES))["cleanup.policy"] == (
+            "compact"
+        )
         # the cases a view computed with the model served now gets wrong
         assert warm > 0, "no profile kept a warm-up conversion score"
         assert older > 0, f"every live score is by the version served now {versions_now}"

@@ -34,8 +34,9 @@ import orjson
 import pytest
 import redis
 
-from models.config import ConfigError, parse_config
+from models.config import Config, ConfigError, parse_config
 from models.engine import Engine
+from models.model import LinearModel
 from models.state import ProfileState
 from stream.cli.replay import ensure_topics
 from stream.cli.scores import tail_scores
@@ -52,22 +53,38 @@ from tests.stream.ops.test_segments import cluster_url  # noqa: F401 - a fixture
 SETTINGS = Settings()
 EVENTS = SETTINGS.topic("events")
 SCORES = SETTINGS.topic("scores")
+PROFILE_SCORES = SETTINGS.topic("profile-scores")
 DAY = 86_400_000
 START = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def with_priors(text: str) -> str:
-    """The shipped configuration with a ``prior`` per goal: cold goals serve a probability,
-    so the profiles of these tests are in a bucket (segment) from their first event."""
-    for goal, prior in (("conversion", 0.1), ("churn", 0.3)):
-        text = text.replace(f'name = "{goal}"\n', f'name = "{goal}"\nprior = {prior}\n', 1)
-    return text
-
-
-RETAINED = with_priors(SHIPPED_CONFIG.read_text()) + "\n[retention]\ndays = 100\n"
-CFG_OFF = parse_config(with_priors(SHIPPED_CONFIG.read_text()))
+RETAINED = SHIPPED_CONFIG.read_text() + "\n[retention]\ndays = 100\n"
+CFG_OFF = parse_config(SHIPPED_CONFIG.read_text())
 CFG = parse_config(RETAINED)
 GOALS = [g.name for g in CFG.goals]
+
+
+def ranked(config: Config) -> Engine:
+    """An engine serving a promoted version per goal (p = 0.5 for every profile, ranked
+    at 75 %: "high"), so the profiles of these tests are in a segment from their first
+    event (a warm-up score is in none)."""
+    names = Engine(config).featurizer.names
+    d = len(names)
+    models = {
+        g.name: LinearModel(
+            g.name,
+            1,
+            names,
+            [0.0] * d,
+            [1.0] * d,
+            [0.0] * d,
+            0.0,
+            warming_up=False,
+            quantiles=[0.2, 0.4, 0.6],
+        )  # fmt: skip
+        for g in config.goals
+    }
+    return Engine(config, models)
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -146,7 +163,7 @@ def state_of(client: redis.Redis, pid: str) -> ProfileState:
 async def test_an_idle_profile_is_removed_with_a_tombstone_and_active_ones_stay(
     store: RedisStore, producer: BatchProducer, redis_client: redis.Redis, topics: str
 ) -> None:
-    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
     events = Events()
     await apply(scorer, history(events))
     seen = f"cai:seen:{EVENTS}:0"
@@ -175,6 +192,12 @@ async def test_an_idle_profile_is_removed_with_a_tombstone_and_active_ones_stay(
     of_idle = [m for m in messages if m.key == b"idle"]
     assert of_idle and of_idle[-1].value is None  # the tombstone, after its scores
     assert [m for m in messages if m.value is None] == of_idle[-1:]
+    # and on the compacted latest-scores topic: the profile leaves it
+    latest = [m for m in await consume_all(topics, PROFILE_SCORES) if m.key == b"idle"]
+    assert latest and latest[-1].value is None
+    assert [orjson.loads(m.value)["profile_id"] for m in latest[:-1]] == ["idle"] * (
+        len(latest) - 1
+    )
 
     # a later event starts the profile afresh
     await scorer.process([events("idle", 201)])
@@ -189,7 +212,7 @@ async def test_a_pending_label_is_matured_before_its_profile_goes(
 ) -> None:
     """The watermark is past the idle profile's windows, but no batch matured them yet:
     the sweep keeps it until the scorer produced its examples."""
-    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
     events = Events()
     await scorer.process([events("idle", 0), events("idle", 1, "commerce.purchases")])
     assert any(g.pending for g in state_of(redis_client, "idle").goals.values())
@@ -209,7 +232,7 @@ async def test_an_index_entry_older_than_its_state_is_corrected_not_removed(
     store: RedisStore, producer: BatchProducer, redis_client: redis.Redis
 ) -> None:
     """A crash between the state's write and the activity index's leaves the entry behind."""
-    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
     await apply(scorer, history(Events()))
     seen = f"cai:seen:{EVENTS}:0"
     redis_client.zadd(seen, {"active": START})
@@ -239,14 +262,14 @@ async def test_a_profile_written_during_the_sweep_survives(
     racing = RacingProducer(topics)
     other_store = RedisStore(redis_url, key_prefix="cai")
     try:
-        scorer = BatchScorer(Engine(CFG), store, racing, SETTINGS)
+        scorer = BatchScorer(ranked(CFG), store, racing, SETTINGS)
         events = Events()
         await apply(scorer, history(events))
         sweep = RetentionSweep(scorer)
         await sweep.sweep(EVENTS, 0)  # marks "idle"
         # another worker (after a rebalance) applies an event of "idle" between the sweep's
         # check and its removal: the fenced script keeps the profile and its new event
-        racing.other = BatchScorer(Engine(CFG), other_store, BatchProducer(topics), SETTINGS)
+        racing.other = BatchScorer(ranked(CFG), other_store, BatchProducer(topics), SETTINGS)
         racing.racer = events("idle", 60)
         counted = removed_total()
         result = await sweep.sweep(EVENTS, 0)
@@ -267,7 +290,7 @@ async def test_a_profile_written_during_the_sweep_survives(
 async def test_a_watermark_ahead_of_the_wall_clock_removes_nothing_more(
     store: RedisStore, producer: BatchProducer, redis_client: redis.Redis
 ) -> None:
-    scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+    scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
     await apply(scorer, history(Events()))
     scorer.watermarks[(EVENTS, 0)] = START + 365 * 200 * DAY  # an event dated 2225
     now = START + 150 * DAY  # the cutoff is day 50: only "idle" is older
@@ -281,7 +304,7 @@ async def test_a_watermark_ahead_of_the_wall_clock_removes_nothing_more(
 async def test_retention_off_writes_no_activity_index_and_removes_nothing(
     store: RedisStore, producer: BatchProducer, redis_client: redis.Redis, topics: str
 ) -> None:
-    scorer = BatchScorer(Engine(CFG_OFF), store, producer, SETTINGS)
+    scorer = BatchScorer(ranked(CFG_OFF), store, producer, SETTINGS)
     await apply(scorer, history(Events()))
     sweep = RetentionSweep(scorer)
     for _ in range(2):
@@ -299,7 +322,7 @@ async def test_cluster_mode_removes_the_key_then_the_index_entries(
     store = RedisStore(cluster_url, key_prefix="cai", cluster=True)
     client = redis.Redis.from_url(cluster_url)
     try:
-        scorer = BatchScorer(Engine(CFG), store, producer, SETTINGS)
+        scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
         await apply(scorer, history(Events()))
         assert memberships(client, "idle")
         sweep = RetentionSweep(scorer)
