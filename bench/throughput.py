@@ -20,7 +20,9 @@ copy of the input from the beginning:
     With ``--ref-repo DIR``: one worker run from another source tree (e.g. a
     ``git worktree`` of the previous commit, its core built in place with
     ``python setup.py build_ext --inplace``), in the same rounds as the others, for an
-    A/B of a change; ``scorer_vs_ref = scorer_eps / scorer_ref_eps``.
+    A/B of a change; ``scorer_vs_ref = scorer_eps / scorer_ref_eps``. ``--ref-env
+    KEY=VALUE`` sets the reference worker's environment over ``--worker-env``: with
+    ``--ref-repo .`` it compares a setting (``--ref-env CUSTOMER_AI_PROFILE_SCORES=1``).
 
 Events/s of a setup = events / (last output message's CreateTime - the first batch
 consumed, as logged by the consuming process; with two workers the earlier one). The
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment of the scorer workers (repeatable)",
+    )
+    p.add_argument(
+        "--ref-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of the scorer-ref worker, over --worker-env (repeatable): "
+        "with --ref-repo . an A/B of a setting",
     )
     p.add_argument(
         "--worker-repo",
@@ -243,6 +253,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
             raise SystemExit("setup scorer-ref needs --ref-repo DIR")
         setups = [s for s in setups if s != "scorer-ref"]
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    ref_env = {**worker_env, **dict(kv.split("=", 1) for kv in args.ref_env)}
     started = time.perf_counter()
     messages = sample_events(args.events, args.profiles, args.seed)
     log(
@@ -268,7 +279,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
                     workdir,
                     rid,
                     args.timeout,
-                    worker_env,
+                    ref_env if setup == "scorer-ref" else worker_env,
                     args.ref_repo if setup == "scorer-ref" else args.worker_repo,
                     tag="-ref" if setup == "scorer-ref" else "",
                 )

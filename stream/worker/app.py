@@ -150,17 +150,19 @@ output_topics = [
         ("dlq", settings.partitions),
         ("models", 1),
     )
-] + [
-    # each profile's latest scores: compacted, so reading it from the start gives every
-    # profile's current scores (a null value: the profile was removed)
-    app.topic(
-        settings.topic("profile-scores"),
-        partitions=settings.partitions,
-        compacting=True,
-        config=PROFILE_SCORES_CONFIG,
-        **_raw,
-    )
 ]
+if settings.profile_scores:
+    # each profile's latest scores (CUSTOMER_AI_PROFILE_SCORES=1): compacted, so reading it
+    # from the start gives every profile's current scores (a null value: removed)
+    output_topics.append(
+        app.topic(
+            settings.topic("profile-scores"),
+            partitions=settings.partitions,
+            compacting=True,
+            config=PROFILE_SCORES_CONFIG,
+            **_raw,
+        )
+    )
 
 
 class Runtime:

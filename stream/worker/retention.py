@@ -30,8 +30,9 @@ of it, so no event of the partition is applied while it runs), reads at most
    consumer group committed the events it applied (every second), so a crash cannot
    re-deliver them to re-create it;
 4. a tombstone per removed profile (key = profile id, value null: the Kafka convention
-   for a deleted key) is produced to ``<prefix>.scores`` and to the compacted
-   ``<prefix>.profile-scores`` (the profile leaves it) and acknowledged, **then** the
+   for a deleted key) is produced to ``<prefix>.scores`` (and to the compacted
+   ``<prefix>.profile-scores`` when it is written: the profile leaves it) and acknowledged,
+   **then** the
    profile is removed, so every removed profile has its tombstone (a crash in between
    re-sends one at the next sweep; a duplicate tombstone is harmless);
 5. removal, :data:`REMOVE_BATCH_SCRIPT` per chunk: each profile only if its write version
@@ -229,10 +230,11 @@ class RetentionSweep:
         if repairs:
             await store.retry("retention", lambda: store.redis.zadd(seen_key, repairs))
         # the tombstones first: a removed profile always has one
+        topics = [self.scorer.scores_topic]
+        if self.scorer.settings.profile_scores:
+            topics.append(self.scorer.profile_scores_topic)
         tombstones: list[OutMessage] = [
-            (topic_name, r.profile_id.encode(), None)
-            for r in doomed
-            for topic_name in (self.scorer.scores_topic, self.scorer.profile_scores_topic)
+            (topic_name, r.profile_id.encode(), None) for r in doomed for topic_name in topics
         ]
         await self.scorer.producer.send_all(tombstones)
         due_key = store.due_key(topic, partition)

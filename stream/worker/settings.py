@@ -38,6 +38,9 @@ CUSTOMER_AI_STALL_SECONDS          120                         an assigned parti
 CUSTOMER_AI_ALLOW_EVICTION         0                           1: start although Redis'
                                                                ``maxmemory-policy`` evicts keys
                                                                (exactly-once no longer holds)
+CUSTOMER_AI_PROFILE_SCORES         0                           1: write each scored profile's
+                                                               latest scores to the compacted
+                                                               ``<prefix>.profile-scores``
 =================================  ==========================  =================================
 
 Kafka SASL/SSL and Redis AUTH/TLS variables are read by :mod:`stream.worker.security`.
@@ -136,6 +139,8 @@ class Settings:
     clock_interval: float = 10.0
     stall_seconds: float = 120.0
     allow_eviction: bool = False
+    #: write each scored profile's latest scores to ``<prefix>.profile-scores``
+    profile_scores: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -189,6 +194,8 @@ class Settings:
                 e, "CUSTOMER_AI_STALL_SECONDS", d.stall_seconds, float, 0.001, inf
             ),
             allow_eviction=e.get("CUSTOMER_AI_ALLOW_EVICTION", "0").strip().lower()
+            in ("1", "true", "yes", "on"),
+            profile_scores=e.get("CUSTOMER_AI_PROFILE_SCORES", "0").strip().lower()
             in ("1", "true", "yes", "on"),
         )
 

@@ -127,6 +127,7 @@ def test_the_view_is_the_last_served_score_whole(
         tmp_path,
         CUSTOMER_AI_CONFIG=str(config),
         CUSTOMER_AI_PARTITIONS="4",
+        CUSTOMER_AI_PROFILE_SCORES="1",
     )
     with worker:
         for start in range(0, len(events), size):

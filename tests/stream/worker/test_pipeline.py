@@ -39,6 +39,7 @@ from tests.harness import (
     SCORE_FIELDS,
     SEGMENT_FIELDS,
     WorkerProcess,
+    consume_all,
     events_as_messages,
     produce,
     wait_until,
@@ -277,6 +278,8 @@ def test_worker_scores_every_event_and_goal(
         raw_segments = asyncio.run(
             collect(kafka_bootstrap, "customer-ai.segments", lambda m: False, 5, settle=0)
         )
+        # the latest-scores topic is written only with CUSTOMER_AI_PROFILE_SCORES=1
+        assert not asyncio.run(consume_all(kafka_bootstrap, "customer-ai.profile-scores", idle=1))
 
         # --- one score per valid event and eligible goal, with every docs/DESIGN.md field ---
         every = [orjson.loads(v) for _, _, v in sorted(raw_scores, key=lambda r: r[:2])]

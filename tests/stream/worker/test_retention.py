@@ -50,7 +50,7 @@ from tests.harness import CONFIG as SHIPPED_CONFIG
 from tests.harness import WorkerProcess, consume_all, produce, wait_until
 from tests.stream.ops.test_segments import cluster_url  # noqa: F401 - a fixture
 
-SETTINGS = Settings()
+SETTINGS = Settings(profile_scores=True)  # the latest-scores topic gets tombstones too
 EVENTS = SETTINGS.topic("events")
 SCORES = SETTINGS.topic("scores")
 PROFILE_SCORES = SETTINGS.topic("profile-scores")
