@@ -190,8 +190,9 @@ def served_factors(gs: GoalState, names: list[str], labels: dict[str, str]) -> l
     """
     served = gs._served
     if served is not None:
-        # scored in this process (a backtest): the score's own factor dicts, the very
-        # values the rows below rebuild, and the score stays (freed with the state)
+        # scored in this process (a backtest, the scorer's batch): the score's own factor
+        # dicts, the very values the rows below rebuild; the score stays (freed with the
+        # state, or when the state is encoded)
         factors: list[Factor] = served.factors
         return factors
     factors = []

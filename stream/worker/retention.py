@@ -32,8 +32,7 @@ of it, so no event of the partition is applied while it runs), reads at most
 4. a tombstone per removed profile (key = profile id, value null: the Kafka convention
    for a deleted key) is produced to ``<prefix>.scores`` (and to the compacted
    ``<prefix>.profile-scores`` when it is written: the profile leaves it) and acknowledged,
-   **then** the
-   profile is removed, so every removed profile has its tombstone (a crash in between
+   **then** the profile is removed, so every removed profile has its tombstone (a crash in between
    re-sends one at the next sweep; a duplicate tombstone is harmless);
 5. removal, :data:`REMOVE_BATCH_SCRIPT` per chunk: each profile only if its write version
    is still the one checked (a profile written since, by another worker around a
