@@ -124,8 +124,9 @@ def profile_scores(engine: Engine, state: ProfileState) -> dict[str, Any]:
         if gs.probability is None:
             continue  # never scored, or only while cold with no prior (no probability)
         scores[name] = {
-            "probability": rounded(gs.probability, 6),  # as the score message wrote it
-            "percentile": gs.percentile,
+            # the probability and percentile as the score message wrote them (6, 1 decimals)
+            "probability": rounded(gs.probability, 6),
+            "percentile": None if gs.percentile is None else rounded(gs.percentile, 1),
             "bucket": gs.bucket,
             "model_version": gs.model_version,
             "warming_up": gs.warming_up,
