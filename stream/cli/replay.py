@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.cli.common import CliError, console, load_cli_config, settings_from_env
+from stream.devservers.topics import create_missing_topics
 
 __all__ = ["cmd_generate", "cmd_replay", "ensure_topics", "period_ending_today", "replay_file"]
 
@@ -51,20 +52,9 @@ def _profile_key(line: bytes, namespace: str | None) -> bytes | None:
 
 async def ensure_topics(bootstrap: str, topics: dict[str, int], security: dict[str, Any]) -> None:
     """Create topics that do not exist yet (partitions per topic)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security)
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        new = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
-        if new:
-            try:
-                await admin.create_topics(new)
-            except Exception as exc:  # noqa: BLE001 - raced with another creator
-                console.print(f"[yellow]create_topics: {exc!r}[/]")
-    finally:
-        await admin.close()
+    problem = await create_missing_topics(bootstrap, topics, security)
+    if problem is not None:  # raced with another creator
+        console.print(f"[yellow]create_topics: {problem}[/]")
 
 
 def _lines(path: Path) -> list[bytes]:

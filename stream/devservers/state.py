@@ -289,10 +289,12 @@ def _output_topics(kafka: dict[str, Any]) -> list[str]:
     from stream.worker.settings import Settings
 
     try:
-        create_profile_scores_topic(str(_env_value("kafka", kafka)), Settings.from_env())
+        problem = create_profile_scores_topic(str(_env_value("kafka", kafka)), Settings.from_env())
     except Exception as exc:  # noqa: BLE001 - a note, not a failure of dev up
-        return [f"could not create the profile-scores topic ({exc}): the worker creates it"]
-    return []
+        problem = str(exc)
+    if problem is None:
+        return []
+    return [f"could not create the profile-scores topic ({problem}): the worker creates it"]
 
 
 def _password_source(service: str, url: str) -> dict[str, str]:
