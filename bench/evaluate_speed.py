@@ -66,11 +66,11 @@ def _whole_process(
     ref_times: list[float] = []
     metrics: dict = {}  # type: ignore[type-arg]
     here = Path(__file__).resolve().parents[1]
-    trees = [(here, times)] + ([(ref_repo, ref_times)] if ref_repo else [])
+    trees = [(here, "this", times)] + ([(ref_repo, "ref", ref_times)] if ref_repo else [])
     with tempfile.TemporaryDirectory() as out:
         for _ in range(repeat):
-            for tree, into in trees:
-                where = Path(out) / ("ref" if into is ref_times else "this")
+            for tree, name, into in trees:
+                where = Path(out) / name
                 cmd = [
                     sys.executable,
                     "-m",

@@ -51,6 +51,7 @@ from models.quality import (
 )
 
 __all__ = [
+    "BUCKET_TOP_FEATURES",
     "auc_over_time",
     "bucket_table",
     "build_report",
@@ -60,15 +61,15 @@ __all__ = [
     "examples_report",
     "goal_metrics",
     "histogram",
-    "TOP_FACTORS",
     "top_factors_by_bucket",
     "version_history",
     "with_profiles",
 ]
 
 
-#: the features listed per bucket in the report's top factors
-TOP_FACTORS = 5
+#: the features listed per bucket in the report's top factors (not the factors per score:
+#: :data:`models.model.TOP_FACTORS`)
+BUCKET_TOP_FEATURES = 5
 
 
 def closed_window_examples(
@@ -289,7 +290,7 @@ def goal_metrics(
 
 
 def top_factors_by_bucket(
-    profiles: Iterable[dict[str, Any]], goal: str, top: int = TOP_FACTORS
+    profiles: Iterable[dict[str, Any]], goal: str, top: int = BUCKET_TOP_FEATURES
 ) -> dict[str, list[dict[str, Any]]]:
     """Per bucket, the features most often among the profiles' top factors for ``goal``.
 
@@ -536,7 +537,7 @@ def with_profiles(report: dict[str, Any], profiles: Sequence[dict[str, Any]]) ->
     for name, goal in goals.items():
         goal["score_histogram"] = histogram(finals[name])
         goal["n_scored_profiles"] = len(finals[name])
-        goal["top_factors"] = tallies[name].top(TOP_FACTORS)
+        goal["top_factors"] = tallies[name].top(BUCKET_TOP_FEATURES)
     return report
 
 

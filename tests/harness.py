@@ -10,6 +10,7 @@ Contract: docs/DESIGN.md, sections "Scores" and "Segment changes".
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from models.model import LinearModel
 from stream.devservers import find_free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +77,19 @@ class Message:
 
     def json(self) -> Any:
         return orjson.loads(self.value)
+
+
+def flat_model(
+    goal: str, names: list[str], probability: float, quantiles: list[float], version: int = 1
+) -> LinearModel:
+    """A promoted version (not warming up) that serves ``probability`` to every profile
+    (zero weights), ranking it among the cut points ``quantiles``."""
+    d = len(names)
+    intercept = math.log(probability / (1 - probability))
+    return LinearModel(
+        goal, version, list(names), [0.0] * d, [1.0] * d, [0.0] * d, intercept,
+        warming_up=False, quantiles=list(quantiles), status="live",
+    )  # fmt: skip
 
 
 def worker_env(bootstrap: str, redis_url: str, **extra: str) -> dict[str, str]:

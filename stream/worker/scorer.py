@@ -495,12 +495,13 @@ class BatchScorer(PartitionClock):
         # with CUSTOMER_AI_PROFILE_SCORES=1, the latest scores of every profile scored in
         # this batch (once each, whatever its number of scores): the compacted topic's
         # value, keyed like the scores (about a tenth of a worker's events per second)
-        latest = self.profile_scores_topic
-        for pid in top_factors if self.settings.profile_scores else ():
-            scored_state = states[pid]
-            if scored_state is not None:
-                scores = profile_scores(engine, scored_state)
-                outbox.append((latest, pid.encode(), profile_scores_message(pid, scores)))
+        if self.settings.profile_scores:
+            latest = self.profile_scores_topic
+            for pid in top_factors:
+                scored_state = states[pid]
+                if scored_state is not None:
+                    scores = profile_scores(engine, scored_state)
+                    outbox.append((latest, pid.encode(), profile_scores_message(pid, scores)))
         # counted per batch: a labelled child's lookup per event shows in profiles
         for goal, n in encoded.scores_per_goal.items():
             metrics.SCORES.labels(goal=goal).inc(n)

@@ -5,7 +5,6 @@ scores follow event time; a cold goal serves no made-up probability."""
 from __future__ import annotations
 
 import heapq
-import math
 from typing import Any
 
 import pytest
@@ -20,9 +19,11 @@ from models.model import LinearModel
 from models.outcome import Outcome
 from models.state import ProfileState
 from models.synthetic import generate_events
-from tests.harness import CONFIG
+from tests.harness import CONFIG, flat_model
 
 CFG = load_config(CONFIG)
+#: a promoted version's cut points: p = 0.3 ranks at 62.5 among them
+LIVE_CUTS = [0.1, 0.2, 0.25, 0.35, 0.5]
 
 
 def _replay(engine: Engine, events: list[Event]) -> tuple[dict[str, ProfileState], Outcome, int]:
@@ -148,17 +149,6 @@ def test_a_cold_goal_serves_its_prior_or_no_probability() -> None:
     assert churn.probability == pytest.approx(4 / 6) and churn.warming_up
 
 
-def _live_model(goal: str, names: list[str], probability: float) -> LinearModel:
-    """A promoted version that serves ``probability`` to every profile (0.3: percentile
-    62.5 among its cut points)."""
-    d = len(names)
-    intercept = math.log(probability / (1 - probability))
-    return LinearModel(
-        goal, 5, list(names), [0.0] * d, [1.0] * d, [0.0] * d, intercept, warming_up=False,
-        quantiles=[0.1, 0.2, 0.25, 0.35, 0.5], status="live",
-    )  # fmt: skip
-
-
 def test_a_warm_up_score_is_not_ranked() -> None:
     """Every profile of a goal still warming up is served the same base rate (or prior):
     its score has no percentile and no bucket (with ``thresholds = [50]`` a made-up
@@ -182,7 +172,7 @@ def test_a_warm_up_score_is_not_ranked() -> None:
     assert b'"percentile":null,"bucket":null' in score_message(cold, "t")
     assert not out.segment_changes and state.goals["conversion"].bucket is None
 
-    engine.set_model(_live_model("conversion", engine.featurizer.names, 0.3))
+    engine.set_model(flat_model("conversion", engine.featurizer.names, 0.3, LIVE_CUTS, 5))
     out.clear()
     state = engine.process(state, Event("e-2", "p", purchase["eventType"], DAY_MS, purchase), out)
     (live,) = [s for s in out.scores if s.goal == "conversion"]
@@ -227,7 +217,9 @@ def test_a_profile_no_longer_eligible_has_its_score_withdrawn() -> None:
         'eligibility = { field = "purchase_count_30d", op = "gte", value = 0.5 }',
     )
     engine = Engine(parse_config(text))
-    engine.set_model(_live_model("churn", engine.featurizer.names, 0.3))  # ranked scores
+    engine.set_model(
+        flat_model("churn", engine.featurizer.names, 0.3, LIVE_CUTS, 5)
+    )  # ranked scores
     out = Outcome()
     purchase = {"eventType": "commerce.purchases", "commerce": {"order": {"priceTotal": 10}}}
     state = engine.process(None, Event("e-1", "p-1", purchase["eventType"], 0, purchase), out)

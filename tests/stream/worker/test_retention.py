@@ -36,7 +36,6 @@ import redis
 
 from models.config import Config, ConfigError, parse_config
 from models.engine import Engine
-from models.model import LinearModel
 from models.state import ProfileState
 from stream.cli.replay import ensure_topics
 from stream.cli.scores import tail_scores
@@ -47,7 +46,7 @@ from stream.worker.scorer import BatchScorer, Record
 from stream.worker.settings import Settings
 from stream.worker.store import RedisStore
 from tests.harness import CONFIG as SHIPPED_CONFIG
-from tests.harness import WorkerProcess, consume_all, produce, wait_until
+from tests.harness import WorkerProcess, consume_all, flat_model, produce, wait_until
 from tests.stream.ops.test_segments import cluster_url  # noqa: F401 - a fixture
 
 SETTINGS = Settings(profile_scores=True)  # the latest-scores topic gets tombstones too
@@ -69,21 +68,7 @@ def ranked(config: Config) -> Engine:
     at 75 %: "high"), so the profiles of these tests are in a segment from their first
     event (a warm-up score is in none)."""
     names = Engine(config).featurizer.names
-    d = len(names)
-    models = {
-        g.name: LinearModel(
-            g.name,
-            1,
-            names,
-            [0.0] * d,
-            [1.0] * d,
-            [0.0] * d,
-            0.0,
-            warming_up=False,
-            quantiles=[0.2, 0.4, 0.6],
-        )  # fmt: skip
-        for g in config.goals
-    }
+    models = {g.name: flat_model(g.name, names, 0.5, [0.2, 0.4, 0.6]) for g in config.goals}
     return Engine(config, models)
 
 
