@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from models.state import Snapshot
 
-__all__ = ["example_id", "resolve_closed", "resolve_goal_event"]
+__all__ = ["example_id", "example_id_prefix", "resolve_closed", "resolve_goal_event"]
 
 
 def resolve_closed(
@@ -93,6 +93,21 @@ def _escape_id(value: str) -> str:
     if "|" not in value and "\\" not in value:
         return value
     return value.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def example_id_prefix(profile_id: str, goal: str) -> str:
+    """The start every :func:`example_id` of ``profile_id`` and ``goal`` shares (an
+    erasure finds the person's learnt ids by it).
+
+    >>> print(example_id_prefix("a|b", "churn"))
+    a\\|b|churn|
+    >>> snapshot = Snapshot(1000, "c", 0.5, 0, [])
+    >>> example_id("a|b", "churn", snapshot).startswith(example_id_prefix("a|b", "churn"))
+    True
+    >>> example_id("a|bc", "churn", snapshot).startswith(example_id_prefix("a|b", "churn"))
+    False
+    """
+    return f"{_escape_id(profile_id)}|{goal}|"
 
 
 def example_id(profile_id: str, goal: str, snapshot: Snapshot) -> str:

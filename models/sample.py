@@ -300,6 +300,27 @@ class ProfileSample:
         self._matrix = None
         return True
 
+    def remove(self, profile_id: str) -> bool:
+        """Drop ``profile_id`` (an erased person); True if it was sampled.
+
+        Its place stays free until a profile with a small enough hash comes: a removed
+        profile is not replaced by one evicted before.
+
+        >>> s = ProfileSample()
+        >>> _ = s.add("p", 7, [1.0]), s.add("q", 8, [2.0])
+        >>> s.remove("p"), s.remove("p"), s.ids(), s.changes()[2]
+        (True, False, ['q'], ['p'])
+        """
+        if profile_id not in self.entries:
+            return False
+        del self.entries[profile_id]
+        del self._ids[bisect.bisect_left(self._ids, profile_id)]
+        self._heap = [item for item in self._heap if item[1] != profile_id]
+        heapq.heapify(self._heap)
+        self.dirty.add(profile_id)
+        self._matrix = None
+        return True
+
     def ids(self) -> list[str]:
         """The sampled profile ids in order (the order of every matrix here; not a copy)."""
         return self._ids

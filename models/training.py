@@ -45,6 +45,7 @@ import orjson
 
 from models.config import Config
 from models.features import Featurizer
+from models.labels import example_id_prefix
 from models.learner import OnlineLearner
 from models.model import LinearModel, clamp_probability, transform
 from models.outcome import Example
@@ -339,6 +340,20 @@ class Trainer:
         if example.matured_ts > self.clock_ms[example.goal]:
             self.clock_ms[example.goal] = example.matured_ts
         return True
+
+    def forget(self, profile_id: str) -> int:
+        """Drop what this trainer holds of one person besides its weights (an erasure):
+        the profile's entries in the samples, and its example ids among the recent ones.
+        Returns how many sample entries went; the sample changes carry their deletion.
+
+        The weights, the calibration, the live metrics and the promotion windows are
+        aggregates of every example learnt and are not unlearnt (docs/GUARANTEES.md).
+        """
+        removed = sum(sample.remove(profile_id) for sample in self.samples.values())
+        prefixes = tuple(example_id_prefix(profile_id, goal) for goal in self.learners)
+        for example in [e for e in self.seen if e.startswith(prefixes)]:
+            del self.seen[example]
+        return removed
 
     def due(self, force: bool = False) -> list[str]:
         """Goals with enough new examples for a new version (all with any, if ``force``)."""

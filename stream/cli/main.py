@@ -48,9 +48,12 @@ from stream.cli.common import (
     security_error,
     settings_from_env,
 )
+from stream.cli.erase import add_erase_arguments, cmd_erase
 from stream.cli.profile import cmd_profile
+from stream.cli.quarantine import cmd_quarantine
 from stream.cli.replay import cmd_generate, cmd_replay
 from stream.cli.scores import cmd_tail
+from stream.cli.watermarks import cmd_watermarks
 
 __all__ = ["SERVERS_NEEDED", "build_parser", "main", "run", "version"]
 
@@ -65,6 +68,7 @@ SERVERS_NEEDED: dict[str, tuple[str, ...]] = {
     "quarantine": ("redis",),
     "watermarks": ("redis",),
     "backfill": ("redis",),
+    "erase": ("kafka", "redis"),
 }
 #: commands that use the servers of ``.customer-ai/dev.env`` (``dev up``) if the env names none
 USES_DEV_SERVERS = frozenset({"worker", *SERVERS_NEEDED})
@@ -130,18 +134,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     from stream.cli.models import models_main
 
     return models_main(args.json, config_path=args.config)
-
-
-def cmd_quarantine(args: argparse.Namespace) -> int:
-    from stream.cli.quarantine import cmd_quarantine as quarantine_main
-
-    return quarantine_main(args)
-
-
-def cmd_watermarks(args: argparse.Namespace) -> int:
-    from stream.cli.watermarks import cmd_watermarks as watermarks
-
-    return watermarks(args)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -383,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the profile document as JSON")
     _config_option(p)
     p.set_defaults(fn=cmd_profile)
+
+    p = command("erase", "remove people: profile, index entries, unlearnt examples (waits)")
+    add_erase_arguments(p)
+    p.set_defaults(fn=cmd_erase)
 
     p = command("evaluate", "backtest: metrics.json, examples.csv, profiles.jsonl, report.html")
     p.add_argument("events", help="JSON lines of events (optionally .gz)")

@@ -196,6 +196,14 @@ class LagReader:
         fetched = await self._admin.list_consumer_group_offsets(group, partitions=partitions)
         return {tp: om.offset for tp, om in fetched.items()}
 
+    async def committed(
+        self, group: str, partitions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Committed offsets of ``group`` on ``(topic, partition)`` pairs (``-1`` = none)."""
+        await self.start()
+        found = await self._committed(group, [TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
+
     async def _committed_all(
         self, group: str, layout: dict[str, list[int]]
     ) -> dict[TopicPartition, int]:

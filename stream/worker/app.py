@@ -15,6 +15,8 @@ and can commit past unprocessed ones, faust-streaming #606):
   processing returned, i.e. after its outputs were flushed and its state stored; a
   batch interrupted by cancellation is never acked.
 - ``train`` on the single-partition ``customer-ai.training``.
+- ``erase_profiles`` on ``customer-ai.erasures``: each erasure request applied by
+  :class:`~stream.worker.erasure.Eraser`, one at a time, acknowledged only once applied.
 
 Faust's consumer hands messages to the agents' queues through
 :mod:`stream.worker.handover` (the same loop without a race of four tasks per message,
@@ -59,10 +61,12 @@ from models.config import load_config
 from models.engine import Engine
 from models.features import Featurizer
 from stream.ops import metrics
+from stream.ops.lag import LagReader
 from stream.ops.lag_poller import LagPoller
 from stream.worker import compat, handover
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
+from stream.worker.erasure import Eraser, erase_or_dead_letter
 from stream.worker.producer import BatchProducer
 from stream.worker.rescoring import ModelRefresh
 from stream.worker.retention import RetentionSweep
@@ -142,6 +146,11 @@ repartition_topic = app.topic(
 # first scorer output or the consumer's subscription auto-creates it with the broker's
 # default partition count, and several trainers then learn and overwrite one model.
 training_topic = app.topic(settings.topic("training"), partitions=1, internal=True, **_raw)
+# erasure requests (customer-ai erase): created by the worker with the scoring partition
+# count, so Faust assigns each partition with the events-by-profile partition of that number
+erasures_topic = app.topic(
+    settings.topic("erasures"), partitions=settings.partitions, internal=True, **_raw
+)
 output_topics = [
     app.topic(settings.topic(name), partitions=n, **_raw)
     for name, n in (
@@ -195,6 +204,14 @@ class Runtime:
         }
         #: source topic -> the retention sweep of its scorer's partitions
         self.sweeps = {topic: RetentionSweep(s) for topic, s in self.scorers.items()}
+        #: applies erasure requests (stream.worker.erasure)
+        self.lag_reader = LagReader(settings.bootstrap, security=security)
+        self.eraser = Eraser(
+            self.scorers,
+            _assigned_source_partitions,
+            config,
+            committed=lambda tps: self.lag_reader.committed(settings.app_id, tps),
+        )
         #: the refresh sweeps after a new model version (stream.worker.rescoring)
         self.refresher = ModelRefresh(
             self.scorers, _assigned_source_partitions, config.refresh_per_second
@@ -324,6 +341,22 @@ async def train(stream: faust.StreamT) -> None:
             await _guarded(rt.trainer.process_until_learnt, _records(events))
         except asyncio.CancelledError:
             _never_ack(events)  # a shutdown cancelled it: the next owner re-reads it
+            raise
+
+
+@app.agent(erasures_topic)
+async def erase_profiles(stream: faust.StreamT) -> None:
+    """Apply each erasure request (:mod:`stream.worker.erasure`), one at a time. A request
+    that cannot be read goes to the DLQ (``bad_erasure_request``); a failure of ours
+    (Redis, the broker, a bug) is retried with backoff until it succeeds: a request is
+    never acknowledged before the person is removed."""
+    rt = runtime()
+    async for event in stream.events():
+        record = _records([event])[0]
+        try:
+            await erase_or_dead_letter(rt.eraser, rt.producer, record)
+        except asyncio.CancelledError:
+            _never_ack([event])  # a shutdown cancelled it: the next owner re-reads it
             raise
 
 

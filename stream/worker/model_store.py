@@ -7,17 +7,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import WatchError
 
 from stream.worker.store_connection import StoreConnection
 
-__all__ = ["LEARNT_IDS_KEPT", "ModelStore"]
+__all__ = ["LEARNT_IDS_KEPT", "ErasureDone", "ModelStore"]
 
 #: Example ids kept per goal in ``P:learnt:<goal>`` to drop re-delivered examples. A
 #: duplicate is re-sent within one batch retry or rebalance, far fewer examples apart.
 LEARNT_IDS_KEPT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureDone:
+    """The trainer's part of one erasure, written with the batch that passed its marker."""
+
+    profile_id: str
+    request_id: str
+    #: goal -> the person's ids in ``P:learnt:<goal>``
+    learnt_ids: dict[str, list[str]]
+    #: the audit record (JSON) of ``P:erasures`` field ``<request id>/training``
+    audit: bytes
 
 
 class ModelStore(StoreConnection):
@@ -89,6 +102,42 @@ class ModelStore(StoreConnection):
         """The trained offset of training partition 0 (-1: nothing learnt)."""
         return (await self.trainer_offsets()).get(0, -1)
 
+    # ---- erasures (stream.worker.erasure) ---------------------------------------------
+    @property
+    def erasing_key(self) -> str:
+        """Profiles being erased: profile id -> the request (JSON), until the trainer
+        passed the request's marker on the training topic."""
+        return f"{self.prefix}:erasing"
+
+    @property
+    def erasures_key(self) -> str:
+        """The erasure audit: request id -> what the worker removed (JSON), and
+        ``<request id>/training`` -> what the trainer removed."""
+        return f"{self.prefix}:erasures"
+
+    async def erasing(self) -> set[str]:
+        """The profile ids being erased (:attr:`erasing_key`)."""
+        raw = await self.retry("erasing", lambda: self.redis.hkeys(self.erasing_key))
+        return {k.decode() for k in raw}
+
+    async def learnt_ids_of(self, prefixes: dict[str, str]) -> dict[str, list[str]]:
+        """Goal -> the ids in ``P:learnt:<goal>`` that start with that goal's prefix
+        (:func:`models.labels.example_id_prefix`: one person's learnt examples). A
+        ``ZSCAN`` of the whole set per goal: an erasure's cost, never a batch's."""
+        found: dict[str, list[str]] = {}
+        for goal, prefix in prefixes.items():
+            pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+            key = self.learnt_key(goal)
+
+            async def scan(key: str = key, pattern: str = pattern) -> list[str]:
+                return [
+                    m.decode()
+                    async for m, _ in self.redis.zscan_iter(key, match=pattern, count=1000)
+                ]
+
+            found[goal] = await self.retry("erasing", scan)
+        return found
+
     async def learnt_already(self, ids_by_goal: dict[str, list[str]]) -> set[str]:
         """The ids among ``ids_by_goal`` that ``P:learnt:<goal>`` holds (learnt before)."""
         goals = [(g, ids) for g, ids in ids_by_goal.items() if ids]
@@ -116,6 +165,9 @@ class ModelStore(StoreConnection):
         learnt: dict[str, list[str]] | None = None,
         expected: dict[int, int] | None = None,
         samples: dict[str, tuple[bool, dict[str, bytes], list[str]]] | None = None,
+        erasing: set[str] | None = None,
+        learnt_profiles: set[str] | None = None,
+        erased: Iterable[ErasureDone] = (),
     ) -> bool:
         """Atomically store learner states, new serving models, learnt ids and trained offsets.
 
@@ -130,7 +182,16 @@ class ModelStore(StoreConnection):
         is returned; another trainer (after a rebalance) moved on, and this one must
         resume from Redis. Also after a connection error during EXEC: a retry that finds
         its own write applied reports False too, and the resume then finds that write.
+
+        ``erasing`` (the profile ids of ``P:erasing`` the batch was filtered with) fences
+        the write on that hash too: an erasure registered since then of a profile among
+        ``learnt_profiles`` (those the batch learnt examples of) re-runs the batch, so no
+        example of the person is learnt once its erasure is registered. Each of
+        ``erased`` (a marker the batch passed) removes its person's learnt ids and
+        ``P:erasing`` entry and writes the trainer's audit record, in the same transaction.
         """
+        erased = list(erased)
+        learnt_profiles = learnt_profiles or set()
         items = list(learners)
         now = int(time.time() * 1000)
         stored_expected = {p: o for p, o in (expected or {}).items() if o >= 0}
@@ -154,6 +215,12 @@ class ModelStore(StoreConnection):
                     key = self.learnt_key(goal)
                     pipe.zadd(key, dict.fromkeys(ids, now))
                     pipe.zremrangebyrank(key, 0, -(LEARNT_IDS_KEPT + 1))
+            for done in erased:
+                for goal, ids in done.learnt_ids.items():
+                    if ids:
+                        pipe.zrem(self.learnt_key(goal), *ids)
+                pipe.hdel(self.erasing_key, done.profile_id)
+                pipe.hset(self.erasures_key, f"{done.request_id}/training", done.audit)
             pipe.hset(self.trainer_offsets_key, mapping={str(p): o for p, o in offsets.items()})
 
         async def run_cluster() -> bool:
@@ -167,11 +234,16 @@ class ModelStore(StoreConnection):
         async def run() -> bool:
             async with self.redis.pipeline(transaction=True) as pipe:
                 if expected is not None:
-                    await pipe.watch(self.trainer_offsets_key)
+                    await pipe.watch(self.trainer_offsets_key, self.erasing_key)
                     raw = await pipe.hgetall(self.trainer_offsets_key)
                     if {int(k): int(v) for k, v in raw.items()} != stored_expected:
                         await pipe.unwatch()
                         return False
+                    if erasing is not None:
+                        now_erasing = {k.decode() for k in await pipe.hkeys(self.erasing_key)}
+                        if (now_erasing - erasing) & learnt_profiles:
+                            await pipe.unwatch()
+                            return False
                     pipe.multi()
                 queue(pipe)
                 try:

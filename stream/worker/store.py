@@ -33,6 +33,10 @@ key                                    value
 ``P:quarantine:{<profile_id>}``        a profile record that could not be read, moved aside
                                        (:mod:`stream.worker.quarantine`)
 ``P:quarantined`` (hash)               profile id -> why and when it was quarantined (JSON)
+``P:erasing`` (hash)                   profiles being erased -> the request (JSON), until the
+                                       trainer passed its marker (:mod:`stream.worker.erasure`)
+``P:erasures`` (hash)                  the erasure audit: request id -> what was removed (JSON,
+                                       with the id's SHA-256, never the id)
 ``P:layouts`` (hash)                   feature layout fingerprint -> layout JSON of every
                                        configuration a worker started with; ``legacy`` ->
                                        the layout of format-1 states (no fingerprint)

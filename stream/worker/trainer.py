@@ -20,6 +20,13 @@ rebalance repeats a batch), and the trainer learns each id once:
    one before a crash) moved them since this trainer resumed, nothing is written,
    the learners are resumed from Redis and the batch is re-run from there.
 
+Erasures (:mod:`stream.worker.erasure`): an example of a profile in ``P:erasing`` is
+dropped, never learnt, up to the erasure's marker record on the training topic; at the
+marker the person leaves the samples and the recent ids, and its learnt ids, sample
+entries and ``P:erasing`` entry are deleted in the batch's transaction, which is also
+fenced on ``P:erasing`` (an erasure registered meanwhile of a profile the batch learnt
+from re-runs the batch).
+
 Any error inside a batch also drops the in-memory learners (they may hold
 examples that were not stored) so the retry starts from the stored state.
 :meth:`TrainerStep.process_until_learnt` (the agent's entry point) retries a failing
@@ -41,12 +48,14 @@ import logging
 import os
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from functools import partial
 
 import orjson
 
 from models.config import Config
 from models.features import Featurizer
+from models.labels import example_id_prefix
 from models.layout import FeatureLayout
 from models.messages import example_from_message
 from models.migrate import LEGACY, FeatureMap
@@ -55,6 +64,8 @@ from models.outcome import Example
 from models.state import ProfileState
 from models.training import Trainer
 from stream.ops import metrics
+from stream.worker.erasure import erasure_marker
+from stream.worker.model_store import ErasureDone
 from stream.worker.producer import BatchProducer, OutMessage
 from stream.worker.range_reader import RangeReader
 from stream.worker.retry import Failure, RetryPolicy
@@ -92,6 +103,9 @@ class TrainerStep:
         Batches re-run because another trainer had moved the stored offsets.
     recovered
         Records the consumer skipped that were read from the broker and learnt.
+    erased_examples
+        Examples dropped because their person was being erased
+        (:mod:`stream.worker.erasure`).
     """
 
     def __init__(
@@ -113,6 +127,8 @@ class TrainerStep:
         self.duplicates = 0
         self.fenced = 0
         self.recovered = 0
+        #: examples dropped because their person was being erased (since start)
+        self.erased_examples = 0
         self.reader = reader or RangeReader(settings.bootstrap, kafka_security_kwargs(os.environ))
         self._warned_partitions = False
         #: the feature layout the learners follow; examples of another one are mapped by name
@@ -250,6 +266,11 @@ class TrainerStep:
         new_offsets = dict(self.offsets)
         examples: list[Example] = []
         records = await self._fill_gaps(records)
+        # the people being erased: their examples are dropped up to their request's marker
+        erasing = await self.store.erasing()
+        dropping = set(erasing)
+        markers: list[tuple[str, str]] = []
+        dropped: dict[str, int] = defaultdict(int)
         for record in records:
             p = record.partition
             if p != 0 and not self._warned_partitions:
@@ -262,8 +283,18 @@ class TrainerStep:
             if record.offset <= new_offsets.get(p, -1):
                 continue
             new_offsets[p] = record.offset
+            marker = erasure_marker(record.value)
+            if marker is not None:  # later examples of the id are a new profile's
+                markers.append(marker)
+                dropping.discard(marker[0])
+                continue
             try:
-                examples.append(example_from_message(record.value or b""))
+                example = example_from_message(record.value or b"")
+                if example.profile_id in dropping:
+                    dropped[example.profile_id] += 1
+                    self.erased_examples += 1
+                else:
+                    examples.append(example)
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 outbox.append(
                     (
@@ -294,12 +325,14 @@ class TrainerStep:
                 unknown[ex.goal].append(ex.example_id)
         stored = await self.store.learnt_already(unknown)
         learnt_ids: dict[str, list[str]] = defaultdict(list)
+        learnt_profiles: set[str] = set()
         duplicates = 0
         for ex in examples:
             if ex.example_id in stored:
                 duplicates += 1
             elif self.trainer.learn(ex):
                 learnt_ids[ex.goal].append(ex.example_id)
+                learnt_profiles.add(ex.profile_id)
             elif ex.goal in learners:
                 duplicates += 1
         force = time.monotonic() - self.last_publish >= self.config.model.snapshot_every_seconds
@@ -325,11 +358,23 @@ class TrainerStep:
         if outbox:  # dead letters first: at-least-once, like every output
             await self.producer.send_all(outbox)
             outbox = []
+        erased = [
+            await self._forget(pid, request_id, dropped.pop(pid, 0)) for pid, request_id in markers
+        ]
         samples = {goal: self.trainer.sample_changes(goal) for goal in learners}
         if not await self.store.publish_models(
-            states, new_offsets, learnt_ids, expected=self.offsets, samples=samples
+            states,
+            new_offsets,
+            learnt_ids,
+            expected=self.offsets,
+            samples=samples,
+            erasing=erasing,
+            learnt_profiles=learnt_profiles,
+            erased=erased,
         ):
             return None
+        for done in erased:
+            log.info("erasure %s: the trainer's part is done", done.request_id)
         self.offsets = new_offsets
         self.duplicates += duplicates
         if duplicates:
@@ -346,6 +391,21 @@ class TrainerStep:
             log.info("published %s", ", ".join(f"{g} v{v}" for g, v, _, _ in models))
             await self.producer.send_all(outbox)
         return learnt
+
+    async def _forget(self, profile_id: str, request_id: str, dropped: int) -> ErasureDone:
+        """The trainer's part of an erasure whose marker this batch passed: the person
+        leaves the samples and the recent ids in memory; its learnt ids, sample entries
+        and ``P:erasing`` entry go with the batch's write (:meth:`ModelStore.publish_models`)."""
+        sampled = self.trainer.forget(profile_id)
+        prefixes = {goal: example_id_prefix(profile_id, goal) for goal in self.trainer.learners}
+        learnt = await self.store.learnt_ids_of(prefixes)
+        audit = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "learnt_ids": sum(len(ids) for ids in learnt.values()),
+            "sample_entries": sampled,
+            "examples_dropped": dropped,
+        }
+        return ErasureDone(profile_id, request_id, learnt, orjson.dumps(audit))
 
     async def _sampled_states(self, goals: list[str]) -> dict[str, ProfileState | None]:
         """The stored states of the profiles in ``goals``' percentile samples: a version's
