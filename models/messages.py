@@ -20,11 +20,12 @@ from typing import Any
 
 import orjson
 
+from models.engine import Engine
 from models.explain import explain_scores
 from models.outcome import Example, Outcome, Score, SegmentChange
-from models.profile import format_time
+from models.profile import format_time, profile_scores
 from models.rounding import rounded
-from models.state import GoalState
+from models.state import GoalState, ProfileState
 
 __all__ = [
     "EncodedOutcome",
@@ -32,6 +33,8 @@ __all__ = [
     "encode_outcome",
     "example_from_message",
     "example_message",
+    "latest_score_part",
+    "latest_scores_message",
     "profile_scores_message",
     "score_message",
     "scores_field",
@@ -133,6 +136,44 @@ def profile_scores_message(profile_id: str, scores: dict[str, Any]) -> bytes:
     return orjson.dumps({"profile_id": profile_id, "scores": scores})
 
 
+def latest_score_part(message: bytes, event_time: str) -> bytes:
+    """One goal's value in the latest-scores message, cut from the goal's score message
+    (:func:`score_message`): its fields ``probability`` to ``factors`` as they are, then
+    ``scored_at``, the score's event time. The bytes :func:`profile_scores_message` writes
+    for that goal, without encoding the factors a second time.
+
+    >>> message = b'{"profile_id":"p","goal":"g","probability":0.5,"factors":[],"event_id":"e"}'
+    >>> latest_score_part(message, "2026-01-01T00:00:00.000Z")
+    b'{"probability":0.5,"factors":[],"scored_at":"2026-01-01T00:00:00.000Z"}'
+    """
+    # the keys are found as written: a string value holds a quote escaped, never bare
+    start = message.index(b',"probability":') + 1
+    end = message.rindex(b',"event_id":')
+    return b"{" + message[start:end] + b',"scored_at":"' + event_time.encode() + b'"}'
+
+
+def latest_scores_message(
+    engine: Engine, profile_id: str, state: ProfileState, parts: dict[str, bytes]
+) -> bytes:
+    """:func:`profile_scores_message` of ``state``'s current scores, taking each goal's
+    value from ``parts`` (goal -> :func:`latest_score_part` of the score it was served in
+    this batch) and encoding only the others (:func:`models.profile.profile_scores`).
+    The same bytes as ``profile_scores_message(profile_id, profile_scores(engine, state))``.
+    """
+    chunks: list[bytes] = []
+    slow: dict[str, Any] | None = None
+    for name, gs in state.goals.items():
+        if gs.probability is None:
+            continue  # left out, as the profile view leaves it out
+        part = parts.get(name)
+        if part is None:
+            if slow is None:
+                slow = profile_scores(engine, state)
+            part = orjson.dumps(slow[name])
+        chunks.append(orjson.dumps(name) + b":" + part)
+    return b'{"profile_id":' + orjson.dumps(profile_id) + b',"scores":{' + b",".join(chunks) + b"}}"
+
+
 def scores_field(goals: dict[str, GoalState]) -> bytes:
     """The profile hash's readable ``scores`` field (docs/DESIGN.md, "Profile hash"): per
     goal with a score, its probability, percentile, bucket and model version, rounded as in
@@ -175,6 +216,8 @@ class EncodedOutcome:
     examples_per_label: dict[tuple[str, str], int] = field(default_factory=dict)
     #: profile id -> goal -> the features of its newest score's factors, in order
     top_factors: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    #: with ``latest``: profile id -> goal -> :func:`latest_score_part` of its newest score
+    latest: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 def encode_outcome(
@@ -182,12 +225,14 @@ def encode_outcome(
     scored_at: str,
     topics: tuple[str, str, str],
     outbox: list[OutMessage],
+    latest: bool = False,
 ) -> EncodedOutcome:
     """Append the messages of ``out`` to ``outbox``, in order: scores, segment changes, examples.
 
     ``topics`` are the scores, segments and training topics. Scores and segment changes
     are keyed by profile id, examples by example id. Every score gets its factors first
-    (:func:`~models.explain.explain_scores`).
+    (:func:`~models.explain.explain_scores`). With ``latest``, each score's part of the
+    latest-scores message is kept too (:attr:`EncodedOutcome.latest`).
     """
     scores_topic, segments_topic, training_topic = topics
     explain_scores(out.scores)
@@ -196,16 +241,21 @@ def encode_outcome(
     top_factors = encoded.top_factors
     # event time -> its text: an event's scores (one per goal) and bucket changes share it
     times: dict[int, str] = {}
+    parts = encoded.latest
     for score in out.scores:
         text = _time_text(times, score.event_time_ms)
-        outbox.append(
-            (scores_topic, score.profile_id.encode(), score_message(score, scored_at, text))
-        )
+        message = score_message(score, scored_at, text)
+        outbox.append((scores_topic, score.profile_id.encode(), message))
         scores_per_goal[score.goal] = scores_per_goal.get(score.goal, 0) + 1
         per_goal = top_factors.get(score.profile_id)
         if per_goal is None:
             per_goal = top_factors[score.profile_id] = {}
         per_goal[score.goal] = tuple([f["feature"] for f in score.factors])
+        if latest:
+            of_profile = parts.get(score.profile_id)
+            if of_profile is None:
+                of_profile = parts[score.profile_id] = {}
+            of_profile[score.goal] = latest_score_part(message, text)
     moves = encoded.moves
     for change in out.segment_changes:
         text = _time_text(times, change.event_time_ms)

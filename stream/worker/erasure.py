@@ -298,10 +298,15 @@ class Eraser:
         while True:
             try:
                 committed = await self.committed(list(applied))
-                if all(committed.get(tp, -1) > offset for tp, offset in applied.items()):
-                    return True
-            except Exception as exc:  # noqa: BLE001 - the broker's answer is only awaited
-                log.debug("erasure: reading committed offsets failed: %r", exc)
+            except Exception as exc:  # noqa: BLE001 - not worth holding every erasure up
+                log.warning(
+                    "erasure: cannot read the consumer group's committed offsets (%r; "
+                    "the worker's Kafka principal needs Describe on the group): not waiting",
+                    exc,
+                )
+                return False
+            if all(committed.get(tp, -1) > offset for tp, offset in applied.items()):
+                return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.25)
@@ -316,10 +321,11 @@ class Eraser:
             if removed is not None:
                 if not committed:
                     log.warning(
-                        "erasure: the consumer group had not committed the person's last "
-                        "events after %ds; removed anyway (a crash now could re-deliver "
-                        "them and start a new profile from them)", COMMIT_WAIT,
-                    )  # fmt: skip
+                        "erasure: the consumer group's commit of the person's last events "
+                        "was not confirmed (within %ds); removed anyway: a crash before it "
+                        "would re-deliver them and start a new profile from them",
+                        COMMIT_WAIT,
+                    )
                 removed["committed"] = committed
                 return removed
         raise RuntimeError(f"erasure: the profile got events {MAX_FENCED} times meanwhile")

@@ -49,10 +49,10 @@ from functools import partial
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
 from models.eventtime import check_event_time, reference_time, watermark_ceiling
-from models.messages import OutMessage, encode_outcome, profile_scores_message, scores_field
+from models.messages import OutMessage, encode_outcome, latest_scores_message, scores_field
 from models.model import LinearModel
 from models.outcome import Outcome
-from models.profile import format_time, profile_scores
+from models.profile import format_time
 from models.state import ProfileState
 from stream.ops import metrics
 from stream.worker import quarantine
@@ -490,18 +490,19 @@ class BatchScorer(PartitionClock):
                 changed_by_expiry.add(pid)
         scored_at = format_time(int(time.time() * 1000))
         topics = (self.scores_topic, self.segments_topic, self.training_topic)
-        encoded = encode_outcome(out, scored_at, topics, outbox)
+        write_latest = self.settings.profile_scores
+        encoded = encode_outcome(out, scored_at, topics, outbox, latest=write_latest)
         top_factors = encoded.top_factors
-        # with CUSTOMER_AI_PROFILE_SCORES=1, the latest scores of every profile scored in
-        # this batch (once each, whatever its number of scores): the compacted topic's
-        # value, keyed like the scores (about a tenth of a worker's events per second)
-        if self.settings.profile_scores:
+        # the latest scores of every profile scored in this batch (once each, whatever its
+        # number of scores): the compacted topic's value, keyed like the scores, each
+        # goal's part cut from its last score message
+        if write_latest:
             latest = self.profile_scores_topic
-            for pid in top_factors:
+            for pid, parts in encoded.latest.items():
                 scored_state = states[pid]
                 if scored_state is not None:
-                    scores = profile_scores(engine, scored_state)
-                    outbox.append((latest, pid.encode(), profile_scores_message(pid, scores)))
+                    message = latest_scores_message(engine, pid, scored_state, parts)
+                    outbox.append((latest, pid.encode(), message))
         # counted per batch: a labelled child's lookup per event shows in profiles
         for goal, n in encoded.scores_per_goal.items():
             metrics.SCORES.labels(goal=goal).inc(n)

@@ -16,11 +16,11 @@ from models.engine import Engine
 from models.events import Event
 from models.explain import explain_scores
 from models.factors import HIGH_IMPORTANCE, MEDIUM_IMPORTANCE, importance
-from models.messages import encode_outcome
+from models.messages import encode_outcome, latest_scores_message, profile_scores_message
 from models.migrate import LayoutMigrator
 from models.model import LinearModel
 from models.outcome import Outcome
-from models.profile import profile_document
+from models.profile import profile_document, profile_scores
 from models.state import ProfileState
 from tests.harness import CONFIG
 from tests.models.test_migrate import SHIPPED, make_config
@@ -247,3 +247,30 @@ def test_served_factors_follow_a_configuration_edit_by_name() -> None:
     # stored again under the new layout and read back: unchanged
     again = ProfileState.from_bytes(moved.to_bytes(), [g.name for g in after.goals])
     assert profile_document(new, "p-1", again)["scores"] == doc["scores"]
+
+
+def test_the_latest_scores_message_cut_from_the_score_messages_is_the_views_bytes() -> None:
+    """The latest-scores topic's value takes each goal's part from its last score message
+    (no second encoding of the factors): the very bytes the profile view's ``scores``
+    encode to, also for a goal not scored in the batch and for ids that JSON escapes."""
+    names = Engine(CFG).featurizer.names
+    engine = Engine(CFG, {GOALS[0]: live(GOALS[0], 3, names)})  # the other goal warms up
+    states: dict[str, ProfileState] = {}
+    out = Outcome()
+    for n, pid in enumerate(["p-1", 'p"2\\', "p-ü"]):
+        state = None
+        for i in range(9 + n):
+            kind = "commerce.purchases" if i % 4 == 3 else "commerce.productViews"
+            state = engine.process(state, event(i, i * 1.5, kind, pid), out)
+        assert state is not None
+        states[pid] = state
+    encoded = encode_outcome(out, "now", ("scores", "segments", "training"), [], latest=True)
+    assert set(encoded.latest) == set(states)
+    for pid, state in states.items():
+        parts = encoded.latest[pid]
+        assert set(parts) == set(GOALS)
+        view = profile_scores_message(pid, profile_scores(engine, state))
+        assert latest_scores_message(engine, pid, state, parts) == view
+        one_missing = {g: p for g, p in parts.items() if g != GOALS[0]}  # e.g. a refresh
+        assert latest_scores_message(engine, pid, state, one_missing) == view
+        assert orjson.loads(view)["scores"][GOALS[0]]["factors"]
