@@ -16,10 +16,12 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from stream.cli.common import CliError, connect_store, output_console, settings_from_env
 
@@ -86,18 +88,34 @@ def erase_main(profile_ids: list[str], timeout: float, wait: bool, as_json: bool
     Returns the exit status: 0 when every erasure is done (or requested, without
     waiting), 1 when some were not done within ``timeout`` seconds.
     """
+    from stream.worker.erasure import MAX_ID_LENGTH
+
+    profile_ids = list(dict.fromkeys(profile_ids))  # once each, in the order given
     if not profile_ids:
-        raise CliError("erase: give at least one profile id", 2)
+        raise CliError("give at least one profile id", 2)
     if any(not pid for pid in profile_ids):
-        raise CliError("erase: a profile id cannot be empty", 2)
+        raise CliError("a profile id cannot be empty", 2)
+    if any(len(pid) > MAX_ID_LENGTH for pid in profile_ids):
+        raise CliError(f"a profile id is at most {MAX_ID_LENGTH} characters (as event ids)", 2)
     started = time.monotonic()
     requests = asyncio.run(request_erasures(profile_ids))
     if not wait:
         for r in requests:
             print(orjson.dumps(r).decode() if as_json else f"requested {r['request_id']}")
         return 0
-    with output_console(stderr=True).status(f"waiting for {len(requests)} erasure(s)..."):
-        outcome = asyncio.run(_wait(requests, timeout))
+    try:
+        with output_console(stderr=True).status(f"waiting for {len(requests)} erasure(s)..."):
+            outcome = asyncio.run(_wait(requests, timeout))
+    except (CliError, RedisError, OSError) as exc:
+        detail = exc.message if isinstance(exc, CliError) else repr(exc)
+        ids = ", ".join(r["request_id"] for r in requests[:5])
+        more = f" and {len(requests) - 5} more" if len(requests) > 5 else ""
+        raise CliError(
+            f"the {len(requests)} request(s) were written to "
+            f"{settings_from_env().topic('erasures')} (request ids {ids}{more}) and workers "
+            f"will apply them, but their outcome cannot be read from Redis: {detail}",
+            1,
+        ) from None
     seconds = time.monotonic() - started
     pending = [r for r in requests if len(outcome[r["request_id"]]) < 2]
     if as_json:
@@ -138,12 +156,12 @@ def erase_main(profile_ids: list[str], timeout: float, wait: bool, as_json: bool
     return 0
 
 
-def add_erase_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of ``customer-ai erase``."""
+def add_erase_arguments(p: argparse.ArgumentParser, seconds: Callable[[str], float]) -> None:
+    """The arguments of ``customer-ai erase`` (``seconds`` parses ``--timeout``)."""
     p.add_argument("profile_ids", nargs="+", metavar="ID", help="the profile ids to erase")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long to wait for the workers to apply the requests (exit status 1 after)",

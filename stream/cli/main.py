@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_profile)
 
     p = command("erase", "remove people: profile, index entries, unlearnt examples (waits)")
-    add_erase_arguments(p)
+    add_erase_arguments(p, positive_float)
     p.set_defaults(fn=cmd_erase)
 
     p = command("evaluate", "backtest: metrics.json, examples.csv, profiles.jsonl, report.html")

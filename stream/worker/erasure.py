@@ -9,26 +9,31 @@ each with :meth:`Eraser.erase`, in this order:
    training example of the id it reads, and its batch write is fenced on that hash
    (:meth:`~stream.worker.model_store.ModelStore.publish_models`): no example of the
    person is learnt once its erasure is registered;
-2. **tombstones**: key = profile id, value null, to ``<prefix>.scores`` and (when written)
-   the compacted ``<prefix>.profile-scores``, produced and acknowledged before anything
-   is removed, as the retention sweep does (a crash in between re-sends them);
-3. **removal**, once the consumer group has committed past the profile's applied
-   offsets (``o:<topic>:<partition>``: a crash can then re-deliver none of the person's
-   events, which would start a new profile from them; waited for up to
-   :data:`COMMIT_WAIT` seconds, about one commit interval normally), in the lane of each
-   of the profile's source partitions assigned to this worker (never beside a batch of
-   them) and only if it applied no event since (else wait again), :data:`ERASE_SCRIPT`
-   atomically: only if the profile is still at the write version just read (else read
+2. **commit**: wait until the consumer group has committed past the profile's applied
+   offsets (``o:<topic>:<partition>``; up to :data:`COMMIT_WAIT` seconds, about one
+   commit interval normally): a crash can then re-deliver none of the person's events,
+   which would start a new profile from them;
+3. **removal**, in the lane of each of the profile's source partitions assigned to this
+   worker (never beside a batch of them), after waiting there for the commit of any event
+   applied since step 2 (up to :data:`LANE_COMMIT_WAIT` seconds): :data:`ERASE_SCRIPT`
+   atomically, only if the profile is still at the write version just read (else read
    again and retry), ``DEL`` of its key and of its quarantined record, its
    ``P:quarantined`` note, ``ZREM`` from every due and activity index and ``SREM`` from
    every segment set;
-4. **marker**: one record ``{"erasure": {"profile_id", "request_id"}}`` on the training
+4. **tombstones**, still in the lanes: key = profile id, value null, to
+   ``<prefix>.scores`` and (when written) the compacted ``<prefix>.profile-scores``,
+   acknowledged: after every score of the person, before any score of a new profile of
+   the id;
+5. **audit**: ``HSET P:erasures <request id> <record>``: a SHA-256 of the id, when it
+   was requested and done, and what was removed. The id itself is kept nowhere. A request
+   applied again keeps what its first run removed; a request id used before for another
+   person gets its own field (:meth:`Eraser._write_audit`);
+6. **marker**: one record ``{"erasure": {"profile_id", "request_id"}}`` on the training
    topic, after every example the scorer produced for the person before its removal.
    The trainer, when it reaches the marker, removes the person from its samples
    (``P:sample:<goal>``) and its learnt ids (``P:learnt:<goal>``), deletes the
-   ``P:erasing`` entry and writes its audit record, in one transaction with the batch;
-5. **audit**: ``HSET P:erasures <request id> <record>``: a SHA-256 of the id, when it
-   was requested and done, and what was removed. The id itself is kept nowhere.
+   ``P:erasing`` entry (if still this request's) and writes its audit record, in one
+   transaction with the batch.
 
 Every step is idempotent: a request re-delivered after a crash runs again, removes what
 is left and writes its audit record again. A later event of the id starts a new profile.
@@ -41,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -78,6 +84,8 @@ log = logging.getLogger(__name__)
 MAX_FENCED = 20
 #: Seconds an erasure waits for the consumer group to commit the person's applied events.
 COMMIT_WAIT = 30
+#: Seconds it waits for the commit of events applied meanwhile, holding their partitions.
+LANE_COMMIT_WAIT = 5
 #: Seconds the list of index keys (a ``SCAN``) is reused between erasures.
 INDEX_KEYS_TTL = 60.0
 
@@ -111,6 +119,10 @@ return redis.call('DEL', KEYS[1])
 """
 
 _MARKER_START = b'{"erasure":'
+#: the longest profile id a request may name (as an event's ids, models/events.py)
+MAX_ID_LENGTH = 512
+#: what a request id may be: it names the audit record, and must not carry the person
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: reads the consumer group's committed offsets of ``(topic, partition)`` pairs
 Committed = Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
 
@@ -133,12 +145,12 @@ def parse_request(value: bytes | None, default_id: str) -> ErasureRequest:
     ValueError
         With the reason, for the dead-letter topic.
 
-    >>> parse_request(b'{"profile_id": "p-1"}', "t:0:5")
+    >>> parse_request(b'{"profile_id": "p-1", "request_id": null}', "t:0:5")
     ErasureRequest(profile_id='p-1', request_id='t:0:5', requested_at=None)
-    >>> parse_request(b'{"profile_id": ""}', "t:0:6")
+    >>> parse_request(b'{"profile_id": "p-1", "request_id": "erase p-1"}', "t:0:6")
     Traceback (most recent call last):
     ...
-    ValueError: profile_id must be a non-empty string
+    ValueError: request_id must be 1 to 128 of A-Z a-z 0-9 . _ : - (not 'erase p-1')
     """
     if not value:
         raise ValueError('an erasure request is JSON {"profile_id": "..."}; the value is empty')
@@ -151,12 +163,26 @@ def parse_request(value: bytes | None, default_id: str) -> ErasureRequest:
     pid = body.get("profile_id")
     if not isinstance(pid, str) or not pid:
         raise ValueError("profile_id must be a non-empty string")
-    request_id = body.get("request_id", default_id)
-    if not isinstance(request_id, str) or not request_id or "/" in request_id:
-        raise ValueError("request_id must be a non-empty string without '/'")
+    if len(pid) > MAX_ID_LENGTH:
+        raise ValueError(f"profile_id is longer than {MAX_ID_LENGTH} characters (as event ids)")
+    request_id = body.get("request_id")
+    if request_id is None:
+        request_id = default_id
+    elif not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise ValueError(
+            f"request_id must be 1 to 128 of A-Z a-z 0-9 . _ : - (not {str(request_id)[:64]!r})"
+        )
+    elif pid in request_id:
+        raise ValueError("request_id must not contain the profile id (the audit keeps it)")
     requested_at = body.get("requested_at")
-    if requested_at is not None and not isinstance(requested_at, str):
-        raise ValueError("requested_at must be a string (ISO-8601)")
+    if requested_at is not None:
+        try:
+            datetime.fromisoformat(str(requested_at).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"requested_at must be ISO-8601, e.g. 2026-12-06T10:00:00Z (not {str(requested_at)[:64]!r})"
+            ) from None
+        requested_at = str(requested_at)
     return ErasureRequest(pid, request_id, requested_at)
 
 
@@ -243,17 +269,7 @@ class Eraser:
         topics = [self.settings.topic("scores")]
         if self.settings.profile_scores:
             topics.append(self.settings.topic("profile-scores"))
-        await self.producer.send_all([(topic, pid.encode(), None) for topic in topics])
-        removed = await self._remove_in_lanes(pid)
-        await self.producer.send_all(
-            [
-                (
-                    self.settings.topic("training"),
-                    pid.encode(),
-                    marker_message(pid, request.request_id),
-                )
-            ]
-        )
+        removed = await self._remove_in_lanes(pid, topics)
         audit: dict[str, Any] = {
             "request_id": request.request_id,
             "profile_sha256": profile_digest(pid),
@@ -262,17 +278,54 @@ class Eraser:
             "removed": removed,
             "tombstones": topics,
         }
-        record = orjson.dumps(audit)
-        await store.retry(
-            "erase", lambda: store.redis.hset(store.erasures_key, request.request_id, record)
-        )
+        field = await self._write_audit(audit)
+        # the trainer's part, named by the audit record it completes
+        marker = marker_message(pid, field)
+        await self.producer.send_all([(self.settings.topic("training"), pid.encode(), marker)])
         if removed["profile"]:
             metrics.PROFILES_REMOVED.labels(reason="erasure").inc()
         log.info(
             "erasure %s (profile sha256 %s...): %s; the trainer's part follows its marker",
-            request.request_id, audit["profile_sha256"][:12], removed,
+            field, audit["profile_sha256"][:12], removed,
         )  # fmt: skip
         return audit
+
+    async def _write_audit(self, audit: dict[str, Any]) -> str:
+        """Store ``audit`` under its request id; returns the field written.
+
+        A request applied again (re-delivered after a crash) keeps what its first run
+        removed (each count the larger, each flag set if either run set it). A request id
+        already used for another person is not overwritten: this one is stored under
+        ``<request id>~<first 16 hex digits of the SHA-256>`` instead (logged).
+        """
+        store = self.store
+        field = audit["request_id"]
+        raw = await store.retry("erase", lambda: store.redis.hget(store.erasures_key, field))
+        if raw is not None:
+            before = orjson.loads(raw)
+            if before.get("profile_sha256") != audit["profile_sha256"]:
+                field = f"{field}~{audit['profile_sha256'][:16]}"
+                log.warning(
+                    "erasure: request id %s was used for another person: this one's audit "
+                    "record is %s", audit["request_id"], field,
+                )  # fmt: skip
+            else:
+                old, new = before.get("removed", {}), audit["removed"]
+                audit["removed"] = {
+                    "profile": bool(old.get("profile") or new["profile"]),
+                    "quarantined_record": bool(
+                        old.get("quarantined_record") or new["quarantined_record"]
+                    ),
+                    "index_entries": max(int(old.get("index_entries", 0)), new["index_entries"]),
+                    # whether the removal that found the profile waited for the commit
+                    "committed": old.get("committed", True)
+                    if old.get("profile")
+                    else new["committed"],
+                }
+                audit["runs"] = int(before.get("runs", 1)) + 1
+        record = orjson.dumps(audit)
+        await store.retry("erase", lambda: store.redis.hset(store.erasures_key, field, record))
+        return field
 
     async def _applied(self, pid: str) -> dict[tuple[str, int], int]:
         """The profile's applied offsets: source partition -> offset of its last event."""
@@ -288,13 +341,13 @@ class Eraser:
                 applied[(topic, int(partition))] = int(value)
         return applied
 
-    async def _wait_committed(self, applied: dict[tuple[str, int], int]) -> bool:
+    async def _wait_committed(self, applied: dict[tuple[str, int], int], wait: float) -> bool:
         """Wait until the consumer group committed past every applied offset (so no crash
         can re-deliver an event of the person, which would re-create it); False if that
-        did not happen within :data:`COMMIT_WAIT` seconds."""
+        did not happen within ``wait`` seconds, or the offsets cannot be read."""
         if not applied or self.committed is None:
             return True
-        deadline = time.monotonic() + COMMIT_WAIT
+        deadline = time.monotonic() + wait
         while True:
             try:
                 committed = await self.committed(list(applied))
@@ -309,53 +362,52 @@ class Eraser:
                 return True
             if time.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.1)
 
-    async def _remove_in_lanes(self, pid: str) -> dict[str, Any]:
-        """:meth:`_remove`, once the person's applied events are committed, inside the
-        lanes of the profile's partitions assigned here."""
-        for _ in range(MAX_FENCED):
-            applied = await self._applied(pid)
-            committed = await self._wait_committed(applied)
-            removed = await self._remove_if_applied(pid, applied)
-            if removed is not None:
-                if not committed:
-                    log.warning(
-                        "erasure: the consumer group's commit of the person's last events "
-                        "was not confirmed (within %ds); removed anyway: a crash before it "
-                        "would re-deliver them and start a new profile from them",
-                        COMMIT_WAIT,
-                    )
-                removed["committed"] = committed
-                return removed
-        raise RuntimeError(f"erasure: the profile got events {MAX_FENCED} times meanwhile")
+    async def _remove_in_lanes(self, pid: str, topics: list[str]) -> dict[str, Any]:
+        """Remove the profile and send its tombstones to ``topics``, inside the lanes of its
+        partitions assigned here, once the person's applied events are committed.
 
-    async def _remove_if_applied(
-        self, pid: str, applied: dict[tuple[str, int], int]
-    ) -> dict[str, Any] | None:
-        """:meth:`_remove` in the lanes, if the profile applied no event since ``applied``
-        was read (else None: its new events must be committed first)."""
-        sources = set(applied)
-        local = sorted(tp for tp in sources & self.assigned() if tp[0] in self.scorers)
-
-        Job = Callable[[], Awaitable[dict[str, Any] | None]]
+        The commit is awaited first outside the lanes (up to :data:`COMMIT_WAIT`
+        seconds); events applied since then (a profile that keeps sending) are awaited
+        inside them, where no batch of those partitions can apply more (up to
+        :data:`LANE_COMMIT_WAIT` seconds, which the partitions wait too). The tombstones
+        follow the removal in the lanes, so they come after every score of the person
+        and before any score of a new profile of the id.
+        """
+        applied = await self._applied(pid)
+        committed = await self._wait_committed(applied, COMMIT_WAIT)
+        local = sorted(tp for tp in set(applied) & self.assigned() if tp[0] in self.scorers)
+        Job = Callable[[], Awaitable[dict[str, Any]]]
 
         def inside(lanes: list[tuple[str, int]], job: Job) -> Job:
             if not lanes:
                 return job
             (topic, partition), rest = lanes[0], lanes[1:]
 
-            async def in_lane() -> dict[str, Any] | None:
+            async def in_lane() -> dict[str, Any]:
                 return await self.scorers[topic].lane(topic, partition).run(inside(rest, job))
 
             return in_lane
 
-        async def job() -> dict[str, Any] | None:
-            if await self._applied(pid) != applied:
-                return None
-            return await self._remove(pid, sources)
+        async def job() -> dict[str, Any]:
+            nonlocal committed
+            now = await self._applied(pid)
+            if now != applied:
+                committed = await self._wait_committed(now, LANE_COMMIT_WAIT)
+            removed = await self._remove(pid, set(applied) | set(now))
+            await self.producer.send_all([(topic, pid.encode(), None) for topic in topics])
+            return removed
 
-        return await inside(local, job)()
+        removed = await inside(local, job)()
+        if not committed:
+            log.warning(
+                "erasure: the consumer group's commit of the person's last events was not "
+                "confirmed; removed anyway: a crash before it would re-deliver them and "
+                "start a new profile from them (erase the id again then)"
+            )
+        removed["committed"] = committed
+        return removed
 
     async def _index_keys(self, sources: set[tuple[str, int]]) -> tuple[list[str], list[str]]:
         """(the due and activity indexes, the segment sets) that may hold a profile."""

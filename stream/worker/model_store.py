@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.exceptions import WatchError
 
 from stream.worker.store_connection import StoreConnection
@@ -31,6 +32,8 @@ class ErasureDone:
     learnt_ids: dict[str, list[str]]
     #: the audit record (JSON) of ``P:erasures`` field ``<request id>/training``
     audit: bytes
+    #: the ``P:erasing`` entry is this request's (not a later request's for the same id)
+    clear_entry: bool = True
 
 
 class ModelStore(StoreConnection):
@@ -115,10 +118,26 @@ class ModelStore(StoreConnection):
         ``<request id>/training`` -> what the trainer removed."""
         return f"{self.prefix}:erasures"
 
-    async def erasing(self) -> set[str]:
-        """The profile ids being erased (:attr:`erasing_key`)."""
-        raw = await self.retry("erasing", lambda: self.redis.hkeys(self.erasing_key))
-        return {k.decode() for k in raw}
+    async def erasing(self) -> dict[str, str]:
+        """The profile ids being erased (:attr:`erasing_key`) -> their request's audit
+        field (its request id)."""
+        raw = await self.retry("erasing", lambda: self.redis.hgetall(self.erasing_key))
+        out = {}
+        for key, value in raw.items():
+            try:
+                out[key.decode()] = str(orjson.loads(value).get("request_id", ""))
+            except (orjson.JSONDecodeError, AttributeError):
+                out[key.decode()] = ""
+        return out
+
+    async def erasure_audit(self, field: str) -> dict[str, Any]:
+        """One audit record of :attr:`erasures_key` (empty when absent or unreadable)."""
+        raw = await self.retry("erasing", lambda: self.redis.hget(self.erasures_key, field))
+        try:
+            record = orjson.loads(raw) if raw is not None else {}
+        except orjson.JSONDecodeError:
+            return {}
+        return record if isinstance(record, dict) else {}
 
     async def learnt_ids_of(self, prefixes: dict[str, str]) -> dict[str, list[str]]:
         """Goal -> the ids in ``P:learnt:<goal>`` that start with that goal's prefix
@@ -219,7 +238,8 @@ class ModelStore(StoreConnection):
                 for goal, ids in done.learnt_ids.items():
                     if ids:
                         pipe.zrem(self.learnt_key(goal), *ids)
-                pipe.hdel(self.erasing_key, done.profile_id)
+                if done.clear_entry:
+                    pipe.hdel(self.erasing_key, done.profile_id)
                 pipe.hset(self.erasures_key, f"{done.request_id}/training", done.audit)
             pipe.hset(self.trainer_offsets_key, mapping={str(p): o for p, o in offsets.items()})
 

@@ -254,8 +254,9 @@ class TrainerStep:
                 return learnt
             self.fenced += 1
             log.warning(
-                "trained offsets moved since this trainer resumed (another trainer took the "
-                "partition, or a write's reply was lost): resuming from Redis and re-running"
+                "the training batch's write was fenced (another trainer took the partition, "
+                "a write's reply was lost, or an erasure of a profile it learnt from was "
+                "registered meanwhile): resuming from Redis and re-running"
             )
             self._reset()
         raise RuntimeError(f"training batch fenced {MAX_FENCED_RETRIES} times in a row")
@@ -269,7 +270,7 @@ class TrainerStep:
         # the people being erased: their examples are dropped up to their request's marker
         erasing = await self.store.erasing()
         dropping = set(erasing)
-        markers: list[tuple[str, str]] = []
+        markers: list[tuple[str, str, bool]] = []
         dropped: dict[str, int] = defaultdict(int)
         for record in records:
             p = record.partition
@@ -284,9 +285,14 @@ class TrainerStep:
                 continue
             new_offsets[p] = record.offset
             marker = erasure_marker(record.value)
-            if marker is not None:  # later examples of the id are a new profile's
-                markers.append(marker)
-                dropping.discard(marker[0])
+            if marker is not None:
+                pid, request = marker
+                # later examples of the id are a new profile's, unless another erasure
+                # of the id was registered since (its own marker follows)
+                latest = erasing.get(pid, request) in (request, "")
+                if latest:
+                    dropping.discard(pid)
+                markers.append((pid, request, latest))
                 continue
             try:
                 example = example_from_message(record.value or b"")
@@ -359,7 +365,8 @@ class TrainerStep:
             await self.producer.send_all(outbox)
             outbox = []
         erased = [
-            await self._forget(pid, request_id, dropped.pop(pid, 0)) for pid, request_id in markers
+            await self._forget(pid, request, dropped.pop(pid, 0), latest)
+            for pid, request, latest in markers
         ]
         samples = {goal: self.trainer.sample_changes(goal) for goal in learners}
         if not await self.store.publish_models(
@@ -368,7 +375,7 @@ class TrainerStep:
             learnt_ids,
             expected=self.offsets,
             samples=samples,
-            erasing=erasing,
+            erasing=set(erasing),
             learnt_profiles=learnt_profiles,
             erased=erased,
         ):
@@ -392,20 +399,27 @@ class TrainerStep:
             await self.producer.send_all(outbox)
         return learnt
 
-    async def _forget(self, profile_id: str, request_id: str, dropped: int) -> ErasureDone:
+    async def _forget(
+        self, profile_id: str, request_id: str, dropped: int, clear_entry: bool
+    ) -> ErasureDone:
         """The trainer's part of an erasure whose marker this batch passed: the person
         leaves the samples and the recent ids in memory; its learnt ids, sample entries
-        and ``P:erasing`` entry go with the batch's write (:meth:`ModelStore.publish_models`)."""
+        and (``clear_entry``) ``P:erasing`` entry go with the batch's write
+        (:meth:`ModelStore.publish_models`). A marker read again (the request re-run after
+        a crash) keeps the larger counts of the audit record already written."""
         sampled = self.trainer.forget(profile_id)
         prefixes = {goal: example_id_prefix(profile_id, goal) for goal in self.trainer.learners}
         learnt = await self.store.learnt_ids_of(prefixes)
-        audit = {
-            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        counts = {
             "learnt_ids": sum(len(ids) for ids in learnt.values()),
             "sample_entries": sampled,
             "examples_dropped": dropped,
         }
-        return ErasureDone(profile_id, request_id, learnt, orjson.dumps(audit))
+        before = await self.store.erasure_audit(f"{request_id}/training")
+        audit: dict[str, object] = {"at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        for name, n in counts.items():
+            audit[name] = max(n, int(before.get(name, 0)))
+        return ErasureDone(profile_id, request_id, learnt, orjson.dumps(audit), clear_entry)
 
     async def _sampled_states(self, goals: list[str]) -> dict[str, ProfileState | None]:
         """The stored states of the profiles in ``goals``' percentile samples: a version's

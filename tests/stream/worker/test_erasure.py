@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from aiokafka import AIOKafkaProducer
 
 from models.config import parse_config
 from models.labels import example_id_prefix
@@ -115,12 +116,25 @@ def person_example(ex: Example, pid: str, n: int) -> Example:
         (b"p-1", "not JSON"),
         (b'["p-1"]', "a JSON object"),
         (b'{"profile_id": 7}', "profile_id must be a non-empty string"),
-        (b'{"profile_id": "p", "request_id": "a/b"}', "request_id must be a non-empty string"),
+        (b'{"profile_id": "p", "request_id": "a/b"}', "request_id must be 1 to 128 of"),
+        (b'{"profile_id": "p", "request_id": "for jane@example.com"}', "request_id must be"),
+        (b'{"profile_id": "p-33", "request_id": "p-33"}', "must not contain the profile id"),
+        (b'{"profile_id": "p", "requested_at": "yesterday"}', "requested_at must be ISO-8601"),
+        (b'{"profile_id": "' + b"x" * 513 + b'"}', "longer than 512 characters"),
     ],
 )
 def test_a_bad_request_is_refused_with_its_reason(value: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_request(value, "t:0:1")
+
+
+def test_a_request_without_a_request_id_is_named_by_its_record() -> None:
+    for body in (b'{"profile_id": "p"}', b'{"profile_id": "p", "request_id": null}'):
+        assert parse_request(body, "customer-ai.erasures:3:17").request_id == (
+            "customer-ai.erasures:3:17"
+        )
+    ok = parse_request(b'{"profile_id": "p", "requested_at": "2026-12-06T10:00:00Z"}', "t:0:1")
+    assert ok.requested_at == "2026-12-06T10:00:00Z"
 
 
 async def test_a_bad_request_goes_to_the_dlq(store: RedisStore, producer: BatchProducer) -> None:
@@ -181,6 +195,30 @@ class RegisteringStore(RedisStore):
             await self.redis.hset(self.erasing_key, self.person, b"{}")
             self.person = ""
         return await super().learnt_already(ids_by_goal)
+
+
+async def test_a_second_erasure_of_an_id_keeps_dropping_until_its_own_marker(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    others = make_examples(12, seed=9)
+    store = RedisStore(redis_url)
+    try:
+        step = TrainerStep(CFG, store, CollectingProducer(), Settings())
+        redis_client.hset("cai:erasing", "p-y", b'{"request_id": "r-2"}')  # registered last
+        batch = training_records([person_example(others[0], "p-y", 1)])
+        batch.append(Record(TRAINING, 0, 1, b"p-y", marker_message("p-y", "r-1"), None))
+        batch += training_records([person_example(others[1], "p-y", 2)], first_offset=2)
+        assert await step.process(batch) == 0  # both dropped: r-2 still runs
+        assert redis_client.hexists("cai:erasing", "p-y")
+        marker = Record(TRAINING, 0, 3, b"p-y", marker_message("p-y", "r-2"), None)
+        after = training_records([person_example(others[2], "p-y", 3)], first_offset=4)
+        assert await step.process([marker, *after]) == 1  # a new profile's, learnt
+    finally:
+        await store.close()
+    assert step.erased_examples == 2
+    assert not redis_client.hexists("cai:erasing", "p-y")
+    assert redis_client.hget("cai:erasures", "r-1/training") is not None
+    assert redis_client.hget("cai:erasures", "r-2/training") is not None
 
 
 async def test_an_erasure_registered_during_a_training_batch_re_runs_it(
@@ -275,43 +313,88 @@ async def test_an_erased_person_leaves_no_trace_and_others_stay(
     assert (fresh.n_events, fresh.first_ts) == (1, START + 300 * DAY)
 
 
-class WritingProducer(BatchProducer):
-    """Before the eraser's tombstones go out, another worker applies ``racer``."""
+class RacedEraser(Eraser):
+    """Another worker applies ``racer`` right after the removal read the write version."""
 
     other: BatchScorer | None = None
     racer: Record | None = None
+    removing = False
 
-    async def send_all(self, messages: list[Any]) -> None:
-        if self.other is not None and self.racer and any(v is None for _, _, v in messages):
+    async def _remove(self, pid: str, sources: set[tuple[str, int]]) -> dict[str, Any]:
+        self.removing = True
+        return await super()._remove(pid, sources)
+
+    async def _version(self, key: str) -> str:
+        version = await super()._version(key)
+        if self.removing and self.other is not None and self.racer is not None:
             racer, self.racer = self.racer, None
             await self.other.process([racer])
-        await super().send_all(messages)
+        return version
 
 
 async def test_a_profile_written_meanwhile_is_read_again_and_removed(
-    store: RedisStore, redis_client: redis.Redis, redis_url: str, topics: str
+    store: RedisStore, producer: BatchProducer, redis_client: redis.Redis, redis_url: str
 ) -> None:
-    await ensure_topics(topics, {SETTINGS.topic("profile-scores"): 1}, {})
-    racing = WritingProducer(topics)
     other_store = RedisStore(redis_url, key_prefix="cai")
     try:
-        scorer = BatchScorer(ranked(CFG), store, racing, SETTINGS)
+        scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
         events = Events()
         await scorer.process(history(events)[:30])
-        version = redis_client.hget("cai:p:{active}", "v")
-        racing.other = BatchScorer(ranked(CFG), other_store, BatchProducer(topics), SETTINGS)
-        racing.racer = events("active", 90)
-        eraser = Eraser({EVENTS: scorer}, set, CFG)  # its partition is not assigned here
+        eraser = RacedEraser({EVENTS: scorer}, set, CFG)  # its partition is not assigned here
+        eraser.other = BatchScorer(ranked(CFG), other_store, producer, SETTINGS)
+        eraser.racer = events("active", 90)
         audit = await eraser.erase(ErasureRequest("active", "r-2"))
-        assert racing.racer is None, "the race did not run"
-        assert version is not None and audit["removed"]["profile"]
+        assert eraser.racer is None, "the race did not run"
+        assert audit["removed"]["profile"]
         assert not redis_client.exists("cai:p:{active}")
         assert traces(redis_client, "active") == ["cai:erasing"]  # until the trainer's part
     finally:
-        await racing.stop()
-        if racing.other is not None:
-            await racing.other.producer.stop()
         await other_store.close()
+
+
+async def test_the_tombstones_follow_every_score_of_the_person(
+    store: RedisStore, producer: BatchProducer, redis_client: redis.Redis, topics: str
+) -> None:
+    """An event of the person applied while its erasure waits for the commit: its scores
+    come before the tombstones, which follow the removal (the compacted topic keeps none)."""
+    await ensure_topics(topics, {SETTINGS.topic("profile-scores"): 1}, {})
+    scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
+    events = Events()
+    await scorer.process(history(events)[:30])
+    late = [events("active", 95)]
+
+    async def committed(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if late:
+            await scorer.process([late.pop()])  # the partition's next batch, meanwhile
+        return {tp: 10**9 for tp in tps}
+
+    eraser = Eraser({EVENTS: scorer}, lambda: {(EVENTS, 0)}, CFG, committed=committed)
+    await eraser.erase(ErasureRequest("active", "r-4"))
+    assert not late and not redis_client.exists("cai:p:{active}")
+    for topic in (SETTINGS.topic("scores"), SETTINGS.topic("profile-scores")):
+        mine = [m for m in await consume_all(topics, topic, idle=1.0) if m.key == b"active"]
+        values = [m.value for m in sorted(mine, key=lambda m: m.offset)]
+        assert values[-1] is None and None not in values[:-1], topic
+        assert b"2025-04-06" in (values[-2] or b""), topic  # day 95's score, before it
+
+
+async def test_a_request_applied_again_keeps_what_its_first_run_removed(
+    store: RedisStore, producer: BatchProducer, redis_client: redis.Redis
+) -> None:
+    """A crash after the removal re-delivers the request: its audit record is not
+    overwritten by "nothing removed"; a request id used for another person gets its own."""
+    scorer = BatchScorer(ranked(CFG), store, producer, SETTINGS)
+    await scorer.process(history(Events())[:30])
+    eraser = Eraser({EVENTS: scorer}, lambda: {(EVENTS, 0)}, CFG)
+    first = await eraser.erase(ErasureRequest("active", "r-5"))
+    await eraser.erase(ErasureRequest("active", "r-5"))  # re-delivered
+    stored = orjson.loads(redis_client.hget("cai:erasures", "r-5") or b"")
+    assert stored["removed"] == first["removed"] and stored["removed"]["profile"]
+    assert stored["runs"] == 2
+    await eraser.erase(ErasureRequest("idle", "r-5"))  # the same id for someone else
+    assert orjson.loads(redis_client.hget("cai:erasures", "r-5") or b"")["runs"] == 2
+    other = redis_client.hget("cai:erasures", f"r-5~{profile_digest('idle')[:16]}")
+    assert other is not None and orjson.loads(other)["removed"]["profile"]
 
 
 async def test_the_removal_waits_until_the_persons_events_are_committed(
@@ -406,6 +489,33 @@ async def test_customer_ai_erase_against_a_running_worker(
         row = orjson.loads(again.stdout.splitlines()[0])
         assert row["done"] and row["worker"]["removed"]["profile"]
         assert row["worker"]["removed"]["committed"]  # waited for the group's commit
+
+        # a person whose events keep coming (20 a second) is erased all the same
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+        await producer.start()
+        sent = 0
+
+        async def keep_sending() -> None:
+            nonlocal sent
+            while True:
+                record = events("active", 201 + sent / 1000)
+                await producer.send_and_wait(EVENTS, record.value, key=b"active", partition=0)
+                sent += 1
+                await asyncio.sleep(0.05)
+
+        sender = asyncio.create_task(keep_sending())
+        try:
+            await asyncio.sleep(2)
+            started = time.monotonic()
+            hot = await asyncio.to_thread(erase, "active", "--json", "--timeout", "30")
+            seconds = time.monotonic() - started
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            await producer.stop()
+        assert hot.returncode == 0, hot.stderr
+        assert orjson.loads(hot.stdout)["worker"]["removed"]["profile"]
+        assert seconds < 15 and sent > 40, (seconds, sent)
     letters = [
         orjson.loads(m.value) for m in await consume_all(kafka_bootstrap, SETTINGS.topic("dlq"))
     ]
@@ -422,6 +532,14 @@ async def test_erase_without_a_worker_says_so(kafka_bootstrap: str, redis_url: s
     assert done.returncode == 1
     assert "not done after 1s. Is a worker running" in done.stderr
     assert "Traceback" not in done.stderr
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens: written, not followed
+    lost = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "stream.cli", "erase", "p-2", "--timeout", "1"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr
+    assert "the 1 request(s) were written to customer-ai.erasures" in lost.stderr
 
 
 async def test_a_goal_retrained_from_scratch_forgets_what_it_learnt(
