@@ -207,13 +207,21 @@ def marker_message(profile_id: str, request_id: str) -> bytes:
 def erasure_marker(value: bytes | None) -> tuple[str, str] | None:
     """``(profile id, request id)`` if ``value`` is an erasure marker, else None.
 
+    A record that starts like one but does not read as one is not a marker (the trainer
+    dead-letters it as an example it cannot read).
+
     >>> erasure_marker(b'{"example_id": "p|churn|1|e"}') is None
+    True
+    >>> erasure_marker(b'{"erasure": 7}') is None
     True
     """
     if not value or not value.startswith(_MARKER_START):
         return None
-    body = orjson.loads(value)["erasure"]
-    return str(body["profile_id"]), str(body["request_id"])
+    try:
+        body = orjson.loads(value)["erasure"]
+        return str(body["profile_id"]), str(body["request_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _now_iso() -> str:
