@@ -391,6 +391,7 @@ RETRY_STEPS: tuple[str, ...] = (
     "score_partition",
     "score_batch",
     "train",
+    "erase",
     "lag_poll",
     "lag_poller",
     "start",

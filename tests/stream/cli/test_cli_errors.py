@@ -102,7 +102,7 @@ def test_every_option_says_what_it_does_and_its_default() -> None:
     commands = _subparsers(parser)
     assert set(commands) == {
         "dev", "worker", "generate", "replay", "tail", "profile", "evaluate", "lag",
-        "segment", "models", "demo", "quarantine", "watermarks", "backfill",
+        "segment", "models", "demo", "quarantine", "watermarks", "backfill", "erase",
     }  # fmt: skip
     for name, sub in {"customer-ai": parser, **commands}.items():
         formatter = sub._get_formatter()

@@ -131,6 +131,15 @@ def memberships(client: redis.Redis, pid: str) -> set[str]:
     return {k for k in keys if client.sismember(k, pid)}
 
 
+def assert_removed(client: redis.Redis, pid: str, kept: tuple[str, ...]) -> None:
+    """``pid`` has no key, due entry, activity entry nor segment membership; ``kept`` stay."""
+    assert not client.exists(f"cai:p:{{{pid}}}")
+    assert client.zscore(f"cai:due:{EVENTS}:0", pid) is None
+    assert client.zscore(f"cai:seen:{EVENTS}:0", pid) is None
+    assert memberships(client, pid) == set()
+    assert all(client.exists(f"cai:p:{{{p}}}") for p in kept)
+
+
 def removed_total() -> float:
     value = metrics.REGISTRY.get_sample_value(
         "customer_ai_profiles_removed_total", {"reason": "retention"}
@@ -313,10 +322,7 @@ async def test_cluster_mode_removes_the_key_then_the_index_entries(
         sweep = RetentionSweep(scorer)
         await sweep.sweep(EVENTS, 0)
         assert (await sweep.sweep(EVENTS, 0)).removed == ["idle"]
-        assert not client.exists("cai:p:{idle}")
-        assert client.zscore(f"cai:seen:{EVENTS}:0", "idle") is None
-        assert memberships(client, "idle") == set()
-        assert all(client.exists(f"cai:p:{{{p}}}") for p in ("active", "recent"))
+        assert_removed(client, "idle", kept=("active", "recent"))
     finally:
         client.close()
         await store.close()
