@@ -25,9 +25,9 @@ each with :meth:`Eraser.erase`, in this order:
    acknowledged: after every score of the person, before any score of a new profile of
    the id;
 5. **audit**: ``HSET P:erasures <request id> <record>``: a SHA-256 of the id, when it
-   was requested and done, and what was removed. The id itself is kept nowhere. A request
-   applied again keeps what its first run removed; a request id used before for another
-   person gets its own field (:meth:`Eraser._write_audit`);
+   was requested and done, what was removed, and the request's record coordinates. The
+   id itself is kept nowhere. A request id already used by another request gets the field
+   ``<request id>~<topic>:<partition>:<offset>`` (:meth:`Eraser._audit_field`);
 6. **marker**: one record ``{"erasure": {"profile_id", "request_id"}}`` on the training
    topic, after every example the scorer produced for the person before its removal.
    The trainer, when it reaches the marker, removes the person from its samples
@@ -35,8 +35,9 @@ each with :meth:`Eraser.erase`, in this order:
    ``P:erasing`` entry (if still this request's) and writes its audit record, in one
    transaction with the batch.
 
-Every step is idempotent: a request re-delivered after a crash runs again, removes what
-is left and writes its audit record again. A later event of the id starts a new profile.
+A request re-delivered after a crash runs again unless its audit record was written (then
+only its marker is sent again, if the trainer's part is missing); every step is
+idempotent. A later event of the id starts a new profile.
 The model weights already learnt from the person's examples are aggregates and are not
 unlearnt (docs/GUARANTEES.md says how to retrain a goal from scratch).
 """
@@ -134,6 +135,9 @@ class ErasureRequest:
     profile_id: str
     request_id: str
     requested_at: str | None = None
+    #: the record it was read from, ``<topic>:<partition>:<offset>`` (a re-delivery of one
+    #: record is told from a new request that reuses its request id by it)
+    source: str = ""
 
 
 def parse_request(value: bytes | None, default_id: str) -> ErasureRequest:
@@ -146,7 +150,7 @@ def parse_request(value: bytes | None, default_id: str) -> ErasureRequest:
         With the reason, for the dead-letter topic.
 
     >>> parse_request(b'{"profile_id": "p-1", "request_id": null}', "t:0:5")
-    ErasureRequest(profile_id='p-1', request_id='t:0:5', requested_at=None)
+    ErasureRequest(profile_id='p-1', request_id='t:0:5', requested_at=None, source='t:0:5')
     >>> parse_request(b'{"profile_id": "p-1", "request_id": "erase p-1"}', "t:0:6")
     Traceback (most recent call last):
     ...
@@ -172,18 +176,29 @@ def parse_request(value: bytes | None, default_id: str) -> ErasureRequest:
         raise ValueError(
             f"request_id must be 1 to 128 of A-Z a-z 0-9 . _ : - (not {str(request_id)[:64]!r})"
         )
-    elif pid in request_id:
-        raise ValueError("request_id must not contain the profile id (the audit keeps it)")
     requested_at = body.get("requested_at")
-    if requested_at is not None:
-        try:
-            datetime.fromisoformat(str(requested_at).replace("Z", "+00:00"))
-        except ValueError:
-            raise ValueError(
-                f"requested_at must be ISO-8601, e.g. 2026-12-06T10:00:00Z (not {str(requested_at)[:64]!r})"
-            ) from None
-        requested_at = str(requested_at)
-    return ErasureRequest(pid, request_id, requested_at)
+    if requested_at is not None and not _is_zoned_time(requested_at):
+        raise ValueError(
+            "requested_at must be ISO-8601 with a zone, e.g. 2026-12-06T10:00:00Z "
+            f"(not {str(requested_at)[:64]!r})"
+        )
+    return ErasureRequest(pid, request_id, requested_at, default_id)
+
+
+def _is_zoned_time(value: object) -> bool:
+    """Whether ``value`` is an ISO-8601 text with a zone (``Z`` or an offset).
+
+    >>> _is_zoned_time("2026-12-06T10:00:00Z"), _is_zoned_time("2026-12-06T10:00:00")
+    (True, False)
+    >>> _is_zoned_time(20261206)
+    False
+    """
+    if not isinstance(value, str):
+        return False
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def profile_digest(profile_id: str) -> str:
@@ -270,9 +285,22 @@ class Eraser:
         self._scanned: tuple[float, set[str], set[str]] | None = None
 
     async def erase(self, request: ErasureRequest) -> dict[str, Any]:
-        """Apply one request; returns its audit record (also stored in ``P:erasures``)."""
+        """Apply one request; returns its audit record (also stored in ``P:erasures``).
+
+        A request whose audit record exists already (the same record re-delivered after a
+        crash that followed its removal) is not applied again: a profile the id started
+        since is a new one. Only its marker is sent again when the trainer's part is not
+        done yet."""
         store, pid = self.store, request.profile_id
-        registered = orjson.dumps({"request_id": request.request_id, "at": _now_iso()})
+        field, done = await self._audit_field(request)
+        marker = marker_message(pid, field)
+        training = self.settings.topic("training")
+        if done is not None:
+            if not await store.erasure_audit(f"{field}/training"):
+                await self.producer.send_all([(training, pid.encode(), marker)])
+            log.info("erasure %s: applied before (re-delivered)", field)
+            return done
+        registered = orjson.dumps({"request_id": field, "at": _now_iso()})
         await store.retry("erase", lambda: store.redis.hset(store.erasing_key, pid, registered))
         topics = [self.settings.topic("scores")]
         if self.settings.profile_scores:
@@ -285,11 +313,12 @@ class Eraser:
             "erased_at": _now_iso(),
             "removed": removed,
             "tombstones": topics,
+            "source": request.source,
         }
-        field = await self._write_audit(audit)
+        record = orjson.dumps(audit)
+        await store.retry("erase", lambda: store.redis.hset(store.erasures_key, field, record))
         # the trainer's part, named by the audit record it completes
-        marker = marker_message(pid, field)
-        await self.producer.send_all([(self.settings.topic("training"), pid.encode(), marker)])
+        await self.producer.send_all([(training, pid.encode(), marker)])
         if removed["profile"]:
             metrics.PROFILES_REMOVED.labels(reason="erasure").inc()
         log.info(
@@ -298,42 +327,27 @@ class Eraser:
         )  # fmt: skip
         return audit
 
-    async def _write_audit(self, audit: dict[str, Any]) -> str:
-        """Store ``audit`` under its request id; returns the field written.
+    async def _audit_field(self, request: ErasureRequest) -> tuple[str, dict[str, Any] | None]:
+        """The audit field of ``request`` and, if it holds this very request's record (a
+        re-delivery), that record.
 
-        A request applied again (re-delivered after a crash) keeps what its first run
-        removed (each count the larger, each flag set if either run set it). A request id
-        already used for another person is not overwritten: this one is stored under
-        ``<request id>~<first 16 hex digits of the SHA-256>`` instead (logged).
+        The field is the request id, unless it holds the record of another request (a
+        request id reused, for this person or another): then ``<request id>~<source>``,
+        the request's own record coordinates (logged).
         """
         store = self.store
-        field = audit["request_id"]
-        raw = await store.retry("erase", lambda: store.redis.hget(store.erasures_key, field))
-        if raw is not None:
-            before = orjson.loads(raw)
-            if before.get("profile_sha256") != audit["profile_sha256"]:
-                field = f"{field}~{audit['profile_sha256'][:16]}"
-                log.warning(
-                    "erasure: request id %s was used for another person: this one's audit "
-                    "record is %s", audit["request_id"], field,
-                )  # fmt: skip
-            else:
-                old, new = before.get("removed", {}), audit["removed"]
-                audit["removed"] = {
-                    "profile": bool(old.get("profile") or new["profile"]),
-                    "quarantined_record": bool(
-                        old.get("quarantined_record") or new["quarantined_record"]
-                    ),
-                    "index_entries": max(int(old.get("index_entries", 0)), new["index_entries"]),
-                    # whether the removal that found the profile waited for the commit
-                    "committed": old.get("committed", True)
-                    if old.get("profile")
-                    else new["committed"],
-                }
-                audit["runs"] = int(before.get("runs", 1)) + 1
-        record = orjson.dumps(audit)
-        await store.retry("erase", lambda: store.redis.hset(store.erasures_key, field, record))
-        return field
+        field = request.request_id
+        for candidate in (field, f"{field}~{request.source}"):
+            before = await store.erasure_audit(candidate)
+            if not before:
+                return candidate, None
+            if before.get("source") == request.source:
+                return candidate, before
+            log.warning(
+                "erasure: request id %s was used before by another request: this one's "
+                "audit record is %s~%s", field, field, request.source,
+            )  # fmt: skip
+        return f"{field}~{request.source}", None
 
     async def _applied(self, pid: str) -> dict[tuple[str, int], int]:
         """The profile's applied offsets: source partition -> offset of its last event."""
