@@ -4,9 +4,8 @@ Every metric lives in one module-level :data:`REGISTRY` (not the process-global 
 registry), so tests can import this module repeatedly and the worker's ``/metrics`` view
 serves exactly these series plus the standard process / platform / GC collectors.
 
-Metric names are a contract: the Grafana dashboard and the Prometheus alert rules under
-``deploy/`` refer to them, and ``tests/test_deploy.py`` checks that every name they use is
-registered here.
+Metric names are a contract: the Grafana dashboard and the alert rules under ``deploy/``
+refer to them, and ``tests/test_deploy.py`` checks that every name they use is here.
 
 Examples
 --------
