@@ -95,11 +95,15 @@ INDEX_KEYS_TTL = 60.0
 #: the write version read ('' absent, '?' not a hash), ARGV[2] the profile id, ARGV[3] n.
 #: Returns -1 (the profile changed since it was read: nothing done) or
 #: {profile deleted, quarantined record deleted, note deleted, index entries removed}.
-ERASE_SCRIPT = """
+_VERSION_CHECK = """
 local kind = redis.call('TYPE', KEYS[1]).ok
 local v = ''
 if kind == 'hash' then v = redis.call('HGET', KEYS[1], 'v') or '' elseif kind ~= 'none' then v = '?' end
 if v ~= ARGV[1] then return -1 end
+"""
+ERASE_SCRIPT = (
+    _VERSION_CHECK
+    + """
 local out = {redis.call('DEL', KEYS[1]), redis.call('DEL', KEYS[2]), redis.call('HDEL', KEYS[3], ARGV[2]), 0}
 local n = tonumber(ARGV[3])
 for i = 4, #KEYS do
@@ -108,21 +112,16 @@ for i = 4, #KEYS do
 end
 return out
 """
+)
 
 #: Cluster mode (the indexes live in other slots): KEYS[1] the profile key, ARGV[1] the
 #: version read. Deletes the key if the profile is still at that version: 1, else -1.
-ERASE_PROFILE_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1]).ok
-local v = ''
-if kind == 'hash' then v = redis.call('HGET', KEYS[1], 'v') or '' elseif kind ~= 'none' then v = '?' end
-if v ~= ARGV[1] then return -1 end
-return redis.call('DEL', KEYS[1])
-"""
+ERASE_PROFILE_SCRIPT = _VERSION_CHECK + "return redis.call('DEL', KEYS[1])\n"
 
 _MARKER_START = b'{"erasure":'
 #: the longest profile id a request may name (as an event's ids, models/events.py)
 MAX_ID_LENGTH = 512
-#: what a request id may be: it names the audit record, and must not carry the person
+#: what a request id may be: it names the audit record (no free text, no e-mail address)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: reads the consumer group's committed offsets of ``(topic, partition)`` pairs
 Committed = Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]]
@@ -302,9 +301,7 @@ class Eraser:
             return done
         registered = orjson.dumps({"request_id": field, "at": _now_iso()})
         await store.retry("erase", lambda: store.redis.hset(store.erasing_key, pid, registered))
-        topics = [self.settings.topic("scores")]
-        if self.settings.profile_scores:
-            topics.append(self.settings.topic("profile-scores"))
+        topics = self.settings.tombstone_topics()
         removed = await self._remove_in_lanes(pid, topics)
         audit: dict[str, Any] = {
             "request_id": request.request_id,
@@ -436,24 +433,31 @@ class Eraser:
         store = self.store
         now = time.monotonic()
         if self._scanned is None or now - self._scanned[0] > INDEX_KEYS_TTL:
-            self._scanned = (now, await self._scan("due", "seen"), await self._scan("seg", "segf"))
+            self._scanned = (now, *await self._scan_index_keys())
         _, zsets, sets = self._scanned
         zsets = zsets | {store.due_key(t, p) for t, p in sources}
         zsets |= {store.activity_key(t, p) for t, p in sources}
         return sorted(zsets), sorted(sets | self._segment_keys)
 
-    async def _scan(self, *kinds: str) -> set[str]:
-        """The keys ``P:<kind>:*`` of each kind (one ``SCAN`` of the keyspace each)."""
+    async def _scan_index_keys(self) -> tuple[set[str], set[str]]:
+        """(``P:due:*`` and ``P:seen:*``, ``P:seg:*`` and ``P:segf:*``): one ``SCAN`` of
+        the keyspace, matching the keys after ``P:`` that start with ``d`` or ``s``."""
         store = self.store
-        found: set[str] = set()
-        for kind in kinds:
-            pattern = f"{store.prefix}:{kind}:*"
+        zset_heads = (f"{store.prefix}:due:", f"{store.prefix}:seen:")
+        set_heads = (f"{store.prefix}:seg:", f"{store.prefix}:segf:")
 
-            async def scan(pattern: str = pattern) -> set[str]:
-                return {k.decode() async for k in store.redis.scan_iter(match=pattern, count=1000)}
+        async def scan() -> tuple[set[str], set[str]]:
+            zsets: set[str] = set()
+            sets: set[str] = set()
+            async for raw in store.redis.scan_iter(match=f"{store.prefix}:[ds]*", count=1000):
+                key = raw.decode()
+                if key.startswith(zset_heads):
+                    zsets.add(key)
+                elif key.startswith(set_heads):
+                    sets.add(key)
+            return zsets, sets
 
-            found |= await store.retry("erase", scan)
-        return found
+        return await store.retry("erase", scan)
 
     async def _remove(self, pid: str, sources: set[tuple[str, int]]) -> dict[str, Any]:
         """The fenced removal (:data:`ERASE_SCRIPT`), read again and retried while the

@@ -229,9 +229,7 @@ class RetentionSweep:
         if repairs:
             await store.retry("retention", lambda: store.redis.zadd(seen_key, repairs))
         # the tombstones first: a removed profile always has one
-        topics = [self.scorer.scores_topic]
-        if self.scorer.settings.profile_scores:
-            topics.append(self.scorer.profile_scores_topic)
+        topics = self.scorer.settings.tombstone_topics()
         tombstones: list[OutMessage] = [
             (topic_name, r.profile_id.encode(), None) for r in doomed for topic_name in topics
         ]

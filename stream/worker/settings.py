@@ -199,6 +199,18 @@ class Settings:
             in ("1", "true", "yes", "on"),
         )
 
+    def tombstone_topics(self) -> list[str]:
+        """Where a removed profile's tombstone goes (retention, erasure): the scores topic,
+        and the latest-scores topic when it is written.
+
+        >>> Settings(profile_scores=True).tombstone_topics()
+        ['customer-ai.scores', 'customer-ai.profile-scores']
+        """
+        topics = [self.topic("scores")]
+        if self.profile_scores:
+            topics.append(self.topic("profile-scores"))
+        return topics
+
     def topic(self, name: str) -> str:
         """Full topic name, e.g. ``topic("scores") == "customer-ai.scores"``."""
         return f"{self.topic_prefix}.{name}"
