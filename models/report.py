@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from models.config import DAY_MS, Config
+from models.features import Featurizer
+from models.leakage import leakage_report
 from models.metrics import Floats, Labels, expected_calibration_error, log_loss, roc_auc
 from models.model import LinearModel
 from models.outcome import Example
@@ -468,6 +470,7 @@ def examples_report(
     live = np.array([is_live(e) for e in examples], dtype=bool)
     version = [e.model_version for e in examples]
     goals: dict[str, Any] = {}
+    featurizer = Featurizer(config)
     for goal in config.goals:
         of_goal = goal_of == codes.get(goal.name, -1)
         closed = of_goal & (served + goal.window_ms < watermark_ms)  # closed_window_examples
@@ -485,6 +488,16 @@ def examples_report(
         metrics["n_matured"] = n_matured
         metrics["n_open_window"] = n_matured - n_closed
         metrics["n_no_probability"] = n_closed - len(mine)
+        # every example whose window closed, served a probability or not: the features
+        closed_rows = np.flatnonzero(closed)
+        metrics["leakage"] = leakage_report(
+            goal,
+            config,
+            featurizer.names,
+            featurizer.labels,
+            [examples[i].features for i in closed_rows.tolist()],
+            label[closed_rows],
+        )
         metrics.update(
             _quality(
                 served[mine], probs, labels, rates[mine], live[mine], [version[i] for i in order]

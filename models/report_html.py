@@ -327,6 +327,36 @@ def _history_card(history: dict[str, Any] | None, versions: Sequence[dict[str, A
     return _card(title, f"<table class='history'><tr>{head}</tr>{body}</table>", note)
 
 
+def _leakage_card(leakage: dict[str, Any] | None) -> str:
+    """The features the leakage guard flagged (:mod:`models.leakage`)."""
+    if leakage is None:
+        return ""
+    checked = leakage["n_examples_checked"]
+    note = (
+        f"auc_alone: the feature alone ranks the {checked} closed examples with an AUC of "
+        f"at least {leakage['auc_alone_threshold']:g} (either way round): often the label in "
+        "disguise. "
+        if checked
+        else "auc_alone: not checked (too few examples of a label). "
+    ) + (
+        "goal_event: it reads the goal's own event within the goal window (a repeat of "
+        "the goal event is what it predicts)."
+    )
+    rows = leakage["flagged"]
+    if not rows:
+        return _card("Leakage check", "<div class='muted'>no feature flagged</div>", note)
+    body = "".join(
+        f"<tr><td class='l'>{_esc(r['label'])}</td><td class='l'>{_esc(r['feature'])}</td>"
+        f"<td class='l'>{_esc(', '.join(r['reasons']))}</td><td>{_fmt(r['auc_alone'])}</td></tr>"
+        for r in rows
+    )
+    head = (
+        "<tr><th class='l'>feature</th><th class='l'>name</th><th class='l'>flags</th>"
+        "<th>AUC alone</th></tr>"
+    )
+    return _card("Leakage check", f"<table class='leakage'>{head}{body}</table>", note)
+
+
 def _goal_section(name: str, data: dict[str, Any], bucket_names: Sequence[str]) -> str:
     m = data["metrics"]
     parts = [f'<section class="goal" id="goal-{_esc(name)}">']
@@ -445,6 +475,7 @@ def _goal_section(name: str, data: dict[str, Any], bucket_names: Sequence[str]) 
     )
     cards.extend(_quality_cards(name, m))
     cards.append(_history_card(data.get("history"), m.get("versions", [])))
+    cards.append(_leakage_card(m.get("leakage")))
     factor_html = []
     for bucket in bucket_names:
         rows = data["top_factors"].get(bucket, [])

@@ -9,8 +9,9 @@ event-time order, no Kafka) and writes
   ``live`` (served by a live model) figures against the running base rate, and the same
   per month (``months``) and per model version (``versions``), see :mod:`models.quality`;
   the goal's final
-  ``status`` (``warming_up``, ``live`` or ``poor``) and ``promotions``: every promotion
-  decision of the trainer (:attr:`models.training.Trainer.promotions`);
+  ``status`` (``warming_up``, ``live`` or ``poor``), ``promotions``: every promotion
+  decision of the trainer (:attr:`models.training.Trainer.promotions`), and ``leakage``:
+  the features the leakage guard flags (:mod:`models.leakage`);
 - ``DIR/examples.csv``: one row per matured example, ``goal, profile_id,
   prediction_time, label, probability, model_version, warming_up, trigger`` then one
   column per feature;
@@ -269,6 +270,24 @@ def print_summary(metrics: dict[str, dict]) -> None:
             console.print(
                 f"{goal}: served log loss no worse than the base rate's in every one of "
                 f"{len(m['months'])} months"
+            )
+    for goal, m in metrics.items():
+        flagged = m.get("leakage", {}).get("flagged", [])
+        if flagged:
+            named = ", ".join(
+                f"{r['feature']} ("
+                + ", ".join(
+                    f"AUC alone {r['auc_alone']:.3f}" if reason == "auc_alone" else reason
+                    for reason in r["reasons"]
+                )
+                + ")"
+                for r in flagged
+            )
+            console.print(
+                f"[yellow]{goal}[/]: leakage check flags {len(flagged)} features: {named} "
+                '(metrics.json "leakage", and the report)',
+                markup=True,
+                highlight=False,
             )
 
 

@@ -149,7 +149,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker.security import redact_url
 
     s = settings_from_env()
-    load_cli_config(s.config_path)  # a bad file fails before anything is printed or started
+    config = load_cli_config(s.config_path)  # a bad file fails before anything is started
     # a dependency outside its supported range: one message naming the version to install
     # (DependencyError exits with status 1), before any server is asked
     compat.check_versions()
@@ -182,7 +182,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         warnings = prepare(s, say=say)
     except StartupError as exc:
         raise CliError(str(exc), 2) from None
-    for line in warnings:
+    from models.leakage import goal_event_warnings
+
+    for line in warnings + goal_event_warnings(config):
         say(f"warning: {line}")
     from stream.worker.app import main as worker_main
 

@@ -167,6 +167,8 @@ def test_report_renders_charts_in_chromium(evaluated: tuple[Path, Path], tmp_pat
                   "logloss-by-month"):  # fmt: skip
         assert charts.count(chart) >= 1, chart
     assert dom.count('<table class="months">') == dom.count('<table class="quality">') == 2
+    # the leakage check's flags (the goals' own-event features) in a table per goal
+    assert dom.count('<table class="leakage">') == 2
     for svg in re.findall(r'<svg class="chart".*?</svg>', dom, re.S):
         points = re.findall(r'class="(?:bar|point)[^"]*" data-(?:value|x)="([-+0-9.e]+)"', svg)
         assert points and all(math.isfinite(float(v)) for v in points)

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from models.backtest import run_backtest
 from models.config import load_config
 from models.factors import importance
+from models.leakage import goal_event_features
 from models.synthetic import generate_events
 from stream.cli.replay import ensure_topics, period_ending_today
 from tests.harness import (
@@ -253,6 +254,11 @@ def test_worker_scores_every_event_and_goal(
         # /healthz answers 503 (not ready) until partitions are assigned, then 200; never 500
         statuses = wait_for_health(worker, 120)
         assert set(statuses) <= {200, 503} and statuses[-1] == 200, statuses
+        # the leakage guard's start-up warning: the goals' features that read their event
+        start_log = worker.log_path.read_text()
+        for goal, features in goal_event_features(load_config(config_path)).items():
+            line = next(x for x in start_log.splitlines() if f"goal {goal!r} reads" in x)
+            assert "warning: leakage check" in line and ", ".join(features) in line, line
         started = time.monotonic()
         messages = events_as_messages(events)
         split = int(len(messages) * FIRST_PART)
