@@ -2,27 +2,30 @@
 
 Two flags, per goal and feature:
 
-- ``goal_event``: the feature reads the goal's own event within the goal window: the
-  time-decayed count or value of the goal's event kind over a horizon no longer than the
-  window (``purchase_count_30d`` for a 30-day purchase goal), or the days since the last
-  one. Found from the configuration alone (:func:`goal_event_features`): the worker logs
-  them at start (:func:`goal_event_warnings`), ``evaluate`` flags them. Such a feature is
-  computed from events before each label window opens, so it never sees the label
-  itself; but a goal predicted from it predicts a repeat of the goal event, which is
-  not what a goal meant for people who have not done it yet should learn.
+- ``goal_event``: the feature is derived from the goal's own event: every feature of the
+  goal event's kind (its time-decayed counts and values over every horizon, the days
+  since the last one, its all-time count), unless the goal's eligibility leaves out the
+  profiles that did it (a goal for a first purchase: nothing of the event is ever read),
+  and, in ``evaluate``, unless the feature is constant over the goal's examples. Found
+  from the configuration (:func:`goal_event_features`): the worker logs them at start
+  (:func:`goal_event_warnings`), ``evaluate`` flags them. Such a feature counts only
+  goal events before each label window opens, so it never sees the label itself; but a
+  goal that leans on it predicts a repeat of its event: right for a churn or repeat
+  purchase goal, wrong for one meant for people who have not done it yet.
 - ``auc_alone``: over the goal's matured examples whose window closed, the feature on
-  its own ranks positives against negatives with an AUC of at least
-  :data:`AUC_ALONE_THRESHOLD` (either way round: ``max(auc, 1 - auc)``), with at least
-  :data:`MIN_EXAMPLES_PER_CLASS` examples of each label. A feature that good alone is
-  usually the label in disguise: an event kind that fires with the goal event, a value
-  the goal event sets.
+  its own ranks positives against negatives with an exact AUC of at least
+  :data:`AUC_ALONE_THRESHOLD` (either way round: ``max(auc, 1 - auc)``, compared before
+  it is rounded to 4 decimals for the output), with at least
+  :data:`MIN_EXAMPLES_PER_CLASS` examples of each label (fewer: not checked). A feature
+  that good alone is usually the label in disguise: an event kind sent with the goal
+  event but stamped earlier, a value the goal event sets.
 
 Examples
 --------
 >>> from models.config import load_config
 >>> config = load_config("customer-ai.toml")
->>> goal_event_features(config)["conversion"]
-['purchase_count_7d', 'purchase_count_30d', 'purchase_days_since_last', 'purchase_value_7d', 'purchase_value_30d']
+>>> goal_event_features(config)["conversion"][:4]
+['purchase_count_7d', 'purchase_count_30d', 'purchase_count_90d', 'purchase_days_since_last']
 >>> import numpy as np
 >>> labels = np.array([0, 1] * 40)
 >>> features = np.column_stack([labels * 2.0, np.arange(80.0) % 3])
@@ -39,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from models.config_types import DAY_MS, Config, GoalConfig
+from models.config_types import Config, GoalConfig
+from models.features import Featurizer
 from models.metrics import roc_auc
 
 __all__ = [
@@ -57,39 +61,52 @@ AUC_ALONE_THRESHOLD = 0.95
 MIN_EXAMPLES_PER_CLASS = 30
 
 
-def goal_event_features(config: Config) -> dict[str, list[str]]:
-    """Per goal, the features that read the goal's own event within the goal window.
+def _sees_the_event(config: Config, goal: GoalConfig) -> bool:
+    """Whether a profile that did the goal event can be eligible for the goal (its
+    eligibility read on the features of a profile right after one goal event)."""
+    if goal.eligibility is None:
+        return True
+    fz = Featurizer(config)
+    state = fz.new_state(0)
+    fz.apply(state, 0, [goal.event_index], [1.0])
+    return bool(goal.eligibility(fz.as_dict(fz.vector(state))))
 
-    ``<event>_count_<h>d`` and ``<event>_value_<h>d`` with ``h`` days no longer than the
-    window, and ``<event>_days_since_last``, in the feature vector's order (a goal with
-    none maps to an empty list).
-    """
-    out: dict[str, list[str]] = {}
-    for goal in config.goals:
-        event = config.events[goal.event_index]
-        within = [h for h in config.horizons_days if h * DAY_MS <= goal.window_ms]
-        names = [f"{event.name}_count_{h}d" for h in within]
-        names.append(f"{event.name}_days_since_last")
-        if event.value_field:
-            names.extend(f"{event.name}_value_{h}d" for h in within)
-        out[goal.name] = names
-    return out
+
+def goal_event_features(config: Config) -> dict[str, list[str]]:
+    """Per goal, the features derived from its own event, in the feature vector's order
+    (empty when its eligibility leaves out every profile that did the event)."""
+    layout = Featurizer(config).layout
+    return {
+        goal.name: layout.event_features(config.events[goal.event_index].name)
+        if _sees_the_event(config, goal)
+        else []
+        for goal in config.goals
+    }
 
 
 def goal_event_warnings(config: Config) -> list[str]:
     """The worker's start-up warnings: one line per goal with ``goal_event`` features."""
     lines = []
+    features = goal_event_features(config)
     for goal in config.goals:
-        names = goal_event_features(config)[goal.name]
+        names = features[goal.name]
         if not names:
             continue
         event = config.events[goal.event_index].name
+        if goal.type == "occurs" and goal.eligibility is None:
+            advice = (
+                "if the goal should predict a first occurrence, give it "
+                f'eligibility = {{ field = "{event}_count_total", op = "lt", value = 1 }}'
+            )
+        else:
+            advice = (
+                "expected when the goal is about repeat behaviour (a churn goal leans on "
+                "its event's recency); check that this is what it means"
+            )
         lines.append(
-            f"leakage check: goal {goal.name!r} reads its own event {event!r} within its "
-            f"{goal.window_ms / DAY_MS:g}-day window through {', '.join(names)}: they count "
-            "only events before each label window, but a profile that just did the goal "
-            "event scores on it; if the goal should predict a first occurrence, give it "
-            f'eligibility = {{ field = "{event}_count_total", op = "lt", value = 1 }} '
+            f"leakage check: goal {goal.name!r} reads its own event {event!r} through "
+            f"{', '.join(names)}: they count only events before each label window, but a "
+            f"profile that just did the goal event scores on it; {advice} "
             "(customer-ai evaluate flags these features too, and any feature whose AUC "
             f"alone is >= {AUC_ALONE_THRESHOLD})"
         )
@@ -129,12 +146,15 @@ def leakage_flags(
     checked = min(n_pos, len(y) - n_pos) >= MIN_EXAMPLES_PER_CLASS and features.ndim == 2
     rows = []
     for i, name in enumerate(names):
-        auc = roc_auc(features[:, i], y) if checked else None
-        alone = None if auc is None else round(max(auc, 1.0 - auc), 4)
+        column = features[:, i]
+        auc = roc_auc(column, y) if checked else None
+        alone = None if auc is None else max(auc, 1.0 - auc)
         reasons = []
         if alone is not None and alone >= AUC_ALONE_THRESHOLD:
             reasons.append("auc_alone")
-        if name in reading:
+        # constant over the examples (an eligibility that keeps the event out): it
+        # carries nothing
+        if name in reading and not (len(column) and (column == column[0]).all()):
             reasons.append("goal_event")
         if reasons:
             rows.append(
@@ -142,7 +162,7 @@ def leakage_flags(
                     "feature": name,
                     "label": labels_of.get(name, name),
                     "reasons": reasons,
-                    "auc_alone": alone,
+                    "auc_alone": None if alone is None else round(alone, 4),
                 }
             )
     return rows

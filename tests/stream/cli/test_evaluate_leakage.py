@@ -1,7 +1,7 @@
 """``customer-ai evaluate``'s leakage guard (:mod:`models.leakage`) on a planted leak.
 
-The events: half the profiles buy on day 20 and, on day 0, send a "tell" event that
-no other profile sends; every profile views pages every other day. A feature of the
+The events: half the profiles buy on day 20 (some on day 0 too) and, on day 0, send a
+"tell" event that no other profile sends; every profile views pages every other day. A feature of the
 tell separates the conversion examples almost perfectly: the guard flags it
 ``auc_alone`` in metrics.json, in the printed summary and in report.html, beside the
 goal's own-event features (``goal_event``), and flags nothing else.
@@ -55,6 +55,11 @@ def planted_events() -> list[dict[str, Any]]:
                 event(
                     pid, day + 1, at + timedelta(days=day, hours=1), "web.webpagedetails.pageViews"
                 )
+            )
+        if buyer and i % 4 == 0:  # some buy on day 0 too: the purchase features vary
+            order = {"order": {"priceTotal": 5.0}}
+            events.append(
+                event(pid, 98, at + timedelta(minutes=30), "commerce.purchases", commerce=order)
             )
         if buyer:
             order = {"order": {"priceTotal": 20.0}}
