@@ -20,6 +20,11 @@ One ``customer-ai worker`` (trained models seeded in Redis first) replays, in tw
 ``worker_rss_mb`` is the worker's peak resident set (``VmHWM``) over both steps.
 Skip step 2 with ``--total-profiles 0``.
 
+With ``--attributes`` the worker's configuration adds three profile attributes
+(:data:`ATTRIBUTES`: a categorical loyalty tier of three values, a numeric credit limit, a
+birth date) and every history profile gets one fragment setting all three, produced to
+``<prefix>.profiles`` before its events: the bytes per profile then include them.
+
 Usage: ``python bench/memory.py [--events 1000000] [--profiles 100000]``; the last line of
 stdout is the JSON result, everything else goes to stderr.
 """
@@ -33,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,6 +63,40 @@ from bench.common import (  # noqa: E402
     wait_committed,
 )
 
+ATTRIBUTES = """
+[[attributes]]
+name = "tier"
+label = "Loyalty tier"
+field = "person.loyalty.tier"
+type = "categorical"
+values = ["bronze", "silver", "gold"]
+
+[[attributes]]
+name = "credit"
+label = "Credit limit"
+field = "person.creditLimit"
+type = "numeric"
+
+[[attributes]]
+name = "birth"
+label = "Birth date"
+field = "person.birthDate"
+type = "date"
+"""
+
+
+def fragments(ids: list[str], ts: str, seed: int) -> Iterator[tuple[bytes, bytes]]:
+    """One profile fragment per profile of ``ids`` setting the three attributes."""
+    rng = random.Random(seed)
+    for pid in ids:
+        person = {
+            "loyalty": {"tier": rng.choice(["bronze", "silver", "gold", "platinum"])},
+            "creditLimit": rng.randint(0, 20_000),
+            "birthDate": f"{rng.randint(1940, 2005)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+        }
+        body = {"timestamp": ts, "identityMap": {"ECID": [{"id": pid, "primary": True}]}}
+        yield pid.encode(), orjson.dumps({**body, "person": person})
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--worker-repo", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--attributes", action="store_true", help="three profile attributes each")
     return p
 
 
@@ -161,7 +201,23 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
             yield key, value
         newest = orjson.loads(value)["timestamp"]
 
-    ends = await produce_all(bootstrap, topic, history(), None, "produce history")
+    # with attributes, the profile ids first: their fragments go before their events
+    events: Iterable[tuple[bytes, bytes]] = list(history()) if args.attributes else history()
+    profiles_topic, fragment_ends = f"{prefix}.profiles", {}
+    worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    if args.attributes:
+        config_path = workdir / "customer-ai-attributes.toml"
+        text = (args.worker_repo or REPO).joinpath("customer-ai.toml").read_text()
+        config_path.write_text(text.replace("# ---- Goals:", ATTRIBUTES + "\n# ---- Goals:", 1))
+        worker_env["CUSTOMER_AI_CONFIG"] = str(config_path)
+        await create_topics(bootstrap, {profiles_topic: 4})
+        first = orjson.loads(next(iter(events))[1])["timestamp"]
+        fragment_ends = await produce_all(
+            bootstrap, profiles_topic, fragments(sorted(ids), first, args.seed), len(ids),
+            "produce fragments",
+        )  # fmt: skip
+    ends = await produce_all(bootstrap, topic, events, None, "produce history")
+    del events
     n_history = sum(ends.values())
     log(f"history: {n_history:,} events over {len(ids):,} profiles")
     seed_models(redis_url, prefix)
@@ -177,12 +233,17 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         key_prefix=prefix,
         name="memory-",
         repo=args.worker_repo,
-        **dict(kv.split("=", 1) for kv in args.worker_env),
+        **worker_env,
     )
     assert worker.proc is not None
     pid = worker.proc.pid
     try:
         started = time.perf_counter()
+        if fragment_ends:
+            await wait_committed(
+                bootstrap, app_id, profiles_topic, fragment_ends, args.timeout,
+                "worker: fragments", lambda: worker.alive,
+            )  # fmt: skip
         await wait_committed(
             bootstrap, app_id, topic, ends, args.timeout, "worker: history", lambda: worker.alive
         )
@@ -191,7 +252,6 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         sample = random.Random(args.seed).sample(sorted(ids), min(args.sample, len(ids)))
         sizes = profile_bytes(client, prefix, sample)
         found = [pid_ for pid_ in sample if client.exists(f"{prefix}:p:{{{pid_}}}")]
-        worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
         worst = worst_case_bytes(
             client,
             prefix,
@@ -239,6 +299,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         worker.stop()
         client.close()
     return {
+        "attributes": len(ATTRIBUTES.split("[[attributes]]")) - 1 if args.attributes else 0,
         "redis_bytes_per_profile": round(statistics.mean(sizes)),
         "redis_bytes_per_profile_p99": round(qs[98]),
         "redis_used_bytes_per_profile": round(used_history / len(ids)),

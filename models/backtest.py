@@ -29,7 +29,7 @@ import bisect
 import gc
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from models.attributes import Fragment, decode_fragment, validate_fragment
 from models.config import Config
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event, validate_event
@@ -51,6 +52,7 @@ __all__ = [
     "collector_off",
     "example_row",
     "load_events",
+    "load_fragments",
     "run_backtest",
 ]
 
@@ -77,6 +79,9 @@ class BacktestResult:
     watermark: int | None = None
     #: called with every batch of scores before they are dropped (``run_backtest``'s ``on_scores``)
     on_scores: Callable[[list[Score]], None] | None = field(default=None, repr=False)
+    #: profile fragments applied (``run_backtest``'s ``attributes``), and those refused
+    n_fragments: int = 0
+    rejected_fragments: Counter[str] = field(default_factory=Counter)
 
     @property
     def n_rejected(self) -> int:
@@ -113,6 +118,32 @@ def load_events(
     return events
 
 
+def load_fragments(
+    lines: Iterable[bytes | str | dict[str, Any]],
+    config: Config,
+    rejected: Counter[str] | None = None,
+) -> list[Fragment]:
+    """Decode profile fragments (:mod:`models.attributes`) and sort them by time (stable)."""
+    fragments: list[Fragment] = []
+    for line in lines:
+        try:
+            if isinstance(line, dict):
+                fragment = validate_fragment(line, config)
+            else:
+                if isinstance(line, str):
+                    line = line.encode()
+                if not line.strip():
+                    continue
+                fragment = decode_fragment(line, config, max_bytes=config.max_event_bytes)
+        except InvalidEvent as exc:
+            if rejected is not None:
+                rejected[exc.reason] += 1
+            continue
+        fragments.append(fragment)
+    fragments.sort(key=lambda f: f.timestamp_ms)
+    return fragments
+
+
 @contextmanager
 def collector_off() -> Iterator[None]:
     """Run the replay (or ``evaluate``'s outputs) with the cyclic garbage collector off,
@@ -146,6 +177,7 @@ def run_backtest(
     progress: Callable[[int], None] | None = None,
     until_ms: int | None = None,
     on_scores: Callable[[list[Score]], None] | None = None,
+    attributes: Iterable[bytes | str | dict[str, Any]] = (),
 ) -> BacktestResult:
     """Replay ``source`` (JSON lines or dicts) through the core in event-time order.
 
@@ -165,15 +197,21 @@ def run_backtest(
     on_scores
         Called with every batch of scores the replay computes, before they are dropped
         (``customer-ai backfill`` keeps each profile's newest score per goal).
+    attributes
+        Profile fragments (:mod:`models.attributes`), in any order: each is applied
+        before the events of its time and after those before it, as a stream applies a
+        fragment that reached it before the events it precedes.
     """
     engine = Engine(config, every_rescore=False)
     trainer = Trainer(config, engine.featurizer.names)
     result = BacktestResult(engine, trainer, {}, on_scores=on_scores)
     with collector_off():
         events = load_events(source, config, result.rejected)
+        fragments = load_fragments(attributes, config, result.rejected_fragments)
         if until_ms is not None:
             events = events[: bisect.bisect_left(events, until_ms, key=_event_time)]
-        _replay(events, engine, result, keep_scores, progress)
+            fragments = [f for f in fragments if f.timestamp_ms < until_ms]
+        _replay(events, engine, result, keep_scores, progress, fragments)
     return result
 
 
@@ -183,9 +221,22 @@ def _replay(
     result: BacktestResult,
     keep_scores: bool,
     progress: Callable[[int], None] | None,
+    fragments: Sequence[Fragment] = (),
 ) -> None:
     config = engine.config
     states = result.states
+    next_fragment = 0  # the fragments before it are applied
+
+    def apply_fragments(until: int) -> None:
+        """Apply the fragments of time <= ``until`` (a profile's first may create it)."""
+        nonlocal next_fragment
+        while next_fragment < len(fragments) and fragments[next_fragment].timestamp_ms <= until:
+            fragment = fragments[next_fragment]
+            pid = fragment.profile_id
+            states[pid] = engine.apply_fragment(states.get(pid), fragment)
+            result.n_fragments += 1
+            next_fragment += 1
+
     # ``due`` orders (time, profile id) as the stream's due index does (time, then the id's
     # characters): each entry is one int, time * n + the id's rank among the sorted ids (a
     # heap of ints compares quicker than one of tuples)
@@ -222,6 +273,8 @@ def _replay(
         except InvalidEvent as exc:
             result.rejected[exc.reason] += 1
             continue
+        if next_fragment < len(fragments):
+            apply_fragments(event.timestamp_ms)
         pid = event.profile_id
         before = states.get(pid)
         state = engine.process(before, event, out, matched)
@@ -244,6 +297,7 @@ def _replay(
         _consume(out, result, keep_scores)
         if progress is not None and n % 10_000 == 0:
             progress(n)
+    apply_fragments(fragments[-1].timestamp_ms if fragments else 0)  # after the last event
     # the served scores as the stream serves them at the final watermark: the rescorings
     # skipped since each profile's last computed one (a file has no wall clock: time
     # stops at the last event)

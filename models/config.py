@@ -36,6 +36,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from models.attribute_config import feature_layout, parse_attributes
 from models.conditions import ConditionError, Predicate, compile_condition, condition_fields
 from models.config_types import (
     DAY_MS,
@@ -53,7 +54,6 @@ from models.config_types import (
     RetentionConfig,
     TrackedEvent,
 )
-from models.layout import FeatureLayout
 
 __all__ = [
     "DAY_MS",
@@ -356,9 +356,7 @@ def _retention(data: dict[str, Any], goals: tuple[GoalConfig, ...]) -> Retention
     return RetentionConfig(days)
 
 
-def _check_eligibility(
-    goals: tuple[GoalConfig, ...], events: tuple[TrackedEvent, ...], horizons: tuple[int, ...]
-) -> None:
+def _check_eligibility(goals: tuple[GoalConfig, ...], known: list[str]) -> None:
     """Refuse an eligibility condition on a field that is not a profile feature.
 
     It would read as missing for every profile, so the goal would silently never score.
@@ -379,12 +377,6 @@ def _check_eligibility(
     ...
     models.config.ConfigError: goals[0].eligibility: 'purchase_count_totl' is not a profile feature (did you mean 'purchase_count_total'?); known features: ...
     """
-    layout = FeatureLayout(
-        tuple(e.name for e in events),
-        tuple(e.name for e in events if e.value_field),
-        horizons,
-    )
-    known = layout.feature_names()
     for i, goal in enumerate(goals):
         for name in goal.eligibility_fields:
             if name in known:
@@ -423,6 +415,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             "retention",
             "dedupe",
             "scoring",
+            "attributes",
         },
         "config",
     )
@@ -462,7 +455,11 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     )
     rescore_every_hours, refresh_per_second = _scoring(data)
     goals = _goals(data, events, labels, rescore_every_hours)
-    _check_eligibility(goals, events, tuple(horizons))
+    try:  # [[attributes]] (models/attribute_config.py)
+        attributes = parse_attributes(data.get("attributes", []), events, tuple(horizons))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    _check_eligibility(goals, feature_layout(events, tuple(horizons), attributes).feature_names())
 
     model_t = _table(data, "model")
     defaults = ModelConfig()
@@ -573,6 +570,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         max_event_bytes=max_bytes,
         recent_ids=recent_ids,
         refresh_per_second=refresh_per_second,
+        attributes=attributes,
         max_future_ms=int(max_future * 60_000),
         max_age_ms=int(max_age * DAY_MS),
         source=source,

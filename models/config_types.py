@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from models.conditions import Predicate
 
 __all__ = [
+    "ATTRIBUTE_TYPES",
     "DAY_MS",
     "GOAL_TYPES",
     "MAX_RECENT_IDS",
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_WINDOW_DAYS",
     "NAME_PATTERN",
     "RELEASES",
+    "AttributeConfig",
     "BucketConfig",
     "Config",
     "GoalConfig",
@@ -45,6 +47,7 @@ MAX_RECENT_IDS = 1000
 #: ``[[events]] value_min`` / ``value_max`` lie within +-this (sums stay finite)
 MAX_VALUE_BOUND = 1e15
 RELEASES = ("when_known", "at_window_close")
+ATTRIBUTE_TYPES = ("numeric", "categorical", "date")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,56 @@ class TrackedEvent:
     value_label: str = "Value"
     value_min: float = 0.0
     value_max: float = 1e12
+
+
+@dataclass(frozen=True)
+class AttributeConfig:
+    """A profile attribute the features read (``[[attributes]]``, :mod:`models.attributes`).
+
+    Attributes
+    ----------
+    name
+        Feature-name prefix, e.g. ``tier`` gives ``tier_gold``, ``tier_other``.
+    label
+        Human label, e.g. ``Loyalty tier``.
+    field
+        Dotted path of the value in a profile fragment, e.g. ``person.loyalty.tier``.
+    type
+        ``numeric`` (the number), ``categorical`` (one feature per allowed value and one
+        for any other) or ``date`` (its age in days at the scoring time).
+    values
+        A categorical attribute's allowed values, in feature order.
+    value_names
+        The feature-name part of each allowed value (lower case, ``[a-z0-9_]``).
+    value_min, value_max
+        Bounds of a numeric value: one outside them is refused (``bad_value``).
+    """
+
+    name: str
+    label: str
+    field: str
+    type: str
+    values: tuple[str, ...] = ()
+    value_names: tuple[str, ...] = ()
+    value_min: float = -MAX_VALUE_BOUND
+    value_max: float = MAX_VALUE_BOUND
+
+    def features(self) -> list[tuple[str, str]]:
+        """``(name, label)`` of each feature of the attribute, in vector order.
+
+        >>> AttributeConfig("tier", "Tier", "t", "categorical", ("Gold",), ("gold",)).features()
+        [('tier_gold', 'Tier: Gold'), ('tier_other', 'Tier: another value')]
+        """
+        if self.type == "numeric":
+            return [(self.name, self.label)]
+        if self.type == "date":
+            return [(f"{self.name}_age_days", f"{self.label}: days since")]
+        rows = [
+            (f"{self.name}_{part}", f"{self.label}: {value}")
+            for value, part in zip(self.values, self.value_names)
+        ]
+        rows.append((f"{self.name}_other", f"{self.label}: another value"))
+        return rows
 
 
 @dataclass(frozen=True)
@@ -203,6 +256,8 @@ class Config:
     #: profiles a worker refreshes per second after a new model version (``[scoring]
     #: refresh_per_second``)
     refresh_per_second: float = 200.0
+    #: profile attributes the features read (``[[attributes]]``; none by default)
+    attributes: tuple[AttributeConfig, ...] = ()
     source: str = "<string>"
 
     def goal(self, name: str) -> GoalConfig:

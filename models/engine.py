@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
+from models.attributes import Fragment, prune, record
 from models.config import DAY_MS, Config, GoalConfig
 from models.events import Event, InvalidEvent, get_path
 from models.factors import Factor, FactorBasis
@@ -227,7 +228,28 @@ class Engine:
             state.recent = []  # turned off: the hashes go with the profile's next write
         if state.restarted:  # features a config edit restarted: flagged for one horizon
             state.prune_restarted(self._longest_ms)
+        if state.attributes:  # the values no scoring reads any more (models/attributes.py)
+            prune(state.attributes, state.ref_ts)
         self._score(pid, state, fz.vector(state), ts, event.event_id, EVENT, self.goals, out)
+        return state
+
+    def apply_fragment(self, state: ProfileState | None, fragment: Fragment) -> ProfileState:
+        """Keep a profile fragment's attribute values (:mod:`models.attributes`) in
+        ``state`` (``None``: a profile known from its attributes only, until its first
+        event). No score: the profile's next scoring (an event, a scheduled rescoring, a
+        new model version's refresh) reads the values its time allows."""
+        ts = fragment.timestamp_ms
+        if state is None:
+            state = self.featurizer.new_state(ts)
+        now: int | None = state.ref_ts
+        if not state.n_events:
+            # no scoring time yet (its first event sets first_ts and ref_ts): the view
+            # reads the newest values; none is dropped but the oldest beyond the cap
+            # (the first event may be older than them)
+            state.first_ts = min(state.first_ts, ts)
+            state.ref_ts = max(state.ref_ts, ts)
+            now = None
+        record(state.attributes, fragment.values, ts, now)
         return state
 
     def _withdraw(
@@ -374,6 +396,8 @@ class Engine:
         open: a free pending slot (windows close strictly before it), the snapshot
         intervals passed, and not known ineligible until the next event.
         """
+        if not state.n_events:  # known from its attributes only: not scored yet
+            return None
         period = goal.rescore_every_ms
         gs = state.goals[goal.name]
         base = self._scored_ts(gs, state)
@@ -454,7 +478,7 @@ class Engine:
         each goal's before ``watermark`` computed (never a snapshot: :meth:`advance`
         opened every one due). Returns True if the state changed."""
         changed = self.advance(profile_id, state, watermark, out)
-        if self.every_rescore:
+        if self.every_rescore or not state.n_events:  # attributes only: never scored yet
             return changed
         for goal in self._scheduled:
             gs = state.goals[goal.name]

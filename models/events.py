@@ -41,9 +41,11 @@ __all__ = [
     "MAX_DEPTH",
     "Event",
     "InvalidEvent",
+    "check_depth",
     "decode_event",
     "get_path",
     "parse_timestamp",
+    "primary_identity",
     "validate_event",
 ]
 
@@ -181,7 +183,7 @@ def parse_timestamp(value: Any) -> int:
     return ts
 
 
-def _check_depth(obj: Any) -> None:
+def check_depth(obj: Any) -> None:
     """Reject JSON nested deeper than :data:`MAX_DEPTH` (iteratively, no recursion)."""
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
@@ -196,7 +198,9 @@ def _check_depth(obj: Any) -> None:
             stack.extend((child, depth + 1) for child in node if type(child) in (dict, list))
 
 
-def _profile_id(body: dict[str, Any], namespace: str | None) -> str:
+def primary_identity(body: dict[str, Any], namespace: str | None) -> str:
+    """The profile id of an event or fragment: the primary identity of ``identityMap``, or
+    its first identity (of ``namespace`` when one is configured)."""
     identity_map = body.get("identityMap")
     if identity_map is None:
         raise InvalidEvent("no_identity", "identityMap is missing")
@@ -241,7 +245,7 @@ def validate_event(
     if type(body) is not dict:
         raise InvalidEvent("not_an_object", "an experience event must be a JSON object")
     if _check_nesting:
-        _check_depth(body)
+        check_depth(body)
     event_id = body.get("_id")
     if event_id is None:
         raise InvalidEvent("missing_field", "_id is required")
@@ -255,7 +259,7 @@ def validate_event(
         raise InvalidEvent("missing_field", "eventType is required")
     if type(event_type) is not str or not event_type or len(event_type) > _MAX_ID_CHARS:
         raise InvalidEvent("wrong_type", "eventType must be a non-empty string")
-    profile_id = _profile_id(body, identity_namespace)
+    profile_id = primary_identity(body, identity_namespace)
     return Event(event_id, profile_id, event_type, timestamp_ms, body)
 
 

@@ -47,8 +47,9 @@ import math
 import operator
 from dataclasses import dataclass
 
+from models.attribute_config import feature_layout
+from models.attributes import AttributeReader
 from models.config import DAY_MS, Config
-from models.layout import FeatureLayout
 from models.rounding import rounded_list
 from models.state import NEVER, ProfileState
 
@@ -84,11 +85,7 @@ class Featurizer:
         self.value_slot = {event_index: slot for slot, event_index in enumerate(self.valued)}
         self.goal_names = [g.name for g in config.goals]
         #: what the state's positional arrays hold; each new state carries its fingerprint
-        self.layout = FeatureLayout(
-            tuple(e.name for e in config.events),
-            tuple(e.name for e in config.events if e.value_field),
-            tuple(self.horizons),
-        )
+        self.layout = feature_layout(config.events, tuple(self.horizons), config.attributes)
         self.fingerprint = self.layout.fingerprint
         specs: list[FeatureSpec] = []
         for i, event in enumerate(config.events):
@@ -112,7 +109,13 @@ class Featurizer:
                     )
         specs.append(FeatureSpec("tenure_days", "Days since first seen"))
         specs.append(FeatureSpec("days_since_previous_visit", "Days since the previous event"))
+        for attribute in config.attributes:  # last: read from the state's attributes
+            specs.extend(FeatureSpec(name, label) for name, label in attribute.features())
+        #: the attribute features' reader (None: no [[attributes]])
+        self.attributes = AttributeReader(config.attributes) if config.attributes else None
         self.specs = specs
+        #: the date attributes' features: days grow with time, as the tenure's
+        self._date_features = {f"{a.name}_age_days" for a in config.attributes if a.type == "date"}
         self.names = [s.name for s in specs]
         self.labels = {s.name: s.label for s in specs}
         self.index = {name: i for i, name in enumerate(self.names)}
@@ -212,7 +215,10 @@ class Featurizer:
                 MAX_DAYS if gap == NEVER else min(MAX_DAYS, gap / DAY_MS),
             ]
         )
-        return list(self._gather(pool))
+        vector = list(self._gather(pool))
+        if self.attributes is not None:
+            vector.extend(self.attributes.features(state.attributes, now))
+        return vector
 
     def vector_at(self, state: ProfileState, at: int) -> list[float]:
         """The feature vector of ``state`` as of time ``at`` (a rescoring moment), unchanged state.
@@ -256,7 +262,10 @@ class Featurizer:
                 MAX_DAYS if gap == NEVER else min(MAX_DAYS, gap / DAY_MS),
             ]
         )
-        return list(self._gather(pool))
+        vector = list(self._gather(pool))
+        if self.attributes is not None:
+            vector.extend(self.attributes.features(state.attributes, at))
+        return vector
 
     def aging(self) -> tuple[list[float], list[float], list[float]]:
         """How each feature of a vector changes as time passes with no event (what
@@ -283,7 +292,7 @@ class Featurizer:
                     horizon[i] = float(h)
             if name.endswith("_days_since_last"):
                 recency[i] = 1.0
-            elif name == "tenure_days":
+            elif name == "tenure_days" or name in self._date_features:
                 tenure[i] = 1.0
         return horizon, recency, tenure
 

@@ -35,21 +35,27 @@ PROFILE_FEATURES = ("tenure_days", "days_since_previous_visit")
 
 @dataclass(frozen=True, slots=True)
 class FeatureLayout:
-    """Tracked event names (in order), the valued ones among them, the horizons (days)."""
+    """Tracked event names (in order), the valued ones among them, the horizons (days),
+    and the features of the profile attributes (``[[attributes]]``, in order: they end
+    the vector; the state keeps attribute values by attribute name, not by position)."""
 
     events: tuple[str, ...]
     valued: tuple[str, ...]
     horizons: tuple[int, ...]
+    attributes: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        """Canonical JSON: ``{"events": [...], "valued": [...], "horizons": [...]}``."""
-        return orjson.dumps(
-            {
-                "events": list(self.events),
-                "valued": list(self.valued),
-                "horizons": list(self.horizons),
-            }
-        )
+        """Canonical JSON: ``{"events": [...], "valued": [...], "horizons": [...]}``, and
+        ``"attributes": [...]`` when there are any (a layout without attribute features
+        keeps the fingerprint it had before attributes existed)."""
+        data: dict[str, list] = {
+            "events": list(self.events),
+            "valued": list(self.valued),
+            "horizons": list(self.horizons),
+        }
+        if self.attributes:
+            data["attributes"] = list(self.attributes)
+        return orjson.dumps(data)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> FeatureLayout:
@@ -58,6 +64,7 @@ class FeatureLayout:
             tuple(str(e) for e in data["events"]),
             tuple(str(e) for e in data["valued"]),
             tuple(int(h) for h in data["horizons"]),
+            tuple(str(a) for a in data.get("attributes", ())),
         )
 
     @property
@@ -76,4 +83,4 @@ class FeatureLayout:
     def feature_names(self) -> list[str]:
         """Every feature name in vector order (:attr:`models.features.Featurizer.names`)."""
         names = [n for e in self.events for n in self.event_features(e)]
-        return names + list(PROFILE_FEATURES)
+        return names + list(PROFILE_FEATURES) + list(self.attributes)

@@ -190,6 +190,7 @@ def migrate_state(state: ProfileState, old: FeatureLayout, new: FeatureLayout) -
         new.fingerprint,
         state.recent,
         restarted,
+        state.attributes,  # kept by attribute name: read with the new config's attributes
     )
 
 

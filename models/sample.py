@@ -140,9 +140,13 @@ def _raw(state: ProfileState) -> list[float]:
     ]
 
 
-def _vectors(featurizer: Featurizer, raw: np.ndarray, at: int) -> np.ndarray:
+def _vectors(
+    featurizer: Featurizer, raw: np.ndarray, at: int, states: Sequence[ProfileState] = ()
+) -> np.ndarray:
     """:meth:`~models.features.Featurizer.vector_at` as of ``at`` of the states whose
-    :func:`_raw` rows ``raw`` holds (times are integers below 2**53: exact doubles)."""
+    :func:`_raw` rows ``raw`` holds (times are integers below 2**53: exact doubles); with
+    ``[[attributes]]``, ``states`` (those states, in order) give the attribute features,
+    read at the time each vector is of (never cached: a fragment changes no event count)."""
     n = raw.shape[0]
     taus = featurizer.taus_ms
     n_h, n_e = len(taus), featurizer.n_events
@@ -165,7 +169,12 @@ def _vectors(featurizer: Featurizer, raw: np.ndarray, at: int) -> np.ndarray:
         (now - first) / DAY_MS,
         np.where(gap == NEVER, MAX_DAYS, np.minimum(MAX_DAYS, gap / DAY_MS)),
     ]
-    return np.concatenate(parts, axis=1)[:, featurizer.gather]
+    vectors = np.concatenate(parts, axis=1)[:, featurizer.gather]
+    reader = featurizer.attributes
+    if reader is None:
+        return vectors
+    extra = [reader.features(s.attributes, max(s.ref_ts, at)) for s in states]
+    return np.concatenate([vectors, np.array(extra, dtype=float).reshape(n, reader.width)], axis=1)
 
 
 def vectors_at(featurizer: Featurizer, states: Sequence[ProfileState], at: int) -> np.ndarray:
@@ -189,7 +198,7 @@ def vectors_at(featurizer: Featurizer, states: Sequence[ProfileState], at: int) 
     """
     if not states:
         return np.zeros((0, len(featurizer.names)))
-    return _vectors(featurizer, np.array([_raw(s) for s in states], dtype=float), at)
+    return _vectors(featurizer, np.array([_raw(s) for s in states], dtype=float), at, states)
 
 
 class SampledStates:
@@ -228,11 +237,13 @@ class SampledStates:
         rows: list[int] = []
         stale: list[int] = []
         changed: list[ProfileState] = []
+        current: list[ProfileState] = []  # the states of ``rows`` (attribute features)
         for row, pid in enumerate(ids):
             state = states.get(pid)
             if state is None or state.layout != fz.fingerprint:
                 continue
             rows.append(row)
+            current.append(state)
             seen = read[row]
             if seen is None or seen[0] is not state or seen[1] != state.n_events:
                 read[row] = (state, state.n_events)
@@ -246,7 +257,7 @@ class SampledStates:
         if not rows:
             return rows, np.zeros((0, len(fz.names)))
         raw = self.raw if len(rows) == len(ids) else self.raw[rows]
-        return rows, _vectors(fz, raw, at)
+        return rows, _vectors(fz, raw, at, current)
 
 
 class ProfileSample:

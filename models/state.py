@@ -258,6 +258,10 @@ class ProfileState:
         profile's event time (ms) at the edit. Empty (and absent from the stored array)
         unless a migration restarted something; entries are dropped once the profile has
         been seen over the longest horizon since (:meth:`prune_restarted`).
+    attributes
+        Per profile attribute name (``[[attributes]]``): its values, each ``[ts, value]``
+        (``value`` ``None``: unset at ``ts``), in time order (:mod:`models.attributes`).
+        Empty (and absent from the stored array) until a profile fragment sets one.
     """
 
     first_ts: int
@@ -273,6 +277,7 @@ class ProfileState:
     layout: str
     recent: list[str]
     restarted: dict[str, int]
+    attributes: dict[str, list[list[Any]]]
 
     def __init__(
         self,
@@ -289,6 +294,7 @@ class ProfileState:
         layout: str = "",
         recent: list[str] | None = None,
         restarted: dict[str, int] | None = None,
+        attributes: dict[str, list[list[Any]]] | None = None,
     ) -> None:
         self.first_ts = first_ts
         self.ref_ts = ref_ts
@@ -303,6 +309,7 @@ class ProfileState:
         self.layout = layout
         self.recent = [] if recent is None else recent
         self.restarted = {} if restarted is None else restarted
+        self.attributes = {} if attributes is None else attributes
 
     @classmethod
     def new(
@@ -329,7 +336,8 @@ class ProfileState:
         )
 
     def to_bytes(self) -> bytes:
-        """Serialize to compact JSON bytes (``restarted`` appended only when not empty)."""
+        """Serialize to compact JSON bytes (``restarted`` appended when not empty, then
+        ``attributes`` when not empty: a state without them is the bytes it always was)."""
         return orjson.dumps(
             [
                 STATE_FORMAT,
@@ -346,7 +354,13 @@ class ProfileState:
                 self.layout,
                 self.recent,
             ]
-            + ([self.restarted] if self.restarted else [])
+            + (
+                [self.restarted, self.attributes]
+                if self.attributes
+                else [self.restarted]
+                if self.restarted
+                else []
+            )
         )
 
     @classmethod
@@ -384,6 +398,7 @@ class ProfileState:
             layout=data[11] if len(data) > 11 else "",
             recent=data[12] if len(data) > 12 else [],
             restarted=data[13] if len(data) > 13 else None,
+            attributes=data[14] if len(data) > 14 else None,
         )
 
     def prune_restarted(self, span_ms: int) -> None:

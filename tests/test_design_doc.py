@@ -253,6 +253,8 @@ def test_configuration_keys_are_the_ones_parse_config_accepts() -> None:
             text = "[[events]]\nzzz = 1\n"
         elif table == "goals":
             text = _EVENT + _GOAL + "zzz = 1\n"
+        elif table == "attributes":
+            text = _EVENT + _GOAL + "[[attributes]]\nzzz = 1\n"
         else:
             text = _EVENT + _GOAL + f"[{table}]\nzzz = 1\n"
         assert documented[table] == _allowed(text), table

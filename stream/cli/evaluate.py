@@ -78,6 +78,17 @@ def _read_lines(path: Path, progress: Progress) -> list[bytes]:
     return lines
 
 
+def _read_input(path: Path, progress: Progress, what: str) -> list[bytes]:
+    try:
+        return _read_lines(path, progress)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise CliError(
+            f"{what} file {str(path)!r} is not a readable gzip file "
+            f"({exc}); give JSONL, or JSONL compressed with gzip as FILE.gz",
+            2,
+        ) from None
+
+
 def write_outputs(
     result: BacktestResult, config: Config, out_dir: Path, summary: dict[str, str] | None = None
 ) -> dict[str, dict]:
@@ -291,8 +302,17 @@ def print_summary(metrics: dict[str, dict]) -> None:
             )
 
 
-def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> int:
-    """Run the backtest of ``events_path`` and write the four outputs to ``out_dir``.
+def _input_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        found = "is a directory" if path.is_dir() else "not found"
+        raise CliError(f"{what} file {str(path)!r} {found}; give a JSONL file of {what}", 2)
+
+
+def evaluate_main(
+    events_path: Path, config_path: str | None, out_dir: Path, attributes: str | None = None
+) -> int:
+    """Run the backtest of ``events_path`` (with the profile fragments of the file
+    ``attributes``, :mod:`models.attributes`) and write the four outputs to ``out_dir``.
 
     Raises
     ------
@@ -302,9 +322,10 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
         The configuration is missing or invalid.
     """
     config = load_config(config_path)
-    if not events_path.is_file():
-        what = "is a directory" if events_path.is_dir() else "not found"
-        raise CliError(f"events file {str(events_path)!r} {what}; give a JSONL file of events", 2)
+    _input_file(events_path, "events")
+    fragments_path = None if attributes is None else Path(attributes)
+    if fragments_path is not None:
+        _input_file(fragments_path, "profile fragments")
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(
             f"--out {str(out_dir)!r} is a file; give a directory (created if missing)", 2
@@ -317,17 +338,18 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
     )
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=True) as progress:
-        try:
-            lines = _read_lines(events_path, progress)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise CliError(
-                f"events file {str(events_path)!r} is not a readable gzip file ({exc}); "
-                "give JSONL, or JSONL compressed with gzip as FILE.gz",
-                2,
-            ) from None
+        lines = _read_input(events_path, progress, "events")
+        fragments = (
+            [] if fragments_path is None else _read_input(fragments_path, progress, "fragments")
+        )
         task = progress.add_task("replay", total=len(lines))
         replay_started = time.perf_counter()
-        result = run_backtest(lines, config, progress=lambda n: progress.update(task, completed=n))
+        result = run_backtest(
+            lines,
+            config,
+            progress=lambda n: progress.update(task, completed=n),
+            attributes=fragments,
+        )
         replay_seconds = time.perf_counter() - replay_started
     del lines
     rate = result.n_events / replay_seconds if replay_seconds > 0 else 0.0
@@ -336,15 +358,17 @@ def evaluate_main(events_path: Path, config_path: str | None, out_dir: Path) -> 
         "rejected": f"{result.n_rejected:,}",
         "duplicates skipped": f"{result.n_duplicates:,}",
         "profiles": f"{len(result.states):,}",
+        **({"profile fragments": f"{result.n_fragments:,}"} if fragments_path else {}),
         "matured examples": f"{len(result.examples):,}",
         "replay": f"{replay_seconds:.1f} s ({rate:,.0f} events/s)",
         "source": events_path.name,
     }
     metrics = write_outputs(result, config, out_dir, summary)
     print_summary(metrics)
-    if result.rejected:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items()))
-        console.print(f"[yellow]rejected events[/] ({reasons})")
+    for what, rejected in (("events", result.rejected), ("fragments", result.rejected_fragments)):
+        if rejected:
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items()))
+            console.print(f"[yellow]rejected {what}[/] ({reasons})")
     if result.n_duplicates:
         console.print(
             f"{result.n_duplicates:,} duplicate events skipped (an _id their profile had "

@@ -98,7 +98,7 @@ def version() -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream.cli.evaluate import evaluate_main
 
-    return evaluate_main(Path(args.events), args.config, Path(args.out))
+    return evaluate_main(Path(args.events), args.config, Path(args.out), args.attributes)
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="events per second, > 0 (default: as fast as possible)",
     )
-    p.add_argument("--topic", help="topic to produce to (default: <prefix>.events)")
+    p.add_argument("--topic", help="default: <prefix>.events; <prefix>.profiles for fragments")
     _config_option(p)
     p.set_defaults(fn=cmd_replay)
 
@@ -384,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "backtest: metrics.json, examples.csv, profiles.jsonl, report.html")
     p.add_argument("events", help="JSON lines of events (optionally .gz)")
+    p.add_argument("--attributes", metavar="FILE", help="profile fragments (JSON lines, .gz too)")
     _config_option(p)
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the four files")
     p.set_defaults(fn=cmd_evaluate)

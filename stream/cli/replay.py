@@ -8,10 +8,13 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.cli.common import CliError, console, load_cli_config, settings_from_env
 from stream.devservers.topics import create_missing_topics
+
+if TYPE_CHECKING:
+    from models.config import Config
 
 __all__ = ["cmd_generate", "cmd_replay", "ensure_topics", "period_ending_today", "replay_file"]
 
@@ -42,12 +45,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _profile_key(line: bytes, namespace: str | None) -> bytes | None:
-    from models.events import InvalidEvent, decode_event
+    """The profile id of an event or a profile fragment (its ``identityMap``), else None."""
+    import orjson
+
+    from models.events import InvalidEvent, primary_identity
 
     try:
-        return decode_event(line, identity_namespace=namespace).profile_id.encode()
-    except InvalidEvent:
+        body = orjson.loads(line)
+        return primary_identity(body, namespace).encode() if type(body) is dict else None
+    except (orjson.JSONDecodeError, InvalidEvent):
         return None
+
+
+def _invalid(lines: list[bytes], fragments: bool, config: Config) -> int:
+    """How many lines the worker will refuse (before any check of their time)."""
+    from models.attributes import decode_fragment
+    from models.events import InvalidEvent, decode_event
+
+    invalid = 0
+    for line in lines:
+        try:
+            if fragments:
+                decode_fragment(line, config, max_bytes=config.max_event_bytes)
+            else:
+                decode_event(line, identity_namespace=config.identity_namespace)
+        except InvalidEvent:
+            invalid += 1
+    return invalid
 
 
 async def ensure_topics(bootstrap: str, topics: dict[str, int], security: dict[str, Any]) -> None:
@@ -157,13 +181,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     )
     console.print(f"replayed {n:,} lines to {topic}")
-    invalid = sum(_profile_key(line, cfg.identity_namespace) is None for line in _lines(path))
+    fragments = topic == s.topic("profiles")  # profile fragments ([[attributes]])
+    invalid = _invalid(_lines(path), fragments, cfg) if n else 0
+    what = "profile fragments" if fragments else "events"
     if n == 0:
-        console.print(f"[yellow]{args.file} holds no events (it is empty)[/]")
+        console.print(f"[yellow]{args.file} holds no {what} (it is empty)[/]")
     elif invalid:
         console.print(
-            f"[yellow]{invalid:,} of {n:,} lines are not valid events: the worker sends them to "
-            f"{s.topic('dlq')} with the reason (`customer-ai evaluate {args.file}` lists "
-            "them too)[/]"
+            f"[yellow]{invalid:,} of {n:,} lines are not valid {what}: the worker sends them "
+            f"to {s.topic('dlq')} with the reason (`customer-ai evaluate` lists them too)[/]"
         )
     return 0

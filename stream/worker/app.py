@@ -14,6 +14,10 @@ and can commit past unprocessed ones, faust-streaming #606):
   partition's work stays in batch order, see :mod:`stream.worker.scorer`). A batch is acked when its own
   processing returned, i.e. after its outputs were flushed and its state stored; a
   batch interrupted by cancellation is never acked.
+- with ``[[attributes]]`` configured, ``apply_profiles`` on ``customer-ai.profiles`` and
+  ``apply_repartitioned_profiles`` on the internal ``customer-ai.profiles-by-profile``:
+  the same batches of profile fragments, applied by scorers of fragments (their
+  attribute values kept in the states; no score, see :mod:`stream.worker.scorer`).
 - ``train`` on the single-partition ``customer-ai.training``.
 - ``erase_profiles`` on ``customer-ai.erasures``: each erasure request applied by
   :class:`~stream.worker.erasure.Eraser`, one at a time, acknowledged only once applied.
@@ -48,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,7 +59,6 @@ import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-import models
 from models.config import load_config
 from models.engine import Engine
 from models.features import Featurizer
@@ -67,6 +69,7 @@ from stream.worker import compat, handover
 from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
 from stream.worker.erasure import Eraser, erase_or_dead_letter
+from stream.worker.intake import note_first_batch, records_of
 from stream.worker.producer import BatchProducer
 from stream.worker.rescoring import ModelRefresh
 from stream.worker.retention import RetentionSweep
@@ -78,6 +81,7 @@ from stream.worker.security import (
     redis_connection_kwargs,
 )
 from stream.worker.settings import PROFILE_SCORES_CONFIG, Settings
+from stream.worker.shutdown import SHUTDOWN_GRACE, never_ack, stop_agents_after
 from stream.worker.store import RedisStore
 from stream.worker.trainer import TrainerStep
 
@@ -151,6 +155,12 @@ training_topic = app.topic(settings.topic("training"), partitions=1, internal=Tr
 erasures_topic = app.topic(
     settings.topic("erasures"), partitions=settings.partitions, internal=True, **_raw
 )
+# profile fragments ([[attributes]]): keyed like events, their attribute values applied
+# by the fragment scorers, those not keyed by profile id through their repartition topic
+profiles_topic = app.topic(settings.topic("profiles"), partitions=settings.partitions, **_raw)
+profiles_repartition_topic = app.topic(
+    settings.topic("profiles-by-profile"), partitions=settings.partitions, internal=True, **_raw
+)
 output_topics = [
     app.topic(settings.topic(name), partitions=n, **_raw)
     for name, n in (
@@ -195,6 +205,17 @@ class Runtime:
             repartition_topic=repartition_topic.get_topic_name(),
         )
         self.repartitioned_scorer = BatchScorer(self.engine, self.store, self.producer, settings)
+        self.fragment_scorer = BatchScorer(
+            self.engine,
+            self.store,
+            self.producer,
+            settings,
+            repartition_topic=profiles_repartition_topic.get_topic_name(),
+            fragments=True,
+        )
+        self.repartitioned_fragment_scorer = BatchScorer(
+            self.engine, self.store, self.producer, settings, fragments=True
+        )
         self.trainer = TrainerStep(config, self.store, self.producer, settings)
         self.lock = asyncio.Lock()
         #: source topic -> its scorer
@@ -202,6 +223,11 @@ class Runtime:
             events_topic.get_topic_name(): self.scorer,
             repartition_topic.get_topic_name(): self.repartitioned_scorer,
         }
+        if config.attributes:
+            self.scorers[profiles_topic.get_topic_name()] = self.fragment_scorer
+            self.scorers[profiles_repartition_topic.get_topic_name()] = (
+                self.repartitioned_fragment_scorer
+            )
         #: source topic -> the retention sweep of its scorer's partitions
         self.sweeps = {topic: RetentionSweep(s) for topic, s in self.scorers.items()}
         #: applies erasure requests (stream.worker.erasure)
@@ -232,39 +258,6 @@ def runtime() -> Runtime:
     if _runtime is None:
         _runtime = Runtime()
     return _runtime
-
-
-def _records(events: list) -> list[Record]:
-    return [
-        Record(
-            e.message.topic,
-            e.message.partition,
-            e.message.offset,
-            e.message.key,
-            e.message.value,
-            int(e.message.timestamp * 1000) if e.message.timestamp else None,
-        )
-        for e in events
-    ]
-
-
-_first_batch_seen = False
-
-
-def _note_first_batch(records: list[Record]) -> None:
-    """Log when this process scores its first batch (bench/ times runs from it)."""
-    global _first_batch_seen
-    if not _first_batch_seen and records:
-        _first_batch_seen = True
-        loop = type(asyncio.get_running_loop())
-        log.info(
-            "first batch consumed at %.6f: %d records (%s.%s; scoring core: %s)",
-            time.time(),
-            len(records),
-            loop.__module__,
-            loop.__name__,
-            "compiled" if models.NATIVE else "Python sources",
-        )
 
 
 async def _load_models(rt: Runtime) -> None:
@@ -301,8 +294,8 @@ async def _score(stream: faust.StreamT, scorer: BatchScorer) -> None:
     """Score the agent's greedy batches, up to ``pipeline_depth`` of them in progress."""
 
     async def step(events: list) -> None:
-        records = _records(events)
-        _note_first_batch(records)
+        records = records_of(events)
+        note_first_batch(records)
         await _guarded(scorer.process_or_dead_letter, records)
 
     await pipelined(
@@ -329,6 +322,17 @@ async def score_repartitioned(stream: faust.StreamT) -> None:
     await _score(stream, rt.repartitioned_scorer)
 
 
+if config.attributes:  # no [[attributes]]: fragments are not read
+
+    @app.agent(profiles_topic)
+    async def apply_profiles(stream: faust.StreamT) -> None:
+        await _score(stream, runtime().fragment_scorer)
+
+    @app.agent(profiles_repartition_topic)
+    async def apply_repartitioned_profiles(stream: faust.StreamT) -> None:
+        await _score(stream, runtime().repartitioned_fragment_scorer)
+
+
 @app.agent(training_topic)
 async def train(stream: faust.StreamT) -> None:
     rt = runtime()
@@ -338,7 +342,7 @@ async def train(stream: faust.StreamT) -> None:
         # a failing batch is retried until it is learnt (the trainer pauses on it), never
         # dead-lettered: the examples are the workers' own outputs, not rejected events
         try:
-            await _guarded(rt.trainer.process_until_learnt, _records(events))
+            await _guarded(rt.trainer.process_until_learnt, records_of(events))
         except asyncio.CancelledError:
             _never_ack(events)  # a shutdown cancelled it: the next owner re-reads it
             raise
@@ -352,7 +356,7 @@ async def erase_profiles(stream: faust.StreamT) -> None:
     never acknowledged before the person is removed."""
     rt = runtime()
     async for event in stream.events():
-        record = _records([event])[0]
+        record = records_of([event])[0]
         try:
             await erase_or_dead_letter(rt.eraser, rt.producer, record)
         except asyncio.CancelledError:
@@ -395,7 +399,9 @@ async def lag_poller() -> None:
 
 
 _SOURCE_TOPICS = frozenset(
-    t.get_topic_name() for t in (events_topic, repartition_topic, training_topic)
+    t.get_topic_name()
+    for t in (events_topic, repartition_topic, training_topic)
+    + ((profiles_topic, profiles_repartition_topic) if config.attributes else ())
 )
 
 
@@ -489,7 +495,8 @@ async def partition_clock() -> None:
         except Exception:  # noqa: BLE001 - a timer must not die; the next tick tries again
             log.exception("clock tick of %s[%d] failed", tp.topic, tp.partition)
 
-    await asyncio.gather(*(tick(tp) for tp in _current_assignment() if tp.topic in rt.scorers))
+    ticking = [tp for tp in _current_assignment() if tp.topic in rt.scorers]
+    await asyncio.gather(*(tick(tp) for tp in ticking if not rt.scorers[tp.topic].fragments))
 
 
 @app.task
@@ -517,47 +524,11 @@ async def refresh_models() -> None:
         log.exception("model refresh failed")
 
 
-# ---- shutdown ------------------------------------------------------------------------
-
-#: seconds the batches in progress get to finish after SIGTERM/SIGINT; then they are cancelled
-SHUTDOWN_GRACE = 3.0
+# ---- shutdown (stream.worker.shutdown) ---------------------------------------------------
 
 
 def _never_ack(events: list) -> None:
-    """Keep the events of a cancelled trainer batch from ever being acked.
-
-    Faust's ``take_events`` acks its buffer when its generator closes, processed or not;
-    the extra reference leaves that ack short of the last one, so no commit passes these
-    events. They leave ``consumer.unacked`` so that ``wait_empty`` does not wait for them.
-    """
-    unacked = app.consumer.unacked
-    for event in events:
-        message = event.message
-        if not message.acked:
-            message.incref()
-            unacked.discard(message)
-            message.tracked = False
-
-
-async def _stop_agents_after(grace: float) -> None:
-    """Stop the agents if the worker is still stopping ``grace`` seconds from now.
-
-    Faust stops a worker by waiting for every batch in progress to be acked
-    (``Consumer.wait_empty``), without a bound, and only then stops the agents (which
-    cancels their tasks). With Redis unreachable the batches retry forever, so the worker
-    ignored SIGTERM. Stopping the agents early cancels those batches; a cancelled batch
-    is never acked (:mod:`stream.worker.batching`, :func:`_never_ack`) and leaves
-    ``consumer.unacked``, so ``wait_empty`` returns, no commit passes the batch and the
-    next owner of its partitions re-reads it (its Redis writes are atomic and fenced by
-    the applied offsets: a batch cancelled after its state was stored is skipped then).
-    """
-    await asyncio.sleep(grace)
-    log.warning(
-        "batches still in progress %.0fs after the stop signal (Redis or Kafka unreachable?): "
-        "cancelling them; their events are not acked and will be re-read",
-        grace,
-    )
-    await app.agents.stop()
+    never_ack(app, events)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -565,7 +536,8 @@ def main(argv: list[str] | None = None) -> None:
 
     On either signal Faust stops fetching, waits for the batches in progress, commits the
     acked offsets, leaves the group and stops; batches still in progress after
-    :data:`SHUTDOWN_GRACE` seconds are cancelled, never acked (:func:`_stop_agents_after`).
+    :data:`~stream.worker.shutdown.SHUTDOWN_GRACE` seconds are cancelled, never acked
+    (:func:`~stream.worker.shutdown.stop_agents_after`).
     """
     try:
         import uvloop
@@ -583,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
         _watchdog: asyncio.Future[None] | None = None
 
         async def on_stop(self) -> None:
-            self._watchdog = asyncio.ensure_future(_stop_agents_after(SHUTDOWN_GRACE))
+            self._watchdog = asyncio.ensure_future(stop_agents_after(app, SHUTDOWN_GRACE))
 
         async def on_shutdown(self) -> None:
             if self._watchdog is not None:

@@ -23,6 +23,11 @@ it each batch of raw records and acknowledges them once it returns. For a batch:
    refused write (the profile moved on: a rebalance or a zombie) is re-done from
    the fresh state, whose applied offset makes the replay skip what was applied.
 
+A scorer of profile fragments (``fragments=True``: ``<prefix>.profiles`` and its
+repartition topic ``<prefix>.profiles-by-profile``) runs steps 1-3, 6 and 7 with
+:meth:`~models.engine.Engine.apply_fragment` for 4: no score, no time passing (no
+watermark, no due work), the profile's applied offset of that topic kept exact.
+
 Steps 3 to 7 run per source partition, the partitions of a batch concurrently (their
 round trips overlap); the dead letters and forwards go out alongside. An unexpected
 error in them re-runs that partition's part from the stored state, up to
@@ -45,12 +50,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from functools import partial
+from typing import cast
 
+from models.attributes import Fragment, decode_fragment
 from models.engine import Engine
 from models.events import Event, InvalidEvent, decode_event
 from models.eventtime import check_event_time, reference_time, watermark_ceiling
 from models.messages import OutMessage, encode_outcome, latest_scores_message, scores_field
-from models.model import LinearModel
 from models.outcome import Outcome
 from models.profile import format_time
 from models.state import ProfileState
@@ -59,6 +65,7 @@ from stream.worker import quarantine
 from stream.worker.dead_letters import DLQ_MAX_ORIGINAL_BYTES, Record, dlq_message
 from stream.worker.lanes import Lanes, Place, all_or_none
 from stream.worker.layouts import StateDecoder
+from stream.worker.model_loading import load_newer_models
 from stream.worker.partition_clock import COUNTERS, Arrival, PartitionClock, count_rescores
 from stream.worker.producer import BatchProducer
 from stream.worker.retry import Failure, RetryPolicy
@@ -83,6 +90,8 @@ MAX_RETRY_DELAY = 5.0
 #: profiles a batch takes from its partition's due index at most (the rest: the next one)
 DUE_LIMIT = 1000
 _OUTBOX_LANE = ("outbox",)
+#: a decoded record: an event (or a fragment) with the tracked events it matched
+Item = tuple[Record, Event | Fragment, tuple]
 
 
 class BatchScorer(PartitionClock):
@@ -95,8 +104,13 @@ class BatchScorer(PartitionClock):
         producer: BatchProducer,
         settings: Settings,
         repartition_topic: str | None = None,
+        *,
+        fragments: bool = False,
     ) -> None:
         self.engine = engine
+        #: True: the records are profile fragments (``<prefix>.profiles``), applied to the
+        #: states' attributes with no score and no time passing (module docstring)
+        self.fragments = fragments
         self.store = store
         self.producer = producer
         self.settings = settings
@@ -128,24 +142,9 @@ class BatchScorer(PartitionClock):
 
     # ---- models ----------------------------------------------------------------------
     async def refresh_models(self) -> list[str]:
-        """Load newer model versions from Redis; returns the goals updated."""
-        updated = []
-        versions = await self.store.model_versions()
-        for goal, version in versions.items():
-            current = self.engine.models.get(goal)
-            if current is None or version <= current.version:
-                continue
-            raw = await self.store.get_model(goal)
-            if raw is None:
-                continue
-            try:
-                model = LinearModel.from_json(raw)
-                if self.engine.set_model(model):
-                    updated.append(goal)
-                    metrics.observe_model(goal, version, model.metrics, model.status)
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("cannot load model %s v%s: %s", goal, version, exc)
-        return updated
+        """Load newer model versions from Redis; returns the goals updated
+        (:func:`~stream.worker.model_loading.load_newer_models`)."""
+        return await load_newer_models(self.store, self.engine)
 
     # ---- batches ---------------------------------------------------------------------
     async def process(self, records: list[Record]) -> dict[str, int]:
@@ -153,28 +152,35 @@ class BatchScorer(PartitionClock):
         started = time.perf_counter()
         await self.layouts.ensure()
         counts = dict.fromkeys(COUNTERS, 0)
-        by_partition: dict[tuple[str, int], list[tuple[Record, Event, tuple]]] = defaultdict(list)
+        by_partition: dict[tuple[str, int], list[Item]] = defaultdict(list)
         outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
         per_topic: Counter[str] = Counter()
         # event time you can trust (models/eventtime.py): each event against its record's
         # broker time, the worker's clock when it has none or a later one
         now_ms = int(time.time() * 1000)
         max_future, max_age = self.config.max_future_ms, self.config.max_age_ms
+        fragments, config = self.fragments, self.config
         for record in records:
             per_topic[record.topic] += 1
             try:
-                event = decode_event(
-                    record.value,
-                    identity_namespace=self.config.identity_namespace,
-                    max_bytes=self.config.max_event_bytes,
-                )
+                event: Event | Fragment
+                if fragments:
+                    event = decode_fragment(record.value, config, max_bytes=config.max_event_bytes)
+                    matched: tuple = ()
+                else:
+                    event = decode_event(
+                        record.value,
+                        identity_namespace=config.identity_namespace,
+                        max_bytes=config.max_event_bytes,
+                    )
                 check_event_time(
                     event.timestamp_ms,
                     reference_time(record.timestamp_ms, now_ms),
                     max_future,
                     max_age,
                 )
-                matched = self.engine.match(event)
+                if not fragments:
+                    matched = self.engine.match(event)  # type: ignore[arg-type]
             except InvalidEvent as exc:
                 self._reject(record, exc.reason, exc.detail, outbox)
                 counts["rejected"] += 1
@@ -227,12 +233,8 @@ class BatchScorer(PartitionClock):
         escaped :meth:`process` (whose partitions retry themselves) re-runs the whole
         batch, already applied events being skipped by their offsets; after the last
         attempt every record of the batch goes to the DLQ as ``internal_error``, so that
-        the agent moves on.
-
-        Returns
-        -------
-        dict or None
-            The counters of :meth:`process`; ``None`` if the batch was dead-lettered.
+        the agent moves on. Returns the counters of :meth:`process`, ``None`` if the batch
+        was dead-lettered.
         """
         attempts = BATCH_ATTEMPTS
         policy = RetryPolicy(
@@ -272,7 +274,7 @@ class BatchScorer(PartitionClock):
         self,
         topic: str,
         partition: int,
-        items: list[tuple[Record, Event, tuple]],
+        items: list[Item],
         counts: dict[str, int],
     ) -> None:
         """Process one partition's part of a batch, retried in place (inside its lane).
@@ -325,10 +327,13 @@ class BatchScorer(PartitionClock):
         self,
         topic: str,
         partition: int,
-        items: list[tuple[Record, Event, tuple]],
+        items: list[Item],
         counts: dict[str, int],
         outbox: list[OutMessage],
     ) -> None:
+        if self.fragments:  # attributes only: no event time passes, nothing falls due
+            await self._settle(topic, partition, items, [], 0, counts, outbox)
+            return
         wm = await self._watermark(topic, partition)
         batch_max_ts = max(e.timestamp_ms for _, e, _ in items)
         # Invariant: the watermark never advances past the newest broker time of the
@@ -352,7 +357,7 @@ class BatchScorer(PartitionClock):
         self,
         topic: str,
         partition: int,
-        items: list[tuple[Record, Event, tuple]],
+        items: list[Item],
         due_ids: list[str],
         new_wm: int,
         counts: dict[str, int],
@@ -372,8 +377,10 @@ class BatchScorer(PartitionClock):
         # empty (nothing is skipped); an old partition's offsets only ever grow.
         offset_field = f"o:{topic}:{partition}"
         due_key = self.store.due_key(topic, partition)
-        wm_key = None if refresh else self.store.watermark_key(topic, partition)
-        retained = self.config.retention.days is not None  # keep the activity index
+        timeless = refresh is not None or self.fragments  # no watermark to store
+        wm_key = None if timeless else self.store.watermark_key(topic, partition)
+        # keep the activity index (events only: a fragment is no activity)
+        retained = self.config.retention.days is not None and not self.fragments
         activity_key = self.store.activity_key(topic, partition) if retained else None
         touched = list(dict.fromkeys([e.profile_id for _, e, _ in items] + due_ids))
         retry_ids: list[str] = touched
@@ -414,14 +421,14 @@ class BatchScorer(PartitionClock):
             retry_ids = sorted(fenced)
             if not retry_ids:
                 break
-        if not refresh:
+        if not timeless:
             self.watermarks[(topic, partition)] = new_wm
 
     async def _apply(
         self,
         topic: str,
         partition: int,
-        items: list[tuple[Record, Event, tuple]],
+        items: list[Item],
         subset: set[str],
         loaded: dict[str, LoadedProfile],
         offset_field: str,
@@ -462,6 +469,8 @@ class BatchScorer(PartitionClock):
         last_offset: dict[str, int] = {}
         out = Outcome()
         produced_at: list[int] = []
+        fragments = self.fragments
+        timeless = refresh is not None or fragments  # nothing falls due: no due entries
         for record, event, matched in items:
             pid = event.profile_id
             if pid not in subset:
@@ -469,8 +478,10 @@ class BatchScorer(PartitionClock):
             if record.offset <= applied_offset[pid]:
                 counts["skipped"] += 1
                 continue
-            # a duplicate _id is skipped by the engine (out.duplicates); its offset is applied
-            states[pid] = engine.process(states[pid], event, out, matched)
+            if fragments:  # a profile fragment: its attribute values, kept in time
+                states[pid] = engine.apply_fragment(states[pid], cast(Fragment, event))
+            else:  # a duplicate _id is skipped by the engine (out.duplicates); its offset is applied
+                states[pid] = engine.process(states[pid], cast(Event, event), out, matched)
             last_offset[pid] = record.offset
             counts["events"] += 1
             if record.timestamp_ms is not None:
@@ -481,7 +492,7 @@ class BatchScorer(PartitionClock):
         changed_by_expiry: set[str] = set()
         for pid in subset:
             state = states[pid]
-            if state is None:
+            if state is None or fragments:  # a fragment lets no time pass
                 continue
             if refresh is not None:
                 if engine.refresh(pid, state, refresh, out):
@@ -525,7 +536,7 @@ class BatchScorer(PartitionClock):
         for pid in subset:
             state = states[pid]
             if state is None or (pid not in last_offset and pid not in changed_by_expiry):
-                if state is not None and pid not in last_offset and refresh is None:
+                if state is not None and pid not in last_offset and not timeless:
                     due[pid] = engine.next_due(state)
                     due_versions[pid] = loaded[pid].version
                 continue
@@ -548,6 +559,8 @@ class BatchScorer(PartitionClock):
                     index_after=index_after,
                 )
             )
+            if fragments:  # the due entry of the events' partition stays (nothing fell due)
+                continue
             due[pid] = engine.next_due(state)
             due_versions[pid] = str(int(loaded[pid].version or 0) + 1)  # what the CAS writes
             newest[pid] = state.ref_ts
@@ -561,7 +574,7 @@ class BatchScorer(PartitionClock):
         self,
         topic: str,
         partition: int,
-        items: list[tuple[Record, Event, tuple]],
+        items: list[Item],
         poison: dict[str, quarantine.Poisoned],
         due_key: str,
         counts: dict[str, int],
