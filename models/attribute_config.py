@@ -107,13 +107,14 @@ def _one(spec: Any, where: str) -> AttributeConfig:
         if len(set(raw)) != len(raw):
             raise ValueError(f"{where}.values: {raw!r} lists a value twice")
         values = tuple(raw)
-        parts = tuple(value_name(v) for v in values)
+        # a value without letters or digits of a-z and 0-9 (another script) is named by
+        # its position: v1, v2...
+        parts = tuple(value_name(v) or f"v{i + 1}" for i, v in enumerate(values))
         for value, part in zip(values, parts):
-            if not part or part == "other":
+            if part == "other":
                 raise ValueError(
-                    f"{where}.values: {value!r} gives the feature name {name}_{part or '?'}, "
-                    f"which is {'empty' if not part else 'the one for any other value'}; "
-                    "rename the value"
+                    f"{where}.values: {value!r} gives the feature name {name}_other, the "
+                    "one for any other value; rename the value"
                 )
         if len(set(parts)) != len(parts):
             raise ValueError(

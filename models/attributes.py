@@ -10,9 +10,10 @@ milliseconds), and attribute fields sit at dotted paths (``person.loyalty.tier``
   value_max]`` is refused (``bad_value``), anything but a number too (``wrong_type``);
 - ``categorical``: ``<name>_<value>`` is 1 when the value is that allowed value,
   ``<name>_other`` is 1 for any other string (``wrong_type``: not a string);
-- ``date``: ``<name>_age_days`` is the days from the date to the scoring time (negative
-  for a date after it); a date is ``YYYY-MM-DD`` (midnight UTC), ISO-8601 with a zone or
-  epoch milliseconds (``bad_date``: none of these).
+- ``date``: ``<name>_age_days`` is the days from the date to the scoring time and
+  ``<name>_days_until`` the days from it to the date, each 0 on the other side of the
+  date; a date is ``YYYY-MM-DD`` (midnight UTC), ISO-8601 with a zone or integer epoch
+  milliseconds, of years 1 to 9999 (``bad_date``: none of these).
 
 A field absent from a fragment leaves its attribute as it was; a field set to ``null``
 unsets it. An attribute never set, or unset, reads 0 in each of its features.
@@ -22,7 +23,8 @@ scoring at time ``T`` reads the newest value whose timestamp is at or before ``T
 (:func:`value_at`): a label snapshot never sees a value set after it, whatever order the
 fragments and events arrived in, as long as the fragment was applied before the scoring.
 A profile keeps, per attribute, the value a scoring at its newest event time reads and
-every later one, at most :data:`MAX_HISTORY` values (the oldest dropped first).
+every later one, at most :data:`MAX_HISTORY` values (the oldest dropped first). A
+fragment that sets no value of a profile not stored yet makes no profile.
 
 Examples
 --------
@@ -86,8 +88,12 @@ __all__ = [
     "value_at",
 ]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: the dates a date attribute takes: years 1 to 9999, in epoch ms
+_MIN_DATE_MS = -62_135_596_800_000
+_MAX_DATE_MS = 253_402_300_799_999
 #: values kept per attribute and profile, at most (the oldest are dropped first)
-MAX_HISTORY = 16
+MAX_HISTORY = 32
 _ABSENT = object()
 _MAX_STRING = 256
 
@@ -113,25 +119,27 @@ def parse_date(value: Any, path: str) -> int:
     >>> parse_date("17/05/1990", "person.birthDate")
     Traceback (most recent call last):
     ...
-    models.events.InvalidEvent: bad_date: person.birthDate = '17/05/1990' is not a date (YYYY-MM-DD, ISO-8601 with a zone or epoch milliseconds)
+    models.events.InvalidEvent: bad_date: person.birthDate = '17/05/1990' is not a date (YYYY-MM-DD, ISO-8601 with a zone or epoch milliseconds of years 1-9999)
     """
-    if isinstance(value, str) and len(value) == 10:
+    if type(value) is int and _MIN_DATE_MS <= value <= _MAX_DATE_MS:
+        return value
+    if isinstance(value, str) and len(value) <= 64:
         try:
-            day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+            if len(value) == 10:
+                parsed = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+            else:
+                parsed = datetime.fromisoformat(value)
         except ValueError:
-            pass
-        else:
-            return int(day.timestamp() * 1000)
-    if type(value) is bool or not isinstance(value, (str, int, float)):
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return int((parsed - _EPOCH).total_seconds() * 1000)
+    if type(value) not in (str, int):
         raise InvalidEvent("wrong_type", f"{path} must be a date string, got {value!r:.40}")
-    try:
-        return parse_timestamp(value)
-    except InvalidEvent:
-        raise InvalidEvent(
-            "bad_date",
-            f"{path} = {value!r:.40} is not a date (YYYY-MM-DD, ISO-8601 with a zone or "
-            "epoch milliseconds)",
-        ) from None
+    raise InvalidEvent(
+        "bad_date",
+        f"{path} = {value!r:.40} is not a date (YYYY-MM-DD, ISO-8601 with a zone or "
+        "epoch milliseconds of years 1-9999)",
+    )
 
 
 def _value(attribute: AttributeConfig, raw: Any) -> Any:
@@ -285,12 +293,16 @@ class AttributeReader:
             value = value_at(kept.get(attribute.name), at)
             kind = attribute.type
             # a value of another type (kept before a configuration edit changed the
-            # attribute's type) reads as unset: a number and a date are ints or floats
-            number = type(value) is float or type(value) is int
+            # attribute's type) reads as unset: numbers are kept as floats, dates as ints
             if kind == "numeric":
-                out.append(float(value) if number else 0.0)
+                out.append(value if type(value) is float else 0.0)
             elif kind == "date":
-                out.append((at - int(value)) / DAY_MS if number else 0.0)
+                if type(value) is int:
+                    days = (at - value) / DAY_MS
+                    out.append(days if days > 0.0 else 0.0)
+                    out.append(-days if days < 0.0 else 0.0)
+                else:
+                    out.extend((0.0, 0.0))
             else:
                 hit = False
                 for allowed in attribute.values:

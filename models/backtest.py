@@ -233,7 +233,9 @@ def _replay(
         while next_fragment < len(fragments) and fragments[next_fragment].timestamp_ms <= until:
             fragment = fragments[next_fragment]
             pid = fragment.profile_id
-            states[pid] = engine.apply_fragment(states.get(pid), fragment)
+            state = engine.apply_fragment(states.get(pid), fragment)
+            if state is not None:
+                states[pid] = state
             result.n_fragments += 1
             next_fragment += 1
 
@@ -249,6 +251,8 @@ def _replay(
     lateness = config.labels.allowed_lateness_ms
     watermark = None
     for n, event in enumerate(events, 1):
+        if next_fragment < len(fragments):  # before the rescorings the watermark brings
+            apply_fragments(event.timestamp_ms)
         wm = event.timestamp_ms - lateness
         if watermark is None or wm > watermark:
             watermark = wm
@@ -273,8 +277,6 @@ def _replay(
         except InvalidEvent as exc:
             result.rejected[exc.reason] += 1
             continue
-        if next_fragment < len(fragments):
-            apply_fragments(event.timestamp_ms)
         pid = event.profile_id
         before = states.get(pid)
         state = engine.process(before, event, out, matched)

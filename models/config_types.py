@@ -93,7 +93,8 @@ class AttributeConfig:
         Dotted path of the value in a profile fragment, e.g. ``person.loyalty.tier``.
     type
         ``numeric`` (the number), ``categorical`` (one feature per allowed value and one
-        for any other) or ``date`` (its age in days at the scoring time).
+        for any other) or ``date`` (the days since it and the days until it at the
+        scoring time, each 0 on the other side of it).
     values
         A categorical attribute's allowed values, in feature order.
     value_names
@@ -120,7 +121,10 @@ class AttributeConfig:
         if self.type == "numeric":
             return [(self.name, self.label)]
         if self.type == "date":
-            return [(f"{self.name}_age_days", f"{self.label}: days since")]
+            return [
+                (f"{self.name}_age_days", f"{self.label}: days since"),
+                (f"{self.name}_days_until", f"{self.label}: days until"),
+            ]
         rows = [
             (f"{self.name}_{part}", f"{self.label}: {value}")
             for value, part in zip(self.values, self.value_names)

@@ -233,13 +233,15 @@ class Engine:
         self._score(pid, state, fz.vector(state), ts, event.event_id, EVENT, self.goals, out)
         return state
 
-    def apply_fragment(self, state: ProfileState | None, fragment: Fragment) -> ProfileState:
+    def apply_fragment(self, state: ProfileState | None, fragment: Fragment) -> ProfileState | None:
         """Keep a profile fragment's attribute values (:mod:`models.attributes`) in
         ``state`` (``None``: a profile known from its attributes only, until its first
-        event). No score: the profile's next scoring (an event, a scheduled rescoring, a
-        new model version's refresh) reads the values its time allows."""
+        event; still ``None`` when the fragment sets no value). No score: the profile's
+        next scoring (an event, a scheduled rescoring) reads the values its time allows."""
         ts = fragment.timestamp_ms
         if state is None:
+            if all(value is None for value in fragment.values.values()):
+                return None  # nothing to keep: no profile is made of it
             state = self.featurizer.new_state(ts)
         now: int | None = state.ref_ts
         if not state.n_events:

@@ -114,8 +114,10 @@ class Featurizer:
         #: the attribute features' reader (None: no [[attributes]])
         self.attributes = AttributeReader(config.attributes) if config.attributes else None
         self.specs = specs
-        #: the date attributes' features: days grow with time, as the tenure's
+        #: the date attributes' days since: they grow with time, as the tenure
         self._date_features = {f"{a.name}_age_days" for a in config.attributes if a.type == "date"}
+        #: the event features (and tenure and gap) come first; the attributes' after them
+        self._n_event_features = len(specs) - sum(len(a.features()) for a in config.attributes)
         self.names = [s.name for s in specs]
         self.labels = {s.name: s.label for s in specs}
         self.index = {name: i for i, name in enumerate(self.names)}
@@ -287,6 +289,9 @@ class Featurizer:
         recency = [0.0] * len(self.names)
         tenure = [0.0] * len(self.names)
         for i, name in enumerate(self.names):
+            if i >= self._n_event_features:  # an attribute: only its days since age
+                tenure[i] = 1.0 if name in self._date_features else 0.0
+                continue
             for h in self.horizons:
                 if name.endswith(f"_count_{h}d") or name.endswith(f"_value_{h}d"):
                     horizon[i] = float(h)

@@ -66,6 +66,9 @@ def _sees_the_event(config: Config, goal: GoalConfig) -> bool:
     eligibility read on the features of a profile right after one goal event)."""
     if goal.eligibility is None:
         return True
+    attribute_features = {n for a in config.attributes for n, _ in a.features()}
+    if attribute_features & set(goal.eligibility_fields):
+        return True  # it reads attributes, unknown here: it may let such a profile in
     fz = Featurizer(config)
     state = fz.new_state(0)
     fz.apply(state, 0, [goal.event_index], [1.0])

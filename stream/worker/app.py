@@ -70,6 +70,7 @@ from stream.worker.batching import pipelined
 from stream.worker.collector import BetweenBatchesCollector
 from stream.worker.erasure import Eraser, erase_or_dead_letter
 from stream.worker.intake import note_first_batch, records_of
+from stream.worker.lanes import Lanes
 from stream.worker.producer import BatchProducer
 from stream.worker.rescoring import ModelRefresh
 from stream.worker.retention import RetentionSweep
@@ -197,25 +198,19 @@ class Runtime:
         )
         self.producer = BatchProducer(settings.bootstrap, security)
         self.engine = Engine(config)
+        lanes = Lanes()  # one lane per partition number, whatever the topic
+        parts = (self.engine, self.store, self.producer, settings)
         self.scorer = BatchScorer(
-            self.engine,
-            self.store,
-            self.producer,
-            settings,
-            repartition_topic=repartition_topic.get_topic_name(),
+            *parts, repartition_topic=repartition_topic.get_topic_name(), lanes=lanes
         )
-        self.repartitioned_scorer = BatchScorer(self.engine, self.store, self.producer, settings)
+        self.repartitioned_scorer = BatchScorer(*parts, lanes=lanes)
         self.fragment_scorer = BatchScorer(
-            self.engine,
-            self.store,
-            self.producer,
-            settings,
+            *parts,
             repartition_topic=profiles_repartition_topic.get_topic_name(),
             fragments=True,
+            lanes=lanes,
         )
-        self.repartitioned_fragment_scorer = BatchScorer(
-            self.engine, self.store, self.producer, settings, fragments=True
-        )
+        self.repartitioned_fragment_scorer = BatchScorer(*parts, fragments=True, lanes=lanes)
         self.trainer = TrainerStep(config, self.store, self.producer, settings)
         self.lock = asyncio.Lock()
         #: source topic -> its scorer

@@ -396,7 +396,14 @@ class Eraser:
         """
         applied = await self._applied(pid)
         committed = await self._wait_committed(applied, COMMIT_WAIT)
-        local = sorted(tp for tp in set(applied) & self.assigned() if tp[0] in self.scorers)
+        local: list[tuple[str, int]] = []
+        lanes = set()  # each lane once: topics of one partition number share one
+        for topic, partition in sorted(set(applied) & self.assigned()):
+            if topic in self.scorers:
+                identity = self.scorers[topic].lane_identity(topic, partition)
+                if identity not in lanes:
+                    lanes.add(identity)
+                    local.append((topic, partition))
         Job = Callable[[], Awaitable[dict[str, Any]]]
 
         def inside(lanes: list[tuple[str, int]], job: Job) -> Job:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from stream.ops import metrics
 from stream.worker.redis_scripts import QUARANTINE, QUARANTINE_SCRIPT
 
 if TYPE_CHECKING:
+    from stream.worker.dead_letters import Record
     from stream.worker.profile_store import LoadedProfile, ProfileStore
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "REASONS",
     "Poisoned",
     "dead_letter_detail",
+    "isolate",
     "poisoned",
     "quarantine",
     "read_records",
@@ -196,3 +198,33 @@ async def read_records(store: ProfileStore) -> dict[str, dict[str, Any]]:
             record = {"reason": "?", "detail": raw[:DETAIL_CHARS].decode("utf-8", "replace")}
         out[pid.decode("utf-8", "replace")] = record
     return out
+
+
+async def isolate(
+    store: ProfileStore,
+    topic: str,
+    partition: int,
+    items: Sequence[tuple[Record, Any, tuple]],
+    poison: dict[str, Poisoned],
+    due_key: str,
+    counts: dict[str, int],
+    reject: Callable[[Record, str, str], None],
+) -> set[str]:
+    """Quarantine ``poison``'s unreadable records; dead-letter (``reject``) their records
+    of ``items`` (a scorer's decoded records: events or fragments).
+
+    Returns the profiles whose record changed since it was loaded (not quarantined
+    and not dead-lettered: re-done from the fresh record, like a fenced write).
+    """
+    moved = await quarantine(store, poison.values(), topic, partition, due_key)
+    changed = {pid for pid, p in poison.items() if p.reason and pid not in moved}
+    for record, event, _ in items:
+        p = poison.get(event.profile_id)
+        if p is None or p.profile_id in changed:
+            continue
+        if record.offset <= p.offset:  # applied before the record went bad
+            counts["skipped"] += 1
+            continue
+        reject(record, DLQ_REASON, dead_letter_detail(p))
+        counts["rejected"] += 1
+    return changed

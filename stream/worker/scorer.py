@@ -40,7 +40,9 @@ partition's :class:`~stream.worker.lanes.Lanes` lane, reserved in batch order be
 ``await``: the later batch's part of a partition starts only once the earlier one's
 is stored (or dead-lettered), so it loads what that one wrote and applies its events in
 offset order. The forwards and dead letters share one lane for the same reason (a
-profile's forwarded events stay in order).
+profile's forwarded events stay in order). A worker's scorers share their lanes, one per
+partition number: events, fragments and repartitioned records of one profile never run
+side by side, so their writes do not fence each other.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class BatchScorer(PartitionClock):
         repartition_topic: str | None = None,
         *,
         fragments: bool = False,
+        lanes: Lanes | None = None,
     ) -> None:
         self.engine = engine
         #: True: the records are profile fragments (``<prefix>.profiles``), applied to the
@@ -127,7 +130,11 @@ class BatchScorer(PartitionClock):
         self._arrivals: dict[tuple[str, int], Arrival] = {}
         #: the clock the quiet-partition clock measures elapsed time with (tests set it)
         self.monotonic: Callable[[], float] = time.monotonic
-        self._lanes = Lanes()
+        #: one lane per partition number, shared by the scorers of a worker (``lanes``):
+        #: the events, fragments and repartitioned records of partition ``p`` (one
+        #: profile's, the topics being co-partitioned) never run side by side, so their
+        #: writes never fence each other (each would re-do the other's outputs)
+        self._lanes = Lanes() if lanes is None else lanes
         #: decodes loaded states, mapping those of another feature layout by name
         self.layouts = StateDecoder(engine, store)
 
@@ -137,8 +144,14 @@ class BatchScorer(PartitionClock):
 
     def lane(self, topic: str, partition: int) -> Place:
         """A place in the partition's lane, after the batches already in it (the
-        retention sweep runs there: never beside a batch of its partition)."""
-        return self._lanes.reserve((topic, partition))
+        retention sweep runs there: never beside a batch of its partition). The lane is
+        the partition number's, whatever the topic (see ``_lanes``)."""
+        return self._lanes.reserve(partition)
+
+    def lane_identity(self, topic: str, partition: int) -> tuple[int, int]:
+        """Which lane :meth:`lane` reserves: two equal identities are one lane (a job
+        must not wait for itself in it)."""
+        return id(self._lanes), partition
 
     # ---- models ----------------------------------------------------------------------
     async def refresh_models(self) -> list[str]:
@@ -158,8 +171,10 @@ class BatchScorer(PartitionClock):
         # event time you can trust (models/eventtime.py): each event against its record's
         # broker time, the worker's clock when it has none or a later one
         now_ms = int(time.time() * 1000)
-        max_future, max_age = self.config.max_future_ms, self.config.max_age_ms
         fragments, config = self.fragments, self.config
+        # a fragment's value may hold since long ago: only its future is bounded
+        max_future = config.max_future_ms
+        max_age = now_ms if fragments else config.max_age_ms
         for record in records:
             per_topic[record.topic] += 1
             try:
@@ -215,7 +230,7 @@ class BatchScorer(PartitionClock):
         # progress on that partition (places are reserved here, before any await, in
         # batch order); the forwards and dead letters keep their order in a lane too.
         jobs = [
-            self._lanes.reserve(tp).run(partial(self._partition_job, *tp, items, counts))
+            self.lane(*tp).run(partial(self._partition_job, *tp, items, counts))
             for tp, items in by_partition.items()
         ]
         if outbox:
@@ -318,6 +333,10 @@ class BatchScorer(PartitionClock):
             await self.producer.send_all(outbox)
 
         await policy.run(attempt, on_error=failed, give_up=dead_letter)
+
+    def reject(self, outbox: list[OutMessage]) -> Callable[[Record, str, str], None]:
+        """:meth:`_reject` into ``outbox``."""
+        return lambda record, reason, detail: self._reject(record, reason, detail, outbox)
 
     def _reject(self, record: Record, reason: str, detail: str, outbox: list[OutMessage]) -> None:
         metrics.EVENTS_REJECTED.labels(reason=reason).inc()
@@ -455,7 +474,9 @@ class BatchScorer(PartitionClock):
         redo: set[str] = set()
         if poison:
             subset = subset - poison.keys()
-            redo = await self._isolate(topic, partition, items, poison, due_key, counts, outbox)
+            redo = await quarantine.isolate(
+                self.store, topic, partition, items, poison, due_key, counts, self.reject(outbox)
+            )
         applied_offset = {pid: loaded[pid].offset for pid in subset}
         # each profile's place in the segment index as stored: (bucket, top factors) per goal
         index_before: dict[str, dict[str, SegmentEntry]] = {}
@@ -569,31 +590,3 @@ class BatchScorer(PartitionClock):
             writes, due, due_key, wm_key, watermark, due_versions, activity
         )
         return fenced | redo
-
-    async def _isolate(
-        self,
-        topic: str,
-        partition: int,
-        items: list[Item],
-        poison: dict[str, quarantine.Poisoned],
-        due_key: str,
-        counts: dict[str, int],
-        outbox: list[OutMessage],
-    ) -> set[str]:
-        """Quarantine ``poison``'s unreadable records; dead-letter their events of ``items``.
-
-        Returns the profiles whose record changed since it was loaded (not quarantined
-        and not dead-lettered: re-done from the fresh record, like a fenced write).
-        """
-        moved = await quarantine.quarantine(self.store, poison.values(), topic, partition, due_key)
-        changed = {pid for pid, p in poison.items() if p.reason and pid not in moved}
-        for record, event, _ in items:
-            p = poison.get(event.profile_id)
-            if p is None or p.profile_id in changed:
-                continue
-            if record.offset <= p.offset:  # applied before the record went bad
-                counts["skipped"] += 1
-                continue
-            self._reject(record, quarantine.DLQ_REASON, quarantine.dead_letter_detail(p), outbox)
-            counts["rejected"] += 1
-        return changed

@@ -62,12 +62,14 @@ def decode(body: dict[str, Any]) -> Any:
 
 def test_attribute_features_end_the_vector_with_their_labels() -> None:
     fz = Featurizer(CFG)
-    assert fz.names[-6:] == [
+    assert fz.names[-7:] == [
         "tier_bronze", "tier_silver", "tier_gold", "tier_other", "credit", "birth_age_days",
+        "birth_days_until",
     ]  # fmt: skip
     assert fz.labels["tier_gold"] == "Loyalty tier: gold"
     assert fz.labels["tier_other"] == "Loyalty tier: another value"
     assert fz.labels["birth_age_days"] == "Birth date: days since"
+    assert fz.labels["birth_days_until"] == "Birth date: days until"
     assert fz.layout.feature_names() == fz.names
     # a configuration without attributes keeps its layout fingerprint (stored states and
     # examples stay readable); one with them has another
@@ -81,6 +83,16 @@ def test_attribute_features_end_the_vector_with_their_labels() -> None:
     assert b"attributes" not in plain.layout.to_json()
     assert fz.fingerprint != plain.fingerprint
     assert FeatureLayout.from_json(fz.layout.to_json()) == fz.layout
+
+
+def test_values_of_another_script_are_named_by_position() -> None:
+    text = (
+        TEXT
+        + '\n[[attributes]]\nname = "city"\nfield = "c"\ntype = "categorical"\nvalues = ["北京", "上海", "Paris"]\n'
+    )
+    fz = Featurizer(parse_config(text))
+    assert fz.names[-4:] == ["city_v1", "city_v2", "city_paris", "city_other"]
+    assert fz.labels["city_v2"] == "City: 上海"
 
 
 @pytest.mark.parametrize(
@@ -148,6 +160,13 @@ def test_fragments_decode_and_bad_ones_name_their_reason() -> None:
         "credit": None,
     }
     assert decode(fragment("p", 5)).values == {}  # no configured field: valid, sets nothing
+    # dates of any year, as written
+    for written, ms in [
+        ("0001-01-01", -62135596800000),
+        ("1960-01-01T00:00:00Z", -315619200000),
+        (-86_400_000, -86_400_000),
+    ]:
+        assert decode(fragment("p", 5, birthDate=written)).values == {"birth": ms}
     for body, reason in [
         (fragment("p", 5, loyalty={"tier": 3}), "wrong_type"),
         (fragment("p", 5, creditLimit="12"), "wrong_type"),
@@ -155,6 +174,9 @@ def test_fragments_decode_and_bad_ones_name_their_reason() -> None:
         (fragment("p", 5, creditLimit=-1), "bad_value"),
         (fragment("p", 5, creditLimit=1e6), "bad_value"),
         (fragment("p", 5, birthDate="01/02/1990"), "bad_date"),
+        (fragment("p", 5, birthDate="2024-02-30"), "bad_date"),
+        (fragment("p", 5, birthDate="1990-01-01T00:00:00"), "bad_date"),  # no zone
+        (fragment("p", 5, birthDate=1e12), "wrong_type"),
         (fragment("p", 5, birthDate=[1990]), "wrong_type"),
         ({"identityMap": {"ECID": [{"id": "p"}]}}, "missing_field"),
         (fragment("p", "yesterday"), "bad_timestamp"),
@@ -220,8 +242,43 @@ def test_features_at_the_scoring_time() -> None:
     ) == (1.0, 0.0, 250.0, 10.0)
     later = fz.as_dict(fz.vector_at(state, 25 * DAY))  # a rescoring after the upgrade
     assert (later["tier_other"], later["tier_gold"], later["birth_age_days"]) == (0.0, 1.0, 25.0)
-    # the profile sample ages a date attribute like the tenure
-    assert fz.aging()[2][fz.index["birth_age_days"]] == 1.0
+    assert later["birth_days_until"] == 0.0
+    # a date after the scoring time: the days until it, its age 0
+    record(state.attributes, {"birth": 40 * DAY}, 20 * DAY, now=state.ref_ts)
+    ahead = fz.as_dict(fz.vector_at(state, 25 * DAY))
+    assert (ahead["birth_age_days"], ahead["birth_days_until"]) == (0.0, 15.0)
+    # the profile sample ages a date's days since like the tenure; nothing else of an
+    # attribute ages, whatever its name
+    horizon, recency, tenure = fz.aging()
+    assert tenure[fz.index["birth_age_days"]] == 1.0
+    assert tenure[fz.index["birth_days_until"]] == horizon[fz.index["credit"]] == 0.0
+    named = CONFIG.read_text().replace(
+        "# ---- Goals:",
+        '[[attributes]]\nname = "orders_count_30d_x"\nfield = "o"\ntype = "numeric"\n'
+        '[[attributes]]\nname = "x_days_since_last"\nfield = "d"\ntype = "numeric"\n'
+        "# ---- Goals:",
+        1,
+    )
+    fz2 = Featurizer(parse_config(named))
+    h2, r2, t2 = fz2.aging()
+    for name in ("orders_count_30d_x", "x_days_since_last"):
+        i = fz2.index[name]
+        assert (h2[i], r2[i], t2[i]) == (0.0, 0.0, 0.0), name
+
+
+def test_a_fragment_that_sets_nothing_makes_no_profile() -> None:
+    engine = run_backtest([], CFG).engine
+    for values in ({}, {"tier": None}):
+        assert (
+            engine.apply_fragment(
+                None, decode(fragment("p", 5, **({"loyalty": {"tier": None}} if values else {})))
+            )
+            is None
+        )
+    result = run_backtest(
+        [], CFG, attributes=[fragment("p", 5), fragment("q", 5, loyalty={"tier": None})]
+    )
+    assert result.states == {} and result.n_fragments == 2
 
 
 def test_state_round_trip_and_a_state_without_attributes_is_unchanged() -> None:
@@ -315,8 +372,8 @@ def test_without_fragments_the_backtest_is_what_it_was() -> None:
     events, _ = synthetic()
     plain = run_backtest(events, parse_config(CONFIG.read_text()))
     with_config = run_backtest(events, CFG)
-    assert [e.features[:-6] for e in with_config.examples] == [e.features for e in plain.examples]
-    assert all(e.features[-6:] == [0.0] * 6 for e in with_config.examples)
+    assert [e.features[:-7] for e in with_config.examples] == [e.features for e in plain.examples]
+    assert all(e.features[-7:] == [0.0] * 7 for e in with_config.examples)
 
 
 def test_the_trainers_sample_reads_attribute_features_as_vector_at() -> None:
@@ -351,8 +408,59 @@ def test_a_type_changed_by_a_config_edit_reads_the_kept_values_safely() -> None:
     )
     swapped = CONFIG.read_text().replace("# ---- Goals:", swapped + "\n# ---- Goals:", 1)
     fz = Featurizer(parse_config(swapped))
-    assert fz.names[-4:] == ["tier", "credit_high", "credit_other", "birth_age_days"]
+    assert fz.names[-5:] == [
+        "tier",
+        "credit_high",
+        "credit_other",
+        "birth_age_days",
+        "birth_days_until",
+    ]
     state = fz.new_state(0)
     state.attributes = kept
     got = fz.as_dict(fz.vector(state))
     assert got["tier"] == 0.0 and got["credit_high"] == 0.0 and got["credit_other"] == 1.0
+
+
+def test_scheduled_rescorings_read_a_fragment_from_its_time_on() -> None:
+    """The backtest applies a fragment before the rescorings the next event's watermark
+    brings, as the stream does (it applied the fragment when it arrived)."""
+    text = """
+[[events]]
+name = "visit"
+when = { field = "eventType", op = "equals", value = "visit" }
+[[attributes]]
+name = "tier"
+field = "tier"
+type = "categorical"
+values = ["gold"]
+[[goals]]
+name = "g"
+type = "occurs"
+event = "visit"
+window_days = 30
+max_pending = 40
+min_interval_hours = 24
+schedule_min_interval_hours = 24
+rescore_every_hours = 24
+"""
+    config = parse_config(text)
+
+    def visit(pid: str, day: float) -> dict[str, Any]:
+        ts = int(day * DAY)
+        return {
+            "_id": f"{pid}-{day}",
+            "timestamp": ts,
+            "eventType": "visit",
+            "identityMap": {"ECID": [{"id": pid}]},
+        }
+
+    events = [visit("a", 0), visit("b", 0), visit("b", 60), visit("b", 200)]
+    fragments = [
+        {"timestamp": int(1.5 * DAY), "identityMap": {"ECID": [{"id": "a"}]}, "tier": "gold"}
+    ]
+    result = run_backtest(events, config, attributes=fragments)
+    gold = result.engine.featurizer.index["tier_gold"]
+    scheduled = [e for e in result.examples if e.profile_id == "a" and e.trigger == "schedule"]
+    assert scheduled, "no scheduled snapshot of a"
+    for example in scheduled:
+        assert example.features[gold] == (1.0 if example.prediction_ts >= 1.5 * DAY else 0.0)

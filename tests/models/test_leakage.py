@@ -136,3 +136,13 @@ def test_rows_of_another_layout_are_left_out() -> None:
         ("echo", ["auc_alone"]),
         ("signup_count_7d", ["goal_event"]),
     ]
+
+
+def test_an_eligibility_on_an_attribute_keeps_the_flags() -> None:
+    """The check cannot know a profile's attributes: it assumes they may let it in."""
+    text = SHORT_TEXT.replace(
+        "window_days = 14",
+        'window_days = 14\neligibility = { field = "credit", op = "gt", value = 0 }',
+    )
+    text += '[[attributes]]\nname = "credit"\nfield = "c"\ntype = "numeric"\n'
+    assert goal_event_features(parse_config(text))["signs_up"]

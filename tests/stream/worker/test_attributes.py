@@ -16,6 +16,7 @@ import asyncio
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,56 @@ def test_attributes_are_features_point_in_time_as_in_the_backtest(
 
 def value_is_gold(state: ProfileState, fz: Featurizer) -> bool:
     return fz.as_dict(fz.vector(state))["tier_gold"] == 1.0
+
+
+def test_fragments_beside_events_fence_no_event_batch_and_repeat_no_score(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Fragments and events of the same few profiles, produced together: one worker's
+    scorers share a lane per partition number, so no event batch is fenced by a fragment
+    write (which would re-do it and send its scores twice)."""
+    config_path = tmp_path / "customer-ai.toml"
+    config_path.write_text(config_text())
+    days = 60
+    events = generate_events(profiles=20, days=days, seed=5, start=period_ending_today(days))
+    rng = random.Random(5)
+    fragments = [
+        fragment(e["identityMap"]["ECID"][0]["id"], e["timestamp"], creditLimit=rng.randint(0, 99))
+        for e in events
+    ]
+    worker = WorkerProcess(
+        kafka_bootstrap,
+        redis_url,
+        tmp_path,
+        CUSTOMER_AI_CONFIG=str(config_path),
+        CUSTOMER_AI_CLOCK_INTERVAL="0",
+    )
+    with worker:
+
+        async def both() -> None:
+            await asyncio.gather(
+                produce(kafka_bootstrap, "customer-ai.events", events_as_messages(events)),
+                produce(
+                    kafka_bootstrap,
+                    "customer-ai.profiles",
+                    [
+                        (f["identityMap"]["ECID"][0]["id"].encode(), orjson.dumps(f))
+                        for f in fragments
+                    ],
+                ),
+            )
+
+        asyncio.run(both())
+        wait_until(
+            lambda: sum(s.n_events for s in stored(redis_client).values()) == len(events),
+            240,
+            what=f"{len(events)} events applied",
+        )
+        scores = asyncio.run(consume_all(kafka_bootstrap, "customer-ai.scores", idle=2.0))
+        pairs = Counter(
+            (d["event_id"], d["goal"])
+            for d in (orjson.loads(m.value) for m in scores)
+            if d["trigger"] == "event"
+        )
+        assert pairs and max(pairs.values()) == 1, [p for p, n in pairs.items() if n > 1][:5]
+        assert "fenced" not in worker.log_path.read_text()
