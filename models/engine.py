@@ -128,6 +128,8 @@ class Engine:
             for g in config.goals
         }
         self._ineligible: set[tuple[str, str]] = set()
+        #: (``every_rescore`` off) per profile, the watermark :meth:`advance` let it pass to
+        self._passed: dict[str, int] = {}
 
     def set_model(self, model: LinearModel) -> bool:
         """Serve ``model`` for its goal if it is newer than the current one.
@@ -416,6 +418,12 @@ class Engine:
             earliest = max(
                 earliest, pending[len(pending) - goal.max_pending].open_ts + goal.window_ms + 1
             )
+        # the rescorings before the time the profile was let pass to (advance) were done
+        # (none opened a snapshot: slots full, intervals not passed): the stream's
+        # scored_ts moved past them, a freed slot is for the next one after it
+        passed = self._passed.get(pid)
+        if passed is not None and passed > earliest:
+            earliest = passed
         steps = -(-(earliest - base) // period)  # onto the schedule: base + k * period
         when = base + max(steps, 1) * period
         # a snapshot opens only within one goal window of the newest event
@@ -465,6 +473,8 @@ class Engine:
         windows closed before it. Returns True if the state changed.
         """
         changed = bool(self._scheduled) and self._rescore_until(profile_id, state, watermark, out)
+        if self._scheduled and not self.every_rescore:
+            self._passed[profile_id] = watermark
         return self._close_windows(profile_id, state, watermark, out) or changed
 
     def expire(self, profile_id: str, state: ProfileState, watermark: int, out: Outcome) -> bool:

@@ -87,6 +87,48 @@ def test_every_rescoring_and_lazy_rescoring_agree(trained_models: dict[str, Any]
     assert lazy_scheduled + lazy.rescores_skipped >= len(scheduled) > 3 * lazy_scheduled
 
 
+def test_a_slot_freed_after_a_quiet_stretch_opens_no_snapshot_in_the_past() -> None:
+    """Daily scheduled snapshots fill a quiet profile's slots; when its first window
+    closes, the stream's rescorings have moved on to that time (none opened a snapshot
+    meanwhile), so it opens no more (a whole window has passed since its event). The lazy
+    engine gives the same: it used to rescore from its last computed rescoring, dated
+    before the watermark, and opened a snapshot there for every freed slot."""
+    config = parse_config(
+        """
+[features]
+horizons_days = [7, 30]
+[[events]]
+name = "view"
+when = { field = "eventType", op = "equals", value = "view" }
+[[events]]
+name = "purchase"
+when = { field = "eventType", op = "equals", value = "purchase" }
+[[goals]]
+name = "conv"
+type = "occurs"
+event = "purchase"
+window_days = 30
+rescore_every_hours = 24
+schedule_min_interval_hours = 24
+min_interval_hours = 24
+max_pending = 4
+"""
+    )
+
+    def view(pid: str, day: int) -> dict[str, Any]:
+        return {"_id": f"{pid}-{day}", "timestamp": day * DAY_MS, "eventType": "view",
+                "identityMap": {"ECID": [{"id": pid}]}}  # fmt: skip
+
+    events = load_events([view("a", 10)] + [view("b", d) for d in range(200)], config)
+    _, eager, _ = _replay(Engine(config), events)
+    _, lazy, _ = _replay(Engine(config, every_rescore=False), events)
+    quiet = [e.prediction_ts // DAY_MS for e in eager.examples if e.profile_id == "a"]
+    assert quiet == [10, 11, 12, 13]
+    assert sorted(e.example_id for e in lazy.examples) == sorted(
+        e.example_id for e in eager.examples
+    )
+
+
 def test_scheduled_scores_follow_event_time_one_period_apart(
     trained_models: dict[str, Any],
 ) -> None:
