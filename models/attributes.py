@@ -63,15 +63,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from models.config_types import DAY_MS, AttributeConfig, Config
 from models.events import (
     DEFAULT_MAX_BYTES,
-    MAX_DEPTH,
     InvalidEvent,
     check_depth,
     get_path,
+    load_message,
     parse_timestamp,
     primary_identity,
 )
@@ -203,23 +201,9 @@ def decode_fragment(
     InvalidEvent
         ``too_large``, ``invalid_json`` or a reason of :func:`validate_fragment`.
     """
-    if raw is None:
-        raise InvalidEvent(
-            "invalid_json", "empty message (tombstone); remove a person with customer-ai erase"
-        )
-    if len(raw) > max_bytes:
-        raise InvalidEvent("too_large", f"{len(raw)} bytes is over the {max_bytes}-byte cap")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("invalid_json", str(exc)[:200]) from None
-    text = bytes(raw) if isinstance(raw, memoryview) else raw
-    opening = (
-        text.count("{") + text.count("[")
-        if isinstance(text, str)
-        else text.count(b"{") + text.count(b"[")
-    )
-    return validate_fragment(body, config, _check_nesting=opening > MAX_DEPTH)
+    tombstone = "empty message (tombstone); remove a person with customer-ai erase"
+    body, deep = load_message(raw, max_bytes, tombstone)
+    return validate_fragment(body, config, _check_nesting=deep)
 
 
 def record(

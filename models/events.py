@@ -44,6 +44,7 @@ __all__ = [
     "check_depth",
     "decode_event",
     "get_path",
+    "load_message",
     "parse_timestamp",
     "primary_identity",
     "validate_event",
@@ -277,16 +278,32 @@ def decode_event(
         ``too_large``, ``invalid_json``, ``not_an_object``, ``too_deep``,
         ``missing_field``, ``wrong_type``, ``bad_timestamp`` or ``no_identity``.
     """
+    body, deep = load_message(raw, max_bytes)
+    return validate_event(body, identity_namespace=identity_namespace, _check_nesting=deep)
+
+
+def load_message(
+    raw: bytes | bytearray | memoryview | str | None,
+    max_bytes: int,
+    tombstone: str = "empty message (tombstone)",
+) -> tuple[Any, bool]:
+    """The JSON value of one message, and whether its nesting must be checked (it has
+    more than :data:`MAX_DEPTH` opening brackets, counted in C: nesting depth never
+    exceeds their number).
+
+    Raises
+    ------
+    InvalidEvent
+        ``invalid_json`` (``tombstone`` for a null value) or ``too_large``.
+    """
     if raw is None:
-        raise InvalidEvent("invalid_json", "empty message (tombstone)")
+        raise InvalidEvent("invalid_json", tombstone)
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"{len(raw)} bytes is over the {max_bytes}-byte cap")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent("invalid_json", str(exc)[:200]) from None
-    # Nesting depth never exceeds the number of opening brackets (counted in C): only a
-    # message with more than MAX_DEPTH of them needs the walk.
     opening = (
         raw.count("{") + raw.count("[")
         if isinstance(raw, str)
@@ -294,6 +311,4 @@ def decode_event(
         if isinstance(raw, memoryview)
         else raw.count(b"{") + raw.count(b"[")
     )
-    return validate_event(
-        body, identity_namespace=identity_namespace, _check_nesting=opening > MAX_DEPTH
-    )
+    return body, opening > MAX_DEPTH

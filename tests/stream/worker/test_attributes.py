@@ -38,32 +38,12 @@ from tests.harness import (
     produce,
     wait_until,
 )
+from tests.models.test_attributes import ATTRIBUTES
 from tests.stream.worker.test_pipeline import models_warm
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 GOALS = ["conversion", "churn"]
-ATTRIBUTES = """
-[[attributes]]
-name = "tier"
-label = "Loyalty tier"
-field = "person.loyalty.tier"
-type = "categorical"
-values = ["bronze", "silver", "gold"]
-
-[[attributes]]
-name = "credit"
-label = "Credit limit"
-field = "person.creditLimit"
-type = "numeric"
-value_min = 0
-
-[[attributes]]
-name = "birth"
-label = "Birth date"
-field = "person.birthDate"
-type = "date"
-"""
 BAD = [  # (fragment, reason)
     (b'{"timestamp": ', "invalid_json"),
     (b'{"identityMap": {"ECID": [{"id": "p-x"}]}}', "missing_field"),
@@ -126,6 +106,14 @@ def stored(client: redis.Redis) -> dict[str, ProfileState]:
     return out
 
 
+def wait_events_applied(client: redis.Redis, n: int) -> None:
+    wait_until(
+        lambda: sum(s.n_events for s in stored(client).values()) == n,
+        240,
+        what=f"{n} events applied",
+    )
+
+
 def core(state: ProfileState, fz: Featurizer) -> tuple:
     """What the events and fragments make of a state (the served scores aside: they
     depend on which model version was served when, which timing decides)."""
@@ -173,11 +161,7 @@ def test_attributes_are_features_point_in_time_as_in_the_backtest(
             what="every profile's attributes",
         )
         asyncio.run(produce(kafka_bootstrap, "customer-ai.events", events_as_messages(events)))
-        wait_until(
-            lambda: sum(s.n_events for s in stored(redis_client).values()) == len(events),
-            240,
-            what=f"{len(events)} events applied",
-        )
+        wait_events_applied(redis_client, len(events))
         states = stored(redis_client)
         assert set(states) == set(oracle.states)
         mismatched = [p for p in oracle.states if core(states[p], fz) != core(oracle.states[p], fz)]
@@ -261,11 +245,7 @@ def test_fragments_beside_events_fence_no_event_batch_and_repeat_no_score(
             )
 
         asyncio.run(both())
-        wait_until(
-            lambda: sum(s.n_events for s in stored(redis_client).values()) == len(events),
-            240,
-            what=f"{len(events)} events applied",
-        )
+        wait_events_applied(redis_client, len(events))
         scores = asyncio.run(consume_all(kafka_bootstrap, "customer-ai.scores", idle=2.0))
         pairs = Counter(
             (d["event_id"], d["goal"])
