@@ -68,6 +68,26 @@ def config_text() -> str:
     return text
 
 
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "customer-ai.toml"
+    path.write_text(config_text())
+    return path
+
+
+def attributes_worker(
+    bootstrap: str, redis_url: str, tmp_path: Path, config: Path
+) -> WorkerProcess:
+    """A worker of the configuration with attributes, the quiet-partition clock off (the
+    backtest, its oracle, has no wall clock)."""
+    return WorkerProcess(
+        bootstrap,
+        redis_url,
+        tmp_path,
+        CUSTOMER_AI_CONFIG=str(config),
+        CUSTOMER_AI_CLOCK_INTERVAL="0",
+    )
+
+
 def fragment(pid: str, ts: int | str, **person: Any) -> dict[str, Any]:
     body = {"timestamp": ts, "identityMap": {"ECID": [{"id": pid, "primary": True}]}}
     return {**body, "person": person}
@@ -127,20 +147,12 @@ def core(state: ProfileState, fz: Featurizer) -> tuple:
 def test_attributes_are_features_point_in_time_as_in_the_backtest(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str, redis_client: redis.Redis
 ) -> None:
-    config_path = tmp_path / "customer-ai.toml"
-    config_path.write_text(config_text())
+    config_path = write_config(tmp_path)
     config = load_config(config_path)
     events, fragments = dataset()
     oracle = run_backtest(events, config, attributes=fragments)
     fz = oracle.engine.featurizer
-    worker = WorkerProcess(
-        kafka_bootstrap,
-        redis_url,
-        tmp_path,
-        CUSTOMER_AI_CONFIG=str(config_path),
-        CUSTOMER_AI_CLOCK_INTERVAL="0",
-    )
-    with worker:
+    with attributes_worker(kafka_bootstrap, redis_url, tmp_path, config_path) as worker:
         # the fragments first, a tenth of them not keyed by profile id (repartitioned)
         messages = [
             (None if i % 10 == 0 else f["identityMap"]["ECID"][0]["id"].encode(), orjson.dumps(f))
@@ -213,8 +225,7 @@ def test_fragments_beside_events_fence_no_event_batch_and_repeat_no_score(
     """Fragments and events of the same few profiles, produced together: one worker's
     scorers share a lane per partition number, so no event batch is fenced by a fragment
     write (which would re-do it and send its scores twice)."""
-    config_path = tmp_path / "customer-ai.toml"
-    config_path.write_text(config_text())
+    config_path = write_config(tmp_path)
     days = 60
     events = generate_events(profiles=20, days=days, seed=5, start=period_ending_today(days))
     rng = random.Random(5)
@@ -222,14 +233,7 @@ def test_fragments_beside_events_fence_no_event_batch_and_repeat_no_score(
         fragment(e["identityMap"]["ECID"][0]["id"], e["timestamp"], creditLimit=rng.randint(0, 99))
         for e in events
     ]
-    worker = WorkerProcess(
-        kafka_bootstrap,
-        redis_url,
-        tmp_path,
-        CUSTOMER_AI_CONFIG=str(config_path),
-        CUSTOMER_AI_CLOCK_INTERVAL="0",
-    )
-    with worker:
+    with attributes_worker(kafka_bootstrap, redis_url, tmp_path, config_path) as worker:
 
         async def both() -> None:
             await asyncio.gather(
