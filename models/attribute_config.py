@@ -44,6 +44,8 @@ __all__ = [
 MAX_ATTRIBUTES = 64
 #: allowed values of one categorical attribute (one feature each)
 MAX_CATEGORY_VALUES = 64
+#: the endings of event features (time-decayed, recency, all-time): not an attribute's
+_EVENT_SUFFIX = re.compile(r"_(count_\d+d|value_\d+d|days_since_last|count_total)$")
 _KEYS = {"name", "label", "field", "type", "values", "value_min", "value_max"}
 _EXAMPLE = (
     '[[attributes]]\nname = "tier"\nlabel = "Loyalty tier"\nfield = "person.loyalty.tier"\n'
@@ -171,6 +173,12 @@ def parse_attributes(
         if any(a.name == attribute.name for a in out):
             raise ValueError(f"{where}.name: duplicate attribute name {attribute.name!r}")
         for feature, _ in attribute.features():
+            if _EVENT_SUFFIX.search(feature):
+                raise ValueError(
+                    f"{where}: its feature {feature!r} ends like an event feature "
+                    "(_count_<h>d, _value_<h>d, _days_since_last, _count_total), which the "
+                    "core reads by their ending; rename the attribute"
+                )
             if feature in taken:
                 raise ValueError(
                     f"{where}: its feature {feature!r} is already a feature of the "

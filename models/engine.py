@@ -119,7 +119,7 @@ class Engine:
         # eligibility that reads only features constant between events (all-time counts,
         # the gap between visits): a profile ineligible at its last event stays so until
         # the next one (the backtest then plans no scheduled snapshot for it)
-        constant = {n for n in self.featurizer.names if n.endswith("_count_total")}
+        constant = {f"{e.name}_count_total" for e in config.events}  # not an attribute's
         constant.add("days_since_previous_visit")
         self._static_eligibility = {
             g.name: g.eligibility is not None

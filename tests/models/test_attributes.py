@@ -127,6 +127,11 @@ def test_values_of_another_script_are_named_by_position() -> None:
         ('name = "purchase_count"\nfield = "a"\ntype = "numeric"\n', "unknown key"),
         ('name = "Tier"\nfield = "a"\ntype = "numeric"', "not a valid name"),
         ('name = "tenure_days"\nfield = "a"\ntype = "numeric"', "already a feature"),
+        (
+            'name = "orders_count_total"\nfield = "a"\ntype = "numeric"',
+            "ends like an event feature",
+        ),
+        ('name = "x_days_since_last"\nfield = "a"\ntype = "numeric"', "ends like an event feature"),
     ],
 )
 def test_bad_attribute_tables_are_refused_with_the_fix(table: str, message: str) -> None:
@@ -254,14 +259,14 @@ def test_features_at_the_scoring_time() -> None:
     assert tenure[fz.index["birth_days_until"]] == horizon[fz.index["credit"]] == 0.0
     named = CONFIG.read_text().replace(
         "# ---- Goals:",
-        '[[attributes]]\nname = "orders_count_30d_x"\nfield = "o"\ntype = "numeric"\n'
-        '[[attributes]]\nname = "x_days_since_last"\nfield = "d"\ntype = "numeric"\n'
+        '[[attributes]]\nname = "tenure_days_x"\nfield = "o"\ntype = "numeric"\n'
+        '[[attributes]]\nname = "orders_30d"\nfield = "d"\ntype = "numeric"\n'
         "# ---- Goals:",
         1,
     )
     fz2 = Featurizer(parse_config(named))
     h2, r2, t2 = fz2.aging()
-    for name in ("orders_count_30d_x", "x_days_since_last"):
+    for name in ("tenure_days_x", "orders_30d"):
         i = fz2.index[name]
         assert (h2[i], r2[i], t2[i]) == (0.0, 0.0, 0.0), name
 
