@@ -72,6 +72,7 @@ from models.events import (
     load_message,
     parse_timestamp,
     primary_identity,
+    ranked_identities,
 )
 
 __all__ = [
@@ -178,7 +179,11 @@ def validate_fragment(body: Any, config: Config, *, _check_nesting: bool = True)
     if "timestamp" not in body:
         raise InvalidEvent("missing_field", "timestamp is required (since when the values hold)")
     timestamp_ms = parse_timestamp(body["timestamp"])
-    profile_id = primary_identity(body, config.identity_namespace)
+    profile_id = (
+        ranked_identities(body, config.identity_namespaces)[0][1]
+        if config.identity_namespaces
+        else primary_identity(body, config.identity_namespace)
+    )
     values: dict[str, Any] = {}
     for attribute in config.attributes:
         raw = get_path(body, attribute.field, _ABSENT)

@@ -40,10 +40,11 @@ import orjson
 from models.attributes import Fragment, decode_fragment, validate_fragment
 from models.config import Config
 from models.engine import Engine
-from models.events import Event, InvalidEvent, decode_event, validate_event
+from models.events import Event, InvalidEvent, decode_event, ranked_identities, validate_event
 from models.model import LinearModel
 from models.outcome import Example, Outcome, Score
 from models.state import ProfileState
+from models.stitching import PersonIndex
 from models.training import Trainer
 
 __all__ = [
@@ -82,6 +83,8 @@ class BacktestResult:
     #: profile fragments applied (``run_backtest``'s ``attributes``), and those refused
     n_fragments: int = 0
     rejected_fragments: Counter[str] = field(default_factory=Counter)
+    #: identity stitching (``[identity] namespaces``): the persons, aliases and merges
+    persons: PersonIndex | None = None
 
     @property
     def n_rejected(self) -> int:
@@ -98,7 +101,11 @@ def load_events(
     for line in lines:
         try:
             if isinstance(line, dict):
-                event = validate_event(line, identity_namespace=config.identity_namespace)
+                event = validate_event(
+                    line,
+                    identity_namespace=config.identity_namespace,
+                    identity_namespaces=config.identity_namespaces,
+                )
             else:
                 if isinstance(line, str):
                     line = line.encode()
@@ -108,6 +115,7 @@ def load_events(
                     line,
                     identity_namespace=config.identity_namespace,
                     max_bytes=config.max_event_bytes,
+                    identity_namespaces=config.identity_namespaces,
                 )
         except InvalidEvent as exc:
             if rejected is not None:
@@ -205,6 +213,10 @@ def run_backtest(
     engine = Engine(config, every_rescore=False)
     trainer = Trainer(config, engine.featurizer.names)
     result = BacktestResult(engine, trainer, {}, on_scores=on_scores)
+    if config.identity_namespaces:
+        result.persons = PersonIndex(
+            config.identity_namespaces, config.max_identities, engine.featurizer
+        )
     with collector_off():
         events = load_events(source, config, result.rejected)
         fragments = load_fragments(attributes, config, result.rejected_fragments)
@@ -233,6 +245,8 @@ def _replay(
         while next_fragment < len(fragments) and fragments[next_fragment].timestamp_ms <= until:
             fragment = fragments[next_fragment]
             pid = fragment.profile_id
+            if persons is not None:  # a fragment links no identities: it follows them
+                pid = fragment.profile_id = persons.canonical.get(pid, pid)
             state = engine.apply_fragment(states.get(pid), fragment)
             if state is not None:
                 states[pid] = state
@@ -242,7 +256,12 @@ def _replay(
     # ``due`` orders (time, profile id) as the stream's due index does (time, then the id's
     # characters): each entry is one int, time * n + the id's rank among the sorted ids (a
     # heap of ints compares quicker than one of tuples)
-    ids = sorted({event.profile_id for event in events})
+    persons = result.persons
+    if persons is None:
+        ids = sorted({event.profile_id for event in events})
+    else:  # any identity of an event may end a person's canonical id
+        namespaces = persons.namespaces
+        ids = sorted({i for e in events for _, i in ranked_identities(e.body, namespaces)})
     n_ids = len(ids)
     rank = {pid: i for i, pid in enumerate(ids)}
     due: list[int] = []
@@ -277,6 +296,11 @@ def _replay(
         except InvalidEvent as exc:
             result.rejected[exc.reason] += 1
             continue
+        if persons is not None:  # the event's links merge persons first
+            pid, absorbed = persons.resolve(event.body, states)
+            event.profile_id = pid
+            for lost in absorbed:
+                planned.pop(lost, None)  # its entries in ``due`` are skipped
         pid = event.profile_id
         before = states.get(pid)
         state = engine.process(before, event, out, matched)

@@ -54,6 +54,7 @@ from models.config_types import (
     RetentionConfig,
     TrackedEvent,
 )
+from models.identity_config import parse_identity
 
 __all__ = [
     "DAY_MS",
@@ -434,11 +435,10 @@ def parse_config(text: str, source: str = "<string>") -> Config:
             "features.horizons_days: must be a list of distinct whole days > 0, e.g. [7, 30, 90]"
         )
 
-    identity = _table(data, "identity")
-    _check_keys(identity, {"namespace"}, "identity")
-    namespace = identity.get("namespace")
-    if namespace is not None and (type(namespace) is not str or not namespace):
-        raise ConfigError('identity.namespace: must be an identityMap namespace such as "ECID"')
+    try:
+        namespace, namespaces, max_identities = parse_identity(_table(data, "identity"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     labels_t = _table(data, "labels")
     _check_keys(
@@ -564,6 +564,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         goals=goals,
         horizons_days=tuple(horizons),
         identity_namespace=namespace,
+        identity_namespaces=namespaces,
+        max_identities=max_identities,
         labels=labels,
         model=model,
         buckets=BucketConfig(tuple(float(t) for t in thresholds), tuple(bucket_names)),

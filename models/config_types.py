@@ -246,6 +246,11 @@ class Config:
     goals: tuple[GoalConfig, ...]
     horizons_days: tuple[int, ...] = (7, 30, 90)
     identity_namespace: str | None = None
+    #: identity stitching (``[identity] namespaces``, :mod:`models.stitching`): the
+    #: namespaces that name a person, the highest priority first; empty: no stitching
+    identity_namespaces: tuple[str, ...] = ()
+    #: the identities one person may hold (``[identity] max_identities``)
+    max_identities: int = 50
     labels: LabelConfig = LabelConfig()
     model: ModelConfig = ModelConfig()
     buckets: BucketConfig = BucketConfig()

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_DEPTH",
     "Event",
+    "Identity",
     "InvalidEvent",
     "check_depth",
     "decode_event",
@@ -47,6 +48,7 @@ __all__ = [
     "load_message",
     "parse_timestamp",
     "primary_identity",
+    "ranked_identities",
     "validate_event",
 ]
 
@@ -199,6 +201,10 @@ def check_depth(obj: Any) -> None:
             stack.extend((child, depth + 1) for child in node if type(child) in (dict, list))
 
 
+#: ``(namespace rank, id)``: an identity of a stitched person (:mod:`models.stitching`)
+Identity = tuple[int, str]
+
+
 def primary_identity(body: dict[str, Any], namespace: str | None) -> str:
     """The profile id of an event or fragment: the primary identity of ``identityMap``, or
     its first identity (of ``namespace`` when one is configured)."""
@@ -233,10 +239,65 @@ def primary_identity(body: dict[str, Any], namespace: str | None) -> str:
     return first
 
 
+def ranked_identities(body: dict[str, Any], namespaces: tuple[str, ...]) -> list[Identity]:
+    """The ``(rank, id)`` of every identity of ``body`` in the configured namespaces, in
+    rank order, each id once; the first is the profile id: the primary identity of the
+    highest-ranked namespace present, else its first identity.
+
+    Raises
+    ------
+    InvalidEvent
+        ``no_identity`` (none of the namespaces present), ``wrong_type``.
+    """
+    identity_map = body.get("identityMap")
+    if identity_map is None:
+        raise InvalidEvent("no_identity", "identityMap is missing")
+    if type(identity_map) is not dict:
+        raise InvalidEvent("wrong_type", "identityMap must be an object of namespace -> identities")
+    found: list[Identity] = []
+    seen: set[str] = set()
+    named = False  # the profile id is the first primary identity of the first namespace
+    for rank, ns in enumerate(namespaces):
+        entries = identity_map.get(ns)
+        if entries is None:
+            continue
+        if type(entries) is not list:
+            raise InvalidEvent("wrong_type", f"identityMap.{ns} must be a list of identities")
+        first_namespace = not found
+        for entry in entries:
+            if type(entry) is not dict:
+                raise InvalidEvent("wrong_type", f"identityMap.{ns} entries must be objects")
+            pid = entry.get("id")
+            if type(pid) is not str or not pid or len(pid) > _MAX_ID_CHARS:
+                raise InvalidEvent(
+                    "wrong_type", f"identityMap.{ns}[].id must be a non-empty string"
+                )
+            if pid in seen:
+                continue
+            seen.add(pid)
+            if first_namespace and not named and entry.get("primary") is True:
+                found.insert(0, (rank, pid))
+                named = True
+            else:
+                found.append((rank, pid))
+    if not found:
+        raise InvalidEvent(
+            "no_identity", f"no identity of the namespaces {list(namespaces)} in identityMap"
+        )
+    return found
+
+
 def validate_event(
-    body: Any, *, identity_namespace: str | None = None, _check_nesting: bool = True
+    body: Any,
+    *,
+    identity_namespace: str | None = None,
+    _check_nesting: bool = True,
+    identity_namespaces: tuple[str, ...] = (),
 ) -> Event:
     """Validate a decoded JSON value and return the :class:`Event`.
+
+    With ``identity_namespaces`` (identity stitching) the profile id is the first of
+    :func:`ranked_identities`.
 
     Raises
     ------
@@ -260,7 +321,10 @@ def validate_event(
         raise InvalidEvent("missing_field", "eventType is required")
     if type(event_type) is not str or not event_type or len(event_type) > _MAX_ID_CHARS:
         raise InvalidEvent("wrong_type", "eventType must be a non-empty string")
-    profile_id = primary_identity(body, identity_namespace)
+    if identity_namespaces:
+        profile_id = ranked_identities(body, identity_namespaces)[0][1]
+    else:
+        profile_id = primary_identity(body, identity_namespace)
     return Event(event_id, profile_id, event_type, timestamp_ms, body)
 
 
@@ -269,6 +333,7 @@ def decode_event(
     *,
     identity_namespace: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    identity_namespaces: tuple[str, ...] = (),
 ) -> Event:
     """Decode one message's bytes into a validated :class:`Event`.
 
@@ -279,7 +344,12 @@ def decode_event(
         ``missing_field``, ``wrong_type``, ``bad_timestamp`` or ``no_identity``.
     """
     body, deep = load_message(raw, max_bytes)
-    return validate_event(body, identity_namespace=identity_namespace, _check_nesting=deep)
+    return validate_event(
+        body,
+        identity_namespace=identity_namespace,
+        _check_nesting=deep,
+        identity_namespaces=identity_namespaces,
+    )
 
 
 def load_message(

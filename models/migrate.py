@@ -191,6 +191,8 @@ def migrate_state(state: ProfileState, old: FeatureLayout, new: FeatureLayout) -
         state.recent,
         restarted,
         state.attributes,  # kept by attribute name: read with the new config's attributes
+        state.rank,
+        state.aliases,
     )
 
 

@@ -262,6 +262,11 @@ class ProfileState:
         Per profile attribute name (``[[attributes]]``): its values, each ``[ts, value]``
         (``value`` ``None``: unset at ``ts``), in time order (:mod:`models.attributes`).
         Empty (and absent from the stored array) until a profile fragment sets one.
+    rank, aliases
+        Identity stitching (``[identity] namespaces``, :mod:`models.stitching`): the
+        priority of the namespace of the profile's own id (``-1``: unknown) and the other
+        identities of the person, which the profile absorbed, oldest first. Absent from
+        the stored array while the profile has no alias.
     """
 
     first_ts: int
@@ -278,6 +283,8 @@ class ProfileState:
     recent: list[str]
     restarted: dict[str, int]
     attributes: dict[str, list[list[Any]]]
+    rank: int
+    aliases: list[str]
 
     def __init__(
         self,
@@ -295,6 +302,8 @@ class ProfileState:
         recent: list[str] | None = None,
         restarted: dict[str, int] | None = None,
         attributes: dict[str, list[list[Any]]] | None = None,
+        rank: int = NEVER,
+        aliases: list[str] | None = None,
     ) -> None:
         self.first_ts = first_ts
         self.ref_ts = ref_ts
@@ -310,6 +319,8 @@ class ProfileState:
         self.recent = [] if recent is None else recent
         self.restarted = {} if restarted is None else restarted
         self.attributes = {} if attributes is None else attributes
+        self.rank = rank
+        self.aliases = [] if aliases is None else aliases
 
     @classmethod
     def new(
@@ -337,7 +348,29 @@ class ProfileState:
 
     def to_bytes(self) -> bytes:
         """Serialize to compact JSON bytes (``restarted`` appended when not empty, then
-        ``attributes`` when not empty: a state without them is the bytes it always was)."""
+        ``attributes`` when not empty, then ``[rank, aliases]`` when the profile has
+        aliases: a state without them is the bytes it always was)."""
+        if self.aliases:
+            return orjson.dumps(
+                [
+                    STATE_FORMAT,
+                    self.first_ts,
+                    self.ref_ts,
+                    self.n_events,
+                    self.counts,
+                    self.last_ts,
+                    self.decayed,
+                    self.values,
+                    self.value_totals,
+                    {name: g.to_list() for name, g in self.goals.items()},
+                    self.gap_ms,
+                    self.layout,
+                    self.recent,
+                    self.restarted,
+                    self.attributes,
+                    [self.rank, self.aliases],
+                ]
+            )
         return orjson.dumps(
             [
                 STATE_FORMAT,
@@ -399,6 +432,8 @@ class ProfileState:
             recent=data[12] if len(data) > 12 else [],
             restarted=data[13] if len(data) > 13 else None,
             attributes=data[14] if len(data) > 14 else None,
+            rank=data[15][0] if len(data) > 15 else NEVER,
+            aliases=data[15][1] if len(data) > 15 else None,
         )
 
     def prune_restarted(self, span_ms: int) -> None:

@@ -51,6 +51,7 @@ from stream.cli.common import CliError, connect_store, output_console, settings_
 from stream.worker.model_store import LEARNT_IDS_KEPT
 from stream.worker.profile_store import encode_top_factors
 from stream.worker.settings import Settings
+from stream.worker.stitching import alias_record
 from stream.worker.store import RedisStore
 
 __all__ = ["CHUNK", "BackfillSummary", "backfill_main", "parse_until", "partition_of"]
@@ -275,6 +276,10 @@ async def write_profiles(
                 key = store.profile_key(pid)
                 pipe.delete(key)  # with --force: no applied offset of an earlier run left
                 pipe.hset(key, mapping=fields)
+                for alias in state.aliases:  # identity stitching: its other ids forward
+                    alias_key = store.profile_key(alias)
+                    pipe.delete(alias_key)
+                    pipe.hset(alias_key, mapping={"s": alias_record(pid), "v": 1})
                 part = partition_of(pid, partitions)
                 close = stream_engine.next_due(state, pid)
                 if close is not None:

@@ -179,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         console.print(f"customer-ai worker: {line}", soft_wrap=True, highlight=False, markup=False)
 
     try:
-        warnings = prepare(s, say=say)
+        warnings = prepare(s, say=say, stitching=bool(config.identity_namespaces))
     except StartupError as exc:
         raise CliError(str(exc), 2) from None
     from models.leakage import goal_event_warnings

@@ -55,7 +55,7 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
         from redis.exceptions import ResponseError
 
         try:
-            raw = await store.get_profile(profile_id)
+            pid, raw = await store.resolve_profile(profile_id)  # an alias: its person
         except ResponseError as exc:  # WRONGTYPE: the key is not a profile hash
             raise CliError(
                 f"profile {profile_id!r}: its record cannot be read ({exc}); the worker "
@@ -77,7 +77,10 @@ async def load_profile(profile_id: str, config_path: str | None = None) -> dict[
                 "quarantines it at its next event (see `customer-ai quarantine`)",
                 2,
             ) from None
-        return profile_document(engine, profile_id, state)
+        document = profile_document(engine, pid, state)
+        if pid != profile_id:
+            document["alias"] = profile_id  # the id asked for is one of the person's
+        return document
     finally:
         await store.close()
 

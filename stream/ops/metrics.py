@@ -48,6 +48,7 @@ __all__ = [
     "END_TO_END_LATENCY",
     "EVENTS_IN",
     "EVENTS_REJECTED",
+    "IDENTITY_LINKS",
     "LAG_POLL_ERRORS",
     "LATENCY_BUCKETS",
     "LIVE_AUC",
@@ -97,36 +98,12 @@ PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 """Histogram buckets (seconds) for event processing and end-to-end latency: 1 ms .. 30 s."""
 
 REDIS_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    1.0,
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 """Histogram buckets (seconds) for single Redis round trips: 100 us .. 1 s."""
 
@@ -337,6 +314,12 @@ QUARANTINED_PROFILES = Counter(
     "customer_ai_quarantined_profiles_total",
     "Profile records moved aside because they cannot be read, by reason.",
     ["reason"],
+    registry=REGISTRY,
+)
+IDENTITY_LINKS = Counter(
+    "customer_ai_identity_links_total",
+    "Identity stitching: merges stored, fenced (re-decided) and links refused at the cap.",
+    ["outcome"],
     registry=REGISTRY,
 )
 

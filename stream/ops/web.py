@@ -42,6 +42,8 @@ class _Store(Protocol):
 
     async def get_profile(self, profile_id: str) -> bytes | None: ...
 
+    async def resolve_profile(self, profile_id: str) -> tuple[str, bytes | None]: ...
+
     async def get_learner(self, goal: str) -> bytes | None: ...
 
     def quarantine_key(self, profile_id: str) -> str: ...
@@ -114,7 +116,7 @@ def register_views(
         async def get(self, request: Request, profile_id: str) -> Response:
             rt = runtime()
             try:
-                raw = await rt.store.get_profile(profile_id)
+                pid, raw = await rt.store.resolve_profile(profile_id)  # an alias: its person
             except ResponseError as exc:  # WRONGTYPE: the key is not a profile hash
                 error = f"profile {profile_id!r}: its record cannot be read ({exc})"
                 return self.json({"error": error}, status=500)
@@ -127,7 +129,10 @@ def register_views(
                 state = await rt.scorer.read_state(raw)
             except ValueError as exc:  # unknown layout or unreadable: say so, in JSON
                 return self.json({"error": f"profile {profile_id!r}: {exc}"}, status=500)
-            return self.json(profile_document(rt.engine, profile_id, state))
+            document = profile_document(rt.engine, pid, state)
+            if pid != profile_id:
+                document["alias"] = profile_id  # the id asked for is one of the person's
+            return self.json(document)
 
     @app.page("/models")
     class Models(View):

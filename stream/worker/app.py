@@ -200,17 +200,23 @@ class Runtime:
         self.engine = Engine(config)
         lanes = Lanes()  # one lane per partition number, whatever the topic
         parts = (self.engine, self.store, self.producer, settings)
+        # the events of an alias (identity stitching) go to its person's partition
+        by_profile = repartition_topic.get_topic_name()
+        fragments_by_profile = profiles_repartition_topic.get_topic_name()
         self.scorer = BatchScorer(
-            *parts, repartition_topic=repartition_topic.get_topic_name(), lanes=lanes
+            *parts, repartition_topic=by_profile, lanes=lanes, stitch_topic=by_profile
         )
-        self.repartitioned_scorer = BatchScorer(*parts, lanes=lanes)
+        self.repartitioned_scorer = BatchScorer(*parts, lanes=lanes, stitch_topic=by_profile)
         self.fragment_scorer = BatchScorer(
             *parts,
-            repartition_topic=profiles_repartition_topic.get_topic_name(),
+            repartition_topic=fragments_by_profile,
             fragments=True,
             lanes=lanes,
+            stitch_topic=fragments_by_profile,
         )
-        self.repartitioned_fragment_scorer = BatchScorer(*parts, fragments=True, lanes=lanes)
+        self.repartitioned_fragment_scorer = BatchScorer(
+            *parts, fragments=True, lanes=lanes, stitch_topic=fragments_by_profile
+        )
         self.trainer = TrainerStep(config, self.store, self.producer, settings)
         self.lock = asyncio.Lock()
         #: source topic -> its scorer

@@ -238,6 +238,16 @@ def erasure_marker(value: bytes | None) -> tuple[str, str] | None:
         return None
 
 
+def _combined(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two identities' removal records as one person's."""
+    return {
+        "profile": a["profile"] or b["profile"],
+        "quarantined_record": a["quarantined_record"] or b["quarantined_record"],
+        "index_entries": a["index_entries"] + b["index_entries"],
+        "committed": a["committed"] and b["committed"],
+    }
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -300,9 +310,18 @@ class Eraser:
             log.info("erasure %s: applied before (re-delivered)", field)
             return done
         registered = orjson.dumps({"request_id": field, "at": _now_iso()})
-        await store.retry("erase", lambda: store.redis.hset(store.erasing_key, pid, registered))
+        person = await self._person(pid)  # the id, or every id of its stitched person
+        await store.retry(
+            "erase",
+            lambda: store.redis.hset(store.erasing_key, mapping=dict.fromkeys(person, registered)),
+        )
         topics = self.settings.tombstone_topics()
-        removed = await self._remove_in_lanes(pid, topics)
+        removed: dict[str, Any] = {}
+        for identity in person:  # the aliases first: none forwards to a profile removed
+            part = await self._remove_in_lanes(identity, topics)
+            removed = part if not removed else _combined(removed, part)
+        if len(person) > 1:
+            removed["identities"] = len(person)
         audit: dict[str, Any] = {
             "request_id": request.request_id,
             "profile_sha256": profile_digest(pid),
@@ -314,8 +333,10 @@ class Eraser:
         }
         record = orjson.dumps(audit)
         await store.retry("erase", lambda: store.redis.hset(store.erasures_key, field, record))
-        # the trainer's part, named by the audit record it completes
-        await self.producer.send_all([(training, pid.encode(), marker)])
+        # the trainer's part, named by the audit record it completes (one per identity)
+        await self.producer.send_all(
+            [(training, i.encode(), marker_message(i, field)) for i in person]
+        )
         if removed["profile"]:
             metrics.PROFILES_REMOVED.labels(reason="erasure").inc()
         log.info(
@@ -345,6 +366,23 @@ class Eraser:
                 "audit record is %s~%s", field, field, request.source,
             )  # fmt: skip
         return f"{field}~{request.source}", None
+
+    async def _person(self, pid: str) -> list[str]:
+        """Every id of ``pid``'s person, its canonical id last (identity stitching: an
+        alias's record names the canonical id, whose state lists the aliases); ``[pid]``
+        for a profile that was never stitched."""
+        store = self.store
+        raw = await store.get_profile(pid)
+        canonical = pid
+        if raw is not None and raw[:1] == b"{":
+            canonical = orjson.loads(raw).get("merged_into") or pid
+            raw = await store.get_profile(canonical)
+        aliases: list[str] = []
+        if raw is not None and raw[:1] == b"[":
+            data = orjson.loads(raw)
+            aliases = list(data[15][1]) if len(data) > 15 else []
+        ids = [i for i in dict.fromkeys([pid, *aliases]) if i != canonical]
+        return [*ids, canonical]
 
     async def _applied(self, pid: str) -> dict[tuple[str, int], int]:
         """The profile's applied offsets: source partition -> offset of its last event."""

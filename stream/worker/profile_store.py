@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from stream.worker.redis_scripts import (
@@ -19,6 +20,7 @@ from stream.worker.redis_scripts import (
     LOAD_BATCH,
     SCRIPT_CHUNK,
     SCRIPT_CHUNK_MOVES,
+    Script,
     ScriptCall,
     run_scripts,
 )
@@ -461,8 +463,58 @@ class ProfileStore(StoreConnection):
         key = self.watermark_key(topic, partition)
         await self.retry("set watermark", lambda: self.redis.set(key, watermark))
 
+    def forward_key(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:fwd:{topic}:{partition}"
+
+    async def forward_marks(
+        self, partitions: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """The forward mark of each source partition (absent: none)."""
+        tps = list(partitions)
+
+        async def run() -> list:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tp in tps:  # one GET each: the keys may live in many cluster slots
+                    pipe.get(self.forward_key(*tp))
+                return await pipe.execute()
+
+        values = await self.retry("forward marks", run)
+        return {tp: int(v) for tp, v in zip(tps, values) if v is not None}
+
+    async def set_forward_marks(self, marks: dict[tuple[str, int], int]) -> None:
+        """Set forward marks (the highest offset of each partition's acknowledged forwards)."""
+
+        async def run() -> None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tp, offset in marks.items():
+                    pipe.set(self.forward_key(*tp), offset)
+                await pipe.execute()
+
+        await self.retry("forward marks", run)
+
+    async def run_script(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """One call of ``script`` (its reply), retried while Redis is unavailable."""
+        return (await self.retry("script", lambda: self._run_scripts([(script, keys, args)])))[0]
+
+    async def drop_due(self, due_key: str, profile_ids: list[str]) -> None:
+        """Remove profiles from a due index (``ZREM``)."""
+        await self.retry("due", lambda: self.redis.zrem(due_key, *profile_ids))
+
     async def get_profile(self, profile_id: str) -> bytes | None:
         return await self.retry("get", lambda: self.redis.hget(self.profile_key(profile_id), "s"))
+
+    async def resolve_profile(self, profile_id: str) -> tuple[str, bytes | None]:
+        """The stored state of ``profile_id``'s person and its canonical id: an alias's
+        record (identity stitching: ``{"merged_into": ...}``) is followed."""
+        for _ in range(8):  # an alias names its canonical id; a merge racing adds a hop
+            raw = await self.get_profile(profile_id)
+            if raw is None or raw[:1] != b"{":
+                return profile_id, raw
+            target = orjson.loads(raw).get("merged_into")
+            if not isinstance(target, str):
+                return profile_id, raw
+            profile_id = target
+        return profile_id, None
 
     async def bucket_sizes(
         self, goals: Iterable[str], buckets: Iterable[str], feature: str | None = None

@@ -23,7 +23,11 @@ __all__ = [
     "CAS_SCRIPT",
     "DUE_BATCH",
     "DUE_BATCH_SCRIPT",
+    "FORWARD_OFFSETS",
+    "FORWARD_OFFSETS_SCRIPT",
     "LOAD_BATCH",
+    "MERGE",
+    "MERGE_SCRIPT",
     "LOAD_BATCH_SCRIPT",
     "QUARANTINE",
     "QUARANTINE_SCRIPT",
@@ -170,6 +174,52 @@ end
 return 1
 """
 
+#: Identity stitching (:mod:`stream.worker.stitching`): one person absorbs another.
+#: KEYS[1] the winner's profile key, KEYS[2] the absorbed profile's, KEYS[3 .. 2+m] the
+#: keys of the absorbed profile's aliases, then the segment sets the absorbed profile
+#: leaves (n of them), then those the winner joins. ARGV: the winner's expected version
+#: ('' = absent), the absorbed one's, the winner's state, scores JSON, top factors ('' =
+#: none), the alias record (``{"merged_into": ...}``), the winner's id, the absorbed id,
+#: m, n. Only while both versions are the ones read (else 0, nothing changed): the
+#: winner's state is written (its version + 1), the absorbed key and its aliases' keys
+#: become alias records (``s`` the alias record, ``scores`` and ``tf`` removed, their
+#: applied offsets kept, each version + 1), and the segment sets move. Returns 1.
+MERGE_SCRIPT = """
+if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[2], 'v') or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'v', (tonumber(ARGV[1]) or 0) + 1, 's', ARGV[3], 'scores', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'tf', ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], 'tf')
+end
+local m, n = tonumber(ARGV[9]), tonumber(ARGV[10])
+for i = 2, 2 + m do
+  local v = tonumber(redis.call('HGET', KEYS[i], 'v')) or 0
+  redis.call('HDEL', KEYS[i], 'scores', 'tf')
+  redis.call('HSET', KEYS[i], 'v', v + 1, 's', ARGV[6])
+end
+for i = 3 + m, 2 + m + n do redis.call('SREM', KEYS[i], ARGV[8]) end
+for i = 3 + m + n, #KEYS do redis.call('SADD', KEYS[i], ARGV[7]) end
+return 1
+"""
+
+#: KEYS: profile keys; ARGV[1] the applied offset field, then one offset per key. Raises
+#: each key's field to its offset (a profile's events forwarded to their person's
+#: canonical id, identity stitching: applied elsewhere), never lowers it (a zombie's
+#: older offset). Returns the number raised.
+FORWARD_OFFSETS_SCRIPT = """
+local n = 0
+for i = 1, #KEYS do
+  local o = tonumber(redis.call('HGET', KEYS[i], ARGV[1])) or -1
+  if tonumber(ARGV[i + 1]) > o then
+    redis.call('HSET', KEYS[i], ARGV[1], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Script:
@@ -186,6 +236,8 @@ CAS_BATCH = Script(CAS_BATCH_SCRIPT)
 DUE_BATCH = Script(DUE_BATCH_SCRIPT)
 LOAD_BATCH = Script(LOAD_BATCH_SCRIPT)
 QUARANTINE = Script(QUARANTINE_SCRIPT)
+MERGE = Script(MERGE_SCRIPT)
+FORWARD_OFFSETS = Script(FORWARD_OFFSETS_SCRIPT)
 
 #: A script call queued in a pipeline: (script, KEYS, ARGV).
 ScriptCall = tuple[Script, list[Any], list[Any]]

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REMOVE_BATCH",
+    "REMOVE_ALIAS_SCRIPT",
     "REMOVE_BATCH_SCRIPT",
     "REMOVE_SCRIPT",
     "SWEEP_LIMIT",
@@ -103,6 +104,16 @@ return out
 #: index entries and sets are then removed by plain commands. Returns 1 or 0.
 REMOVE_SCRIPT = """
 if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+#: KEYS[1] an alias record (identity stitching), ARGV[1] the removed person's id: deletes
+#: the record only while it names that person. Returns 1 or 0.
+REMOVE_ALIAS_SCRIPT = """
+local s = redis.call('HGET', KEYS[1], 's')
+if not s or string.sub(s, 1, 1) ~= '{' then return 0 end
+if cjson.decode(s)['merged_into'] ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -203,10 +214,15 @@ class RetentionSweep:
         doomed: list[_Removal] = []
         gone: list[_Removal] = []
         repairs: dict[str, int] = {}
+        aliases: list[str] = []  # identity stitching: a record forwarding to its person
+        person_aliases: dict[str, list[str]] = {}
         for pid in ids:
             row = loaded[pid]
             if row.state is None:
                 gone.append(_Removal(pid, row.version, []))
+                continue
+            if row.state[:1] == b"{":
+                aliases.append(pid)
                 continue
             try:
                 state = ProfileState.from_bytes(row.state, self.goals)
@@ -222,6 +238,7 @@ class RetentionSweep:
                     g: (s.bucket, row.top_factors.get(g, ())) for g, s in state.goals.items()
                 }
                 doomed.append(_Removal(pid, row.version, sorted(store.index_keys(entries))))
+                person_aliases[pid] = state.aliases
             else:
                 new_marks[pid] = row.version
         self._marks[(topic, partition)] = new_marks
@@ -235,11 +252,17 @@ class RetentionSweep:
         ]
         await self.scorer.producer.send_all(tombstones)
         due_key = store.due_key(topic, partition)
+        if aliases:  # its person is swept by its own entry: the alias leaves the indexes
+            await store.retry("retention", lambda: store.redis.zrem(seen_key, *aliases))
+            await store.drop_due(due_key, aliases)
         if gone:
             result.dropped = sum(await self._remove(gone, due_key, seen_key))
         if doomed:
             done = await self._remove(doomed, due_key, seen_key)
             result.removed = [r.profile_id for r, ok in zip(doomed, done) if ok]
+            forwarding = [(a, p) for p in result.removed for a in person_aliases[p]]
+            if forwarding:  # the removed persons' aliases go with them
+                await self._remove_aliases(forwarding)
             result.fenced = len(doomed) - len(result.removed)
             metrics.PROFILES_REMOVED.labels(reason="retention").inc(len(result.removed))
             log.info(
@@ -248,6 +271,19 @@ class RetentionSweep:
                 f"; {result.fenced} written meanwhile kept" if result.fenced else "",
             )  # fmt: skip
         return result
+
+    async def _remove_aliases(self, forwarding: list[tuple[str, str]]) -> None:
+        """Delete alias records (alias, the removed person's id), each only while it
+        still names that person (:data:`REMOVE_ALIAS_SCRIPT`)."""
+        store = self.store
+
+        async def run() -> None:
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for alias, pid in forwarding:
+                    pipe.eval(REMOVE_ALIAS_SCRIPT, 1, store.profile_key(alias), pid)
+                await pipe.execute()
+
+        await store.retry("retention", run)
 
     async def _remove(self, removals: list[_Removal], due_key: str, seen_key: str) -> list[int]:
         """Run the fenced removals; one 0/1 per removal."""

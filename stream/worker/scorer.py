@@ -31,7 +31,7 @@ watermark, no due work), the profile's applied offset of that topic kept exact.
 Steps 3 to 7 run per source partition, the partitions of a batch concurrently (their
 round trips overlap); the dead letters and forwards go out alongside. An unexpected
 error in them re-runs that partition's part from the stored state, up to
-``PARTITION_ATTEMPTS`` times, then dead-letters its records (``internal_error``).
+``PARTITION_ATTEMPTS`` times (:mod:`stream.worker.retried_steps`), then dead-letters its records (``internal_error``).
 
 Two batches may be in progress at once (the agent's pipeline, ``CUSTOMER_AI_PIPELINE_DEPTH``):
 the next batch is decoded and its other partitions scored while the last one's produce
@@ -70,33 +70,25 @@ from stream.worker.layouts import StateDecoder
 from stream.worker.model_loading import load_newer_models
 from stream.worker.partition_clock import COUNTERS, Arrival, PartitionClock, count_rescores
 from stream.worker.producer import BatchProducer
-from stream.worker.retry import Failure, RetryPolicy
+from stream.worker.retried_steps import RetriedSteps
 from stream.worker.settings import Settings
+from stream.worker.stitching import MAX_MERGES_PER_PART, Stitcher, is_alias
 from stream.worker.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry
 
 __all__ = ["DLQ_MAX_ORIGINAL_BYTES", "BatchScorer", "Record", "dlq_message"]
 
 log = logging.getLogger(__name__)
 MAX_CAS_RETRIES = 5
-#: attempts at one partition's part of a batch before its records go to the DLQ
-PARTITION_ATTEMPTS = 5
-#: seconds before the second attempt (doubling up to ``MAX_RETRY_DELAY``)
-PARTITION_RETRY_DELAY = 0.5
-#: attempts at a whole batch (:meth:`BatchScorer.process_or_dead_letter`) before its
-#: records go to the DLQ
-BATCH_ATTEMPTS = 5
-#: seconds before a batch's second attempt (doubling up to ``MAX_RETRY_DELAY``)
-BATCH_RETRY_DELAY = 0.5
-#: the longest wait between two attempts at a partition's part or a batch
-MAX_RETRY_DELAY = 5.0
 #: profiles a batch takes from its partition's due index at most (the rest: the next one)
 DUE_LIMIT = 1000
 _OUTBOX_LANE = ("outbox",)
 #: a decoded record: an event (or a fragment) with the tracked events it matched
 Item = tuple[Record, Event | Fragment, tuple]
+#: a mis-keyed record's forward: its source partition, its offset, the message
+Forward = tuple[tuple[str, int], int, OutMessage]
 
 
-class BatchScorer(PartitionClock):
+class BatchScorer(PartitionClock, RetriedSteps):
     """Scores batches of records (see the module docstring)."""
 
     def __init__(
@@ -109,6 +101,7 @@ class BatchScorer(PartitionClock):
         *,
         fragments: bool = False,
         lanes: Lanes | None = None,
+        stitch_topic: str | None = None,
     ) -> None:
         self.engine = engine
         #: True: the records are profile fragments (``<prefix>.profiles``), applied to the
@@ -137,6 +130,22 @@ class BatchScorer(PartitionClock):
         self._lanes = Lanes() if lanes is None else lanes
         #: decodes loaded states, mapping those of another feature layout by name
         self.layouts = StateDecoder(engine, store)
+        #: identity stitching (:mod:`stream.worker.stitching`): the events of an alias
+        #: forwarded to ``stitch_topic`` (the repartition topic; also once ``[identity]
+        #: namespaces`` is removed), and with ``namespaces`` the merges of linked persons
+        self.stitcher = (
+            None
+            if stitch_topic is None
+            else Stitcher(
+                engine,
+                store,
+                producer,
+                settings,
+                self.layouts,
+                stitch_topic,
+                link=bool(self.config.identity_namespaces) and not fragments,
+            )
+        )
 
     async def read_state(self, raw: bytes) -> ProfileState:
         """A stored state, mapped onto the running layout if written with another."""
@@ -167,6 +176,7 @@ class BatchScorer(PartitionClock):
         counts = dict.fromkeys(COUNTERS, 0)
         by_partition: dict[tuple[str, int], list[Item]] = defaultdict(list)
         outbox: list[OutMessage] = []  # this batch's messages; sent before any state is stored
+        forwards: list[Forward] = []  # the mis-keyed records, to the repartition topic
         per_topic: Counter[str] = Counter()
         # event time you can trust (models/eventtime.py): each event against its record's
         # broker time, the worker's clock when it has none or a later one
@@ -187,6 +197,7 @@ class BatchScorer(PartitionClock):
                         record.value,
                         identity_namespace=config.identity_namespace,
                         max_bytes=config.max_event_bytes,
+                        identity_namespaces=config.identity_namespaces,
                     )
                 check_event_time(
                     event.timestamp_ms,
@@ -212,10 +223,13 @@ class BatchScorer(PartitionClock):
                 continue
             # An unkeyed record is "not keyed by its profile" too: scattered over partitions,
             # its profile's offsets would be compared across partitions and events dropped.
-            if self.repartition_topic is not None and record.key != event.profile_id.encode():
-                outbox.append(
-                    (self.repartition_topic, event.profile_id.encode(), record.value or b"")
-                )
+            if self.repartition_topic is None and self.stitcher is not None and record.key:
+                # forwarded keyed by its person's canonical id, which may be none of its own
+                # identities (stitching); a mis-keyed record's key is its profile id
+                event.profile_id = record.key.decode("utf-8", "replace")
+            elif self.repartition_topic is not None and record.key != event.profile_id.encode():
+                forward = (self.repartition_topic, event.profile_id.encode(), record.value or b"")
+                forwards.append(((record.topic, record.partition), record.offset, forward))
                 counts["forwarded"] += 1
                 continue
             by_partition[(record.topic, record.partition)].append((record, event, matched))
@@ -233,106 +247,28 @@ class BatchScorer(PartitionClock):
             self.lane(*tp).run(partial(self._partition_job, *tp, items, counts))
             for tp, items in by_partition.items()
         ]
-        if outbox:
-            send = partial(self.producer.send_all, outbox)
+        if outbox or forwards:
+            send = partial(self._send_outbox, outbox, forwards)
             jobs.append(self._lanes.reserve(_OUTBOX_LANE).run(send))
         await all_or_none(jobs)
         elapsed = time.perf_counter() - started
         metrics.PROCESSING_LATENCY.observe(elapsed / max(1, len(records)))
         return counts
 
-    async def process_or_dead_letter(self, records: list[Record]) -> dict[str, int] | None:
-        """:meth:`process` a batch, retried; after ``BATCH_ATTEMPTS`` dead-letter it.
-
-        The agents' guard (``docs/OPERATING.md``, "Retries"): an unexpected error that
-        escaped :meth:`process` (whose partitions retry themselves) re-runs the whole
-        batch, already applied events being skipped by their offsets; after the last
-        attempt every record of the batch goes to the DLQ as ``internal_error``, so that
-        the agent moves on. Returns the counters of :meth:`process`, ``None`` if the batch
-        was dead-lettered.
-        """
-        attempts = BATCH_ATTEMPTS
-        policy = RetryPolicy(
-            "score_batch",
-            attempts=attempts,
-            first_delay=BATCH_RETRY_DELAY,
-            factor=2.0,
-            max_delay=MAX_RETRY_DELAY,
-        )
-
-        def failed(failure: Failure) -> None:
-            log.error(
-                "score batch failed (attempt %d of %d)%s",
-                failure.attempt,
-                attempts,
-                "" if failure.last else "; retrying",
-                exc_info=failure.error,
-            )
-
-        async def dead_letter(error: Exception) -> dict[str, int] | None:
-            log.error(
-                "score batch failed %d times; sending its %d records to the DLQ",
-                attempts,
-                len(records),
-            )
-            outbox: list[OutMessage] = []
-            for record in records:
-                self._reject(record, "internal_error", "score batch failed repeatedly", outbox)
-            await self.producer.send_all(outbox)
-            return None
-
-        return await policy.run(
-            partial(self.process, records), on_error=failed, give_up=dead_letter
-        )
-
-    async def _partition_job(
-        self,
-        topic: str,
-        partition: int,
-        items: list[Item],
-        counts: dict[str, int],
-    ) -> None:
-        """Process one partition's part of a batch, retried in place (inside its lane).
-
-        An attempt that fails (anything but Redis and Kafka errors, which the store and
-        the producer retry themselves) is re-run from the stored state; after
-        ``PARTITION_ATTEMPTS`` the part's records go to the dead-letter topic as
-        ``internal_error`` and the lane moves on.
-        """
-        attempts = PARTITION_ATTEMPTS
-        policy = RetryPolicy(
-            "score_partition",
-            attempts=attempts,
-            first_delay=PARTITION_RETRY_DELAY,
-            factor=2.0,
-            max_delay=MAX_RETRY_DELAY,
-        )
-
-        async def attempt() -> None:
-            attempt_counts = dict.fromkeys(counts, 0)
-            await self._process_partition(topic, partition, items, attempt_counts, [])
-            for name, n in attempt_counts.items():
-                counts[name] += n
-
-        def failed(failure: Failure) -> None:
-            log.error(
-                "%s[%d]: scoring %d events failed (attempt %d of %d)",
-                topic, partition, len(items), failure.attempt, attempts,
-                exc_info=failure.error,
-            )  # fmt: skip
-
-        async def dead_letter(error: Exception) -> None:
-            log.error(
-                "%s[%d]: scoring failed %d times; sending its %d records to the DLQ",
-                topic, partition, attempts, len(items),
-            )  # fmt: skip
-            outbox: list[OutMessage] = []
-            for record, _, _ in items:
-                self._reject(record, "internal_error", "scoring failed repeatedly", outbox)
-            counts["rejected"] += len(items)
-            await self.producer.send_all(outbox)
-
-        await policy.run(attempt, on_error=failed, give_up=dead_letter)
+    async def _send_outbox(self, outbox: list[OutMessage], forwards: list[Forward]) -> None:
+        """Send a batch's dead letters and forwards. A source partition's forward mark
+        (``P:fwd:<topic>:<partition>``, set once its forwards are acknowledged) is the
+        highest offset forwarded: a record at or below it, re-delivered after a crash,
+        was forwarded before and is not sent again."""
+        marks: dict[tuple[str, int], int] = {}
+        if forwards:
+            marks = await self.store.forward_marks({tp for tp, _, _ in forwards})
+            fresh = [(tp, offset, m) for tp, offset, m in forwards if offset > marks.get(tp, -1)]
+            outbox = outbox + [m for _, _, m in fresh]
+            marks = {tp: offset for tp, offset, _ in fresh}  # in offset order: the highest
+        await self.producer.send_all(outbox)
+        if marks:  # never lowered: only partitions with fresh forwards, to their highest
+            await self.store.set_forward_marks(marks)
 
     def reject(self, outbox: list[OutMessage]) -> Callable[[Record, str, str], None]:
         """:meth:`_reject` into ``outbox``."""
@@ -403,12 +339,22 @@ class BatchScorer(PartitionClock):
         activity_key = self.store.activity_key(topic, partition) if retained else None
         touched = list(dict.fromkeys([e.profile_id for _, e, _ in items] + due_ids))
         retry_ids: list[str] = touched
-        attempt = 0
+        attempt = merges = 0
+        forwarded: dict[str, int] = {}  # alias -> the highest offset forwarded
         while True:
             attempt += 1
             loaded = await self.store.load(retry_ids, offset_field) if retry_ids else {}
-            await self.layouts.learn(row.state for row in loaded.values())
+            await self.layouts.learn(row.state for row in loaded.values() if not is_alias(row))
             subset = set(retry_ids)
+            if self.stitcher is not None:  # aliases forwarded, links merged, then applied
+                items, aliases, merged = await self.stitcher.resolve(
+                    items, loaded, due_key, outbox, counts, forwarded
+                )
+                if merged and merges < MAX_MERGES_PER_PART:
+                    merges += 1
+                    attempt -= 1
+                    continue  # load the merged profiles again
+                subset -= aliases
             fenced = await self._apply(
                 topic,
                 partition,
@@ -440,6 +386,8 @@ class BatchScorer(PartitionClock):
             retry_ids = sorted(fenced)
             if not retry_ids:
                 break
+        if forwarded and self.stitcher is not None:
+            await self.stitcher.note_forwarded(offset_field, forwarded)
         if not timeless:
             self.watermarks[(topic, partition)] = new_wm
 

@@ -193,8 +193,13 @@ def prepare(
     settings: Settings,
     env: Mapping[str, str] | None = None,
     say: Callable[[str], None] | None = None,
+    *,
+    stitching: bool = False,
 ) -> list[str]:
     """Run :func:`check` in its own event loop, ended cleanly by SIGINT or SIGTERM.
+
+    ``stitching``: the configuration stitches identities, which Redis Cluster cannot
+    serve (a merge writes two persons' keys in one script): refused in cluster mode.
 
     Returns
     -------
@@ -204,12 +209,18 @@ def prepare(
     Raises
     ------
     StartupError
-        See :func:`check`.
+        See :func:`check`; stitching in cluster mode.
     KeyboardInterrupt
         SIGINT during the wait (``customer-ai`` exits with 130).
     SystemExit
         SIGTERM during the wait: status 0.
     """
+    if stitching and settings.redis_cluster:
+        raise StartupError(
+            "identity stitching ([identity] namespaces) needs a Redis that is not a cluster "
+            "(a merge writes two persons' keys at once): unset CUSTOMER_AI_REDIS_CLUSTER or "
+            "remove namespaces from the configuration"
+        )
     received: list[int] = []
     speak = say or (lambda line: log.warning("%s", line))
 

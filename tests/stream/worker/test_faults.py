@@ -61,7 +61,7 @@ from models.synthetic import generate_events
 from stream.cli.replay import ensure_topics
 from stream.devservers import BrokerProcess, ValkeyProcess
 from stream.ops.lag import read_lag
-from stream.worker import scorer as scorer_module
+from stream.worker import retried_steps as scorer_module
 from stream.worker.redis_scripts import CAS_BATCH
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.settings import Settings

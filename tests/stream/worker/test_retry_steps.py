@@ -22,7 +22,7 @@ from models.config import load_config
 from models.engine import Engine
 from stream.ops import metrics
 from stream.ops.lag_poller import LagPoller
-from stream.worker import scorer as scorer_module
+from stream.worker import retried_steps as scorer_module
 from stream.worker import trainer as trainer_module
 from stream.worker.producer import PRODUCE_RETRIES, BatchProducer
 from stream.worker.scorer import BatchScorer, Record
