@@ -25,6 +25,13 @@ With ``--attributes`` the worker's configuration adds three profile attributes
 birth date) and every history profile gets one fragment setting all three, produced to
 ``<prefix>.profiles`` before its events: the bytes per profile then include them.
 
+With ``--aliases N`` the configuration stitches identities (``[identity] namespaces =
+["Email", "ECID"]``) and, after the history, one event per history profile links it to
+an email id and ``N - 1`` more device ids: each person is then the email's profile
+holding the history, with ``N`` aliases (the history profile and the new devices).
+``redis_bytes_per_person`` is the mean ``MEMORY USAGE`` of a sampled person's profile key
+plus its alias records' keys, ``alias_record_bytes`` the mean of one alias record.
+
 Usage: ``python bench/memory.py [--events 1000000] [--profiles 100000]``; the last line of
 stdout is the JSON result, everything else goes to stderr.
 """
@@ -39,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,6 +106,48 @@ def fragments(ids: list[str], ts: str, seed: int) -> Iterator[tuple[bytes, bytes
         yield pid.encode(), orjson.dumps({**body, "person": person})
 
 
+def link_events(ids: list[str], aliases: int, when: datetime) -> Iterator[tuple[bytes, bytes]]:
+    """Per profile, one page view linking it to an email id and ``aliases - 1`` new
+    device ids, keyed by the email (its person's id)."""
+    ts = when.isoformat().replace("+00:00", "Z")
+    for pid in ids:
+        email = f"{pid}@mail.example"
+        devices = [pid] + [f"{pid}-d{k}" for k in range(1, aliases)]
+        body = {
+            "_id": f"link-{pid}",
+            "timestamp": ts,
+            "eventType": "web.webpagedetails.pageViews",
+            "identityMap": {
+                "Email": [{"id": email, "primary": True}],
+                "ECID": [{"id": d} for d in devices],
+            },
+        }
+        yield email.encode(), orjson.dumps(body)
+
+
+def person_bytes(
+    client: redis.Redis, prefix: str, ids: list[str], aliases: int
+) -> dict[str, float]:
+    """The bytes of sampled persons: the profile key plus its alias records' keys."""
+    totals, records = [], []
+    for pid in ids:
+        person = client.memory_usage(f"{prefix}:p:{{{pid}@mail.example}}", samples=0)
+        if person is None:
+            continue
+        keys = [pid] + [f"{pid}-d{k}" for k in range(1, aliases)]
+        sizes = [client.memory_usage(f"{prefix}:p:{{{k}}}", samples=0) or 0 for k in keys]
+        records.extend(sizes)
+        totals.append(person + sum(sizes))
+    log(
+        f"{len(totals):,} persons of {aliases} aliases: {statistics.mean(totals):,.0f} B each "
+        f"(profile and alias records), an alias record {statistics.mean(records):,.0f} B"
+    )
+    return {
+        "redis_bytes_per_person": round(statistics.mean(totals)),
+        "alias_record_bytes": round(statistics.mean(records)),
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=1_000_000, help="at least this many")
@@ -110,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-repo", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--attributes", action="store_true", help="three profile attributes each")
+    p.add_argument("--aliases", type=int, default=0, help="stitched identities per person")
     return p
 
 
@@ -205,11 +256,16 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
     events: Iterable[tuple[bytes, bytes]] = list(history()) if args.attributes else history()
     profiles_topic, fragment_ends = f"{prefix}.profiles", {}
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
-    if args.attributes:
-        config_path = workdir / "customer-ai-attributes.toml"
+    if args.attributes or args.aliases:
+        config_path = workdir / "customer-ai-bench.toml"
         text = (args.worker_repo or REPO).joinpath("customer-ai.toml").read_text()
-        config_path.write_text(text.replace("# ---- Goals:", ATTRIBUTES + "\n# ---- Goals:", 1))
+        if args.attributes:
+            text = text.replace("# ---- Goals:", ATTRIBUTES + "\n# ---- Goals:", 1)
+        if args.aliases:
+            text = text.replace('namespace = "ECID"\n', 'namespaces = ["Email", "ECID"]\n', 1)
+        config_path.write_text(text)
         worker_env["CUSTOMER_AI_CONFIG"] = str(config_path)
+    if args.attributes:
         await create_topics(bootstrap, {profiles_topic: 4})
         first = orjson.loads(next(iter(events))[1])["timestamp"]
         fragment_ends = await produce_all(
@@ -248,8 +304,23 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
             bootstrap, app_id, topic, ends, args.timeout, "worker: history", lambda: worker.alive
         )
         log(f"history replayed in {time.perf_counter() - started:,.0f}s; RSS {proc_memory_mb(pid)}")
-        used_history = int(client.info("memory")["used_memory"]) - used_before
         sample = random.Random(args.seed).sample(sorted(ids), min(args.sample, len(ids)))
+        persons: dict[str, float] = {}
+        if args.aliases:
+            stamp = datetime.fromisoformat(newest.replace("Z", "+00:00")) + timedelta(seconds=1)
+            links = await produce_all(
+                bootstrap, topic, link_events(sorted(ids), args.aliases, stamp), len(ids),
+                "produce links",
+            )  # fmt: skip
+            started = time.perf_counter()
+            await wait_committed(
+                bootstrap, app_id, topic, links, args.timeout, "worker: links",
+                lambda: worker.alive,
+            )  # fmt: skip
+            log(f"links applied in {time.perf_counter() - started:,.0f}s")
+            persons = person_bytes(client, prefix, sample, args.aliases)
+            sample = [f"{s}@mail.example" for s in sample]  # the persons' profile keys
+        used_history = int(client.info("memory")["used_memory"]) - used_before
         sizes = profile_bytes(client, prefix, sample)
         found = [pid_ for pid_ in sample if client.exists(f"{prefix}:p:{{{pid_}}}")]
         worst = worst_case_bytes(
@@ -269,8 +340,6 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         )
         extra = args.total_profiles - len(ids)
         if extra > 0:
-            from datetime import datetime
-
             start_ms = int(datetime.fromisoformat(newest.replace("Z", "+00:00")).timestamp() * 1000)
             more = await produce_all(
                 bootstrap, topic, breadth_events(1, extra, start_ms), extra, "produce breadth"
@@ -300,6 +369,8 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, workdir:
         client.close()
     return {
         "attributes": len(ATTRIBUTES.split("[[attributes]]")) - 1 if args.attributes else 0,
+        "aliases": args.aliases,
+        **persons,
         "redis_bytes_per_profile": round(statistics.mean(sizes)),
         "redis_bytes_per_profile_p99": round(qs[98]),
         "redis_used_bytes_per_profile": round(used_history / len(ids)),

@@ -35,9 +35,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.attributes import MAX_HISTORY, prune
+from models.config_types import GoalConfig
 from models.events import Identity, ranked_identities
 from models.features import Featurizer
 from models.identity_config import MAX_IDENTITIES
+from models.labels import resolve_goal_event
 from models.state import NEVER, GoalState, ProfileState
 
 __all__ = [
@@ -83,6 +85,7 @@ def absorb(
     elif absorbed is None:
         merged = kept
     else:
+        _decide_across(kept, absorbed, featurizer.config.goals)
         merged = _merge(kept, absorbed, taus_ms, n_valued)
     aliases = merged.aliases if kept is not None else []  # (a copy of absorbed's was cleared)
     for alias in [absorbed_id, *(absorbed.aliases if absorbed is not None else [])]:
@@ -97,6 +100,9 @@ def _merge(
     kept: ProfileState, other: ProfileState, taus_ms: Sequence[float], n_valued: int
 ) -> ProfileState:
     """``kept`` with ``other``'s history added (in place)."""
+    # the newer part's event ids last (the next event trims the oldest): both kept a while
+    older, newer = (other, kept) if other.ref_ts <= kept.ref_ts else (kept, other)
+    recent = older.recent + [h for h in newer.recent if h not in older.recent]
     if other.n_events and kept.n_events:
         ref = max(kept.ref_ts, other.ref_ts)
         n_h = len(taus_ms)
@@ -121,7 +127,7 @@ def _merge(
     kept.counts[:] = [a + b for a, b in zip(kept.counts, other.counts)]
     kept.last_ts[:] = [max(a, b) for a, b in zip(kept.last_ts, other.last_ts)]
     kept.value_totals[:] = [round(a + b, 4) for a, b in zip(kept.value_totals, other.value_totals)]
-    kept.recent = other.recent + [h for h in kept.recent if h not in other.recent]
+    kept.recent = recent
     for name, since in other.restarted.items():
         kept.restarted[name] = max(since, kept.restarted.get(name, since))
     for name, history in other.attributes.items():
@@ -133,6 +139,21 @@ def _merge(
         if theirs is not None:
             _merge_goal(goal, theirs)
     return kept
+
+
+def _decide_across(a: ProfileState, b: ProfileState, goals: Sequence[GoalConfig]) -> None:
+    """Label the pending snapshots of each part that the other part's last goal event
+    falls in the window of (the label is recorded; the example goes at window close)."""
+    for goal in goals:
+        for mine, theirs in ((a, b), (b, a)):
+            gs = mine.goals.get(goal.name)
+            ts = (
+                theirs.last_ts[goal.event_index]
+                if goal.event_index < len(theirs.last_ts)
+                else NEVER
+            )
+            if gs is not None and gs.pending and ts != NEVER:
+                resolve_goal_event(gs.pending, ts, goal.window_ms, goal.type, release_at_close=True)
 
 
 def _add_decayed(

@@ -359,6 +359,14 @@ def evaluate_main(
         "duplicates skipped": f"{result.n_duplicates:,}",
         "profiles": f"{len(result.states):,}",
         **({"profile fragments": f"{result.n_fragments:,}"} if fragments_path else {}),
+        **(
+            {
+                "persons merged": f"{result.persons.merges:,}",
+                "links refused (max_identities)": f"{result.persons.refused:,}",
+            }
+            if result.persons is not None
+            else {}
+        ),
         "matured examples": f"{len(result.examples):,}",
         "replay": f"{replay_seconds:.1f} s ({rate:,.0f} events/s)",
         "source": events_path.name,
@@ -373,6 +381,11 @@ def evaluate_main(
         console.print(
             f"{result.n_duplicates:,} duplicate events skipped (an _id their profile had "
             f"applied among its last {config.recent_ids}; \\[dedupe] recent_ids)"
+        )
+    if result.persons is not None:
+        console.print(
+            f"identity stitching: {result.persons.merges:,} persons merged, "
+            f"{result.persons.refused:,} links refused ([identity] max_identities)"
         )
     console.print(
         f"{result.n_events:,} events, {len(result.states):,} profiles in "

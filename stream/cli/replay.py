@@ -44,15 +44,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile_key(line: bytes, namespace: str | None) -> bytes | None:
-    """The profile id of an event or a profile fragment (its ``identityMap``), else None."""
+def _profile_key(
+    line: bytes, namespace: str | None, namespaces: tuple[str, ...] = ()
+) -> bytes | None:
+    """The profile id of an event or a profile fragment (its ``identityMap``; with
+    identity stitching, the first of its ranked identities), else None."""
     import orjson
 
-    from models.events import InvalidEvent, primary_identity
+    from models.events import InvalidEvent, primary_identity, ranked_identities
 
     try:
         body = orjson.loads(line)
-        return primary_identity(body, namespace).encode() if type(body) is dict else None
+        if type(body) is not dict:
+            return None
+        if namespaces:
+            return ranked_identities(body, namespaces)[0][1].encode()
+        return primary_identity(body, namespace).encode()
     except (orjson.JSONDecodeError, InvalidEvent):
         return None
 
@@ -68,7 +75,11 @@ def _invalid(lines: list[bytes], fragments: bool, config: Config) -> int:
             if fragments:
                 decode_fragment(line, config, max_bytes=config.max_event_bytes)
             else:
-                decode_event(line, identity_namespace=config.identity_namespace)
+                decode_event(
+                    line,
+                    identity_namespace=config.identity_namespace,
+                    identity_namespaces=config.identity_namespaces,
+                )
         except InvalidEvent:
             invalid += 1
     return invalid
@@ -94,6 +105,7 @@ async def replay_file(
     rate: float | None = None,
     namespace: str | None = None,
     partitions: int = 4,
+    namespaces: tuple[str, ...] = (),
     show_progress: bool = True,
 ) -> int:
     """Produce every line of a JSONL file to ``topic`` keyed by profile id; returns the count."""
@@ -140,7 +152,9 @@ async def replay_file(
             futures = []
             for line in lines:
                 futures.append(
-                    await producer.send(topic, value=line, key=_profile_key(line, namespace))
+                    await producer.send(
+                        topic, value=line, key=_profile_key(line, namespace, namespaces)
+                    )
                 )
                 sent += 1
                 if rate:
@@ -178,6 +192,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             rate=args.rate,
             namespace=cfg.identity_namespace,
             partitions=s.partitions,
+            namespaces=cfg.identity_namespaces,
         )
     )
     console.print(f"replayed {n:,} lines to {topic}")

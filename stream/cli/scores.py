@@ -80,6 +80,15 @@ async def tail_scores(
                     out.flush()
                 continue
             msg = orjson.loads(message.value)
+            if "merged_into" in msg:  # identity stitching: the id is another's alias now
+                if not as_json and not goal:
+                    out.write(
+                        f"{'':19}  {msg['profile_id']:>10}  merged into {msg['merged_into']}\n"
+                    )
+                    out.flush()
+                elif as_json and not goal:
+                    out.write(message.value.decode() + "\n")
+                continue
             if goal and msg.get("goal") != goal:
                 continue
             out.write((message.value.decode() if as_json else format_score(msg)) + "\n")

@@ -62,6 +62,7 @@ from models.features import Featurizer
 from stream.ops import metrics
 from stream.worker.dead_letters import dlq_message
 from stream.worker.retry import Failure, RetryPolicy
+from stream.worker.stitching import person_ids
 
 if TYPE_CHECKING:
     from stream.worker.producer import BatchProducer
@@ -310,11 +311,19 @@ class Eraser:
             log.info("erasure %s: applied before (re-delivered)", field)
             return done
         registered = orjson.dumps({"request_id": field, "at": _now_iso()})
-        person = await self._person(pid)  # the id, or every id of its stitched person
-        await store.retry(
-            "erase",
-            lambda: store.redis.hset(store.erasing_key, mapping=dict.fromkeys(person, registered)),
-        )
+        # the id, or every id of its stitched person: each registered before the person is
+        # read again (a registered id takes part in no merge), until no merge changed it
+        person, found = [pid], [pid]
+        while True:
+            hset = partial(
+                store.redis.hset, store.erasing_key, mapping=dict.fromkeys(person, registered)
+            )
+            await store.retry("erase", hset)
+            found = await person_ids(store, pid)
+            if set(found) <= set(person):
+                break
+            person = [i for i in person if i not in found] + found
+        person = [i for i in person if i not in found] + found  # the canonical id last
         topics = self.settings.tombstone_topics()
         removed: dict[str, Any] = {}
         for identity in person:  # the aliases first: none forwards to a profile removed
@@ -366,23 +375,6 @@ class Eraser:
                 "audit record is %s~%s", field, field, request.source,
             )  # fmt: skip
         return f"{field}~{request.source}", None
-
-    async def _person(self, pid: str) -> list[str]:
-        """Every id of ``pid``'s person, its canonical id last (identity stitching: an
-        alias's record names the canonical id, whose state lists the aliases); ``[pid]``
-        for a profile that was never stitched."""
-        store = self.store
-        raw = await store.get_profile(pid)
-        canonical = pid
-        if raw is not None and raw[:1] == b"{":
-            canonical = orjson.loads(raw).get("merged_into") or pid
-            raw = await store.get_profile(canonical)
-        aliases: list[str] = []
-        if raw is not None and raw[:1] == b"[":
-            data = orjson.loads(raw)
-            aliases = list(data[15][1]) if len(data) > 15 else []
-        ids = [i for i in dict.fromkeys([pid, *aliases]) if i != canonical]
-        return [*ids, canonical]
 
     async def _applied(self, pid: str) -> dict[tuple[str, int], int]:
         """The profile's applied offsets: source partition -> offset of its last event."""

@@ -175,16 +175,21 @@ return 1
 """
 
 #: Identity stitching (:mod:`stream.worker.stitching`): one person absorbs another.
-#: KEYS[1] the winner's profile key, KEYS[2] the absorbed profile's, KEYS[3 .. 2+m] the
-#: keys of the absorbed profile's aliases, then the segment sets the absorbed profile
-#: leaves (n of them), then those the winner joins. ARGV: the winner's expected version
-#: ('' = absent), the absorbed one's, the winner's state, scores JSON, top factors ('' =
-#: none), the alias record (``{"merged_into": ...}``), the winner's id, the absorbed id,
-#: m, n. Only while both versions are the ones read (else 0, nothing changed): the
-#: winner's state is written (its version + 1), the absorbed key and its aliases' keys
-#: become alias records (``s`` the alias record, ``scores`` and ``tf`` removed, their
-#: applied offsets kept, each version + 1), and the segment sets move. Returns 1.
+#: KEYS[1] the winner's profile key, KEYS[2] the absorbed profile's, KEYS[3] the erasures
+#: in progress (``P:erasing``), KEYS[4 .. 3+m] the keys of the absorbed profile's
+#: aliases, then the segment sets the absorbed profile leaves (n of them), then those the
+#: winner joins. ARGV: the winner's expected version ('' = absent), the absorbed one's,
+#: the winner's state, scores JSON, top factors ('' = none), the alias record
+#: (``{"merged_into": ...}``), the winner's id, the absorbed id, m, n. Returns -1 (nothing
+#: changed) while either id is being erased, 0 (nothing changed) unless both versions are
+#: the ones read; else writes the winner's state (its version + 1), makes the absorbed
+#: key and its aliases' keys alias records (``s`` the alias record, ``scores`` and ``tf``
+#: removed, their applied offsets kept, each version + 1), moves the segment sets, and
+#: returns 1.
 MERGE_SCRIPT = """
+if redis.call('HEXISTS', KEYS[3], ARGV[7]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[8]) == 1 then
+  return -1
+end
 if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[1] then return 0 end
 if (redis.call('HGET', KEYS[2], 'v') or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'v', (tonumber(ARGV[1]) or 0) + 1, 's', ARGV[3], 'scores', ARGV[4])
@@ -194,13 +199,15 @@ else
   redis.call('HDEL', KEYS[1], 'tf')
 end
 local m, n = tonumber(ARGV[9]), tonumber(ARGV[10])
-for i = 2, 2 + m do
-  local v = tonumber(redis.call('HGET', KEYS[i], 'v')) or 0
-  redis.call('HDEL', KEYS[i], 'scores', 'tf')
-  redis.call('HSET', KEYS[i], 'v', v + 1, 's', ARGV[6])
+for i = 2, 3 + m do
+  if i ~= 3 then
+    local v = tonumber(redis.call('HGET', KEYS[i], 'v')) or 0
+    redis.call('HDEL', KEYS[i], 'scores', 'tf')
+    redis.call('HSET', KEYS[i], 'v', v + 1, 's', ARGV[6])
+  end
 end
-for i = 3 + m, 2 + m + n do redis.call('SREM', KEYS[i], ARGV[8]) end
-for i = 3 + m + n, #KEYS do redis.call('SADD', KEYS[i], ARGV[7]) end
+for i = 4 + m, 3 + m + n do redis.call('SREM', KEYS[i], ARGV[8]) end
+for i = 4 + m + n, #KEYS do redis.call('SADD', KEYS[i], ARGV[7]) end
 return 1
 """
 

@@ -119,6 +119,8 @@ class BatchScorer(PartitionClock, RetriedSteps):
         self.dlq_topic = settings.topic("dlq")
         self.repartition_topic = repartition_topic
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: per source partition, the lowest offset of forwards that failed to be sent
+        self._unsent: dict[tuple[str, int], int] = {}
         #: per partition: its last batch's arrival (the quiet-partition clock)
         self._arrivals: dict[tuple[str, int], Arrival] = {}
         #: the clock the quiet-partition clock measures elapsed time with (tests set it)
@@ -259,15 +261,26 @@ class BatchScorer(PartitionClock, RetriedSteps):
         """Send a batch's dead letters and forwards. A source partition's forward mark
         (``P:fwd:<topic>:<partition>``, set once its forwards are acknowledged) is the
         highest offset forwarded: a record at or below it, re-delivered after a crash,
-        was forwarded before and is not sent again."""
-        marks: dict[tuple[str, int], int] = {}
+        was forwarded before and is not sent again. Forwards that failed hold every later
+        mark of their partition below them until a batch sends them."""
+        fresh: list[Forward] = []
         if forwards:
             marks = await self.store.forward_marks({tp for tp, _, _ in forwards})
             fresh = [(tp, offset, m) for tp, offset, m in forwards if offset > marks.get(tp, -1)]
             outbox = outbox + [m for _, _, m in fresh]
-            marks = {tp: offset for tp, offset, _ in fresh}  # in offset order: the highest
-        await self.producer.send_all(outbox)
-        if marks:  # never lowered: only partitions with fresh forwards, to their highest
+        try:
+            await self.producer.send_all(outbox)
+        except BaseException:
+            for tp, offset, _ in fresh:  # not sent: no later batch may mark past them
+                self._unsent[tp] = min(offset, self._unsent.get(tp, offset))
+            raise
+        highest: dict[tuple[str, int], int] = {}
+        for tp, offset, _ in fresh:  # in offset order
+            if self._unsent.get(tp, offset + 1) >= offset and tp not in highest:
+                self._unsent.pop(tp, None)  # this batch (a retry) sent the failed ones
+            highest[tp] = offset
+        marks = {tp: min(o, self._unsent.get(tp, o + 1) - 1) for tp, o in highest.items()}
+        if marks:
             await self.store.set_forward_marks(marks)
 
     def reject(self, outbox: list[OutMessage]) -> Callable[[Record, str, str], None]:
@@ -350,10 +363,12 @@ class BatchScorer(PartitionClock, RetriedSteps):
                 items, aliases, merged = await self.stitcher.resolve(
                     items, loaded, due_key, outbox, counts, forwarded
                 )
-                if merged and merges < MAX_MERGES_PER_PART:
+                if merged:  # load the merged profiles again: never apply on older rows
                     merges += 1
+                    if merges > MAX_MERGES_PER_PART:
+                        raise RuntimeError(f"{topic}[{partition}]: {merges} merges in one part")
                     attempt -= 1
-                    continue  # load the merged profiles again
+                    continue
                 subset -= aliases
             fenced = await self._apply(
                 topic,

@@ -66,13 +66,17 @@ __all__ = [
     "alias_target",
     "is_alias",
     "merge_message",
+    "person_ids",
 ]
 
 log = logging.getLogger(__name__)
 
-#: merges one partition's part of a batch makes at most before it is applied (each
-#: reloads the partition's profiles; the next batch takes the rest)
-MAX_MERGES_PER_PART = 64
+#: merges one partition's part of a batch makes at most (each strictly reduces the
+#: identities its events link; far beyond any real batch): past it the part fails, and
+#: is retried, rather than be applied on profiles loaded before a merge
+MAX_MERGES_PER_PART = 100_000
+#: alias records followed at most from one identity to its person
+_MAX_HOPS = 64
 #: the applied offset a merge reads of the other person: none (it is not applying events)
 _NO_OFFSET = "o:-"
 
@@ -113,6 +117,19 @@ def alias_record(canonical: str) -> bytes:
     b'{"merged_into":"c-1"}'
     """
     return orjson.dumps({"merged_into": canonical})
+
+
+async def person_ids(store: RedisStore, pid: str) -> list[str]:
+    """Every id of ``pid``'s person, its canonical id last: ``pid``, the aliases its
+    canonical state lists and the canonical id (alias records followed to the end);
+    ``[pid]`` for a profile never stitched (:mod:`stream.worker.erasure`)."""
+    canonical, raw = await store.resolve_profile(pid)
+    aliases: list[str] = []
+    if raw is not None and raw[:1] == b"[":
+        data = orjson.loads(raw)
+        aliases = list(data[15][1]) if len(data) > 15 else []
+    ids = [i for i in dict.fromkeys([pid, *aliases]) if i != canonical]
+    return [*ids, canonical]
 
 
 def merge_message(absorbed: str, into: str, at_ms: int) -> bytes:
@@ -194,7 +211,9 @@ class Stitcher:
                 kept.append(item)
             elif record.offset > loaded[event.profile_id].offset:  # else applied before
                 self._forward(item, target, outbox, counts)
-                forwarded[event.profile_id] = record.offset
+                forwarded[event.profile_id] = max(
+                    record.offset, forwarded.get(event.profile_id, -1)
+                )
         if aliases:
             await self.store.drop_due(due_key, list(aliases))
         if not self.link:
@@ -256,7 +275,12 @@ class Stitcher:
         for _, other in ranked:
             if other in held:
                 continue
-            theirs, their_row, their_state = await self._person(other)
+            person = await self._person(other)
+            if person is None:  # unreadable, or a broken chain: the link waits for a fix
+                log.warning("identity link refused: another identity's record cannot be read")
+                metrics.IDENTITY_LINKS.labels(outcome="refused").inc()
+                continue
+            theirs, their_row, their_state = person
             if theirs == pid:
                 continue
             mine = (rank_of(pid, state, ranked, self.lowest), pid)
@@ -271,20 +295,36 @@ class Stitcher:
                 continue
             if best[1] != pid:
                 return best[1]
-            await self._merge(best, row, state, theirs, their_row, their_state)
+            done = await self._merge(best, row, state, theirs, their_row, their_state)
+            if done < 0:  # one of the two is being erased: no link while it is
+                metrics.IDENTITY_LINKS.labels(outcome="refused").inc()
+                continue
             return ""
         return None
 
-    async def _person(self, identity: str) -> tuple[str, LoadedProfile, ProfileState | None]:
-        """The canonical id of ``identity``'s person, its record and state (``None``: none)."""
-        row = (await self.store.load([identity], _NO_OFFSET))[identity]
-        target = alias_target(row.state)
-        if target is not None:
-            identity, row = target, (await self.store.load([target], _NO_OFFSET))[target]
-        if row.state and alias_target(row.state) is None:
+    async def _person(self, identity: str) -> tuple[str, LoadedProfile, ProfileState | None] | None:
+        """The canonical id of ``identity``'s person (aliases followed to the end), its
+        record and state (``None``: no state yet); ``None`` when a record on the way cannot
+        be read (another type, quarantined, not a state) or the aliases loop."""
+        seen = {identity}
+        while True:
+            row = (await self.store.load([identity], _NO_OFFSET))[identity]
+            if not readable(row):
+                return None
+            target = alias_target(row.state)
+            if target is None:
+                break
+            if target in seen or len(seen) > _MAX_HOPS:
+                return None
+            seen.add(target)
+            identity = target
+        if not row.state:
+            return identity, row, None
+        try:
             await self.layouts.learn([row.state])
             return identity, row, self.layouts.decode(row)
-        return identity, row, None
+        except Exception:  # noqa: BLE001 - its own partition quarantines it
+            return None
 
     async def _merge(
         self,
@@ -294,9 +334,17 @@ class Stitcher:
         absorbed: str,
         their_row: LoadedProfile,
         their_state: ProfileState | None,
-    ) -> bool:
-        """Absorb ``absorbed`` into ``best`` (this partition's profile); False if fenced."""
+    ) -> int:
+        """Absorb ``absorbed`` into ``best`` (this partition's profile): 1 done, 0 fenced,
+        -1 refused (either is being erased: ``P:erasing``)."""
         pid = best[1]
+        erasing = self.store.erasing_key
+        if any(
+            await self.store.retry(
+                "erasing", lambda: self.store.redis.hmget(erasing, pid, absorbed)
+            )
+        ):
+            return -1
         before = _entries(state, row.top_factors)
         theirs = _entries(their_state, their_row.top_factors)
         merged = absorb(state, their_state, best, absorbed, self.engine.featurizer)
@@ -319,7 +367,9 @@ class Stitcher:
         alias_keys = [
             self.store.profile_key(a) for a in (their_state.aliases if their_state else ())
         ]
-        keys = [self.store.profile_key(pid), self.store.profile_key(absorbed), *alias_keys]
+        keys = [
+            self.store.profile_key(pid), self.store.profile_key(absorbed), erasing, *alias_keys
+        ]  # fmt: skip
         args = [
             row.version,
             their_row.version,
@@ -332,10 +382,10 @@ class Stitcher:
             len(alias_keys),
             len(leave),
         ]
-        done = await self.store.run_script(MERGE, keys + leave + join, args)
-        outcome = "merged" if done else "fenced"
-        metrics.IDENTITY_LINKS.labels(outcome=outcome).inc()
-        return bool(done)
+        done = int(await self.store.run_script(MERGE, keys + leave + join, args))
+        if done >= 0:
+            metrics.IDENTITY_LINKS.labels(outcome="merged" if done else "fenced").inc()
+        return done
 
 
 def _entries(

@@ -199,7 +199,7 @@ def test_the_order_of_the_merges_does_not_change_the_person() -> None:
     results = []
     for order in (["e-1", "a@x", "crm-1"], ["crm-1", "e-1", "a@x"], ["a@x", "crm-1", "e-1"]):
         events = []
-        for n, pid in enumerate(order):
+        for pid in order:
             for ident, ns, ts, kind_ in parts[pid]:
                 events.append(event(f"{pid}-0", ts, kind_, {ns: ident}))
         # the links come after, in this order: the first two, then the third
@@ -291,3 +291,52 @@ def test_absorbing_keeps_both_pending_snapshots_and_the_winners_score() -> None:
     assert merged.n_events == 2 and merged.first_ts == 1_000 and merged.ref_ts == 5_000
     assert merged.gap_ms == 4_000 and merged.aliases == ["d-1"]
     assert theirs.n_events == 1  # read, never changed
+
+
+DAY = 86_400_000
+
+
+def test_a_goal_event_of_one_part_decides_the_other_parts_snapshots() -> None:
+    """A snapshot opened on the device profile, a purchase on the CRM profile a day
+    later, then the link: the snapshot is a positive, as in one profile of the events."""
+    t0 = 1_700_000_000_000
+
+    def events(split: bool) -> list[dict[str, Any]]:
+        device, crm = {"ECID": "d-1"}, ({"CRMID": "c-1"} if split else {"ECID": "d-1"})
+        both = {"CRMID": "c-1", "ECID": "d-1"} if split else {"ECID": "d-1"}
+        buy = event("e2", t0 + DAY, "commerce.purchases", crm)
+        buy["commerce"] = {"order": {"priceTotal": 10}}
+        return [
+            event("e1", t0, "commerce.productViews", device),
+            buy,
+            event("e3", t0 + 2 * DAY, "web.webpagedetails.pageViews", both),
+            event("e4", t0 + 40 * DAY, "web.webpagedetails.pageViews", crm),
+        ]
+
+    def labels(result: Any) -> list[tuple[int, int]]:
+        return sorted((e.prediction_ts, e.label) for e in result.examples if e.goal == "conversion")
+
+    whole = run_backtest(events(False), plain_config())
+    stitched = run_backtest(events(True), stitching_config())
+    # the device's snapshot (the parts' own later snapshots differ: opened apart)
+    assert (t0, 1) in labels(whole) and (t0, 1) in labels(stitched)
+
+
+def test_a_re_sent_event_of_the_newer_part_is_still_a_duplicate_after_a_merge() -> None:
+    t0, minute = 1_700_000_000_000, 60_000
+    view = "web.webpagedetails.pageViews"
+
+    def events(split: bool) -> list[dict[str, Any]]:
+        crm, device = ({"CRMID": "c-1"} if split else {"ECID": "d-1"}), {"ECID": "d-1"}
+        link = {"CRMID": "c-1", "ECID": "d-1"} if split else device
+        out = [event(f"c{i}", t0 + i * minute, view, crm) for i in range(8)]
+        out += [event(f"d{i}", t0 + DAY + i * minute, view, device) for i in range(8)]
+        return out + [
+            event("link", t0 + 2 * DAY, view, link),
+            event("d7", t0 + 2 * DAY + 1, view, device),
+        ]
+
+    whole = run_backtest(events(False), plain_config())
+    stitched = run_backtest(events(True), stitching_config())
+    assert whole.n_duplicates == stitched.n_duplicates == 1
+    assert stitched.states["c-1"].n_events == whole.states["d-1"].n_events == 17
