@@ -26,12 +26,10 @@ def parse_identity(table: dict[str, Any]) -> tuple[str | None, tuple[str, ...], 
     ...
     ValueError: identity: set namespace (one namespace names a profile) or namespaces (identity stitching), not both
     """
-    unknown = set(table) - {"namespace", "namespaces", "max_identities"}
+    allowed = {"namespace", "namespaces", "max_identities"}
+    unknown = set(table) - allowed
     if unknown:
-        raise ValueError(
-            f"identity: unknown key(s) {sorted(unknown)}; known: max_identities, namespace, "
-            "namespaces"
-        )
+        raise ValueError(f"identity: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     namespace = table.get("namespace")
     if namespace is not None and (type(namespace) is not str or not namespace):
         raise ValueError('identity.namespace: must be an identityMap namespace such as "ECID"')

@@ -28,11 +28,16 @@ import redis
 
 from models.backtest import BacktestResult, run_backtest
 from models.config import load_config
+from models.engine import Engine
 from models.events import ranked_identities
+from models.features import Featurizer
 from models.state import ProfileState
 from models.synthetic import generate_events
 from stream.cli.replay import period_ending_today
 from stream.worker.erasure import profile_digest
+from stream.worker.scorer import BatchScorer, Record
+from stream.worker.settings import Settings
+from stream.worker.store import RedisStore
 from tests.harness import CONFIG, REPO, WorkerProcess, consume_all, produce, wait_until
 from tests.models.test_stitching import NAMESPACES, SHIPPED, event, split_person
 from tests.stream.worker.test_erasure import traces
@@ -247,3 +252,96 @@ def test_two_merges_racing_on_two_workers_end_in_one_profile_under_kill_9(
 
 def keyed_all(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
     return [(ranked_identities(e, NAMESPACES)[0][1].encode(), orjson.dumps(e)) for e in events]
+
+
+# ---- the stitcher on a real Redis, records handed to the scorer in process ----------
+
+#: event times an hour ago (the scorer checks them against its clock)
+NOW = int(time.time() * 1000) - 3_600_000
+
+
+class Outputs:
+    """The scorer's output sink (the broker is not under test here)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send_all(self, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
+        self.messages.extend(messages)
+
+
+def in_process_scorer(tmp_path: Path, redis_url: str) -> tuple[BatchScorer, Outputs, RedisStore]:
+    config = load_config(write_config(tmp_path))
+    settings = Settings()
+    store = RedisStore(redis_url, feature_names=Featurizer(config).names)
+    outputs = Outputs()
+    scorer = BatchScorer(
+        Engine(config),
+        store,
+        outputs,  # type: ignore[arg-type]
+        settings,
+        repartition_topic=settings.topic("events-by-profile"),
+        stitch_topic=settings.topic("events-by-profile"),
+    )
+    return scorer, outputs, store
+
+
+def stored_state(client: redis.Redis, pid: str, tmp_path: Path) -> bytes:
+    config = load_config(write_config(tmp_path))
+    result = run_backtest(
+        [event("seed", NOW - 3_000, "commerce.productViews", {"CRMID": pid})], config
+    )
+    return result.states[pid].to_bytes()
+
+
+async def test_an_alias_chain_is_followed_and_merges_nothing_twice(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """``e-1 -> t@x -> crm-1``: alias records that name an id absorbed since (left by
+    a retention or an import). An event of crm-1 carrying e-1 finds e-1's person is
+    crm-1: no merge; an event of e-1 is forwarded along the chain."""
+    redis_client.hset(
+        "cai:p:{crm-1}", mapping={"s": stored_state(redis_client, "crm-1", tmp_path), "v": 1}
+    )
+    redis_client.hset("cai:p:{t@x}", mapping={"s": b'{"merged_into":"crm-1"}', "v": 1})
+    redis_client.hset("cai:p:{e-1}", mapping={"s": b'{"merged_into":"t@x"}', "v": 1})
+    scorer, outputs, store = in_process_scorer(tmp_path, redis_url)
+    link = event("a", NOW - 2_000, "commerce.productViews", {"CRMID": "crm-1", "ECID": "e-1"})
+    alone = event("b", NOW - 1_000, "commerce.productViews", {"ECID": "e-1"})
+    records = [
+        Record("customer-ai.events", 0, 0, b"crm-1", orjson.dumps(link), None),
+        Record("customer-ai.events", 1, 0, b"e-1", orjson.dumps(alone), None),
+    ]
+    try:
+        await asyncio.wait_for(scorer.process(records), 30)
+    finally:
+        await store.close()
+    state = ProfileState.from_bytes(redis_client.hget("cai:p:{crm-1}", "s"), GOALS)
+    assert state.n_events == 2 and int(redis_client.hget("cai:p:{crm-1}", "v")) == 2
+    assert not [m for m in outputs.messages if m[2] and b"merged_into" in m[2]]
+    forwards = [m for m in outputs.messages if m[0] == "customer-ai.events-by-profile"]
+    assert forwards == [("customer-ai.events-by-profile", b"t@x", orjson.dumps(alone))]
+
+
+async def test_no_merge_while_a_person_is_being_erased(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(
+        "cai:p:{crm-2}", mapping={"s": stored_state(redis_client, "crm-2", tmp_path), "v": 1}
+    )
+    redis_client.hset("cai:erasing", "crm-2", b'{"request_id": "r", "at": "now"}')
+    scorer, outputs, store = in_process_scorer(tmp_path, redis_url)
+    link = event("a", NOW - 2_000, "commerce.productViews", {"CRMID": "crm-2", "ECID": "e-9"})
+    try:
+        await asyncio.wait_for(
+            scorer.process(
+                [Record("customer-ai.events", 0, 0, b"crm-2", orjson.dumps(link), None)]
+            ),
+            30,
+        )
+    finally:
+        await store.close()
+    state = ProfileState.from_bytes(redis_client.hget("cai:p:{crm-2}", "s"), GOALS)
+    assert state.n_events == 2 and state.aliases == []  # applied to its own profile, unlinked
+    assert not redis_client.exists("cai:p:{e-9}")
+    assert not [m for m in outputs.messages if m[2] and b"merged_into" in m[2]]
