@@ -361,9 +361,9 @@ class BatchScorer(PartitionClock, RetriedSteps):
             subset = set(retry_ids)
             if self.stitcher is not None:  # aliases forwarded, links merged, then applied
                 items, aliases, merged = await self.stitcher.resolve(
-                    items, loaded, due_key, outbox, counts, forwarded
+                    items, loaded, due_key, outbox, counts, forwarded, offset_field
                 )
-                if merged:  # load the merged profiles again: never apply on older rows
+                if merged:  # a profile of the part became an alias: load the part again
                     merges += 1
                     if merges > MAX_MERGES_PER_PART:
                         raise RuntimeError(f"{topic}[{partition}]: {merges} merges in one part")

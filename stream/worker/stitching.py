@@ -22,8 +22,9 @@ partition's lane, on the states just loaded):
    writes, atomically and only while both profiles are at the versions read, the merged
    state, the absorbed profile and its aliases as aliases of the winner, and the segment
    sets. A fenced merge (the other profile moved on: its partition wrote it, or another
-   merge took it) is read again and re-decided. After a merge the partition's profiles
-   are loaded again, and the events are applied to the merged state.
+   merge took it) is read again and re-decided. After a merge the winner is read again
+   (the whole part when the absorbed profile is one of its own), and the events are
+   applied to the merged state.
 
 A merge is exactly once: the script is atomic and checks both versions; a crash before it
 leaves nothing (the re-delivered event links again), after it the event finds its
@@ -189,9 +190,11 @@ class Stitcher:
         outbox: list[OutMessage],
         counts: dict[str, int],
         forwarded: dict[str, int],
+        offset_field: str,
     ) -> tuple[list[Item], set[str], bool]:
         """The items to apply here, the loaded ids that are aliases (not applied, their due
-        entries dropped), and whether a merge changed stored profiles (load them again).
+        entries dropped), and whether the part must be loaded again (a merge made one of
+        its profiles an alias). A merge's winner is read again in ``loaded`` at once.
         Forwards go to ``outbox``; ``forwarded`` takes the highest offset each profile id
         forwarded (:meth:`note_forwarded` stores it once the outbox is acknowledged)."""
         aliases: dict[str, str] = {}
@@ -220,31 +223,41 @@ class Stitcher:
             return kept, set(aliases), False
         states: dict[str, ProfileState | None] = {}
         applied: list[Item] = []
-        merged = False
+        merges = 0
         for n, item in enumerate(kept):
             record, event, _ = item
             pid = event.profile_id
-            found = loaded.get(pid)  # None: not loaded (a retry of the fenced writes only)
-            if found is None or record.offset <= found.offset or not readable(found):
-                applied.append(item)  # applied before, or quarantined when applied
-                continue
-            if pid not in states:
-                try:
-                    states[pid] = self.layouts.decode(found) if found.state else None
-                except Exception:  # noqa: BLE001 - unreadable: quarantined when applied
+            while True:  # until the event links nothing more (each merge: pid read again)
+                found = loaded.get(pid)  # None: not loaded (a retry of fenced writes only)
+                if found is None or record.offset <= found.offset or not readable(found):
+                    applied.append(item)  # applied before, or quarantined when applied
+                    break
+                if pid not in states:
+                    try:
+                        states[pid] = self.layouts.decode(found) if found.state else None
+                    except Exception:  # noqa: BLE001 - unreadable: quarantined when applied
+                        applied.append(item)
+                        break
+                kind, other = await self._link(pid, states[pid], found, cast(Event, event))
+                if kind == "":
                     applied.append(item)
-                    continue
-            decision = await self._link(pid, states[pid], found, cast(Event, event))
-            if decision is None:
-                applied.append(item)
-            elif decision == "":  # merged: apply this and the rest once loaded again
-                merged = True
-                applied.extend(kept[n:])
-                break
-            else:
-                self._forward(item, decision, outbox, counts)
-                forwarded[pid] = max(record.offset, forwarded.get(pid, -1))
-        return applied, set(aliases), merged
+                    break
+                if kind == "forward":
+                    self._forward(item, other, outbox, counts)
+                    forwarded[pid] = max(record.offset, forwarded.get(pid, -1))
+                    break
+                # merged (or fenced): read this profile again; the other one, if this part
+                # holds it too, is an alias now: the whole part is loaded again
+                merges += 1
+                if merges > MAX_MERGES_PER_PART:
+                    raise RuntimeError(f"{merges} merges in one part of a batch")
+                if other in loaded:
+                    return applied + kept[n:], set(aliases), True
+                loaded[pid] = (await self.store.load([pid], offset_field))[pid]
+                states.pop(pid, None)
+                if is_alias(loaded[pid]):  # taken meanwhile by another person
+                    return applied + kept[n:], set(aliases), True
+        return applied, set(aliases), False
 
     async def note_forwarded(self, offset_field: str, forwarded: dict[str, int]) -> None:
         """Raise the applied offset of each profile id whose events were forwarded (after
@@ -266,10 +279,10 @@ class Stitcher:
         state: ProfileState | None,
         row: LoadedProfile,
         event: Event,
-    ) -> str | None:
-        """Link ``event``'s identities to ``pid``: ``None`` (nothing to link, or refused),
-        ``""`` (a merge was stored, or fenced: load again) or the canonical id the event
-        goes to."""
+    ) -> tuple[str, str]:
+        """Link ``event``'s identities to ``pid``: ``("", "")`` (nothing to link, or
+        refused), ``("forward", <the canonical id the event goes to>)`` or ``("merge",
+        <the id absorbed>)`` (a merge was stored, or fenced: ``pid`` is read again)."""
         ranked = ranked_identities(event.body, self.config.identity_namespaces)
         held = {pid, *(state.aliases if state is not None else ())}
         for _, other in ranked:
@@ -294,13 +307,13 @@ class Stitcher:
                 metrics.IDENTITY_LINKS.labels(outcome="refused").inc()
                 continue
             if best[1] != pid:
-                return best[1]
+                return "forward", best[1]
             done = await self._merge(best, row, state, theirs, their_row, their_state)
             if done < 0:  # one of the two is being erased: no link while it is
                 metrics.IDENTITY_LINKS.labels(outcome="refused").inc()
                 continue
-            return ""
-        return None
+            return "merge", theirs
+        return "", ""
 
     async def _person(self, identity: str) -> tuple[str, LoadedProfile, ProfileState | None] | None:
         """The canonical id of ``identity``'s person (aliases followed to the end), its
