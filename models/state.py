@@ -350,51 +350,28 @@ class ProfileState:
         """Serialize to compact JSON bytes (``restarted`` appended when not empty, then
         ``attributes`` when not empty, then ``[rank, aliases]`` when the profile has
         aliases: a state without them is the bytes it always was)."""
+        row: list[Any] = [
+            STATE_FORMAT,
+            self.first_ts,
+            self.ref_ts,
+            self.n_events,
+            self.counts,
+            self.last_ts,
+            self.decayed,
+            self.values,
+            self.value_totals,
+            {name: g.to_list() for name, g in self.goals.items()},
+            self.gap_ms,
+            self.layout,
+            self.recent,
+        ]
         if self.aliases:
-            return orjson.dumps(
-                [
-                    STATE_FORMAT,
-                    self.first_ts,
-                    self.ref_ts,
-                    self.n_events,
-                    self.counts,
-                    self.last_ts,
-                    self.decayed,
-                    self.values,
-                    self.value_totals,
-                    {name: g.to_list() for name, g in self.goals.items()},
-                    self.gap_ms,
-                    self.layout,
-                    self.recent,
-                    self.restarted,
-                    self.attributes,
-                    [self.rank, self.aliases],
-                ]
-            )
-        return orjson.dumps(
-            [
-                STATE_FORMAT,
-                self.first_ts,
-                self.ref_ts,
-                self.n_events,
-                self.counts,
-                self.last_ts,
-                self.decayed,
-                self.values,
-                self.value_totals,
-                {name: g.to_list() for name, g in self.goals.items()},
-                self.gap_ms,
-                self.layout,
-                self.recent,
-            ]
-            + (
-                [self.restarted, self.attributes]
-                if self.attributes
-                else [self.restarted]
-                if self.restarted
-                else []
-            )
-        )
+            row += [self.restarted, self.attributes, [self.rank, self.aliases]]
+        elif self.attributes:
+            row += [self.restarted, self.attributes]
+        elif self.restarted:
+            row.append(self.restarted)
+        return orjson.dumps(row)
 
     @classmethod
     def from_bytes(cls, raw: bytes, goals: list[str]) -> ProfileState:
