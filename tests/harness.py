@@ -202,6 +202,21 @@ class WorkerProcess:
             print(f"--- {self.log_path.name}, last lines ---\n{self.log_tail(80)}")
 
 
+def oracle_worker(
+    bootstrap: str, redis_url: str, log_dir: Path, config: Path, name: str = "worker"
+) -> WorkerProcess:
+    """A worker of ``config`` with the quiet-partition clock off: the backtest, the
+    oracle these workers are compared with, has no wall clock."""
+    return WorkerProcess(
+        bootstrap,
+        redis_url,
+        log_dir,
+        name,
+        CUSTOMER_AI_CONFIG=str(config),
+        CUSTOMER_AI_CLOCK_INTERVAL="0",
+    )
+
+
 async def produce(
     bootstrap: str,
     topic: str,

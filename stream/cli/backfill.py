@@ -49,9 +49,8 @@ from models.outcome import Score
 from models.profile import format_time
 from stream.cli.common import CliError, connect_store, output_console, settings_from_env
 from stream.worker.model_store import LEARNT_IDS_KEPT
-from stream.worker.profile_store import encode_top_factors
+from stream.worker.profile_store import alias_record, encode_top_factors
 from stream.worker.settings import Settings
-from stream.worker.stitching import alias_record
 from stream.worker.store import RedisStore
 
 __all__ = ["CHUNK", "BackfillSummary", "backfill_main", "parse_until", "partition_of"]

@@ -28,6 +28,9 @@ from stream.worker.store_connection import StoreConnection
 
 __all__ = [
     "LoadedProfile",
+    "alias_record",
+    "alias_target",
+    "is_alias",
     "ProfileStore",
     "ProfileWrite",
     "SegmentEntry",
@@ -121,6 +124,41 @@ class ProfileWrite:
     #: index moves from the sets of ``index_before`` to those of ``index_after``
     index_before: dict[str, SegmentEntry] = field(default_factory=dict)
     index_after: dict[str, SegmentEntry] = field(default_factory=dict)
+
+
+def alias_target(raw: bytes | None) -> str | None:
+    """The canonical id an alias record names (``None``: ``raw`` is a state, or nothing).
+
+    >>> alias_target(b'{"merged_into":"c-1","merged_at":"2026-12-07T10:00:00.000Z"}')
+    'c-1'
+    >>> alias_target(b'[2,0,0]') is None
+    True
+    """
+    if not raw or raw[:1] != b"{":
+        return None
+    try:
+        target = orjson.loads(raw).get("merged_into")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return target if isinstance(target, str) and target else None
+
+
+def is_alias(row: LoadedProfile) -> bool:
+    """Whether a loaded record is an alias's (its ``s`` a JSON object, not a state array)."""
+    return row.state is not None and row.state[:1] == b"{"
+
+
+def alias_record(canonical: str, merged_at: str | None = None) -> bytes:
+    """The ``s`` of an alias's record (identity stitching): the canonical id it forwards
+    to, and when the merge made it (``customer-ai backfill`` writes none).
+
+    >>> alias_record("c-1")
+    b'{"merged_into":"c-1"}'
+    """
+    record: dict[str, str] = {"merged_into": canonical}
+    if merged_at is not None:
+        record["merged_at"] = merged_at
+    return orjson.dumps(record)
 
 
 def _chunks(
@@ -508,10 +546,8 @@ class ProfileStore(StoreConnection):
         record (identity stitching: ``{"merged_into": ...}``) is followed."""
         for _ in range(8):  # an alias names its canonical id; a merge racing adds a hop
             raw = await self.get_profile(profile_id)
-            if raw is None or raw[:1] != b"{":
-                return profile_id, raw
-            target = orjson.loads(raw).get("merged_into")
-            if not isinstance(target, str):
+            target = alias_target(raw)
+            if target is None:
                 return profile_id, raw
             profile_id = target
         return profile_id, None

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from models.messages import OutMessage
 from models.state import ProfileState
 from stream.ops import metrics
+from stream.worker.profile_store import is_alias
 from stream.worker.redis_scripts import SCRIPT_CHUNK, SCRIPT_CHUNK_MOVES, Script, ScriptCall
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class RetentionSweep:
             if row.state is None:
                 gone.append(_Removal(pid, row.version, []))
                 continue
-            if row.state[:1] == b"{":
+            if is_alias(row):
                 aliases.append(pid)
                 continue
             try:

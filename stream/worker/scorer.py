@@ -70,9 +70,10 @@ from stream.worker.layouts import StateDecoder
 from stream.worker.model_loading import load_newer_models
 from stream.worker.partition_clock import COUNTERS, Arrival, PartitionClock, count_rescores
 from stream.worker.producer import BatchProducer
+from stream.worker.profile_store import is_alias
 from stream.worker.retried_steps import RetriedSteps
 from stream.worker.settings import Settings
-from stream.worker.stitching import MAX_MERGES_PER_PART, Stitcher, is_alias
+from stream.worker.stitching import MAX_MERGES_PER_PART, Stitcher
 from stream.worker.store import LoadedProfile, ProfileWrite, RedisStore, SegmentEntry
 
 __all__ = ["DLQ_MAX_ORIGINAL_BYTES", "BatchScorer", "Record", "dlq_message"]

@@ -55,20 +55,12 @@ from models.stitching import absorb, fits, rank_of, winner
 from stream.ops import metrics
 from stream.worker.layouts import StateDecoder
 from stream.worker.producer import BatchProducer
-from stream.worker.profile_store import encode_top_factors
+from stream.worker.profile_store import alias_record, alias_target, encode_top_factors, is_alias
 from stream.worker.redis_scripts import FORWARD_OFFSETS, MERGE
 from stream.worker.settings import Settings
 from stream.worker.store import LoadedProfile, RedisStore
 
-__all__ = [
-    "MAX_MERGES_PER_PART",
-    "Stitcher",
-    "alias_record",
-    "alias_target",
-    "is_alias",
-    "merge_message",
-    "person_ids",
-]
+__all__ = ["MAX_MERGES_PER_PART", "Stitcher", "merge_message", "person_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -82,42 +74,10 @@ _MAX_HOPS = 64
 _NO_OFFSET = "o:-"
 
 
-def alias_target(raw: bytes | None) -> str | None:
-    """The canonical id an alias record names (``None``: ``raw`` is a state, or nothing).
-
-    >>> alias_target(b'{"merged_into":"c-1","merged_at":"2026-12-07T10:00:00.000Z"}')
-    'c-1'
-    >>> alias_target(b'[2,0,0]') is None
-    True
-    """
-    if not raw or raw[:1] != b"{":
-        return None
-    try:
-        target = orjson.loads(raw).get("merged_into")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return target if isinstance(target, str) and target else None
-
-
 def readable(row: LoadedProfile) -> bool:
     """Whether a loaded record is one the scorer reads (not a key of another type, not
     quarantined)."""
     return not row.unreadable and not row.quarantined
-
-
-def is_alias(row: LoadedProfile) -> bool:
-    """Whether a loaded record is an alias's (its ``s`` a JSON object, not a state array)."""
-    return row.state is not None and row.state[:1] == b"{"
-
-
-def alias_record(canonical: str) -> bytes:
-    """The ``s`` of an alias's record (``customer-ai backfill``; a merge adds the time):
-    the canonical id it forwards to.
-
-    >>> alias_record("c-1")
-    b'{"merged_into":"c-1"}'
-    """
-    return orjson.dumps({"merged_into": canonical})
 
 
 async def person_ids(store: RedisStore, pid: str) -> list[str]:
@@ -199,11 +159,9 @@ class Stitcher:
         forwarded (:meth:`note_forwarded` stores it once the outbox is acknowledged)."""
         aliases: dict[str, str] = {}
         for pid, row in loaded.items():
-            raw = row.state
-            if raw is not None and raw[:1] == b"{":
-                target = alias_target(raw)
-                if target is not None:
-                    aliases[pid] = target
+            target = alias_target(row.state)
+            if target is not None:
+                aliases[pid] = target
         if not aliases and not self.link:
             return items, set(), False
         kept: list[Item] = []
@@ -389,7 +347,7 @@ class Stitcher:
             merged.to_bytes(),
             scores_field(merged.goals),
             encode_top_factors(after, index),
-            orjson.dumps({"merged_into": pid, "merged_at": format_time(now)}),
+            alias_record(pid, format_time(now)),
             pid,
             absorbed,
             len(alias_keys),

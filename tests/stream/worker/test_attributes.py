@@ -35,6 +35,7 @@ from tests.harness import (
     WorkerProcess,
     consume_all,
     events_as_messages,
+    oracle_worker,
     produce,
     wait_until,
 )
@@ -71,20 +72,6 @@ def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "customer-ai.toml"
     path.write_text(config_text())
     return path
-
-
-def attributes_worker(
-    bootstrap: str, redis_url: str, tmp_path: Path, config: Path
-) -> WorkerProcess:
-    """A worker of the configuration with attributes, the quiet-partition clock off (the
-    backtest, its oracle, has no wall clock)."""
-    return WorkerProcess(
-        bootstrap,
-        redis_url,
-        tmp_path,
-        CUSTOMER_AI_CONFIG=str(config),
-        CUSTOMER_AI_CLOCK_INTERVAL="0",
-    )
 
 
 def fragment(pid: str, ts: int | str, **person: Any) -> dict[str, Any]:
@@ -151,7 +138,7 @@ def test_attributes_are_features_point_in_time_as_in_the_backtest(
     events, fragments = dataset()
     oracle = run_backtest(events, config, attributes=fragments)
     fz = oracle.engine.featurizer
-    with attributes_worker(kafka_bootstrap, redis_url, tmp_path, config_path) as worker:
+    with oracle_worker(kafka_bootstrap, redis_url, tmp_path, config_path) as worker:
         # the fragments first, a tenth of them not keyed by profile id (repartitioned)
         messages = [
             (None if i % 10 == 0 else f["identityMap"]["ECID"][0]["id"].encode(), orjson.dumps(f))
@@ -240,7 +227,7 @@ def test_fragments_beside_events_fence_no_event_batch_and_repeat_no_score(
         fragment(e["identityMap"]["ECID"][0]["id"], e["timestamp"], creditLimit=rng.randint(0, 99))
         for e in events
     ]
-    with attributes_worker(kafka_bootstrap, redis_url, tmp_path, config_path) as worker:
+    with oracle_worker(kafka_bootstrap, redis_url, tmp_path, config_path) as worker:
 
         async def both() -> None:
             await asyncio.gather(

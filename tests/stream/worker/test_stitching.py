@@ -38,7 +38,7 @@ from stream.worker.erasure import profile_digest
 from stream.worker.scorer import BatchScorer, Record
 from stream.worker.settings import Settings
 from stream.worker.store import RedisStore
-from tests.harness import CONFIG, REPO, WorkerProcess, consume_all, produce, wait_until
+from tests.harness import CONFIG, REPO, consume_all, oracle_worker, produce, wait_until
 from tests.models.test_stitching import NAMESPACES, SHIPPED, event, split_person
 from tests.stream.worker.test_erasure import traces
 
@@ -55,21 +55,6 @@ def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "customer-ai.toml"
     path.write_text(text)
     return path
-
-
-def worker(
-    bootstrap: str, redis_url: str, tmp_path: Path, config: Path, name: str
-) -> WorkerProcess:
-    """A worker of the stitching configuration, the quiet-partition clock off (the
-    backtest, its oracle, has no wall clock)."""
-    return WorkerProcess(
-        bootstrap,
-        redis_url,
-        tmp_path,
-        name,
-        CUSTOMER_AI_CONFIG=str(config),
-        CUSTOMER_AI_CLOCK_INTERVAL="0",
-    )
 
 
 def keyed(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
@@ -148,7 +133,7 @@ def test_a_person_over_identities_and_partitions_is_one_profile_under_kill_9(
     assert oracle.persons is not None and oracle.persons.merges > 50
     messages = keyed(events)
     half = len(messages) // 2
-    w = worker(kafka_bootstrap, redis_url, tmp_path, config_path, "worker").start()
+    w = oracle_worker(kafka_bootstrap, redis_url, tmp_path, config_path).start()
     try:
         asyncio.run(produce(kafka_bootstrap, "customer-ai.events", messages[:half]))
         wait_until(lambda: n_applied(redis_client) > half // 3, 120, what="scoring under way")
@@ -212,7 +197,8 @@ def test_two_merges_racing_on_two_workers_end_in_one_profile_under_kill_9(
         for k, s in ((int(p[2:]), s) for p, s in oracle.states.items())
     )
     workers = [
-        worker(kafka_bootstrap, redis_url, tmp_path, config_path, f"worker-{i}") for i in range(2)
+        oracle_worker(kafka_bootstrap, redis_url, tmp_path, config_path, f"worker-{i}")
+        for i in range(2)
     ]
     try:
         for w in workers:
