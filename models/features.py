@@ -117,7 +117,7 @@ class Featurizer:
         #: the date attributes' days since: they grow with time, as the tenure
         self._date_features = {f"{a.name}_age_days" for a in config.attributes if a.type == "date"}
         #: the event features (and tenure and gap) come first; the attributes' after them
-        self._n_event_features = len(specs) - sum(len(a.features()) for a in config.attributes)
+        self._n_event_features = len(specs) - (self.attributes.width if self.attributes else 0)
         self.names = [s.name for s in specs]
         self.labels = {s.name: s.label for s in specs}
         self.index = {name: i for i, name in enumerate(self.names)}

@@ -44,6 +44,7 @@ import numpy as np
 
 from models.config_types import Config, GoalConfig
 from models.features import Featurizer
+from models.layout import FeatureLayout
 from models.metrics import roc_auc
 
 __all__ = [
@@ -79,12 +80,20 @@ def goal_event_features(config: Config) -> dict[str, list[str]]:
     """Per goal, the features derived from its own event, in the feature vector's order
     (empty when its eligibility leaves out every profile that did the event)."""
     layout = Featurizer(config).layout
-    return {
-        goal.name: layout.event_features(config.events[goal.event_index].name)
-        if _sees_the_event(config, goal)
-        else []
-        for goal in config.goals
-    }
+    return {goal.name: _own_event_features(config, goal, layout) for goal in config.goals}
+
+
+def _own_event_features(config: Config, goal: GoalConfig, layout: FeatureLayout) -> list[str]:
+    """:func:`goal_event_features` of one goal."""
+    if not _sees_the_event(config, goal):
+        return []
+    return layout.event_features(config.events[goal.event_index].name)
+
+
+def _enough(y: np.ndarray) -> bool:
+    """Whether ``y`` holds :data:`MIN_EXAMPLES_PER_CLASS` examples of each label."""
+    n_pos = int(np.count_nonzero(y))
+    return min(n_pos, len(y) - n_pos) >= MIN_EXAMPLES_PER_CLASS
 
 
 def goal_event_warnings(config: Config) -> list[str]:
@@ -143,10 +152,9 @@ def leakage_flags(
         ``feature``, ``label``, ``reasons`` (``auc_alone`` and/or ``goal_event``) and
         ``auc_alone`` (rounded to 4 decimals; ``None`` when not checked).
     """
-    reading = set(goal_event_features(config)[goal.name])
+    reading = set(_own_event_features(config, goal, Featurizer(config).layout))
     y = np.asarray(labels, dtype=bool)
-    n_pos = int(y.sum())
-    checked = min(n_pos, len(y) - n_pos) >= MIN_EXAMPLES_PER_CLASS and features.ndim == 2
+    checked = _enough(y) and features.ndim == 2
     rows = []
     for i, name in enumerate(names):
         column = features[:, i]
@@ -187,10 +195,8 @@ def leakage_report(
     keep = [i for i, r in enumerate(rows) if len(r) == width]
     features = np.array([rows[i] for i in keep], dtype=np.float64).reshape(len(keep), width)
     y = np.asarray(labels, dtype=np.int64)[keep] if keep else np.zeros(0, dtype=np.int64)
-    n_pos = int(y.sum())
-    enough = min(n_pos, len(y) - n_pos) >= MIN_EXAMPLES_PER_CLASS
     return {
         "auc_alone_threshold": AUC_ALONE_THRESHOLD,
-        "n_examples_checked": len(keep) if enough else None,
+        "n_examples_checked": len(keep) if _enough(y) else None,
         "flagged": leakage_flags(goal, config, names, labels_of, features, y),
     }
